@@ -1,0 +1,3 @@
+from sipserver.cli import main
+
+raise SystemExit(main())

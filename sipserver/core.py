@@ -1,0 +1,398 @@
+"""The server's SIP behaviour as a pure state machine: bytes and time in, bytes out.
+
+The trio adapters in `transport/` feed it datagrams and framed stream messages with the
+flow they arrived on and the current time; it answers with `Transmit`s, and tells them
+when it next needs `handle_timers`. Nothing here touches a socket or reads a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import structlog
+
+from sipserver import SERVER_NAME
+from sipserver.config import Config, PeerSettings
+from sipserver.routing import router
+from sipserver.routing.peers import PeerTable
+from sipserver.sip import validate
+from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.framing import FramingError
+from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
+from sipserver.sip.responses import make_response, warning_value
+from sipserver.sip.transaction import (
+    Output,
+    SendMessage,
+    ServerTransaction,
+    State,
+    Terminated,
+    TimedOut,
+    TimerValues,
+    server_key,
+)
+from sipserver.sip.uri import UriError, parse_uri
+
+log = structlog.get_logger("sipserver")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
+ACCEPT = "application/sdp"
+SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags we honour in Require/Proxy-Require
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Where a message came from, and so where its answers go."""
+
+    transport: str  # "udp" | "tcp" | "tls"
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    connection_id: int | None = None  # set for tcp/tls
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    flow: Flow
+    data: bytes
+    close_after: bool = False  # for streams: close once sent (framing was lost)
+
+
+class SipCore:
+    def __init__(self, config: Config, timers: TimerValues = TimerValues()) -> None:
+        self._timers = timers
+        self._transactions: dict[tuple[str, ...], ServerTransaction] = {}
+        self._deadlines: list[tuple[float, int, ServerTransaction]] = []
+        self._seq = itertools.count()
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Swap in a new configuration; transactions in flight carry on."""
+        self.config = config
+        self.peers = PeerTable(config.peers)
+        self.limits = ParseLimits(
+            config.limits.max_message_bytes,
+            config.limits.max_header_count,
+            config.limits.max_line_bytes,
+        )
+        self._agent = config.server.fqdn
+        self._our_hosts = {config.server.fqdn, "localhost"} | {
+            a for a in config.server.addresses if not ipaddress.ip_address(a).is_unspecified
+        }
+
+    # --- inputs -------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, flow: Flow, now: float) -> list[Transmit]:
+        if not data.strip(b"\r\n\x00 "):
+            return []  # keep-alive datagrams carry no message
+        return self._receive(data, flow, self.peers.by_address(flow.remote[0]), now, stream=False)
+
+    def receive_stream_message(
+        self, data: bytes, flow: Flow, tls_peer: PeerSettings | None, now: float
+    ) -> list[Transmit]:
+        """One framed message from TCP or TLS. On TLS `tls_peer` is the verified peer; on
+        TCP the peer is known only by its source address."""
+        peer = tls_peer if flow.transport == "tls" else self.peers.by_address(flow.remote[0])
+        return self._receive(data, flow, peer, now, stream=True)
+
+    def framing_lost(self, error: FramingError, flow: Flow) -> list[Transmit]:
+        """The stream cannot be framed any more: answer the offending request if we can
+        read it, then close the connection."""
+        log.warning("sip_framing_lost", reason=error.reason, status=error.status)
+        if error.head:
+            try:
+                partial = parse_message(error.head + b"\r\n\r\n", self.limits, stream=False)
+            except ParseError as exc:
+                partial = exc.partial  # type: ignore[assignment]
+            if (
+                isinstance(partial, Request)
+                and partial.method != "ACK"
+                and partial.top_via is not None
+            ):
+                response = self._response(partial, error.status, error.reason)
+                return [Transmit(flow, response.to_bytes(), close_after=True)]
+        return [Transmit(flow, b"", close_after=True)]
+
+    def next_deadline(self) -> float | None:
+        while self._deadlines:
+            due, _, tx = self._deadlines[0]
+            if tx.terminated or tx.deadline != due:
+                heapq.heappop(self._deadlines)
+                continue
+            return due
+        return None
+
+    def handle_timers(self, now: float) -> list[Transmit]:
+        out: list[Transmit] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            due, _, tx = heapq.heappop(self._deadlines)
+            if tx.terminated or tx.deadline != due:
+                continue
+            out += self._drive(tx, tx.handle_timer(now))
+        return out
+
+    @property
+    def transaction_count(self) -> int:
+        return len(self._transactions)
+
+    # --- the pipeline -----------------------------------------------------------------
+    def _receive(
+        self, data: bytes, flow: Flow, peer: PeerSettings | None, now: float, *, stream: bool
+    ) -> list[Transmit]:
+        try:
+            message: Message = parse_message(data, self.limits, stream=stream)
+        except ParseError as exc:
+            return self._malformed(exc, exc.partial, flow, peer)
+        with structlog.contextvars.bound_contextvars(call_id=message.call_id):
+            if isinstance(message, Response):
+                return self._response_received(message, flow)
+            assert isinstance(message, Request)
+            try:
+                validate.check_envelope(message)
+            except RemoteProtocolError as exc:
+                return self._malformed(exc, message, flow, peer)
+            return self._request_received(message, flow, peer, now)
+
+    def _malformed(
+        self,
+        exc: RemoteProtocolError,
+        partial: Message | None,
+        flow: Flow,
+        peer: PeerSettings | None,
+    ) -> list[Transmit]:
+        fields = {
+            "reason": exc.reason,
+            "status": exc.status,
+            "transport": flow.transport,
+            "remote": _addr(flow.remote),
+            "peer": peer.name if peer else None,
+        }
+        if isinstance(partial, Response):
+            log.warning("sip_response_malformed", action="dropped", **fields)
+            return []
+        if not isinstance(partial, Request) or partial.method == "ACK":
+            log.warning("sip_request_malformed", action="dropped", **fields)
+            return []
+        if peer is None and self.config.server.unknown_source == "drop":
+            log.warning("sip_request_malformed", action="dropped (unknown source)", **fields)
+            return []
+        try:
+            via = partial.top_via
+        except UriError:
+            via = None
+        if via is None:
+            log.warning("sip_request_malformed", action="dropped (no usable Via)", **fields)
+            return []
+        log.warning("sip_request_malformed", action="answered", **fields)
+        partial = self._stamp_via(partial, flow)
+        response = self._response(partial, exc.status, exc.reason, exc.headers)
+        return [Transmit(self._response_flow(partial, flow), response.to_bytes())]
+
+    def _request_received(
+        self, request: Request, flow: Flow, peer: PeerSettings | None, now: float
+    ) -> list[Transmit]:
+        request = self._stamp_via(request, flow)
+        key = server_key(request)
+        existing = self._transactions.get(key)
+        if existing is not None:
+            return self._drive(existing, existing.receive_request(request, now))
+        if request.method == "ACK":
+            log.debug("sip_ack_unmatched", transport=flow.transport, remote=_addr(flow.remote))
+            return []
+        if peer is None:
+            return self._unknown_source(request, flow)
+        tx = ServerTransaction.create(
+            request, reliable=flow.reliable, now=now, timers=self._timers, context=(flow, peer)
+        )
+        try:
+            validate.check_request_line(request)
+            validate.check_method(request)
+        except RemoteProtocolError as exc:
+            return self._answer(
+                tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
+            )
+        if request.method == "CANCEL":
+            return self._cancel(tx, now)
+        self._transactions[key] = tx
+        if request.method == "OPTIONS" and self._addressed_to_us(request, flow):
+            return self._options(tx, now)
+        return self._route(tx, now)
+
+    # --- answers -----------------------------------------------------------------------
+    def _options(self, tx: ServerTransaction, now: float) -> list[Transmit]:
+        try:
+            validate.check_required_options(tx.request, "Require", SUPPORTED_OPTIONS)
+        except RemoteProtocolError as exc:
+            return self._answer(
+                tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
+            )
+        headers = (
+            ("Allow", ALLOW),
+            ("Accept", ACCEPT),
+            ("Supported", ", ".join(sorted(SUPPORTED_OPTIONS))),
+        )
+        return self._answer(tx, 200, "OK", now, headers=headers)
+
+    def _route(self, tx: ServerTransaction, now: float) -> list[Transmit]:
+        request = tx.request
+        _, peer = tx.context
+        if validate.max_forwards(request) == 0:
+            return self._answer(tx, 483, "Too Many Hops", now, log_reason="Max-Forwards is 0")
+        try:
+            validate.check_required_options(request, "Proxy-Require", SUPPORTED_OPTIONS)
+        except RemoteProtocolError as exc:
+            return self._answer(
+                tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
+            )
+        decision = router.route(request, peer, tx.context[0].transport)
+        return self._answer(
+            tx,
+            decision.status,
+            decision.reason,
+            now,
+            headers=(("Warning", warning_value(self._agent, decision.warning)),),
+            log_reason=decision.warning,
+            event=decision.log_event,
+        )
+
+    def _cancel(self, tx: ServerTransaction, now: float) -> list[Transmit]:
+        invite_key = server_key(replace(tx.request, method="INVITE"))
+        invite = self._transactions.get(invite_key)
+        self._transactions[server_key(tx.request)] = tx
+        if invite is None or invite.state is not State.PROCEEDING:
+            return self._answer(
+                tx,
+                481,
+                "Call/Transaction Does Not Exist",
+                now,
+                log_reason="CANCEL matches no pending INVITE",
+            )
+        out = self._answer(tx, 200, "OK", now)
+        return out + self._answer(invite, 487, "Request Terminated", now, log_reason="cancelled")
+
+    def _unknown_source(self, request: Request, flow: Flow) -> list[Transmit]:
+        text = (
+            f"Source address {flow.remote[0]} is not an address of any configured gateway or PBX; "
+            f"add it to a [[peer]] or call over mutual TLS"
+        )
+        fields = {
+            "method": request.method,
+            "transport": flow.transport,
+            "remote": _addr(flow.remote),
+            "reason": "unknown_source",
+        }
+        if self.config.server.unknown_source == "drop":
+            log.warning("sip_request_refused", action="dropped", **fields)
+            return []
+        log.warning("sip_request_refused", action="403", status=403, **fields)
+        response = self._response(
+            request, 403, "Forbidden", (("Warning", warning_value(self._agent, text)),)
+        )
+        return [Transmit(self._response_flow(request, flow), response.to_bytes())]
+
+    def _answer(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str,
+        now: float,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        log_reason: str | None = None,
+        event: str = "sip_request_answered",
+    ) -> list[Transmit]:
+        flow, peer = tx.context
+        response = self._response(tx.request, status, reason, headers)
+        level = log.info if status < 400 else log.warning
+        level(
+            event,
+            method=tx.request.method,
+            status=status,
+            reason=log_reason or reason,
+            transport=flow.transport,
+            remote=_addr(flow.remote),
+            peer=peer.name if peer else None,
+            peer_fqdn=peer.fqdn if peer else None,
+        )
+        if server_key(tx.request) not in self._transactions:
+            self._transactions[server_key(tx.request)] = tx
+        return self._drive(tx, tx.send_response(response, now))
+
+    def _response(
+        self, request: Request, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Response:
+        response = make_response(request, status, reason, headers)
+        response.headers.add("Server", SERVER_NAME)
+        return response
+
+    def _response_received(self, response: Response, flow: Flow) -> list[Transmit]:
+        # No client transactions exist before proxying lands; a stray response is dropped
+        # as §18.1.2 says for responses that match no transaction.
+        log.debug(
+            "sip_response_unmatched",
+            status=response.status,
+            transport=flow.transport,
+            remote=_addr(flow.remote),
+        )
+        return []
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _drive(self, tx: ServerTransaction, outputs: Sequence[Output]) -> list[Transmit]:
+        flow: Flow = tx.context[0]
+        out: list[Transmit] = []
+        for item in outputs:
+            if isinstance(item, SendMessage):
+                out.append(Transmit(self._response_flow(tx.request, flow), item.message.to_bytes()))
+            elif isinstance(item, TimedOut):
+                log.warning(
+                    "sip_transaction_timeout",
+                    timer=item.timer,
+                    method=tx.request.method,
+                    call_id=tx.request.call_id,
+                    remote=_addr(flow.remote),
+                )
+            elif isinstance(item, Terminated):
+                self._transactions.pop(server_key(tx.request), None)
+        if not tx.terminated and tx.deadline is not None:
+            heapq.heappush(self._deadlines, (tx.deadline, next(self._seq), tx))
+        return out
+
+    def _stamp_via(self, request: Request, flow: Flow) -> Request:
+        """§18.2.1 received and RFC 3581 rport on the top Via, so every response built from
+        this request carries them and goes back to where the request came from."""
+        via = request.top_via
+        if via is None:
+            return request
+        stamped = via.with_received(flow.remote[0], flow.remote[1])
+        if stamped != via:
+            request.headers.replace_first_value("Via", str(stamped))
+        return request
+
+    def _response_flow(self, request: Request, flow: Flow) -> Flow:
+        """§18.2.2: streams answer on the connection; UDP answers to the source address
+        and the rport (or the Via port, or 5060)."""
+        if flow.reliable:
+            return flow
+        via = request.top_via
+        if via is None:
+            return flow
+        rport = via.params.get("rport")
+        port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
+        return replace(flow, remote=(flow.remote[0], port))
+
+    def _addressed_to_us(self, request: Request, flow: Flow) -> bool:
+        try:
+            host = parse_uri(request.uri).host
+        except UriError:
+            return False
+        return host in self._our_hosts or host == flow.local[0]
+
+
+def _addr(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,78 @@
+"""A self-signed server certificate for when none is configured (Exchange UM does the same)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedCertificate:
+    certificate_pem: bytes
+    private_key_pem: bytes
+
+
+def generate_self_signed(
+    fqdn: str, now: dt.datetime, *, days: int = 365, key_type: str = "ec-p256"
+) -> GeneratedCertificate:
+    """ECDSA P-256 (or RSA-2048), SAN = dNSName and sip: URI of the FQDN, EKU serverAuth
+    and clientAuth so the same certificate serves 5061 and our outbound mutual-TLS legs."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if key_type == "rsa-2048":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, fqdn)])
+    not_before = now - dt.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + dt.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(fqdn), x509.UniformResourceIdentifier(f"sip:{fqdn}")]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=key_type == "rsa-2048",
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return GeneratedCertificate(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )

@@ -1,0 +1,30 @@
+"""The allow-list of gateways and PBXs, looked up by source address or FQDN."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from sipserver.config import PeerSettings
+
+
+class PeerTable:
+    def __init__(self, peers: Sequence[PeerSettings]) -> None:
+        self.peers = tuple(peers)
+
+    def by_address(self, address: str) -> PeerSettings | None:
+        """The first peer (in config order) whose addresses contain this source IP."""
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for peer in self.peers:
+            if any(ip.version == net.version and ip in net for net in peer.addresses):
+                return peer
+        return None
+
+    def by_fqdn(self, fqdn: str) -> PeerSettings | None:
+        fqdn = fqdn.lower().rstrip(".")
+        return next((p for p in self.peers if p.fqdn == fqdn), None)

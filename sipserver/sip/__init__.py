@@ -1,0 +1,1 @@
+"""Pure SIP: messages, URIs, framing, validation, transactions. Never imports trio."""

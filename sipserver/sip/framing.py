@@ -1,0 +1,91 @@
+"""Stream framing (RFC 3261 §18.3): messages on TCP/TLS are delimited by Content-Length.
+
+Also recognises the RFC 5626 §3.5.1 keep-alive: a CRLFCRLF "ping" between messages,
+which the transport answers with a CRLF "pong".
+"""
+
+from __future__ import annotations
+
+import re
+
+from sipserver.sip.message import ParseLimits
+
+_HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
+_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", re.I | re.M)
+
+
+class KeepAlivePing:
+    """A CRLFCRLF seen between messages."""
+
+    def __repr__(self) -> str:
+        return "KeepAlivePing"
+
+
+PING = KeepAlivePing()
+
+
+class FramingError(Exception):
+    """The stream can no longer be framed; the connection must close. `head` holds the
+    headers of the offending message when they were read, for a last error response."""
+
+    def __init__(self, reason: str, status: int = 400, head: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.head = head
+
+
+class StreamFramer:
+    """Feed bytes, get whole messages (bytes) and keep-alive pings back."""
+
+    def __init__(self, limits: ParseLimits = ParseLimits()) -> None:
+        self._limits = limits
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes | KeepAlivePing]:
+        self._buffer += data
+        out: list[bytes | KeepAlivePing] = []
+        while True:
+            item = self._next()
+            if item is None:
+                return out
+            out.append(item)
+
+    def _next(self) -> bytes | KeepAlivePing | None:
+        buffer = self._buffer
+        while bytes(buffer[:1]) in (b"\r", b"\n"):
+            if buffer.startswith(b"\r\n\r\n"):
+                del buffer[:4]
+                return PING
+            if bytes(buffer) in (b"\r", b"\r\n", b"\r\n\r"):
+                return None  # may still become a ping
+            # A lone CRLF before a message is ignored (§7.5).
+            del buffer[: 2 if buffer.startswith(b"\r\n") else 1]
+        if not buffer:
+            return None
+        match = _HEAD_END.search(buffer)
+        if match is None:
+            if len(buffer) > self._limits.max_message_bytes:
+                raise FramingError("Message Too Large", 513)
+            return None
+        head = bytes(buffer[: match.start()])
+        lengths = {m.group(1) for m in _CONTENT_LENGTH.finditer(head)}
+        if not lengths:
+            raise FramingError("Missing Content-Length", 400, head)
+        if len(lengths) > 1:
+            raise FramingError("Conflicting Content-Length headers", 400, head)
+        text = lengths.pop()
+        if not text.isdigit() or len(text) > 9:
+            raise FramingError("Malformed Content-Length", 400, head)
+        total = match.end() + int(text)
+        if total > self._limits.max_message_bytes:
+            raise FramingError("Message Too Large", 513, head)
+        if len(buffer) < total:
+            return None
+        message = bytes(buffer[:total])
+        del buffer[:total]
+        return message

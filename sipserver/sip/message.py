@@ -1,0 +1,343 @@
+"""SIP messages: parse and serialise (RFC 3261 §7, §25).
+
+Every header keeps the exact bytes it arrived with until someone edits it, so a proxy
+forwards headers it does not understand byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.headers import LIST_HEADERS, TOKEN_RE, canonical_name, header_key, split_list
+from sipserver.sip.uri import NameAddr, parse_name_addr
+from sipserver.sip.via import Via, parse_via
+
+SIP_VERSION = "SIP/2.0"
+_LINE_SPLIT = re.compile(rb"\r\n|\n")
+_HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
+_STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) ?(.*)$")
+_REQUEST_LINE = re.compile(r"^(\S+) (\S+) SIP/(\d+\.\d+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    max_message_bytes: int = 65535
+    max_header_count: int = 256
+    max_line_bytes: int = 8192
+
+
+@dataclass(slots=True)
+class Header:
+    name: str
+    value: str
+    raw: bytes | None = None  # the exact wire bytes (folding included), None once edited
+
+    @property
+    def key(self) -> str:
+        return header_key(self.name)
+
+    def to_bytes(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return f"{self.name}: {self.value}".encode("utf-8", "surrogateescape")
+
+
+class Headers:
+    """An ordered, case-insensitive, compact-form-aware list of headers."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[Header] | None = None) -> None:
+        self._items: list[Header] = items or []
+
+    def __iter__(self) -> Iterator[Header]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(h.key == header_key(name) for h in self._items)
+
+    def copy(self) -> Headers:
+        return Headers([Header(h.name, h.value, h.raw) for h in self._items])
+
+    def get(self, name: str) -> str | None:
+        """The first header line's value (whole line, not split at commas)."""
+        key = header_key(name)
+        for header in self._items:
+            if header.key == key:
+                return header.value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value, with comma-separated list headers split into elements."""
+        key = header_key(name)
+        values: list[str] = []
+        for header in self._items:
+            if header.key == key:
+                if key in LIST_HEADERS and not (key == "contact" and header.value.strip() == "*"):
+                    values.extend(split_list(header.value))
+                else:
+                    values.append(header.value)
+        return values
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append(Header(name, value))
+
+    def add_first(self, name: str, value: str) -> None:
+        self._items.insert(0, Header(name, value))
+
+    def remove(self, name: str) -> int:
+        key = header_key(name)
+        before = len(self._items)
+        self._items = [h for h in self._items if h.key != key]
+        return before - len(self._items)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of `name` with one line, in the place of the first."""
+        key = header_key(name)
+        for index, header in enumerate(self._items):
+            if header.key == key:
+                self._items[index] = Header(canonical_name(name), value)
+                self._items = [h for i, h in enumerate(self._items) if i <= index or h.key != key]
+                return
+        self.add(canonical_name(name), value)
+
+    def replace_first_value(self, name: str, value: str) -> None:
+        """Replace the first element of a list header (e.g. the top Via), keeping the rest."""
+        key = header_key(name)
+        for index, header in enumerate(self._items):
+            if header.key == key:
+                rest = split_list(header.value)[1:]
+                self._items[index] = Header(header.name, ", ".join([value, *rest]))
+                return
+        raise KeyError(name)
+
+
+@dataclass(slots=True)
+class Message:
+    headers: Headers
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    # --- typed accessors for the headers every message has -------------------------
+    @property
+    def call_id(self) -> str | None:
+        return self.headers.get("Call-ID")
+
+    @property
+    def vias(self) -> list[Via]:
+        return [parse_via(value) for value in self.headers.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via | None:
+        values = self.headers.get_all("Via")
+        return parse_via(values[0]) if values else None
+
+    @property
+    def from_(self) -> NameAddr | None:
+        value = self.headers.get("From")
+        return parse_name_addr(value) if value is not None else None
+
+    @property
+    def to(self) -> NameAddr | None:
+        value = self.headers.get("To")
+        return parse_name_addr(value) if value is not None else None
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        value = self.headers.get("CSeq")
+        if value is None:
+            raise RemoteProtocolError("Missing CSeq")
+        number, _, method = value.strip().partition(" ")
+        method = method.strip()
+        if not number.isdigit() or len(number) > 10 or int(number) >= 2**31 or not method:
+            raise RemoteProtocolError("Malformed CSeq")
+        return int(number), method
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        lines = [self.start_line().encode("utf-8", "surrogateescape")]
+        length_written = False
+        for header in self.headers:
+            if header.key == "content-length":
+                if length_written:
+                    continue
+                length_written = True
+                if header.raw is None or _content_length_of(header) != len(self.body):
+                    lines.append(f"{header.name}: {len(self.body)}".encode())
+                    continue
+            lines.append(header.to_bytes())
+        if not length_written:
+            lines.append(f"Content-Length: {len(self.body)}".encode())
+        return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
+
+
+def _content_length_of(header: Header) -> int | None:
+    text = header.value.strip()
+    return int(text) if text.isdigit() else None
+
+
+@dataclass(slots=True)
+class Request(Message):
+    method: str = ""
+    uri: str = ""
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+
+@dataclass(slots=True)
+class Response(Message):
+    status: int = 0
+    reason: str = ""
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+
+class ParseError(RemoteProtocolError):
+    """A message that cannot be parsed. `partial` holds what could be read, so that a
+    stateless error response can still copy Via, From, To, Call-ID and CSeq."""
+
+    def __init__(self, reason: str, status: int = 400, partial: Message | None = None) -> None:
+        super().__init__(reason, status)
+        self.partial = partial
+
+
+def split_head(data: bytes) -> tuple[bytes, bytes]:
+    """Split at the first empty line. Leading CRLFs (RFC 3261 §7.5) are skipped."""
+    data = data.lstrip(b"\r\n")
+    match = _HEAD_END.search(data)
+    if not match:
+        return data, b""
+    return data[: match.start()], data[match.end() :]
+
+
+def parse_message(
+    data: bytes, limits: ParseLimits = ParseLimits(), *, stream: bool = False
+) -> Message:
+    """Parse one complete message. For streams the caller has already framed it by
+    Content-Length, so `data` is exactly one message."""
+    if len(data) > limits.max_message_bytes:
+        raise ParseError("Message Too Large", 513)
+    head, body = split_head(data)
+    if not head:
+        raise ParseError("Empty message")
+    lines = _LINE_SPLIT.split(head)
+    for line in lines:
+        if len(line) > limits.max_line_bytes:
+            raise ParseError("Header line too long")
+    start, header_lines = lines[0], lines[1:]
+    headers = _parse_headers(header_lines, limits)
+    message = _parse_start_line(start.decode("utf-8", "surrogateescape"), headers)
+    message.body = _frame_body(headers, body, message, stream)
+    return message
+
+
+def _parse_headers(lines: list[bytes], limits: ParseLimits) -> Headers:
+    items: list[Header] = []
+    raw_lines: list[bytes] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not raw_lines:
+                raise ParseError("Header continuation without a header")
+            raw_lines.append(line)
+            continue
+        if raw_lines:
+            items.append(_make_header(raw_lines))
+        raw_lines = [line]
+        if len(items) >= limits.max_header_count:
+            raise ParseError("Too many headers")
+    if raw_lines:
+        items.append(_make_header(raw_lines))
+    return Headers(items)
+
+
+def _make_header(raw_lines: list[bytes]) -> Header:
+    raw = b"\r\n".join(raw_lines)
+    text = raw.decode("utf-8", "surrogateescape")
+    name, colon, value = text.partition(":")
+    name = name.rstrip(" \t")
+    if not colon or not TOKEN_RE.match(name):
+        raise ParseError(f"Malformed header line {text.splitlines()[0][:40]!r}")
+    # Unfold: any CRLF followed by whitespace is equivalent to one space (§7.3.1).
+    value = re.sub(r"\r?\n[ \t]+", " ", value).strip(" \t")
+    return Header(name, value, raw)
+
+
+def _parse_start_line(line: str, headers: Headers) -> Message:
+    if line.startswith("SIP/"):
+        match = _STATUS_LINE.match(line)
+        if not match:
+            raise ParseError("Malformed Status-Line", partial=Response(headers))
+        if match.group(1) != "2.0":
+            raise ParseError("Version Not Supported", 505, partial=Response(headers))
+        status = int(match.group(2))
+        if not 100 <= status <= 699:
+            raise ParseError("Status code out of range", partial=Response(headers))
+        return Response(headers, status=status, reason=match.group(3))
+    match = _REQUEST_LINE.match(line)
+    if not match:
+        method = line.split(" ", 1)[0]
+        partial = Request(headers, method=method if TOKEN_RE.match(method) else "")
+        raise ParseError("Malformed Request-Line", partial=partial)
+    method, uri, version = match.groups()
+    if not TOKEN_RE.match(method):
+        raise ParseError("Malformed method", partial=Request(headers))
+    request = Request(headers, method=method, uri=uri)
+    if version != "2.0":
+        raise ParseError("Version Not Supported", 505, partial=request)
+    return request
+
+
+def _frame_body(headers: Headers, body: bytes, message: Message, stream: bool) -> bytes:
+    lengths = {value.strip() for value in headers.get_all("Content-Length")}
+    if not lengths:
+        if stream:
+            raise ParseError("Missing Content-Length", partial=message)
+        return body
+    if len(lengths) > 1:
+        raise ParseError("Conflicting Content-Length headers", partial=message)
+    text = lengths.pop()
+    if not text.isdigit() or len(text) > 9:
+        raise ParseError("Malformed Content-Length", partial=message)
+    length = int(text)
+    if length > len(body):
+        raise ParseError("Content-Length larger than the message body", partial=message)
+    # On datagrams extra bytes after the body are discarded (§18.3).
+    return body[:length]
+
+
+def make_request(
+    method: str, uri: str, headers: list[tuple[str, str]], body: bytes = b""
+) -> Request:
+    return Request(Headers([Header(n, v) for n, v in headers]), body, method=method, uri=uri)
+
+
+def make_response_message(
+    status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b""
+) -> Response:
+    return Response(Headers([Header(n, v) for n, v in headers]), body, status=status, reason=reason)
+
+
+__all__ = [
+    "SIP_VERSION",
+    "Header",
+    "Headers",
+    "Message",
+    "ParseError",
+    "ParseLimits",
+    "Request",
+    "Response",
+    "make_request",
+    "make_response_message",
+    "parse_message",
+    "split_head",
+]

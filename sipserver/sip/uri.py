@@ -1,0 +1,158 @@
+"""SIP and SIPS URIs (RFC 3261 §19.1), including escapes and IPv6 references."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote as percent_decode
+
+from sipserver.sip.headers import Params, format_params, parse_params
+
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?$")
+SIP_SCHEMES = ("sip", "sips")
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    scheme: str
+    host: str  # IPv6 without brackets, lower-cased
+    user: str | None = None  # as written (escapes kept) so that serialising is lossless
+    password: str | None = None
+    port: int | None = None
+    params: Params = field(default_factory=dict)
+    headers: str | None = None
+
+    @property
+    def user_unescaped(self) -> str | None:
+        return None if self.user is None else percent_decode(self.user)
+
+    @property
+    def host_is_ipv6(self) -> bool:
+        return ":" in self.host
+
+    @property
+    def host_reference(self) -> str:
+        """Host as it appears in a URI or Via: IPv6 addresses in brackets."""
+        return f"[{self.host}]" if self.host_is_ipv6 else self.host
+
+    @property
+    def transport(self) -> str | None:
+        value = self.params.get("transport")
+        return value.lower() if value else None
+
+    def __str__(self) -> str:
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out.extend([":", self.password])
+            out.append("@")
+        out.append(self.host_reference)
+        if self.port is not None:
+            out.append(f":{self.port}")
+        out.append(format_params(self.params))
+        if self.headers is not None:
+            out.extend(["?", self.headers])
+        return "".join(out)
+
+
+class UriError(ValueError):
+    pass
+
+
+def parse_host_port(text: str) -> tuple[str, int | None]:
+    match = _HOST_RE.match(text.strip())
+    if not match:
+        raise UriError(f"bad host {text!r}")
+    host, port_text = match.group(1), match.group(2)
+    if host.startswith("["):
+        host = host[1:-1]
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError as exc:
+            raise UriError(f"bad IPv6 reference {text!r}") from exc
+    port = int(port_text) if port_text else None
+    if port is not None and not 0 < port < 65536:
+        raise UriError(f"port out of range in {text!r}")
+    return host.lower(), port
+
+
+def parse_uri(text: str) -> SipUri:
+    """Parse a sip: or sips: URI. Raises UriError for other schemes or bad syntax."""
+    text = text.strip()
+    scheme, sep, rest = text.partition(":")
+    if not sep or not scheme:
+        raise UriError(f"no scheme in URI {text!r}")
+    scheme = scheme.lower()
+    if scheme not in SIP_SCHEMES:
+        raise UriError(f"unsupported URI scheme {scheme!r}")
+    rest, qmark, headers = rest.partition("?")
+    user = password = None
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, colon, pw = userinfo.partition(":")
+        password = pw if colon else None
+        if not user:
+            raise UriError(f"empty user part in {text!r}")
+    hostport, _, param_text = rest.partition(";")
+    host, port = parse_host_port(hostport)
+    try:
+        params = parse_params(param_text)
+    except ValueError as exc:
+        raise UriError(f"bad URI parameters in {text!r}: {exc}") from exc
+    return SipUri(scheme, host, user, password, port, params, headers if qmark else None)
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """The value of From, To, Contact, Route, Record-Route: `"name" <uri>;params`."""
+
+    uri_text: str
+    display_name: str | None = None
+    params: Params = field(default_factory=dict)
+    bracketed: bool = True
+
+    @property
+    def uri(self) -> SipUri:
+        return parse_uri(self.uri_text)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def with_param(self, name: str, value: str | None) -> NameAddr:
+        params = dict(self.params)
+        params[name] = value
+        return NameAddr(self.uri_text, self.display_name, params, self.bracketed)
+
+    def __str__(self) -> str:
+        display = f"{self.display_name} " if self.display_name else ""
+        if self.bracketed or display:
+            return f"{display}<{self.uri_text}>{format_params(self.params)}"
+        return f"{self.uri_text}{format_params(self.params)}"
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    text = text.strip()
+    if "<" in text:
+        display, _, rest = text.partition("<")
+        uri_text, close, param_text = rest.partition(">")
+        if not close:
+            raise UriError(f"unterminated <...> in {text!r}")
+        if display.count('"') % 2:
+            raise UriError(f"unterminated quoted display name in {text!r}")
+        try:
+            params = parse_params(param_text)
+        except ValueError as exc:
+            raise UriError(f"bad parameters in {text!r}: {exc}") from exc
+        return NameAddr(uri_text.strip(), display.strip() or None, params, True)
+    # addr-spec form: parameters after the URI belong to the header (RFC 3261 §20.10).
+    uri_text, _, param_text = text.partition(";")
+    if not uri_text or ":" not in uri_text:
+        raise UriError(f"no URI in {text!r}")
+    try:
+        params = parse_params(param_text)
+    except ValueError as exc:
+        raise UriError(f"bad parameters in {text!r}: {exc}") from exc
+    return NameAddr(uri_text.strip(), None, params, False)

@@ -1,0 +1,95 @@
+"""Request checks, in the order a response can be built (RFC 3261 §8.2, §16.3)."""
+
+from __future__ import annotations
+
+from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.headers import header_key
+from sipserver.sip.message import Message, Request
+from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_name_addr, parse_uri
+from sipserver.sip.via import parse_via
+
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "REFER",
+        "MESSAGE",
+        "UPDATE",
+    }
+)
+_REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def check_envelope(message: Message) -> None:
+    """The headers every message needs before any answer can be built or matched.
+    Raises RemoteProtocolError whose reason names the problem (e.g. `Missing Call-ID`)."""
+    for name in _REQUIRED:
+        if name not in message.headers:
+            raise RemoteProtocolError(f"Missing {name}")
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        if len([h for h in message.headers if h.key == header_key(name)]) > 1:
+            raise RemoteProtocolError(f"Duplicate {name}")
+    try:
+        for value in message.headers.get_all("Via"):
+            parse_via(value)
+    except UriError as exc:
+        raise RemoteProtocolError("Malformed Via") from exc
+    for name in ("From", "To"):
+        try:
+            parse_name_addr(message.headers.get(name) or "")
+        except UriError as exc:
+            raise RemoteProtocolError(f"Malformed {name}") from exc
+    if not (message.call_id or "").strip():
+        raise RemoteProtocolError("Empty Call-ID")
+    message.cseq  # noqa: B018 -- raises "Malformed CSeq"
+
+
+def check_request_line(request: Request) -> None:
+    """Request-line and header checks that come after the envelope."""
+    _, method = request.cseq
+    if method != request.method:
+        raise RemoteProtocolError("CSeq method does not match the Request-Line")
+    scheme = request.uri.partition(":")[0].lower()
+    if scheme not in SIP_SCHEMES:
+        raise RemoteProtocolError(f"Unsupported URI Scheme {scheme!r}", 416)
+    try:
+        parse_uri(request.uri)
+    except UriError as exc:
+        raise RemoteProtocolError("Malformed Request-URI") from exc
+    max_forwards = request.headers.get("Max-Forwards")
+    if max_forwards is not None and not (
+        max_forwards.strip().isdigit() and int(max_forwards) <= 255
+    ):
+        raise RemoteProtocolError("Malformed Max-Forwards")
+
+
+def check_method(request: Request) -> None:
+    if request.method not in KNOWN_METHODS:
+        raise RemoteProtocolError("Not Implemented", 501)
+
+
+def check_required_options(request: Request, header: str, supported: frozenset[str]) -> None:
+    """420 Bad Extension for option tags in Require (UAS) or Proxy-Require (proxy) that we
+    do not support. ACK and CANCEL are exempt (§8.2.2.3)."""
+    if request.method in ("ACK", "CANCEL"):
+        return
+    wanted = [tag.strip() for tag in request.headers.get_all(header)]
+    unsupported = [tag for tag in wanted if tag.lower() not in supported]
+    if unsupported:
+        raise RemoteProtocolError(
+            "Bad Extension", 420, headers=(("Unsupported", ", ".join(unsupported)),)
+        )
+
+
+def max_forwards(request: Request) -> int:
+    value = request.headers.get("Max-Forwards")
+    return int(value) if value is not None and value.strip().isdigit() else 70

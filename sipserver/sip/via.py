@@ -1,0 +1,68 @@
+"""The Via header (RFC 3261 §20.42, §18.2.1; RFC 3581 rport)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from sipserver.sip.headers import Params, format_params, parse_params
+from sipserver.sip.uri import UriError, parse_host_port
+
+BRANCH_COOKIE = "z9hG4bK"
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    transport: str  # upper-case: UDP, TCP, TLS, ...
+    host: str
+    port: int | None = None
+    params: Params = field(default_factory=dict)
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def sent_by(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+    @property
+    def is_rfc3261_branch(self) -> bool:
+        return bool(self.branch and self.branch.startswith(BRANCH_COOKIE))
+
+    def with_received(self, source_ip: str, source_port: int) -> Via:
+        """Add `received` (§18.2.1) and fill an empty `rport` (RFC 3581 §4)."""
+        params = dict(self.params)
+        if source_ip != self.host or "rport" in params:
+            params["received"] = source_ip
+        if "rport" in params and params["rport"] is None:
+            params["rport"] = str(source_port)
+        return replace(self, params=params)
+
+    def __str__(self) -> str:
+        return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
+
+
+def parse_via(text: str) -> Via:
+    """Parse one via-parm (one element of a comma-separated Via header)."""
+    protocol, _, rest = text.strip().partition(" ")
+    parts = [part.strip() for part in protocol.split("/")]
+    rest = rest.strip()
+    if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0" or not parts[2]:
+        # Tolerate "SIP / 2.0 / UDP" with spaces (RFC 3261 LWS rules).
+        joined = (protocol + " " + rest).replace(" ", "")
+        pieces = joined.split("/")
+        if len(pieces) < 3 or pieces[0].upper() != "SIP" or pieces[1] != "2.0":
+            raise UriError(f"bad Via protocol in {text!r}")
+        transport_and_rest = text.strip().split("/", 2)[2].strip()
+        transport, _, rest = transport_and_rest.partition(" ")
+        parts = ["SIP", "2.0", transport]
+    hostport, _, param_text = rest.partition(";")
+    if not hostport.strip():
+        raise UriError(f"no sent-by in Via {text!r}")
+    host, port = parse_host_port(hostport.strip())
+    try:
+        params = parse_params(param_text)
+    except ValueError as exc:
+        raise UriError(f"bad Via parameters in {text!r}: {exc}") from exc
+    return Via(parts[2].upper(), host, port, params)
