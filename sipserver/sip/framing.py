@@ -46,7 +46,7 @@ class StreamFramer:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes | KeepAlivePing]:
+    def feed(self, data: bytes | bytearray) -> list[bytes | KeepAlivePing]:
         self._buffer += data
         out: list[bytes | KeepAlivePing] = []
         while True:

@@ -1,0 +1,171 @@
+"""Reading certificates from disk and writing a generated one. The decisions are pure
+(`pki/`); this module only does the file I/O around them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_der_private_key, load_pem_private_key
+
+from sipserver.config import Config
+from sipserver.pki.certinfo import describe
+from sipserver.pki.generate import generate_self_signed
+from sipserver.pki.select import Candidate, Selection, choose_certificate
+
+log = structlog.get_logger("sipserver")
+
+CERT_SUFFIXES = (".pem", ".crt", ".cer")
+
+
+class CertificateSetupError(Exception):
+    pass
+
+
+def _load_certs(data: bytes) -> list[x509.Certificate]:
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
+
+
+def _load_key(path: Path, data: bytes) -> object | None:
+    if b"PRIVATE KEY-----" in data:
+        return load_pem_private_key(data, password=None)
+    sibling = path.with_suffix(".key")
+    if sibling.exists():
+        key_data = sibling.read_bytes()
+        if b"-----BEGIN" in key_data:
+            return load_pem_private_key(key_data, password=None)
+        return load_der_private_key(key_data, password=None)
+    return None
+
+
+def load_candidates(folder: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """Every certificate file in the folder, and the files that could not be read."""
+    candidates: list[Candidate] = []
+    unreadable: list[tuple[str, str]] = []
+    if not folder.is_dir():
+        return candidates, unreadable
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in CERT_SUFFIXES or not path.is_file():
+            continue
+        try:
+            data = path.read_bytes()
+            chain = _load_certs(data)
+            key = _load_key(path, data)
+        except (OSError, ValueError, TypeError) as exc:
+            unreadable.append((str(path), f"cannot be read: {exc}"))
+            continue
+        if not chain:
+            unreadable.append((str(path), "holds no certificate"))
+            continue
+        candidates.append(Candidate.build(str(path), chain, key))  # type: ignore[arg-type]
+    return candidates, unreadable
+
+
+def load_trust_anchors(folder: Path) -> list[x509.Certificate]:
+    anchors: list[x509.Certificate] = []
+    if not folder.is_dir():
+        return anchors
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in CERT_SUFFIXES or not path.is_file():
+            continue
+        try:
+            anchors.extend(_load_certs(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            log.warning("trust_anchor_unreadable", path=str(path), reason=str(exc))
+    return anchors
+
+
+def write_generated(folder: Path, fqdn: str, now: dt.datetime, key_type: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    generated = generate_self_signed(fqdn, now, key_type=key_type)
+    stem = folder / f"selfsigned-{fqdn}"
+    key_path = stem.with_suffix(".key")
+    # The key is created 0600 from the start: never world-readable, not even briefly.
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(generated.private_key_pem)
+    os.chmod(key_path, 0o600)
+    cert_path = stem.with_suffix(".crt")
+    cert_path.write_bytes(generated.certificate_pem)
+    return cert_path
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCredentials:
+    selection: Selection
+    certificate: Candidate
+    trust_anchors: tuple[x509.Certificate, ...]
+
+
+def prepare_credentials(config: Config, now: dt.datetime) -> ServerCredentials:
+    """Choose our certificate (generating one if none is usable) and load trust anchors,
+    logging every skipped file, the choice, and the anchors."""
+    folder = config.tls.certificate_dir
+    candidates, unreadable = load_candidates(folder)
+    for bad_path, reason in unreadable:
+        log.warning("server_certificate_skipped", path=bad_path, reason=reason)
+    selection = choose_certificate(candidates, config.server.fqdn, now)
+    for skipped in selection.skipped:
+        log.warning(
+            "server_certificate_skipped",
+            path=skipped.candidate.path,
+            reason=skipped.reason,
+            **skipped.candidate.info.log_fields(),
+        )
+    if selection.chosen is None:
+        try:
+            path = write_generated(folder, config.server.fqdn, now, config.tls.generated_key_type)
+        except OSError as exc:
+            raise CertificateSetupError(
+                f"no usable certificate in {folder} and cannot write a self-signed one there: {exc}"
+            ) from exc
+        candidates, _ = load_candidates(folder)
+        selection = choose_certificate(
+            [c for c in candidates if c.path == str(path)], config.server.fqdn, now
+        )
+        if selection.chosen is None:
+            raise CertificateSetupError(
+                f"generated certificate {path} is unusable: {selection.reason}"
+            )
+        log.info(
+            "server_certificate_generated",
+            path=str(path),
+            fqdn=config.server.fqdn,
+            key_type=config.tls.generated_key_type,
+            key_path=str(path.with_suffix(".key")),
+            **selection.chosen.info.log_fields(),
+        )
+    chosen = selection.chosen
+    assert chosen is not None
+    log.info(
+        "server_certificate_selected",
+        path=chosen.path,
+        why=selection.reason,
+        ekus=",".join(chosen.info.ekus),
+        **chosen.info.log_fields(),
+    )
+    anchors = load_trust_anchors(config.tls.trust_dir)
+    if anchors:
+        for anchor in anchors:
+            info = describe(anchor)
+            log.info(
+                "trust_anchor_loaded",
+                subject=info.subject,
+                serial=info.serial,
+                thumbprint_sha1=info.thumbprint_sha1,
+                not_after=info.not_after.isoformat(),
+            )
+    else:
+        log.warning(
+            "trust_anchors_missing",
+            trust_dir=str(config.tls.trust_dir),
+            consequence="every TLS peer will be refused: put the CA certificates that "
+            "your gateways' and PBXs' certificates chain to in trust_dir",
+        )
+    return ServerCredentials(selection, chosen, tuple(anchors))

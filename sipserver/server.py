@@ -1,0 +1,396 @@
+"""Wires the pure core to trio: listeners, connections, timers, signals, reload.
+
+One nursery owns every task. Every wait on a peer is bounded: handshakes by
+tls.handshake_timeout, reads by limits.idle_timeout, writes by limits.send_timeout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import trio
+from OpenSSL import SSL
+
+from sipserver.certstore import CertificateSetupError, ServerCredentials, prepare_credentials
+from sipserver.config import Config, ConfigError, load_config
+from sipserver.core import Flow, SipCore, Transmit
+from sipserver.sip.framing import FramingError
+from sipserver.transport.limits import ConnectionTable
+from sipserver.transport.streams import StreamConnection, next_connection_id
+from sipserver.transport.tls_accept import TlsAccepted, accept_tls
+from sipserver.transport.tls_context import build_server_context
+from sipserver.transport.udp import open_udp_socket
+
+log = structlog.get_logger("sipserver")
+
+
+class StartupError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    transport: str
+    address: str
+    port: int
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _addr(address: tuple[str, int]) -> str:
+    return f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        overrides: Callable[[Config], Config] = lambda c: c,
+    ) -> None:
+        self.config = config
+        self._config_path = config_path
+        self._overrides = overrides
+        self.core = SipCore(config)
+        self.connections: dict[int, StreamConnection] = {}
+        self.connection_table = ConnectionTable(
+            config.limits.max_connections, config.limits.max_connections_per_address
+        )
+        self.listeners: list[Listener] = []
+        self._udp_sockets: dict[tuple[str, int], trio.socket.SocketType] = {}
+        self._timer_wakeup = trio.Event()
+        self.credentials: ServerCredentials | None = None
+        self._tls_context: SSL.Context | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        cfg = self.config
+        log.info("server_starting", fqdn=cfg.server.fqdn, config=cfg.source, peers=len(cfg.peers))
+        if "tls" in cfg.server.transports:
+            try:
+                self._install_credentials(prepare_credentials(cfg, _now()))
+            except CertificateSetupError as exc:
+                raise StartupError(str(exc)) from exc
+        async with trio.open_nursery() as nursery:
+            await self._open_listeners(nursery)
+            nursery.start_soon(self._timer_loop)
+            if handle_signals:
+                nursery.start_soon(self._signal_loop, nursery.cancel_scope)
+            log.info(
+                "server_ready",
+                fqdn=cfg.server.fqdn,
+                listeners=[
+                    f"{item.transport}:{_addr((item.address, item.port))}"
+                    for item in self.listeners
+                ],
+                peers=[p.name for p in cfg.peers],
+            )
+            task_status.started(list(self.listeners))
+        log.info("server_stopped")
+
+    def _install_credentials(self, credentials: ServerCredentials) -> None:
+        context = build_server_context(
+            credentials.certificate, credentials.trust_anchors, self.config.tls.min_version
+        )
+        self.credentials = credentials
+        self._tls_context = context  # new connections use it; established ones keep theirs
+
+    async def _open_listeners(self, nursery: trio.Nursery) -> None:
+        cfg = self.config.server
+        sip_port, tls_port = cfg.sip_port, cfg.tls_port
+        for transport in ("udp", "tcp", "tls"):
+            if transport not in cfg.transports:
+                continue
+            for address in cfg.addresses:
+                port = tls_port if transport == "tls" else sip_port
+                try:
+                    bound = await self._open_listener(nursery, transport, address, port)
+                except OSError as exc:
+                    if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and address in (
+                        "::",
+                        "0.0.0.0",
+                    ):
+                        log.warning(
+                            "listener_unavailable",
+                            transport=transport,
+                            address=address,
+                            port=port,
+                            reason=exc.strerror,
+                        )
+                        continue
+                    raise StartupError(_bind_error(transport, address, port, exc)) from exc
+                # Port 0 picks a free port once; UDP and TCP then share it, like 5060 does.
+                if transport == "tls" and tls_port == 0:
+                    tls_port = bound
+                elif transport != "tls" and sip_port == 0:
+                    sip_port = bound
+        if not self.listeners:
+            raise StartupError("no listener could be opened")
+
+    async def _open_listener(
+        self, nursery: trio.Nursery, transport: str, address: str, port: int
+    ) -> int:
+        if transport == "udp":
+            sock = await open_udp_socket(address, port)
+            local = sock.getsockname()[:2]
+            self._udp_sockets[local] = sock
+            nursery.start_soon(self._serve_udp, sock, local)
+        else:
+            listeners = await trio.open_tcp_listeners(port, host=address, backlog=1024)
+            local = listeners[0].socket.getsockname()[:2]
+            handler = self._serve_tls if transport == "tls" else self._serve_tcp
+            await nursery.start(trio.serve_listeners, handler, listeners)
+        self.listeners.append(Listener(transport, local[0], local[1]))
+        log.info("listener_started", transport=transport, address=local[0], port=local[1])
+        return int(local[1])
+
+    async def _signal_loop(self, cancel_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.info("server_stopping", signal=signal.Signals(signum).name)
+                    cancel_scope.cancel()
+                    return
+
+    def reload(self) -> bool:
+        """Re-read config and certificates; on any error keep what is running."""
+        if self._config_path is None:
+            log.info(
+                "config_reload_skipped", reason="running on the embedded default configuration"
+            )
+            return False
+        try:
+            new = self._overrides(load_config(self._config_path))
+            credentials = (
+                prepare_credentials(new, _now()) if "tls" in new.server.transports else None
+            )
+        except (ConfigError, CertificateSetupError) as exc:
+            log.error("config_reload_failed", error=str(exc), kept=self.config.source)
+            return False
+        old = self.config
+        if (
+            new.server.addresses,
+            new.server.sip_port,
+            new.server.tls_port,
+            new.server.transports,
+        ) != (
+            old.server.addresses,
+            old.server.sip_port,
+            old.server.tls_port,
+            old.server.transports,
+        ):
+            log.warning(
+                "config_reload_partial",
+                reason="listen addresses, ports and transports change only on restart",
+            )
+        self.config = new
+        self.core.configure(new)
+        self.connection_table.max_total = new.limits.max_connections
+        self.connection_table.max_per_address = new.limits.max_connections_per_address
+        if credentials is not None:
+            self._install_credentials(credentials)
+        log.info("config_reloaded", config=new.source, peers=len(new.peers))
+        return True
+
+    # --- timers ------------------------------------------------------------------------
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._timer_wakeup.wait()
+            self._timer_wakeup = trio.Event()
+            await self._dispatch(self.core.handle_timers(trio.current_time()))
+
+    async def _dispatch(self, transmits: list[Transmit]) -> None:
+        for transmit in transmits:
+            flow = transmit.flow
+            if flow.transport == "udp":
+                sock = self._udp_sockets.get(flow.local)
+                if sock is None:
+                    continue
+                try:
+                    await sock.sendto(transmit.data, flow.remote)
+                except OSError as exc:
+                    log.warning("udp_send_failed", remote=_addr(flow.remote), reason=exc.strerror)
+                continue
+            connection = self.connections.get(flow.connection_id or 0)
+            if connection is None:
+                log.info(
+                    "transmit_dropped",
+                    reason="connection closed",
+                    remote=_addr(flow.remote),
+                    transport=flow.transport,
+                )
+                continue
+            connection.queue(transmit)
+        self._timer_wakeup.set()
+
+    # --- UDP ---------------------------------------------------------------------------
+    async def _serve_udp(self, sock: trio.socket.SocketType, local: tuple[str, int]) -> None:
+        while True:
+            limit = self.config.limits.max_message_bytes
+            try:
+                data, address = await sock.recvfrom(limit + 1)
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("udp_receive_error", reason=exc.strerror)
+                continue
+            remote = (address[0], address[1])
+            if len(data) > limit:
+                log.warning(
+                    "sip_datagram_too_large",
+                    remote=_addr(remote),
+                    limit=limit,
+                    reason="limits.max_message_bytes",
+                )
+                continue
+            flow = Flow("udp", local, remote)
+            try:
+                transmits = self.core.receive_datagram(data, flow, trio.current_time())
+            except Exception:
+                log.exception("internal_error", transport="udp", remote=_addr(remote))
+                continue
+            await self._dispatch(transmits)
+
+    # --- TCP and TLS -------------------------------------------------------------------
+    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+        await self._serve_stream(stream, "tcp")
+
+    async def _serve_tls(self, stream: trio.SocketStream) -> None:
+        await self._serve_stream(stream, "tls")
+
+    async def _serve_stream(self, stream: trio.SocketStream, transport: str) -> None:
+        try:
+            remote = stream.socket.getpeername()[:2]
+            local = stream.socket.getsockname()[:2]
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        refusal = self.connection_table.admit(remote[0])
+        if refusal is not None:
+            log.warning(
+                "connection_refused", transport=transport, remote=_addr(remote), reason=refusal
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        connection_id = next_connection_id()
+        structlog.contextvars.bind_contextvars(
+            transport=transport, remote=_addr(remote), connection_id=connection_id
+        )
+        started = time.monotonic()
+        connection: StreamConnection | None = None
+        try:
+            tls_peer = None
+            active: trio.abc.Stream = stream
+            if transport == "tls":
+                accepted = await self._tls_handshake(stream)
+                if accepted is None:
+                    return
+                active, tls_peer = accepted.stream, accepted.peer
+            else:
+                log.info("connection_opened")
+            connection = StreamConnection(
+                active, Flow(transport, local, remote, connection_id), tls_peer
+            )
+            self.connections[connection_id] = connection
+            limits = self.config.limits
+            await connection.run(
+                self.core.limits,
+                limits.idle_timeout,
+                limits.send_timeout,
+                self._stream_message,
+                self._framing_lost,
+            )
+        except Exception:
+            log.exception("internal_error")
+        finally:
+            self.connections.pop(connection_id, None)
+            self.connection_table.release(remote[0])
+            if connection is not None:
+                log.info(
+                    "connection_closed",
+                    reason=connection.close_reason,
+                    messages=connection.messages_in,
+                    seconds=round(time.monotonic() - started, 3),
+                )
+                with trio.move_on_after(1, shield=True):
+                    await connection.stream.aclose()
+            else:
+                await trio.aclose_forcefully(stream)
+
+    async def _tls_handshake(self, stream: trio.SocketStream) -> TlsAccepted | None:
+        assert self._tls_context is not None and self.credentials is not None
+        ours = self.credentials.certificate.info
+        result = await accept_tls(
+            stream, self._tls_context, self.config.tls.handshake_timeout, self.config.peers
+        )
+        if not isinstance(result, TlsAccepted):
+            cert_fields = result.certificate.log_fields("peer_cert_") if result.certificate else {}
+            log.warning(
+                "tls_peer_refused",
+                reason=result.reason,
+                detail=result.detail,
+                **result.fields,
+                **cert_fields,
+            )
+            if result.stream is not None:
+                with trio.move_on_after(1, shield=True):
+                    await result.stream.aclose()
+            return None
+        structlog.contextvars.bind_contextvars(
+            peer=result.peer.name,
+            peer_fqdn=result.peer.fqdn,
+            peer_cert_thumbprint_sha256=result.certificate.thumbprint_sha256,
+        )
+        log.info(
+            "tls_peer_accepted",
+            identity_source=result.identity_source,
+            tls_version=result.tls_version,
+            cipher=result.cipher,
+            our_thumbprint_sha1=ours.thumbprint_sha1,
+            our_thumbprint_sha256=ours.thumbprint_sha256,
+            **result.certificate.log_fields("peer_cert_"),
+        )
+        return result
+
+    async def _stream_message(self, connection: StreamConnection, data: bytes) -> None:
+        try:
+            transmits = self.core.receive_stream_message(
+                data, connection.flow, connection.tls_peer, trio.current_time()
+            )
+        except Exception:
+            log.exception("internal_error")
+            return
+        await self._dispatch(transmits)
+
+    async def _framing_lost(self, connection: StreamConnection, error: FramingError) -> None:
+        await self._dispatch(self.core.framing_lost(error, connection.flow))
+
+
+def _bind_error(transport: str, address: str, port: int, exc: OSError) -> str:
+    where = f"{transport} {_addr((address, port))}"
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied. Ports below 1024 need root or "
+            "CAP_NET_BIND_SERVICE; or choose others with --sip-port/--tls-port"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: address already in use (another SIP server running?)"
+    return f"cannot listen on {where}: {exc.strerror or exc}"

@@ -1,0 +1,1 @@
+"""trio adapters: sockets and TLS around the pure core."""

@@ -1,0 +1,111 @@
+"""One TCP or TLS connection: a reader that frames messages and a writer that drains a
+bounded queue, so a peer that stops reading only ever stalls itself."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+
+import structlog
+import trio
+
+from sipserver.config import PeerSettings
+from sipserver.core import Flow, Transmit
+from sipserver.sip.framing import PING, FramingError, StreamFramer
+from sipserver.sip.message import ParseLimits
+
+log = structlog.get_logger("sipserver")
+_connection_ids = itertools.count(1)
+SEND_QUEUE_DEPTH = 256
+
+
+def next_connection_id() -> int:
+    return next(_connection_ids)
+
+
+class StreamConnection:
+    def __init__(self, stream: trio.abc.Stream, flow: Flow, tls_peer: PeerSettings | None) -> None:
+        self.stream = stream
+        self.flow = flow
+        self.tls_peer = tls_peer
+        self._send, self._queue = trio.open_memory_channel[tuple[bytes, bool]](SEND_QUEUE_DEPTH)
+        self.messages_in = 0
+        self.close_reason = "closed by peer"
+        self._cancel: trio.CancelScope | None = None
+
+    def queue(self, transmit: Transmit) -> None:
+        try:
+            self._send.send_nowait((transmit.data, transmit.close_after))
+        except trio.WouldBlock:
+            self.close("send queue full: the peer is not reading")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def close(self, reason: str) -> None:
+        self.close_reason = reason
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def run(
+        self,
+        limits: ParseLimits,
+        idle_timeout: float,
+        send_timeout: float,
+        on_message: Callable[[StreamConnection, bytes], Awaitable[None]],
+        on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._cancel = nursery.cancel_scope
+            nursery.start_soon(self._writer, send_timeout)
+            await self._reader(limits, idle_timeout, on_message, on_framing_lost)
+            nursery.cancel_scope.cancel()
+
+    async def _reader(
+        self,
+        limits: ParseLimits,
+        idle_timeout: float,
+        on_message: Callable[[StreamConnection, bytes], Awaitable[None]],
+        on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
+    ) -> None:
+        framer = StreamFramer(limits)
+        while True:
+            with trio.move_on_after(idle_timeout) as idle:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self.close_reason = f"connection broken: {exc}"
+                    return
+            if idle.cancelled_caught:
+                self.close_reason = f"idle for {idle_timeout:g} s (limits.idle_timeout)"
+                return
+            if not data:
+                return
+            try:
+                items = framer.feed(data)
+            except FramingError as exc:
+                self.close_reason = f"framing lost: {exc.reason}"
+                await on_framing_lost(self, exc)
+                await trio.sleep_forever()  # the writer sends the last answer, then closes
+            for item in items:
+                if item is PING:
+                    self.queue(Transmit(self.flow, b"\r\n"))  # RFC 5626 §3.5.1 pong
+                    continue
+                assert isinstance(item, bytes)
+                self.messages_in += 1
+                await on_message(self, item)
+
+    async def _writer(self, send_timeout: float) -> None:
+        async for data, close_after in self._queue:
+            if data:
+                try:
+                    with trio.fail_after(send_timeout):
+                        await self.stream.send_all(data)
+                except trio.TooSlowError:
+                    self.close(f"send blocked for {send_timeout:g} s (limits.send_timeout)")
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self.close(f"connection broken while sending: {exc}")
+                    return
+            if close_after:
+                self.close(self.close_reason)
+                return

@@ -1,0 +1,165 @@
+"""The 5061 gate: handshake under a deadline, then the allow-list. Says exactly why a
+peer was refused and which certificate it presented."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from OpenSSL import SSL
+
+from sipserver.config import PeerSettings
+from sipserver.pki.certinfo import CertInfo, describe
+from sipserver.pki.identity import match_peer
+from sipserver.pki.verify_errors import describe_verify_error
+from sipserver.transport.tls_context import new_server_connection
+from sipserver.transport.tls_stream import TLSStream
+
+
+@dataclass(frozen=True, slots=True)
+class TlsAccepted:
+    stream: TLSStream
+    peer: PeerSettings
+    certificate: CertInfo
+    identity_source: str
+    tls_version: str
+    cipher: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsRefused:
+    reason: str  # no_client_certificate | untrusted_chain | certificate_expired | ...
+    detail: str
+    certificate: CertInfo | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    stream: TLSStream | None = None  # set when the handshake finished (close it politely)
+
+
+def _openssl_reasons(exc: BaseException) -> list[str]:
+    reasons: list[str] = []
+    for entry in getattr(exc, "args", ())[:1]:
+        if isinstance(entry, list):
+            for item in entry:
+                if isinstance(item, tuple) and len(item) == 3:
+                    reasons.append(str(item[2]))
+    return reasons or [str(exc)]
+
+
+def _classify_failure(exc: BaseException, record_errors: list[Any], called: bool) -> TlsRefused:
+    if record_errors:
+        code, depth, cert = record_errors[0]
+        reason, text = describe_verify_error(code)
+        info = describe(cert)
+        return TlsRefused(
+            reason,
+            text,
+            info,
+            {
+                "verify_error": code,
+                "verify_depth": depth,
+                "presented_names": list(info.presented_names),
+            },
+        )
+    reasons = _openssl_reasons(exc)
+    joined = "; ".join(reasons)
+    lowered = joined.lower()
+    if not called and (
+        "peer did not return a certificate" in lowered or "certificate required" in lowered
+    ):
+        return TlsRefused(
+            "no_client_certificate", "the peer sent no client certificate; 5061 requires mutual TLS"
+        )
+    if "alert" in lowered and any(
+        a in lowered
+        for a in ("unknown ca", "bad certificate", "certificate unknown", "decrypt error")
+    ):
+        return TlsRefused(
+            "peer_refused_our_certificate",
+            f"the peer rejected our certificate ({joined}); import our CA or "
+            "certificate into its trust store (sipserver certs export)",
+        )
+    if (
+        "wrong version number" in lowered
+        or "http request" in lowered
+        or "packet length too long" in lowered
+    ):
+        return TlsRefused(
+            "not_tls", f"the peer did not speak TLS ({joined}); plain SIP belongs on the SIP port"
+        )
+    if (
+        "unsupported protocol" in lowered
+        or "no shared cipher" in lowered
+        or "no suitable" in lowered
+    ):
+        return TlsRefused(
+            "tls_parameters_refused",
+            f"no common TLS version or cipher suite ({joined}); we need TLS 1.2+ with AEAD suites",
+        )
+    return TlsRefused("handshake_failed", joined)
+
+
+async def accept_tls(
+    transport: trio.abc.Stream,
+    context: SSL.Context,
+    handshake_timeout: float,
+    peers: Sequence[PeerSettings],
+) -> TlsAccepted | TlsRefused:
+    connection, record = new_server_connection(context)
+    stream = TLSStream(transport, connection)
+    try:
+        with trio.fail_after(handshake_timeout):
+            await stream.do_handshake()
+    except trio.TooSlowError:
+        return TlsRefused(
+            "handshake_timeout",
+            f"no complete TLS handshake within {handshake_timeout:g} s (tls.handshake_timeout)",
+        )
+    except trio.BrokenResourceError as exc:
+        if record.errors:
+            return _classify_failure(exc, record.errors, record.called)
+        return TlsRefused(
+            "handshake_aborted", f"the peer closed the connection during the handshake ({exc})"
+        )
+    except SSL.Error as exc:
+        return _classify_failure(exc, record.errors, record.called)
+
+    leaf = connection.get_peer_certificate(as_cryptography=True)
+    if leaf is None:  # cannot happen with VERIFY_FAIL_IF_NO_PEER_CERT; refuse anyway
+        return TlsRefused(
+            "no_client_certificate", "the peer sent no client certificate", stream=stream
+        )
+    info = describe(leaf)
+    match = match_peer(info, peers)
+    if match.peer is None:
+        names = list(match.identities.names) or list(info.presented_names)
+        detail = (
+            f"certificate names {', '.join(names) or '(none)'} (from {match.identities.source}) "
+            f"match no allow-listed peer"
+        )
+        if match.wildcard_refused:
+            detail += "; a wildcard would match but that peer does not set allow_wildcard"
+        elif match.closest_fqdn:
+            detail += f"; closest allow-listed FQDN is {match.closest_fqdn}"
+        return TlsRefused(
+            "not_on_allow_list",
+            detail,
+            info,
+            {
+                "presented_names": names,
+                "identity_source": match.identities.source,
+                "closest_fqdn": match.closest_fqdn,
+            },
+            stream=stream,
+        )
+    peer = match.peer
+    assert isinstance(peer, PeerSettings)
+    return TlsAccepted(
+        stream,
+        peer,
+        info,
+        match.identities.source,
+        connection.get_protocol_version_name(),
+        connection.get_cipher_name() or "",
+    )

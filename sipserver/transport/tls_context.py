@@ -1,0 +1,83 @@
+"""Server TLS contexts: TLS 1.2+ (1.3 preferred), AEAD suites only, no renegotiation or
+compression, a client certificate required and verified against the trust anchors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+from sipserver.pki.select import Candidate
+
+# TLS 1.2 suites: ECDHE for forward secrecy, AEAD only. TLS 1.3 suites are all AEAD.
+TLS12_CIPHERS = (
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+)
+
+
+@dataclass
+class VerifyRecord:
+    """What the verify callback saw during one handshake."""
+
+    leaf: x509.Certificate | None = None
+    errors: list[tuple[int, int, x509.Certificate]] = field(
+        default_factory=list
+    )  # (code, depth, cert)
+    called: bool = False
+
+
+def _verify_callback(
+    connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
+    record = connection.get_app_data()
+    if isinstance(record, VerifyRecord):
+        record.called = True
+        as_crypto = cert.to_cryptography()
+        if depth == 0:
+            record.leaf = as_crypto
+        if not ok:
+            record.errors.append((errno, depth, as_crypto))
+    # Keep OpenSSL's verdict: a bad chain fails the handshake with the right alert.
+    return bool(ok)
+
+
+def build_server_context(
+    candidate: Candidate, trust_anchors: Sequence[x509.Certificate], min_version: str
+) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION if min_version == "1.3" else SSL.TLS1_2_VERSION)
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION
+        | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_NO_TICKET
+    )
+    ctx.set_cipher_list(TLS12_CIPHERS)
+    assert candidate.key is not None
+    ctx.use_certificate(crypto.X509.from_cryptography(candidate.chain[0]))
+    for intermediate in candidate.chain[1:]:
+        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
+    ctx.use_privatekey(crypto.PKey.from_cryptography_key(candidate.key))  # type: ignore[arg-type]
+    ctx.check_privatekey()
+    store = ctx.get_cert_store()
+    assert store is not None
+    for anchor in trust_anchors:
+        store.add_cert(crypto.X509.from_cryptography(anchor))
+    ctx.set_verify(
+        SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, _verify_callback
+    )
+    ctx.set_verify_depth(9)
+    ctx.set_session_id(b"sipserver")
+    return ctx
+
+
+def new_server_connection(ctx: SSL.Context) -> tuple[SSL.Connection, VerifyRecord]:
+    connection = SSL.Connection(ctx, None)
+    record = VerifyRecord()
+    connection.set_app_data(record)
+    connection.set_accept_state()
+    return connection, record

@@ -1,0 +1,25 @@
+"""UDP sockets for 5060."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+import trio
+
+
+async def open_udp_socket(address: str, port: int) -> trio.socket.SocketType:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            # "::" and "0.0.0.0" on the same port must not collide.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        await sock.bind((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
