@@ -386,11 +386,13 @@ class SipCore:
         return replace(flow, remote=(flow.remote[0], port))
 
     def _addressed_to_us(self, request: Request, flow: Flow) -> bool:
+        """A Request-URI with one of our names, or with no user part: nothing could be
+        routed on without a number, so an OPTIONS like that is a ping of this hop."""
         try:
-            host = parse_uri(request.uri).host
+            uri = parse_uri(request.uri)
         except UriError:
             return False
-        return host in self._our_hosts or host == flow.local[0]
+        return uri.user is None or uri.host in self._our_hosts or uri.host == flow.local[0]
 
 
 def _addr(address: tuple[str, int]) -> str:
