@@ -266,7 +266,8 @@ def _make_header(raw_lines: list[bytes]) -> Header:
     name, colon, value = text.partition(":")
     name = name.rstrip(" \t")
     if not colon or not TOKEN_RE.match(name):
-        raise ParseError(f"Malformed header line {text.splitlines()[0][:40]!r}")
+        first = (text.splitlines() or [""])[0][:40]
+        raise ParseError(f"Malformed header line {first!r}")
     # Unfold: any CRLF followed by whitespace is equivalent to one space (§7.3.1).
     value = re.sub(r"\r?\n[ \t]+", " ", value).strip(" \t")
     return Header(name, value, raw)

@@ -133,10 +133,25 @@ class NameAddr:
         return f"{self.uri_text}{format_params(self.params)}"
 
 
+def _angle_outside_quotes(text: str) -> int | None:
+    in_quotes = escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif in_quotes and char == "\\":
+            escaped = True
+        elif char == '"':
+            in_quotes = not in_quotes
+        elif char == "<" and not in_quotes:
+            return index
+    return None
+
+
 def parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
-    if "<" in text:
-        display, _, rest = text.partition("<")
+    open_at = _angle_outside_quotes(text)
+    if open_at is not None:
+        display, rest = text[:open_at], text[open_at + 1 :]
         uri_text, close, param_text = rest.partition(">")
         if not close:
             raise UriError(f"unterminated <...> in {text!r}")

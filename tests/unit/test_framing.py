@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sipserver.sip.framing import PING, FramingError, StreamFramer
+from sipserver.sip.message import ParseLimits
+
+
+def _msg(n: int, body: bytes = b"") -> bytes:
+    return (f"OPTIONS sip:h SIP/2.0\r\nCall-ID: {n}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+STREAM = _msg(1) + b"\r\n\r\n" + _msg(2, b"abc\r\n\r\nxyz") + b"\r\n" + _msg(3, b"x")
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM)), max_size=30))
+def test_any_chunking_gives_the_same_messages(cuts: list[int]) -> None:
+    framer = StreamFramer()
+    out: list[object] = []
+    points = sorted(set(cuts)) + [len(STREAM)]
+    start = 0
+    for point in points:
+        out += framer.feed(STREAM[start:point])
+        start = point
+    assert out == [_msg(1), PING, _msg(2, b"abc\r\n\r\nxyz"), _msg(3, b"x")]
+    assert framer.buffered == 0
+
+
+def test_missing_content_length_loses_framing_and_keeps_the_head() -> None:
+    with pytest.raises(FramingError) as info:
+        StreamFramer().feed(b"OPTIONS sip:h SIP/2.0\r\nCall-ID: 1\r\n\r\n")
+    assert info.value.reason == "Missing Content-Length"
+    assert info.value.head is not None and info.value.head.startswith(b"OPTIONS")
+
+
+def test_oversized_message_and_endless_headers_are_refused() -> None:
+    limits = ParseLimits(max_message_bytes=1024)
+    with pytest.raises(FramingError) as info:
+        StreamFramer(limits).feed(b"OPTIONS sip:h SIP/2.0\r\nContent-Length: 5000\r\n\r\n")
+    assert info.value.status == 513
+    with pytest.raises(FramingError):
+        StreamFramer(limits).feed(b"OPTIONS sip:h SIP/2.0\r\n" + b"X: y\r\n" * 300)
+
+
+def test_a_lone_crlf_waits_for_more() -> None:
+    framer = StreamFramer()
+    assert framer.feed(b"\r\n") == []
+    assert framer.feed(b"\r\n") == [PING]
