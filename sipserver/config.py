@@ -335,7 +335,7 @@ def _resolve(value: str, base_dir: Path | None) -> Path:
     path = Path(value).expanduser()
     if path.is_absolute():
         return path
-    return (base_dir or default_state_dir()) / path
+    return Path(os.path.normpath((base_dir or default_state_dir()) / path))
 
 
 def _tls(r: _Reader, data: Any, base_dir: Path | None) -> TlsSettings:

@@ -9,7 +9,9 @@ from sipserver.sip.message import ParseLimits
 
 
 def _msg(n: int, body: bytes = b"") -> bytes:
-    return (f"OPTIONS sip:h SIP/2.0\r\nCall-ID: {n}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"OPTIONS sip:h SIP/2.0\r\nCall-ID: {n}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 STREAM = _msg(1) + b"\r\n\r\n" + _msg(2, b"abc\r\n\r\nxyz") + b"\r\n" + _msg(3, b"x")

@@ -90,10 +90,14 @@ def test_name_addr_forms() -> None:
 
 
 def test_response_parses() -> None:
-    raw = (b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTo: <sip:a@b>;tag=2\r\n"
-           b"From: <sip:c@d>;tag=1\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    raw = (
+        b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTo: <sip:a@b>;tag=2\r\n"
+        b"From: <sip:c@d>;tag=1\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
     response = parse_message(raw)
-    assert isinstance(response, Response) and response.status == 180 and response.reason == "Ringing"
+    assert (
+        isinstance(response, Response) and response.status == 180 and response.reason == "Ringing"
+    )
 
 
 def test_datagram_without_content_length_takes_the_rest_but_stream_needs_it() -> None:
@@ -135,12 +139,20 @@ def test_limits_are_enforced() -> None:
     assert info.value.status == 513
 
 
-token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~", min_size=2, max_size=20)
-value = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
+token = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~",
+    min_size=2,
+    max_size=20,
+)
+value = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40
+)
 
 
-@given(st.lists(st.tuples(token, value, st.sampled_from([": ", ":", " : ", ":\t"])), max_size=15),
-       st.binary(max_size=200))
+@given(
+    st.lists(st.tuples(token, value, st.sampled_from([": ", ":", " : ", ":\t"])), max_size=15),
+    st.binary(max_size=200),
+)
 @settings(max_examples=300)
 def test_any_well_formed_message_round_trips_byte_for_byte(
     headers: list[tuple[str, str, str]], body: bytes

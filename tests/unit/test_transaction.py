@@ -19,17 +19,21 @@ from sipserver.sip.transaction import (
 
 
 def request(method: str = "INVITE", branch: str = "z9hG4bKabc") -> Request:
-    raw = (f"{method} sip:+1@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n"
-           f"From: <sip:a@example.test>;tag=f\r\nTo: <sip:+1@example.test>\r\nCall-ID: c1\r\n"
-           f"CSeq: 7 {method}\r\nRoute: <sip:proxy.example.test;lr>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+    raw = (
+        f"{method} sip:+1@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n"
+        f"From: <sip:a@example.test>;tag=f\r\nTo: <sip:+1@example.test>\r\nCall-ID: c1\r\n"
+        f"CSeq: 7 {method}\r\nRoute: <sip:proxy.example.test;lr>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
     message = parse_message(raw.encode())
     assert isinstance(message, Request)
     return message
 
 
 def response(req: Request, status: int) -> Response:
-    raw = (f"SIP/2.0 {status} X\r\nVia: {req.headers.get_all('Via')[0]}\r\nFrom: {req.headers.get('From')}\r\n"
-           f"To: {req.headers.get('To')};tag=t\r\nCall-ID: c1\r\nCSeq: {req.cseq[0]} {req.method}\r\nContent-Length: 0\r\n\r\n")
+    raw = (
+        f"SIP/2.0 {status} X\r\nVia: {req.headers.get_all('Via')[0]}\r\nFrom: {req.headers.get('From')}\r\n"
+        f"To: {req.headers.get('To')};tag=t\r\nCall-ID: c1\r\nCSeq: {req.cseq[0]} {req.method}\r\nContent-Length: 0\r\n\r\n"
+    )
     message = parse_message(raw.encode())
     assert isinstance(message, Response)
     return message
@@ -75,7 +79,9 @@ def test_client_invite_non_2xx_is_acked_and_absorbed_until_timer_d() -> None:
     assert ack.headers.get("Route") == "<sip:proxy.example.test;lr>"
     assert ack.top_via is not None and ack.top_via.branch == "z9hG4bKabc"
     again = tx.receive_response(response(req, 486), 0.3)
-    assert [type(o) for o in again] == [SendMessage]  # retransmitted final: ACK again, not passed up
+    assert [type(o) for o in again] == [
+        SendMessage
+    ]  # retransmitted final: ACK again, not passed up
     assert tx.deadline == pytest.approx(32.2)
     assert fire_all(tx, 40.0)[-1][1] == Terminated()
 

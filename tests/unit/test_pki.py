@@ -1,0 +1,140 @@
+"""Identity per RFC 5922 against the allow-list, certificate description and selection."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from sipserver.pki.certinfo import describe
+from sipserver.pki.generate import generate_self_signed
+from sipserver.pki.identity import covers, match_peer, sip_identities
+from sipserver.pki.select import Candidate, choose_certificate
+from tests.certs import NOW, make_ca, make_leaf
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    fqdn: str
+    allow_wildcard: bool = False
+
+
+PEERS = [Peer("gw1", "gw1.example.test"), Peer("pbx1", "pbx1.example.test")]
+CA = make_ca()
+
+
+def test_certinfo_has_admin_friendly_thumbprints_and_serial() -> None:
+    leaf = make_leaf(CA, dns=["gw1.example.test"])
+    info = describe(leaf.cert)
+    assert len(info.thumbprint_sha1) == 40 and info.thumbprint_sha1 == info.thumbprint_sha1.upper()
+    assert len(info.thumbprint_sha256) == 64 and ":" not in info.thumbprint_sha256
+    assert int(info.serial, 16) == leaf.cert.serial_number
+    assert info.issuer == "CN=Test Root CA" and not info.self_signed
+    assert info.ekus == ("serverAuth", "clientAuth")
+
+
+def test_sip_uri_san_wins_over_dns_san() -> None:
+    info = describe(make_leaf(CA, dns=["pbx1.example.test"], uris=["sip:gw1.example.test"]).cert)
+    assert sip_identities(info).names == ("gw1.example.test",)
+    assert match_peer(info, PEERS).peer == PEERS[0]
+
+
+def test_sip_uri_with_user_part_is_not_a_domain_identity() -> None:
+    info = describe(
+        make_leaf(CA, dns=["gw1.example.test"], uris=["sip:alice@pbx1.example.test"]).cert
+    )
+    assert sip_identities(info).source == "san_dns"
+    assert match_peer(info, PEERS).peer == PEERS[0]
+
+
+def test_cn_counts_only_without_any_san() -> None:
+    no_san = describe(make_leaf(CA, cn="gw1.example.test", no_san=True).cert)
+    assert sip_identities(no_san).source == "subject_cn"
+    assert match_peer(no_san, PEERS).peer == PEERS[0]
+    other_san = describe(make_leaf(CA, cn="gw1.example.test", dns=["other.example.test"]).cert)
+    match = match_peer(other_san, PEERS)
+    assert match.peer is None
+
+
+def test_wildcards_are_refused_unless_the_peer_allows_them() -> None:
+    info = describe(make_leaf(CA, dns=["*.example.test"]).cert)
+    refused = match_peer(info, PEERS)
+    assert refused.peer is None and refused.wildcard_refused
+    lenient = [Peer("gw1", "gw1.example.test", allow_wildcard=True)]
+    assert match_peer(info, lenient).peer == lenient[0]
+    # One label only, as service-identity applies RFC 6125.
+    deep = [Peer("deep", "a.b.example.test", allow_wildcard=True)]
+    assert match_peer(info, deep).peer is None
+
+
+def test_closest_allow_listed_fqdn_is_reported() -> None:
+    info = describe(make_leaf(CA, dns=["gw2.example.test"]).cert)
+    match = match_peer(info, PEERS)
+    assert match.peer is None and match.closest_fqdn == "gw1.example.test"
+
+
+def test_names_compare_case_insensitively() -> None:
+    info = describe(make_leaf(CA, dns=["GW1.Example.TEST"]).cert)
+    assert match_peer(info, PEERS).peer == PEERS[0]
+
+
+def _candidate(issued: object, path: str, key: object | None = None) -> Candidate:
+    return Candidate.build(path, [issued.cert], key if key is not None else issued.key)  # type: ignore[attr-defined]
+
+
+def test_selection_follows_the_exchange_order_and_says_why_others_were_skipped() -> None:
+    fqdn = "sip.example.test"
+    ca_long = make_leaf(CA, dns=[fqdn], not_after=NOW + dt.timedelta(days=700))
+    ca_short = make_leaf(CA, dns=[fqdn], not_after=NOW + dt.timedelta(days=30))
+    self_long = make_leaf(None, dns=[fqdn], not_after=NOW + dt.timedelta(days=3000))
+    server_only = make_leaf(
+        CA,
+        dns=[fqdn],
+        not_after=NOW + dt.timedelta(days=900),
+        ekus=[ExtendedKeyUsageOID.SERVER_AUTH],
+    )
+    expired = make_leaf(
+        CA, dns=[fqdn], not_before=NOW - dt.timedelta(days=10), not_after=NOW - dt.timedelta(days=1)
+    )
+    future = make_leaf(CA, dns=[fqdn], not_before=NOW + dt.timedelta(days=1))
+    wrong_name = make_leaf(CA, dns=["other.example.test"])
+    client_only = make_leaf(CA, dns=[fqdn], ekus=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    candidates = [
+        _candidate(self_long, "self_long"),
+        _candidate(ca_short, "ca_short"),
+        _candidate(expired, "expired"),
+        _candidate(server_only, "server_only"),
+        _candidate(ca_long, "ca_long"),
+        _candidate(future, "future"),
+        _candidate(wrong_name, "wrong_name"),
+        _candidate(client_only, "client_only"),
+        _candidate(ca_long, "mismatched_key", key=ca_short.key),
+    ]
+    selection = choose_certificate(candidates, fqdn, NOW)
+    assert [c.path for c in selection.ranked] == ["ca_long", "ca_short", "server_only", "self_long"]
+    assert selection.chosen is not None and selection.chosen.path == "ca_long"
+    assert selection.reason.startswith("CA-issued, 700 days left")
+    reasons = {s.candidate.path: s.reason for s in selection.skipped}
+    assert reasons["expired"].startswith("expired on")
+    assert reasons["future"].startswith("not valid before")
+    assert reasons["wrong_name"] == "no SAN covers the server FQDN sip.example.test"
+    assert reasons["client_only"] == "extended key usage lacks serverAuth"
+    assert reasons["mismatched_key"] == "private key does not match the certificate"
+
+
+def test_generated_certificate_is_p256_with_both_ekus_and_covers_the_fqdn() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    generated = generate_self_signed("sip.example.test", NOW)
+    cert = x509.load_pem_x509_certificate(generated.certificate_pem)
+    info = describe(cert)
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
+    assert info.ekus == ("serverAuth", "clientAuth") and info.self_signed
+    assert covers(info, "sip.example.test")
+    assert "sip.example.test" in info.san_dns
+    rsa = generate_self_signed("sip.example.test", NOW, key_type="rsa-2048")
+    assert x509.load_pem_x509_certificate(rsa.certificate_pem).public_key().key_size == 2048  # type: ignore[union-attr]
