@@ -11,7 +11,7 @@ import re
 from sipserver.sip.message import ParseLimits
 
 _HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", re.I | re.M)
+_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*?)[ \t]*\r?$", re.I | re.M)
 
 
 class KeepAlivePing:

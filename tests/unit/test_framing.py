@@ -21,7 +21,7 @@ STREAM = _msg(1) + b"\r\n\r\n" + _msg(2, b"abc\r\n\r\nxyz") + b"\r\n" + _msg(3, 
 def test_any_chunking_gives_the_same_messages(cuts: list[int]) -> None:
     framer = StreamFramer()
     out: list[object] = []
-    points = sorted(set(cuts)) + [len(STREAM)]
+    points = [*sorted(set(cuts)), len(STREAM)]
     start = 0
     for point in points:
         out += framer.feed(STREAM[start:point])
@@ -44,6 +44,11 @@ def test_oversized_message_and_endless_headers_are_refused() -> None:
     assert info.value.status == 513
     with pytest.raises(FramingError):
         StreamFramer(limits).feed(b"OPTIONS sip:h SIP/2.0\r\n" + b"X: y\r\n" * 300)
+
+
+def test_content_length_is_found_in_any_header_position() -> None:
+    message = b"OPTIONS sip:h SIP/2.0\r\nl: 3\r\nCall-ID: 1\r\n\r\nabc"
+    assert StreamFramer().feed(message + _msg(2)) == [message, _msg(2)]
 
 
 def test_a_lone_crlf_waits_for_more() -> None:

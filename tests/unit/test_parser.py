@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -177,7 +179,5 @@ def test_random_bytes_never_escape_as_anything_but_a_protocol_error(data: bytes)
     except RemoteProtocolError:
         return
     for accessor in ("vias", "from_", "to", "cseq"):
-        try:
+        with contextlib.suppress(RemoteProtocolError, ValueError):
             getattr(message, accessor)
-        except (RemoteProtocolError, ValueError):
-            pass

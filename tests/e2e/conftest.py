@@ -1,0 +1,237 @@
+"""Start the real server as a process and watch its JSON log; certificates made per run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.certs import Issued, make_ca, make_leaf
+
+SERVER_FQDN = "sip.example.test"
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed: run the README's test command, which installs it")
+    return path
+
+
+@dataclass
+class Pki:
+    root: Path
+    ca: Issued
+    server: Issued
+    gw1: Issued
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "trust" / "ca.crt"
+
+    def client_files(self, name: str, issued: Issued) -> tuple[Path, Path]:
+        return issued.write_pair(self.root / "clients", name)
+
+    def combined(self, name: str, issued: Issued) -> Path:
+        return issued.write_combined(self.root / "clients" / f"{name}.pem")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca = make_ca("sipserver test CA")
+    (root / "trust").mkdir()
+    (root / "trust" / "ca.crt").write_bytes(ca.cert_pem)
+    server = make_leaf(ca, dns=[SERVER_FQDN], uris=[f"sip:{SERVER_FQDN}"])
+    gw1 = make_leaf(ca, dns=["gw1.example.test"])
+    return Pki(root, ca, server, gw1)
+
+
+BASE_CONFIG = """
+[server]
+fqdn = "sip.example.test"
+addresses = ["127.0.0.1", "::1"]
+sip_port = 0
+tls_port = 0
+{server_extra}
+
+[tls]
+certificate_dir = "{cert_dir}"
+trust_dir = "{trust_dir}"
+handshake_timeout = {handshake_timeout}
+
+[limits]
+{limits}
+
+[log]
+level = "debug"
+
+[[peer]]
+name = "gw1"
+fqdn = "gw1.example.test"
+kind = "gateway"
+addresses = [{peer_addresses}]
+"""
+
+
+class RunningServer:
+    def __init__(self, process: subprocess.Popen[str], workdir: Path) -> None:
+        self.process = process
+        self.workdir = workdir
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._cond:
+                self.raw.append(line)
+                try:
+                    self.lines.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """The first log line (old or new) with this event and these field values."""
+        return self.wait_until(
+            lambda e: e.get("event") == event and all(e.get(k) == v for k, v in fields.items()),
+            timeout,
+            f"{event} {fields}",
+        )
+
+    def wait_until(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for entry in self.lines[seen:]:
+                    if predicate(entry):
+                        return entry
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (
+                    self.process.poll() is not None and not self._reader.is_alive()
+                ):
+                    tail = "".join(self.raw[-15:])
+                    raise AssertionError(
+                        f"no log line {what} within {timeout} s; last lines:\n{tail}"
+                    )
+                self._cond.wait(remaining)
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [e for e in self.lines if e.get("event") == event]
+
+    def port(self, transport: str) -> int:
+        return int(
+            self.wait_for("listener_started", transport=transport, address="127.0.0.1")["port"]
+        )
+
+    @property
+    def sip_port(self) -> int:
+        return self.port("udp")
+
+    @property
+    def tls_port(self) -> int:
+        return self.port("tls")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._reader.join(5)
+        return self.process.returncode
+
+
+StartServer = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
+    servers: list[RunningServer] = []
+
+    def start(
+        *,
+        server_extra: str = "",
+        limits: str = "",
+        handshake_timeout: float = 3.0,
+        peer_addresses: str = '"127.0.0.1", "::1"',
+        with_certificate: bool = True,
+        extra_config: str = "",
+        args: list[str] | None = None,
+    ) -> RunningServer:
+        workdir = tmp_path / f"server{len(servers)}"
+        cert_dir = workdir / "server"
+        if with_certificate:
+            pki.server.write_pair(cert_dir, "sip")
+        text = (
+            BASE_CONFIG.format(
+                server_extra=server_extra,
+                cert_dir=cert_dir,
+                trust_dir=pki.root / "trust",
+                handshake_timeout=handshake_timeout,
+                limits=limits,
+                peer_addresses=peer_addresses,
+            )
+            + extra_config
+        )
+        config = workdir / "sipserver.toml"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config.write_text(text)
+        env = {**os.environ, "SIPSERVER_STATE_DIR": str(workdir / "state"), "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sipserver",
+                "run",
+                "--config",
+                str(config),
+                "--log-format",
+                "json",
+                *(args or []),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=workdir,
+        )
+        server = RunningServer(process, workdir)
+        servers.append(server)
+        server.wait_for("server_ready", timeout=20)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
