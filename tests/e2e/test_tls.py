@@ -1,0 +1,239 @@
+"""Mutual TLS on the TLS port: allow-listed peers get in, everyone else is refused with
+the exact reason in the log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.certs import NOW, Issued, make_ca, make_leaf
+from tests.e2e.conftest import (
+    SCENARIOS,
+    SERVER_FQDN,
+    Pki,
+    RunningServer,
+    StartServer,
+    free_port,
+    need,
+)
+from tests.e2e.sip_client import options, read_response, status_line
+
+pytestmark = pytest.mark.e2e
+
+
+def client_context(
+    pki: Pki, cert: Issued | None, name: str, *, tls12: bool = False
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    if cert is not None:
+        cert_path, key_path = pki.client_files(name, cert)
+        context.load_cert_chain(str(cert_path), str(key_path))
+    if tls12:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def tls_options(server: RunningServer, context: ssl.SSLContext, host: str = "127.0.0.1") -> bytes:
+    """Send OPTIONS over TLS; returns the response, or b"" if the server hung up."""
+    port = server.tls_port
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_FQDN) as tls,
+    ):
+        tls.sendall(options(host, port, "TLS"))
+        try:
+            return read_response(tls)
+        except (ssl.SSLError, ConnectionResetError):
+            return b""
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_allow_listed_peer_gets_200_over_mutual_tls(
+    start_server: StartServer, pki: Pki, host: str
+) -> None:
+    server = start_server()
+    reply = tls_options(server, client_context(pki, pki.gw1, "gw1"), host)
+    assert status_line(reply) == "SIP/2.0 200 OK"
+    accepted = server.wait_for("tls_peer_accepted", peer="gw1")
+    gw1 = pki.gw1.cert
+    assert accepted["peer_fqdn"] == "gw1.example.test"
+    assert accepted["identity_source"] == "san_dns"
+    assert accepted["peer_cert_issuer"] == "CN=sipserver test CA"
+    assert accepted["peer_cert_serial"] == format(gw1.serial_number, "X")
+    assert len(accepted["peer_cert_thumbprint_sha1"]) == 40
+    selected = server.wait_for("server_certificate_selected")
+    assert accepted["our_thumbprint_sha1"] == selected["thumbprint_sha1"]
+    assert accepted["tls_version"] == "TLSv1.3"
+    # The connection's context is bound to every later event on it.
+    answered = server.wait_for("sip_request_answered", transport="tls")
+    assert answered["peer_fqdn"] == "gw1.example.test"
+    assert answered["peer_cert_thumbprint_sha256"] == accepted["peer_cert_thumbprint_sha256"]
+
+
+def test_tls12_peer_gets_an_aead_suite(start_server: StartServer, pki: Pki) -> None:
+    server = start_server()
+    reply = tls_options(server, client_context(pki, pki.gw1, "gw1", tls12=True))
+    assert status_line(reply) == "SIP/2.0 200 OK"
+    accepted = server.wait_for("tls_peer_accepted")
+    assert accepted["tls_version"] == "TLSv1.2"
+    assert "GCM" in accepted["cipher"] or "CHACHA20" in accepted["cipher"]
+
+
+def refused(server: RunningServer, reason: str) -> dict[str, object]:
+    event = server.wait_for("tls_peer_refused", reason=reason)
+    assert server.events("tls_peer_accepted") == []
+    return event
+
+
+def test_no_client_certificate_is_refused(start_server: StartServer, pki: Pki) -> None:
+    server = start_server()
+    assert tls_options(server, client_context(pki, None, "none")) == b""
+    event = refused(server, "no_client_certificate")
+    assert "requires mutual TLS" in str(event["detail"])
+
+
+def test_untrusted_ca_is_refused_naming_the_certificate(
+    start_server: StartServer, pki: Pki
+) -> None:
+    server = start_server()
+    rogue = make_leaf(make_ca("Rogue CA"), dns=["gw1.example.test"])
+    assert tls_options(server, client_context(pki, rogue, "rogue")) == b""
+    event = refused(server, "untrusted_chain")
+    assert event["peer_cert_issuer"] == "CN=Rogue CA"
+    assert event["presented_names"] == ["gw1.example.test"]
+    assert "trust_dir" in str(event["detail"])
+
+
+def test_self_signed_client_is_refused(start_server: StartServer, pki: Pki) -> None:
+    server = start_server()
+    selfie = make_leaf(None, dns=["gw1.example.test"])
+    assert tls_options(server, client_context(pki, selfie, "selfie")) == b""
+    assert refused(server, "untrusted_chain")["verify_error"] == 18
+
+
+def test_expired_certificate_is_refused(start_server: StartServer, pki: Pki) -> None:
+    server = start_server()
+    old = make_leaf(
+        pki.ca,
+        dns=["gw1.example.test"],
+        not_before=NOW - dt.timedelta(days=400),
+        not_after=NOW - dt.timedelta(days=2),
+    )
+    assert tls_options(server, client_context(pki, old, "old")) == b""
+    event = refused(server, "certificate_expired")
+    assert event["peer_cert_serial"] == format(old.cert.serial_number, "X")
+
+
+def test_not_yet_valid_certificate_is_refused(start_server: StartServer, pki: Pki) -> None:
+    server = start_server()
+    future = make_leaf(pki.ca, dns=["gw1.example.test"], not_before=NOW + dt.timedelta(days=2))
+    assert tls_options(server, client_context(pki, future, "future")) == b""
+    refused(server, "certificate_not_yet_valid")
+
+
+def test_trusted_certificate_not_on_the_allow_list_is_refused_with_the_closest_fqdn(
+    start_server: StartServer, pki: Pki
+) -> None:
+    server = start_server()
+    stranger = make_leaf(pki.ca, dns=["gw7.example.test"])
+    assert tls_options(server, client_context(pki, stranger, "gw7")) == b""
+    event = refused(server, "not_on_allow_list")
+    assert event["presented_names"] == ["gw7.example.test"]
+    assert event["closest_fqdn"] == "gw1.example.test"
+    assert "closest allow-listed FQDN is gw1.example.test" in str(event["detail"])
+
+
+def test_wildcard_certificate_is_refused_unless_allowed(
+    start_server: StartServer, pki: Pki
+) -> None:
+    server = start_server()
+    wildcard = make_leaf(pki.ca, dns=["*.example.test"])
+    assert tls_options(server, client_context(pki, wildcard, "wild")) == b""
+    assert "allow_wildcard" in str(refused(server, "not_on_allow_list")["detail"])
+
+
+def test_handshake_timeout_frees_the_connection(start_server: StartServer) -> None:
+    server = start_server(handshake_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", server.tls_port), timeout=5) as sock:
+        assert sock.recv(10) == b""  # we said nothing; the server hangs up
+    event = server.wait_for("tls_peer_refused", reason="handshake_timeout")
+    assert "tls.handshake_timeout" in str(event["detail"])
+
+
+def test_plain_sip_sent_to_the_tls_port_is_explained(start_server: StartServer) -> None:
+    server = start_server()
+    with socket.create_connection(("127.0.0.1", server.tls_port), timeout=5) as sock:
+        sock.sendall(options("127.0.0.1", server.tls_port, "TCP"))
+        try:
+            while sock.recv(1000):
+                pass
+        except ConnectionResetError:
+            pass
+    assert "plain SIP belongs on the SIP port" in str(
+        server.wait_for("tls_peer_refused", reason="not_tls")["detail"]
+    )
+
+
+def test_sipp_through_stunnel_with_a_client_certificate_gets_200(
+    start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    """sipp has no TLS in Debian, so stunnel4 carries its TCP over mutual TLS, presenting
+    the gateway's certificate and verifying ours, as a real gateway would."""
+    server = start_server()
+    local = free_port()
+    conf = tmp_path / "stunnel.conf"
+    conf.write_text(
+        f"foreground = yes\npid =\ndebug = 5\n[sip]\nclient = yes\naccept = 127.0.0.1:{local}\n"
+        f"connect = 127.0.0.1:{server.tls_port}\ncert = {pki.combined('gw1', pki.gw1)}\n"
+        f"CAfile = {pki.ca_file}\nverifyChain = yes\ncheckHost = {SERVER_FQDN}\n"
+    )
+    tunnel = subprocess.Popen(
+        [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert tunnel.stdout is not None
+        for line in tunnel.stdout:
+            if "Configuration successful" in line:
+                break
+        else:
+            pytest.fail("stunnel did not start")
+        result = subprocess.run(
+            [
+                need("sipp"),
+                "-sf",
+                str(SCENARIOS / "options_uac.xml"),
+                "-t",
+                "t1",
+                "-i",
+                "127.0.0.1",
+                "-m",
+                "20",
+                "-r",
+                "20",
+                "-timeout",
+                "20s",
+                "-timeout_error",
+                "-nostdin",
+                f"127.0.0.1:{local}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout[-2000:]
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)
+    accepted = server.wait_for("tls_peer_accepted", peer="gw1")
+    assert accepted["peer_cert_serial"] == format(pki.gw1.cert.serial_number, "X")
+    ok = [
+        e
+        for e in server.events("sip_request_answered")
+        if e.get("transport") == "tls" and e.get("status") == 200
+    ]
+    assert len(ok) == 20
