@@ -64,6 +64,16 @@ class Transmit:
     close_after: bool = False  # for streams: close once sent (framing was lost)
 
 
+@dataclass(frozen=True, slots=True)
+class ServerContext:
+    """What the core keeps with each server transaction."""
+
+    key: tuple[str, ...]
+    flow: Flow  # where the request came from
+    reply_to: Flow  # where responses go (§18.2.2), worked out once
+    peer: PeerSettings | None
+
+
 class SipCore:
     def __init__(self, config: Config, timers: TimerValues = TimerValues()) -> None:
         self._timers = timers
@@ -198,6 +208,7 @@ class SipCore:
     ) -> list[Transmit]:
         request = self._stamp_via(request, flow)
         key = server_key(request)
+        reply_to = self._response_flow(request, flow)
         existing = self._transactions.get(key)
         if existing is not None:
             return self._drive(existing, existing.receive_request(request, now))
@@ -205,9 +216,10 @@ class SipCore:
             log.debug("sip_ack_unmatched", transport=flow.transport, remote=_addr(flow.remote))
             return []
         if peer is None:
-            return self._unknown_source(request, flow)
+            return self._unknown_source(request, flow, reply_to)
         tx = ServerTransaction.create(
-            request, reliable=flow.reliable, now=now, timers=self._timers, context=(flow, peer)
+            request, reliable=flow.reliable, now=now, timers=self._timers,
+            context=ServerContext(key, flow, reply_to, peer),
         )
         try:
             validate.check_request_line(request)
@@ -240,7 +252,7 @@ class SipCore:
 
     def _route(self, tx: ServerTransaction, now: float) -> list[Transmit]:
         request = tx.request
-        _, peer = tx.context
+        peer = tx.context.peer
         if validate.max_forwards(request) == 0:
             return self._answer(tx, 483, "Too Many Hops", now, log_reason="Max-Forwards is 0")
         try:
@@ -249,7 +261,7 @@ class SipCore:
             return self._answer(
                 tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
             )
-        decision = router.route(request, peer, tx.context[0].transport)
+        decision = router.route(request, peer, tx.context.flow.transport)
         return self._answer(
             tx,
             decision.status,
@@ -263,7 +275,7 @@ class SipCore:
     def _cancel(self, tx: ServerTransaction, now: float) -> list[Transmit]:
         invite_key = server_key(replace(tx.request, method="INVITE"))
         invite = self._transactions.get(invite_key)
-        self._transactions[server_key(tx.request)] = tx
+        self._transactions[tx.context.key] = tx
         if invite is None or invite.state is not State.PROCEEDING:
             return self._answer(
                 tx,
@@ -275,7 +287,7 @@ class SipCore:
         out = self._answer(tx, 200, "OK", now)
         return out + self._answer(invite, 487, "Request Terminated", now, log_reason="cancelled")
 
-    def _unknown_source(self, request: Request, flow: Flow) -> list[Transmit]:
+    def _unknown_source(self, request: Request, flow: Flow, reply_to: Flow) -> list[Transmit]:
         text = (
             f"Source address {flow.remote[0]} is not an address of any configured gateway or PBX; "
             f"add it to a [[peer]] or call over mutual TLS"
@@ -293,7 +305,7 @@ class SipCore:
         response = self._response(
             request, 403, "Forbidden", (("Warning", warning_value(self._agent, text)),)
         )
-        return [Transmit(self._response_flow(request, flow), response.to_bytes())]
+        return [Transmit(reply_to, response.to_bytes())]
 
     def _answer(
         self,
@@ -306,7 +318,8 @@ class SipCore:
         log_reason: str | None = None,
         event: str = "sip_request_answered",
     ) -> list[Transmit]:
-        flow, peer = tx.context
+        context: ServerContext = tx.context
+        flow, peer = context.flow, context.peer
         response = self._response(tx.request, status, reason, headers)
         level = log.info if status < 400 else log.warning
         level(
@@ -319,8 +332,7 @@ class SipCore:
             peer=peer.name if peer else None,
             peer_fqdn=peer.fqdn if peer else None,
         )
-        if server_key(tx.request) not in self._transactions:
-            self._transactions[server_key(tx.request)] = tx
+        self._transactions.setdefault(context.key, tx)
         return self._drive(tx, tx.send_response(response, now))
 
     def _response(
@@ -343,11 +355,12 @@ class SipCore:
 
     # --- plumbing ------------------------------------------------------------------------
     def _drive(self, tx: ServerTransaction, outputs: Sequence[Output]) -> list[Transmit]:
-        flow: Flow = tx.context[0]
+        context: ServerContext = tx.context
+        flow = context.flow
         out: list[Transmit] = []
         for item in outputs:
             if isinstance(item, SendMessage):
-                out.append(Transmit(self._response_flow(tx.request, flow), item.message.to_bytes()))
+                out.append(Transmit(context.reply_to, item.message.to_bytes()))
             elif isinstance(item, TimedOut):
                 log.warning(
                     "sip_transaction_timeout",
@@ -357,7 +370,7 @@ class SipCore:
                     remote=_addr(flow.remote),
                 )
             elif isinstance(item, Terminated):
-                self._transactions.pop(server_key(tx.request), None)
+                self._transactions.pop(context.key, None)
         if not tx.terminated and tx.deadline is not None:
             heapq.heappush(self._deadlines, (tx.deadline, next(self._seq), tx))
         return out

@@ -91,7 +91,7 @@ class Server:
             await self._open_listeners(nursery)
             nursery.start_soon(self._timer_loop)
             if handle_signals:
-                nursery.start_soon(self._signal_loop, nursery.cancel_scope)
+                await nursery.start(self._signal_loop, nursery.cancel_scope)
             log.info(
                 "server_ready",
                 fqdn=cfg.server.fqdn,
@@ -160,8 +160,11 @@ class Server:
         log.info("listener_started", transport=transport, address=local[0], port=local[1])
         return int(local[1])
 
-    async def _signal_loop(self, cancel_scope: trio.CancelScope) -> None:
+    async def _signal_loop(
+        self, cancel_scope: trio.CancelScope, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.reload()
@@ -219,7 +222,9 @@ class Server:
             self._timer_wakeup = trio.Event()
             await self._dispatch(self.core.handle_timers(trio.current_time()))
 
-    async def _dispatch(self, transmits: list[Transmit]) -> None:
+    async def _dispatch(self, transmits: list[Transmit], origin: StreamConnection | None = None) -> None:
+        """Send what the core produced. Answers to `origin` (the connection whose reader
+        is calling) wait for queue room; anything for other connections never waits."""
         for transmit in transmits:
             flow = transmit.flow
             if flow.transport == "udp":
@@ -240,7 +245,10 @@ class Server:
                     transport=flow.transport,
                 )
                 continue
-            connection.queue(transmit)
+            if connection is origin:
+                await connection.send(transmit, self.config.limits.send_timeout)
+            else:
+                connection.queue(transmit)
         self._timer_wakeup.set()
 
     # --- UDP ---------------------------------------------------------------------------
@@ -378,10 +386,10 @@ class Server:
         except Exception:
             log.exception("internal_error")
             return
-        await self._dispatch(transmits)
+        await self._dispatch(transmits, origin=connection)
 
     async def _framing_lost(self, connection: StreamConnection, error: FramingError) -> None:
-        await self._dispatch(self.core.framing_lost(error, connection.flow))
+        await self._dispatch(self.core.framing_lost(error, connection.flow), origin=connection)
 
 
 def _bind_error(transport: str, address: str, port: int, exc: OSError) -> str:

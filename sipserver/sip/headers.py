@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 # RFC 3261 §7.3.3 and later RFCs' compact forms.
@@ -121,6 +122,7 @@ LIST_HEADERS = frozenset(
 TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 
 
+@functools.lru_cache(maxsize=1024)
 def header_key(name: str) -> str:
     """The lower-case long form of a header name, used for lookups."""
     lowered = name.strip().lower()
@@ -137,6 +139,8 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a header value at commas that are outside quotes and angle brackets."""
+    if '"' not in value and "<" not in value:
+        return [part.strip() for part in value.split(",") if part.strip()]
     parts: list[str] = []
     current: list[str] = []
     in_quotes = in_angle = escaped = False
@@ -162,6 +166,8 @@ def split_list(value: str) -> list[str]:
 
 def split_outside_quotes(value: str, separator: str) -> list[str]:
     """Split at a separator character that is outside quoted strings and <...>."""
+    if '"' not in value and "<" not in value:
+        return value.split(separator)
     parts: list[str] = []
     current: list[str] = []
     in_quotes = in_angle = escaped = False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import LIST_HEADERS, TOKEN_RE, canonical_name, header_key, split_list
@@ -34,10 +34,10 @@ class Header:
     name: str
     value: str
     raw: bytes | None = None  # the exact wire bytes (folding included), None once edited
+    key: str = field(init=False, repr=False, compare=False)  # lower-case long name, for lookups
 
-    @property
-    def key(self) -> str:
-        return header_key(self.name)
+    def __post_init__(self) -> None:
+        self.key = header_key(self.name)
 
     def to_bytes(self) -> bytes:
         if self.raw is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import header_key
 from sipserver.sip.message import Message, Request
@@ -32,11 +34,12 @@ _REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
 def check_envelope(message: Message) -> None:
     """The headers every message needs before any answer can be built or matched.
     Raises RemoteProtocolError whose reason names the problem (e.g. `Missing Call-ID`)."""
+    counts = Counter(header.key for header in message.headers)
     for name in _REQUIRED:
-        if name not in message.headers:
+        if not counts[header_key(name)]:
             raise RemoteProtocolError(f"Missing {name}")
     for name in ("From", "To", "Call-ID", "CSeq"):
-        if len([h for h in message.headers if h.key == header_key(name)]) > 1:
+        if counts[header_key(name)] > 1:
             raise RemoteProtocolError(f"Duplicate {name}")
     try:
         for value in message.headers.get_all("Via"):

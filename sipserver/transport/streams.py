@@ -34,10 +34,22 @@ class StreamConnection:
         self._cancel: trio.CancelScope | None = None
 
     def queue(self, transmit: Transmit) -> None:
+        """Queue from another task (never blocks it): a full queue closes the connection."""
         try:
             self._send.send_nowait((transmit.data, transmit.close_after))
         except trio.WouldBlock:
             self.close("send queue full: the peer is not reading")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def send(self, transmit: Transmit, timeout: float) -> None:
+        """Queue an answer produced by this connection's own reader: waiting for room
+        slows only this peer, which is what a peer that reads slowly deserves."""
+        try:
+            with trio.fail_after(timeout):
+                await self._send.send((transmit.data, transmit.close_after))
+        except trio.TooSlowError:
+            self.close(f"send queue stayed full for {timeout:g} s (limits.send_timeout)")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -57,13 +69,14 @@ class StreamConnection:
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
             nursery.start_soon(self._writer, send_timeout)
-            await self._reader(limits, idle_timeout, on_message, on_framing_lost)
+            await self._reader(limits, idle_timeout, send_timeout, on_message, on_framing_lost)
             nursery.cancel_scope.cancel()
 
     async def _reader(
         self,
         limits: ParseLimits,
         idle_timeout: float,
+        send_timeout: float,
         on_message: Callable[[StreamConnection, bytes], Awaitable[None]],
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
     ) -> None:
@@ -88,7 +101,7 @@ class StreamConnection:
                 await trio.sleep_forever()  # the writer sends the last answer, then closes
             for item in items:
                 if item is PING:
-                    self.queue(Transmit(self.flow, b"\r\n"))  # RFC 5626 §3.5.1 pong
+                    await self.send(Transmit(self.flow, b"\r\n"), send_timeout)  # RFC 5626 §3.5.1 pong
                     continue
                 assert isinstance(item, bytes)
                 self.messages_in += 1

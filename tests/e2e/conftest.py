@@ -22,6 +22,7 @@ from tests.certs import Issued, make_ca, make_leaf
 
 SERVER_FQDN = "sip.example.test"
 SCENARIOS = Path(__file__).parent / "scenarios"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def need(tool: str) -> str:
@@ -201,7 +202,8 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         config = workdir / "sipserver.toml"
         workdir.mkdir(parents=True, exist_ok=True)
         config.write_text(text)
-        env = {**os.environ, "SIPSERVER_STATE_DIR": str(workdir / "state"), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "SIPSERVER_STATE_DIR": str(workdir / "state"), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": str(REPO)}  # always test this checkout, not a stale installed copy
         process = subprocess.Popen(
             [
                 sys.executable,

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""OPTIONS throughput of one sipserver process, measured with sipp.
+
+Starts the server on loopback with free ports, then for each transport (UDP, TCP, and
+TLS through stunnel with a client certificate) drives sipp at increasing rates for a
+fixed number of seconds per step, and prints, per step, the answered count, failures and
+round-trip percentiles. The "best" line per transport is the highest rate with zero
+failures whose achieved rate was within 5% of the target. Bounded: at most
+len(RATES) steps of --seconds each per transport.
+
+    python bench/options_rate.py [--seconds 3] [--rates 500,1000,2000,4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.certs import make_ca, make_leaf  # noqa: E402
+
+SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="options rtt">
+  <send retrans="500"><![CDATA[
+
+      OPTIONS sip:[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:bench@[local_ip]:[local_port]>;tag=[pid]b[call_number]
+      To: <sip:[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="200" rtd="true"/>
+</scenario>
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(work: Path, ca_pem: bytes, server_pair: tuple[bytes, bytes]) -> tuple[subprocess.Popen[str], int, int]:
+    (work / "server").mkdir()
+    (work / "trust").mkdir()
+    (work / "server" / "sip.crt").write_bytes(server_pair[0])
+    (work / "server" / "sip.key").write_bytes(server_pair[1])
+    (work / "trust" / "ca.crt").write_bytes(ca_pem)
+    config = work / "bench.toml"
+    config.write_text(
+        '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\nsip_port = 0\ntls_port = 0\n'
+        '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n[log]\nlevel = "warning"\n'
+        '[[peer]]\nname = "bench"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sipserver", "run", "--config", str(config), "--log-format", "json",
+         "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    ports: dict[str, int] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "listener_started":
+            ports[event["transport"]] = event["port"]
+        if event["event"] == "server_ready":
+            break
+    # From here on the server logs one line per request at info; stop reading to keep the
+    # pipe from filling by sending it to a drain thread.
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    return proc, ports["udp"], ports["tls"]
+
+
+def run_step(transport: str, port: int, rate: int, seconds: float, work: Path) -> dict[str, float]:
+    scenario = work / "options.xml"
+    scenario.write_text(SCENARIO)
+    calls = int(rate * seconds)
+    for old in work.glob("options_*_rtt.csv"):
+        old.unlink()
+    started = time.monotonic()
+    result = subprocess.run(
+        ["sipp", "-sf", str(scenario), "-t", transport, "-i", "127.0.0.1", "-m", str(calls), "-r", str(rate),
+         "-l", str(max(rate, 1000)), "-timeout", f"{seconds * 4 + 10}s", "-timeout_error", "-nostdin",
+         "-trace_rtt", "-rtt_freq", "1", "-trace_stat", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, cwd=work, timeout=seconds * 6 + 30,
+    )
+    elapsed = time.monotonic() - started
+    ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
+    bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
+    rtts: list[float] = []
+    for path in work.glob("options_*_rtt.csv"):
+        with path.open() as handle:
+            for row in csv.reader(handle, delimiter=";"):
+                if len(row) > 2 and row[2].replace(".", "", 1).isdigit():
+                    rtts.append(float(row[2]))
+    rtts.sort()
+
+    def pct(p: float) -> float:
+        return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
+
+    return {"rate": rate, "ok": int(ok.group(1)) if ok else 0, "failed": int(bad.group(1)) if bad else calls,
+            "achieved": (int(ok.group(1)) if ok else 0) / elapsed, "p50": pct(0.5), "p90": pct(0.9),
+            "p99": pct(0.99), "mean": statistics.fmean(rtts) if rtts else float("nan")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rates", default="500,1000,2000,3000,4000,6000")
+    parser.add_argument("--transports", default="udp,tcp,tls")
+    args = parser.parse_args()
+    for tool in ("sipp", "stunnel4"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (apt-get install sip-tester stunnel4)", file=sys.stderr)
+            return 2
+    rates = [int(r) for r in args.rates.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ca = make_ca("bench CA")
+        server = make_leaf(ca, dns=["sip.example.test"])
+        client = make_leaf(ca, dns=["gw1.example.test"])
+        proc, sip_port, tls_port = start_server(work, ca.cert_pem, (server.cert_pem, server.key_pem))
+        tunnel = None
+        try:
+            print(f"sipserver pid {proc.pid}; sipp OPTIONS, {args.seconds:g} s per step; rtt in ms")
+            print(f"{'transport':<9} {'rate':>6} {'answered':>9} {'failed':>7} {'achieved/s':>10} "
+                  f"{'p50':>7} {'p90':>7} {'p99':>7}")
+            for transport in args.transports.split(","):
+                port = sip_port
+                if transport == "tls":
+                    local = free_port()
+                    (work / "client.pem").write_bytes(client.cert_pem + client.key_pem)
+                    (work / "stunnel.conf").write_text(
+                        f"foreground = yes\npid =\n[sip]\nclient = yes\naccept = 127.0.0.1:{local}\n"
+                        f"connect = 127.0.0.1:{tls_port}\ncert = {work / 'client.pem'}\n"
+                        f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n"
+                    )
+                    tunnel = subprocess.Popen(["stunnel4", str(work / "stunnel.conf")], stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, text=True)
+                    assert tunnel.stdout is not None
+                    for line in tunnel.stdout:
+                        if "Configuration successful" in line:
+                            break
+                    port = local
+                best = None
+                for rate in rates:
+                    step = run_step("u1" if transport == "udp" else "t1", port, rate, args.seconds, work)
+                    print(f"{transport:<9} {rate:>6} {step['ok']:>9} {step['failed']:>7} {step['achieved']:>10.0f} "
+                          f"{step['p50']:>7.2f} {step['p90']:>7.2f} {step['p99']:>7.2f}", flush=True)
+                    if step["failed"] or step["achieved"] < rate * 0.95:
+                        break
+                    best = step
+                if best:
+                    print(f"best {transport}: {best['rate']} OPTIONS/s with 0 failures "
+                          f"(p50 {best['p50']:.2f} ms, p99 {best['p99']:.2f} ms)")
+                else:
+                    print(f"best {transport}: below {rates[0]} OPTIONS/s")
+        finally:
+            if tunnel is not None:
+                tunnel.terminate()
+            proc.terminate()
+            proc.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
