@@ -5,7 +5,7 @@ Starts the server on loopback with free ports, then for each transport (UDP, TCP
 TLS through stunnel with a client certificate) drives sipp at increasing rates for a
 fixed number of seconds per step, and prints, per step, the answered count, failures and
 round-trip percentiles. The "best" line per transport is the highest rate with zero
-failures whose achieved rate was within 5% of the target. Bounded: at most
+failures whose achieved rate was within 10% of the target (sipp start-up included). Bounded: at most
 len(RATES) steps of --seconds each per transport.
 
     python bench/options_rate.py [--seconds 3] [--rates 500,1000,2000,4000]
@@ -66,13 +66,13 @@ def start_server(work: Path, ca_pem: bytes, server_pair: tuple[bytes, bytes]) ->
     config = work / "bench.toml"
     config.write_text(
         '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\nsip_port = 0\ntls_port = 0\n'
-        '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n[log]\nlevel = "warning"\n'
+        '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n'
         '[[peer]]\nname = "bench"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sipserver", "run", "--config", str(config), "--log-format", "json",
-         "--log-level", "warning"],
+         "--log-level", "info"],  # the default; startup events are info
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     ports: dict[str, int] = {}
@@ -111,8 +111,8 @@ def run_step(transport: str, port: int, rate: int, seconds: float, work: Path) -
     for path in work.glob("options_*_rtt.csv"):
         with path.open() as handle:
             for row in csv.reader(handle, delimiter=";"):
-                if len(row) > 2 and row[2].replace(".", "", 1).isdigit():
-                    rtts.append(float(row[2]))
+                if len(row) > 1 and row[1].replace(".", "", 1).isdigit():
+                    rtts.append(float(row[1]))
     rtts.sort()
 
     def pct(p: float) -> float:
@@ -167,7 +167,7 @@ def main() -> int:
                     step = run_step("u1" if transport == "udp" else "t1", port, rate, args.seconds, work)
                     print(f"{transport:<9} {rate:>6} {step['ok']:>9} {step['failed']:>7} {step['achieved']:>10.0f} "
                           f"{step['p50']:>7.2f} {step['p90']:>7.2f} {step['p99']:>7.2f}", flush=True)
-                    if step["failed"] or step["achieved"] < rate * 0.95:
+                    if step["failed"] or step["achieved"] < rate * 0.9:
                         break
                     best = step
                 if best:
