@@ -139,35 +139,22 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a header value at commas that are outside quotes and angle brackets."""
-    if '"' not in value and "<" not in value:
-        return [part.strip() for part in value.split(",") if part.strip()]
-    parts: list[str] = []
-    current: list[str] = []
-    in_quotes = in_angle = escaped = False
-    for char in value:
-        if escaped:
-            escaped = False
-        elif in_quotes and char == "\\":
-            escaped = True
-        elif char == '"' and not in_angle:
-            in_quotes = not in_quotes
-        elif char == "<" and not in_quotes:
-            in_angle = True
-        elif char == ">" and not in_quotes:
-            in_angle = False
-        elif char == "," and not in_quotes and not in_angle:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current).strip())
-    return [part for part in parts if part]
+    parts, _ = _split_outside(value, ",")
+    return [part.strip() for part in parts if part.strip()]
 
 
 def split_outside_quotes(value: str, separator: str) -> list[str]:
-    """Split at a separator character that is outside quoted strings and <...>."""
+    """Split at a separator character that is outside quoted strings and <...>.
+    Raises ValueError for an unterminated quoted string."""
+    parts, quotes_closed = _split_outside(value, separator)
+    if not quotes_closed:
+        raise ValueError("unterminated quoted string")
+    return parts
+
+
+def _split_outside(value: str, separator: str) -> tuple[list[str], bool]:
     if '"' not in value and "<" not in value:
-        return value.split(separator)
+        return value.split(separator), True
     parts: list[str] = []
     current: list[str] = []
     in_quotes = in_angle = escaped = False
@@ -187,10 +174,8 @@ def split_outside_quotes(value: str, separator: str) -> list[str]:
             current = []
             continue
         current.append(char)
-    if in_quotes:
-        raise ValueError("unterminated quoted string")
     parts.append("".join(current))
-    return parts
+    return parts, not in_quotes
 
 
 Params = dict[str, str | None]

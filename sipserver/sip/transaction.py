@@ -332,15 +332,9 @@ class ServerTransaction(Transaction):
         timers: TimerValues = TimerValues(),
         context: Any = None,
     ) -> ServerTransaction:
-        invite = request.method == "INVITE"
-        return cls(
-            request,
-            reliable,
-            timers,
-            SERVER_INVITE if invite else SERVER_NON_INVITE,
-            State.PROCEEDING if invite else State.TRYING,
-            context,
-        )
+        if request.method == "INVITE":
+            return cls(request, reliable, timers, SERVER_INVITE, State.PROCEEDING, context)
+        return cls(request, reliable, timers, SERVER_NON_INVITE, State.TRYING, context)
 
     def receive_request(self, request: Request, now: float) -> list[Output]:
         """A retransmission of our request, or the ACK for a non-2xx final response."""
@@ -362,16 +356,13 @@ class ClientTransaction(Transaction):
         context: Any = None,
     ) -> tuple[ClientTransaction, list[Output]]:
         """Create the transaction and return what to send first (the request)."""
-        invite = request.method == "INVITE"
-        tx = cls(
-            request,
-            reliable,
-            timers,
-            CLIENT_INVITE if invite else CLIENT_NON_INVITE,
-            State.CALLING if invite else State.TRYING,
-            context,
-        )
-        for action in (A.START_A, A.START_B) if invite else (A.START_E, A.START_F):
+        if request.method == "INVITE":
+            tx = cls(request, reliable, timers, CLIENT_INVITE, State.CALLING, context)
+            first_timers = (A.START_A, A.START_B)
+        else:
+            tx = cls(request, reliable, timers, CLIENT_NON_INVITE, State.TRYING, context)
+            first_timers = (A.START_E, A.START_F)
+        for action in first_timers:
             tx._run(action, now, None, I.REQUEST)
         return tx, [SendMessage(request)]
 
