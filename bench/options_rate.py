@@ -57,7 +57,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(work: Path, ca_pem: bytes, server_pair: tuple[bytes, bytes]) -> tuple[subprocess.Popen[str], int, int]:
+def start_server(
+    work: Path, ca_pem: bytes, server_pair: tuple[bytes, bytes]
+) -> tuple[subprocess.Popen[str], int, int]:
     (work / "server").mkdir()
     (work / "trust").mkdir()
     (work / "server" / "sip.crt").write_bytes(server_pair[0])
@@ -71,9 +73,22 @@ def start_server(work: Path, ca_pem: bytes, server_pair: tuple[bytes, bytes]) ->
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sipserver", "run", "--config", str(config), "--log-format", "json",
-         "--log-level", "info"],  # the default; startup events are info
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "sipserver",
+            "run",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ],  # the default; startup events are info
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     ports: dict[str, int] = {}
     assert proc.stdout is not None
@@ -99,10 +114,34 @@ def run_step(transport: str, port: int, rate: int, seconds: float, work: Path) -
         old.unlink()
     started = time.monotonic()
     result = subprocess.run(
-        ["sipp", "-sf", str(scenario), "-t", transport, "-i", "127.0.0.1", "-m", str(calls), "-r", str(rate),
-         "-l", str(max(rate, 1000)), "-timeout", f"{seconds * 4 + 10}s", "-timeout_error", "-nostdin",
-         "-trace_rtt", "-rtt_freq", "1", "-trace_stat", f"127.0.0.1:{port}"],
-        capture_output=True, text=True, cwd=work, timeout=seconds * 6 + 30,
+        [
+            "sipp",
+            "-sf",
+            str(scenario),
+            "-t",
+            transport,
+            "-i",
+            "127.0.0.1",
+            "-m",
+            str(calls),
+            "-r",
+            str(rate),
+            "-l",
+            str(max(rate, 1000)),
+            "-timeout",
+            f"{seconds * 4 + 10}s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_rtt",
+            "-rtt_freq",
+            "1",
+            "-trace_stat",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=seconds * 6 + 30,
     )
     elapsed = time.monotonic() - started
     ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
@@ -118,13 +157,22 @@ def run_step(transport: str, port: int, rate: int, seconds: float, work: Path) -
     def pct(p: float) -> float:
         return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
 
-    return {"rate": rate, "ok": int(ok.group(1)) if ok else 0, "failed": int(bad.group(1)) if bad else calls,
-            "achieved": (int(ok.group(1)) if ok else 0) / elapsed, "p50": pct(0.5), "p90": pct(0.9),
-            "p99": pct(0.99), "mean": statistics.fmean(rtts) if rtts else float("nan")}
+    return {
+        "rate": rate,
+        "ok": int(ok.group(1)) if ok else 0,
+        "failed": int(bad.group(1)) if bad else calls,
+        "achieved": (int(ok.group(1)) if ok else 0) / elapsed,
+        "p50": pct(0.5),
+        "p90": pct(0.9),
+        "p99": pct(0.99),
+        "mean": statistics.fmean(rtts) if rtts else float("nan"),
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rates", default="500,1000,2000,3000,4000,6000")
     parser.add_argument("--transports", default="udp,tcp,tls")
@@ -139,12 +187,16 @@ def main() -> int:
         ca = make_ca("bench CA")
         server = make_leaf(ca, dns=["sip.example.test"])
         client = make_leaf(ca, dns=["gw1.example.test"])
-        proc, sip_port, tls_port = start_server(work, ca.cert_pem, (server.cert_pem, server.key_pem))
+        proc, sip_port, tls_port = start_server(
+            work, ca.cert_pem, (server.cert_pem, server.key_pem)
+        )
         tunnel = None
         try:
             print(f"sipserver pid {proc.pid}; sipp OPTIONS, {args.seconds:g} s per step; rtt in ms")
-            print(f"{'transport':<9} {'rate':>6} {'answered':>9} {'failed':>7} {'achieved/s':>10} "
-                  f"{'p50':>7} {'p90':>7} {'p99':>7}")
+            print(
+                f"{'transport':<9} {'rate':>6} {'answered':>9} {'failed':>7} {'achieved/s':>10} "
+                f"{'p50':>7} {'p90':>7} {'p99':>7}"
+            )
             for transport in args.transports.split(","):
                 port = sip_port
                 if transport == "tls":
@@ -155,8 +207,12 @@ def main() -> int:
                         f"connect = 127.0.0.1:{tls_port}\ncert = {work / 'client.pem'}\n"
                         f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n"
                     )
-                    tunnel = subprocess.Popen(["stunnel4", str(work / "stunnel.conf")], stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True)
+                    tunnel = subprocess.Popen(
+                        ["stunnel4", str(work / "stunnel.conf")],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                    )
                     assert tunnel.stdout is not None
                     for line in tunnel.stdout:
                         if "Configuration successful" in line:
@@ -164,15 +220,22 @@ def main() -> int:
                     port = local
                 best = None
                 for rate in rates:
-                    step = run_step("u1" if transport == "udp" else "t1", port, rate, args.seconds, work)
-                    print(f"{transport:<9} {rate:>6} {step['ok']:>9} {step['failed']:>7} {step['achieved']:>10.0f} "
-                          f"{step['p50']:>7.2f} {step['p90']:>7.2f} {step['p99']:>7.2f}", flush=True)
+                    step = run_step(
+                        "u1" if transport == "udp" else "t1", port, rate, args.seconds, work
+                    )
+                    print(
+                        f"{transport:<9} {rate:>6} {step['ok']:>9} {step['failed']:>7} {step['achieved']:>10.0f} "
+                        f"{step['p50']:>7.2f} {step['p90']:>7.2f} {step['p99']:>7.2f}",
+                        flush=True,
+                    )
                     if step["failed"] or step["achieved"] < rate * 0.9:
                         break
                     best = step
                 if best:
-                    print(f"best {transport}: {best['rate']} OPTIONS/s with 0 failures "
-                          f"(p50 {best['p50']:.2f} ms, p99 {best['p99']:.2f} ms)")
+                    print(
+                        f"best {transport}: {best['rate']} OPTIONS/s with 0 failures "
+                        f"(p50 {best['p50']:.2f} ms, p99 {best['p99']:.2f} ms)"
+                    )
                 else:
                     print(f"best {transport}: below {rates[0]} OPTIONS/s")
         finally:

@@ -64,14 +64,18 @@ class Transmit:
     close_after: bool = False  # for streams: close once sent (framing was lost)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServerContext:
-    """What the core keeps with each server transaction."""
+    """What the core keeps with each server transaction. The request is let go once the
+    final response is sent: retransmissions only need the response bytes."""
 
     key: tuple[str, ...]
     flow: Flow  # where the request came from
     reply_to: Flow  # where responses go (§18.2.2), worked out once
     peer: PeerSettings | None
+    method: str
+    call_id: str | None
+    request: Request | None
 
 
 class SipCore:
@@ -218,8 +222,13 @@ class SipCore:
         if peer is None:
             return self._unknown_source(request, flow, reply_to)
         tx = ServerTransaction.create(
-            request, reliable=flow.reliable, now=now, timers=self._timers,
-            context=ServerContext(key, flow, reply_to, peer),
+            request.method,
+            reliable=flow.reliable,
+            now=now,
+            timers=self._timers,
+            context=ServerContext(
+                key, flow, reply_to, peer, request.method, request.call_id, request
+            ),
         )
         try:
             validate.check_request_line(request)
@@ -229,16 +238,16 @@ class SipCore:
                 tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
             )
         if request.method == "CANCEL":
-            return self._cancel(tx, now)
+            return self._cancel(tx, request, now)
         self._transactions[key] = tx
         if request.method == "OPTIONS" and self._addressed_to_us(request, flow):
-            return self._options(tx, now)
-        return self._route(tx, now)
+            return self._options(tx, request, now)
+        return self._route(tx, request, now)
 
     # --- answers -----------------------------------------------------------------------
-    def _options(self, tx: ServerTransaction, now: float) -> list[Transmit]:
+    def _options(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
         try:
-            validate.check_required_options(tx.request, "Require", SUPPORTED_OPTIONS)
+            validate.check_required_options(request, "Require", SUPPORTED_OPTIONS)
         except RemoteProtocolError as exc:
             return self._answer(
                 tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
@@ -250,8 +259,7 @@ class SipCore:
         )
         return self._answer(tx, 200, "OK", now, headers=headers)
 
-    def _route(self, tx: ServerTransaction, now: float) -> list[Transmit]:
-        request = tx.request
+    def _route(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
         peer = tx.context.peer
         if validate.max_forwards(request) == 0:
             return self._answer(tx, 483, "Too Many Hops", now, log_reason="Max-Forwards is 0")
@@ -272,8 +280,8 @@ class SipCore:
             event=decision.log_event,
         )
 
-    def _cancel(self, tx: ServerTransaction, now: float) -> list[Transmit]:
-        invite_key = server_key(replace(tx.request, method="INVITE"))
+    def _cancel(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
+        invite_key = server_key(replace(request, method="INVITE"))
         invite = self._transactions.get(invite_key)
         self._transactions[tx.context.key] = tx
         if invite is None or invite.state is not State.PROCEEDING:
@@ -320,11 +328,12 @@ class SipCore:
     ) -> list[Transmit]:
         context: ServerContext = tx.context
         flow, peer = context.flow, context.peer
-        response = self._response(tx.request, status, reason, headers)
+        assert context.request is not None, "the final response was already sent"
+        response = self._response(context.request, status, reason, headers)
         level = log.info if status < 400 else log.warning
         level(
             event,
-            method=tx.request.method,
+            method=context.method,
             status=status,
             reason=log_reason or reason,
             transport=flow.transport,
@@ -333,7 +342,10 @@ class SipCore:
             peer_fqdn=peer.fqdn if peer else None,
         )
         self._transactions.setdefault(context.key, tx)
-        return self._drive(tx, tx.send_response(response, now))
+        out = self._drive(tx, tx.send_response(response, now))
+        if status >= 200:
+            context.request = None
+        return out
 
     def _response(
         self, request: Request, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
@@ -360,13 +372,13 @@ class SipCore:
         out: list[Transmit] = []
         for item in outputs:
             if isinstance(item, SendMessage):
-                out.append(Transmit(context.reply_to, item.message.to_bytes()))
+                out.append(Transmit(context.reply_to, item.data))
             elif isinstance(item, TimedOut):
                 log.warning(
                     "sip_transaction_timeout",
                     timer=item.timer,
-                    method=tx.request.method,
-                    call_id=tx.request.call_id,
+                    method=context.method,
+                    call_id=context.call_id,
                     remote=_addr(flow.remote),
                 )
             elif isinstance(item, Terminated):

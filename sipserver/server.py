@@ -161,7 +161,9 @@ class Server:
         return int(local[1])
 
     async def _signal_loop(
-        self, cancel_scope: trio.CancelScope, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        cancel_scope: trio.CancelScope,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
@@ -222,7 +224,9 @@ class Server:
             self._timer_wakeup = trio.Event()
             await self._dispatch(self.core.handle_timers(trio.current_time()))
 
-    async def _dispatch(self, transmits: list[Transmit], origin: StreamConnection | None = None) -> None:
+    async def _dispatch(
+        self, transmits: list[Transmit], origin: StreamConnection | None = None
+    ) -> None:
         """Send what the core produced. Answers to `origin` (the connection whose reader
         is calling) wait for queue room; anything for other connections never waits."""
         for transmit in transmits:

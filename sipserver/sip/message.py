@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import LIST_HEADERS, TOKEN_RE, canonical_name, header_key, split_list
@@ -29,15 +30,19 @@ class ParseLimits:
     max_line_bytes: int = 8192
 
 
-@dataclass(slots=True)
-class Header:
+class Header(NamedTuple):
+    """One header line. Immutable: edits replace it. A tuple of strings and bytes, so the
+    garbage collector stops tracking it, which keeps full collections short while many
+    transactions hold their messages."""
+
     name: str
     value: str
     raw: bytes | None = None  # the exact wire bytes (folding included), None once edited
-    key: str = field(init=False, repr=False, compare=False)  # lower-case long name, for lookups
 
-    def __post_init__(self) -> None:
-        self.key = header_key(self.name)
+    @property
+    def key(self) -> str:
+        """Lower-case long name, for lookups."""
+        return header_key(self.name)
 
     def to_bytes(self) -> bytes:
         if self.raw is not None:
@@ -63,7 +68,7 @@ class Headers:
         return isinstance(name, str) and any(h.key == header_key(name) for h in self._items)
 
     def copy(self) -> Headers:
-        return Headers([Header(h.name, h.value, h.raw) for h in self._items])
+        return Headers(list(self._items))
 
     def get(self, name: str) -> str | None:
         """The first header line's value (whole line, not split at commas)."""

@@ -61,14 +61,14 @@ def make_response(
     items: list[Header] = []
     for header in request.headers:
         if header.key in _COPIED:
-            items.append(Header(header.name, header.value, header.raw))
+            items.append(header)
         elif header.key == "to":
             value = header.value
             if status > 100 and ";tag=" not in value.replace(" ", "").lower():
                 value = f"{value};tag={to_tag or local_tag(request)}"
             items.append(Header(header.name, value))
         elif header.key == "timestamp" and status == 100:
-            items.append(Header(header.name, header.value, header.raw))
+            items.append(header)
     response = Response(
         Headers(items), body, status=status, reason=reason or REASON_PHRASES.get(status, "")
     )

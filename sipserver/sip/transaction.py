@@ -152,7 +152,15 @@ class TimerValues:
 # --- what a transaction hands back --------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SendMessage:
-    message: Request | Response
+    """Bytes to put on the wire; `message` is set when they are a new message (not a
+    retransmission of stored bytes)."""
+
+    data: bytes
+    message: Request | Response | None = None
+
+    @classmethod
+    def of(cls, message: Request | Response) -> SendMessage:
+        return cls(message.to_bytes(), message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,16 +188,20 @@ class InvalidTransition(Exception):
 _ids = itertools.count(1)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Transaction:
-    request: Request
+    """The state machine. Server transactions keep no message objects, only the bytes of
+    the last response, so the many that wait out Timer J or I cost little memory and
+    nothing to the garbage collector."""
+
     reliable: bool
     timers: TimerValues
     table: Table
     state: State
     context: Any = None  # opaque to this module: the caller's flow/routing data
     id: int = field(default_factory=lambda: next(_ids))
-    last_response: Response | None = None
+    last_response_data: bytes | None = None
+    last_status: int | None = None
     _deadlines: dict[str, float] = field(default_factory=dict)
     _intervals: dict[str, float] = field(default_factory=dict)
 
@@ -273,25 +285,27 @@ class Transaction:
 
 def _send(tx: Transaction, message: Request | Response | None, event: Input) -> list[Output]:
     assert isinstance(message, Response)
-    tx.last_response = message
-    return [SendMessage(message)]
+    out = SendMessage.of(message)
+    tx.last_response_data, tx.last_status = out.data, message.status
+    return [out]
 
 
 def _resend_response(
     tx: Transaction, message: Request | Response | None, event: Input
 ) -> list[Output]:
-    return [SendMessage(tx.last_response)] if tx.last_response is not None else []
+    return [SendMessage(tx.last_response_data)] if tx.last_response_data is not None else []
 
 
 def _resend_request(
     tx: Transaction, message: Request | Response | None, event: Input
 ) -> list[Output]:
-    return [SendMessage(tx.request)]
+    assert isinstance(tx, ClientTransaction)
+    return [SendMessage(tx.request_data)]
 
 
 def _send_ack(tx: Transaction, message: Request | Response | None, event: Input) -> list[Output]:
-    assert isinstance(message, Response)
-    return [SendMessage(build_ack_for_non_2xx(tx.request, message))]
+    assert isinstance(message, Response) and isinstance(tx, ClientTransaction)
+    return [SendMessage.of(build_ack_for_non_2xx(tx.request, message))]
 
 
 def _pass_up(tx: Transaction, message: Request | Response | None, event: Input) -> list[Output]:
@@ -325,16 +339,30 @@ class ServerTransaction(Transaction):
     @classmethod
     def create(
         cls,
-        request: Request,
+        method: str,
         *,
         reliable: bool,
         now: float,
         timers: TimerValues = TimerValues(),
         context: Any = None,
     ) -> ServerTransaction:
-        if request.method == "INVITE":
-            return cls(request, reliable, timers, SERVER_INVITE, State.PROCEEDING, context)
-        return cls(request, reliable, timers, SERVER_NON_INVITE, State.TRYING, context)
+        """A server transaction for a new request with this method. The request itself
+        stays with the caller, who needs it only until the final response."""
+        if method == "INVITE":
+            return cls(
+                reliable=reliable,
+                timers=timers,
+                table=SERVER_INVITE,
+                state=State.PROCEEDING,
+                context=context,
+            )
+        return cls(
+            reliable=reliable,
+            timers=timers,
+            table=SERVER_NON_INVITE,
+            state=State.TRYING,
+            context=context,
+        )
 
     def receive_request(self, request: Request, now: float) -> list[Output]:
         """A retransmission of our request, or the ACK for a non-2xx final response."""
@@ -344,7 +372,11 @@ class ServerTransaction(Transaction):
         return self._apply(_response_input(response.status, sending=True), now, response)
 
 
+@dataclass(eq=False, kw_only=True)
 class ClientTransaction(Transaction):
+    request: Request
+    request_data: bytes  # serialised once, for Timer A/E retransmissions
+
     @classmethod
     def create(
         cls,
@@ -356,15 +388,20 @@ class ClientTransaction(Transaction):
         context: Any = None,
     ) -> tuple[ClientTransaction, list[Output]]:
         """Create the transaction and return what to send first (the request)."""
-        if request.method == "INVITE":
-            tx = cls(request, reliable, timers, CLIENT_INVITE, State.CALLING, context)
-            first_timers = (A.START_A, A.START_B)
-        else:
-            tx = cls(request, reliable, timers, CLIENT_NON_INVITE, State.TRYING, context)
-            first_timers = (A.START_E, A.START_F)
-        for action in first_timers:
+        first = SendMessage.of(request)
+        invite = request.method == "INVITE"
+        tx = cls(
+            reliable=reliable,
+            timers=timers,
+            context=context,
+            request=request,
+            request_data=first.data,
+            table=CLIENT_INVITE if invite else CLIENT_NON_INVITE,
+            state=State.CALLING if invite else State.TRYING,
+        )
+        for action in (A.START_A, A.START_B) if invite else (A.START_E, A.START_F):
             tx._run(action, now, None, I.REQUEST)
-        return tx, [SendMessage(request)]
+        return tx, [first]
 
     def receive_response(self, response: Response, now: float) -> list[Output]:
         return self._apply(_response_input(response.status, sending=False), now, response)
@@ -379,7 +416,7 @@ def build_ack_for_non_2xx(request: Request, response: Response) -> Request:
     items.append(Header("Via", vias[0]))
     for header in request.headers:
         if header.key in ("from", "call-id", "route", "max-forwards"):
-            items.append(Header(header.name, header.value, header.raw))
+            items.append(header)
     to_value = response.headers.get("To") or request.headers.get("To") or ""
     items.append(Header("To", to_value))
     items.append(Header("CSeq", f"{number} ACK"))

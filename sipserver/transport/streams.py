@@ -101,7 +101,9 @@ class StreamConnection:
                 await trio.sleep_forever()  # the writer sends the last answer, then closes
             for item in items:
                 if item is PING:
-                    await self.send(Transmit(self.flow, b"\r\n"), send_timeout)  # RFC 5626 §3.5.1 pong
+                    await self.send(
+                        Transmit(self.flow, b"\r\n"), send_timeout
+                    )  # RFC 5626 §3.5.1 pong
                     continue
                 assert isinstance(item, bytes)
                 self.messages_in += 1

@@ -202,8 +202,12 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         config = workdir / "sipserver.toml"
         workdir.mkdir(parents=True, exist_ok=True)
         config.write_text(text)
-        env = {**os.environ, "SIPSERVER_STATE_DIR": str(workdir / "state"), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": str(REPO)}  # always test this checkout, not a stale installed copy
+        env = {
+            **os.environ,
+            "SIPSERVER_STATE_DIR": str(workdir / "state"),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(REPO),
+        }  # always test this checkout, not a stale installed copy
         process = subprocess.Popen(
             [
                 sys.executable,

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.e2e
 HEX_UPPER = re.compile(r"^[0-9A-F]+$")
 
 
-def test_without_a_certificate_one_is_generated_with_a_private_key_file(start_server: StartServer) -> None:
+def test_without_a_certificate_one_is_generated_with_a_private_key_file(
+    start_server: StartServer,
+) -> None:
     server = start_server(with_certificate=False)
     generated = server.wait_for("server_certificate_generated")
     cert_path, key_path = Path(generated["path"]), Path(generated["key_path"])
@@ -36,11 +38,21 @@ def test_without_a_certificate_one_is_generated_with_a_private_key_file(start_se
     assert selected["thumbprint_sha1"] == generated["thumbprint_sha1"]
 
 
-def test_selected_certificate_event_has_every_field_in_admin_form(start_server: StartServer, pki: Pki) -> None:
+def test_selected_certificate_event_has_every_field_in_admin_form(
+    start_server: StartServer, pki: Pki
+) -> None:
     server = start_server()
     event = server.wait_for("server_certificate_selected")
-    for key in ("subject", "issuer", "serial", "thumbprint_sha1", "thumbprint_sha256", "not_before",
-                "not_after", "path"):
+    for key in (
+        "subject",
+        "issuer",
+        "serial",
+        "thumbprint_sha1",
+        "thumbprint_sha256",
+        "not_before",
+        "not_after",
+        "path",
+    ):
         assert event.get(key), key
     assert HEX_UPPER.match(event["serial"]) and HEX_UPPER.match(event["thumbprint_sha1"])
     assert len(event["thumbprint_sha256"]) == 64 and HEX_UPPER.match(event["thumbprint_sha256"])
@@ -53,29 +65,55 @@ def test_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "sipserver", "run", "--address", "127.0.0.1", "--sip-port", str(port),
-             "--tls-port", "0", "--log-format", "json"],
-            capture_output=True, text=True, timeout=30, env={**os.environ, "SIPSERVER_STATE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)},
+            [
+                sys.executable,
+                "-m",
+                "sipserver",
+                "run",
+                "--address",
+                "127.0.0.1",
+                "--sip-port",
+                str(port),
+                "--tls-port",
+                "0",
+                "--log-format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "SIPSERVER_STATE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)},
         )
     assert result.returncode == 1
     assert f"cannot listen on udp 127.0.0.1:{port}: address already in use" in result.stderr
 
 
-def test_sighup_reload_applies_a_good_file_and_keeps_running_on_a_bad_one(start_server: StartServer) -> None:
+def test_sighup_reload_applies_a_good_file_and_keeps_running_on_a_bad_one(
+    start_server: StartServer,
+) -> None:
     server = start_server(peer_addresses='"::1"')
     port = server.sip_port
-    assert status_line(udp_exchange("127.0.0.1", port, options("127.0.0.1", port))).startswith("SIP/2.0 403")
+    assert status_line(udp_exchange("127.0.0.1", port, options("127.0.0.1", port))).startswith(
+        "SIP/2.0 403"
+    )
     config = server.workdir / "sipserver.toml"
     good = config.read_text().replace('addresses = ["::1"]', 'addresses = ["::1", "127.0.0.1"]')
     config.write_text(good.replace("[limits]", "[limits]\nmax_conections = 1"))
     server.process.send_signal(signal.SIGHUP)
     failed = server.wait_for("config_reload_failed")
-    assert "limits.max_conections" in failed["error"] and "did you mean 'max_connections'" in failed["error"]
-    assert status_line(udp_exchange("127.0.0.1", port, options("127.0.0.1", port))).startswith("SIP/2.0 403")
+    assert (
+        "limits.max_conections" in failed["error"]
+        and "did you mean 'max_connections'" in failed["error"]
+    )
+    assert status_line(udp_exchange("127.0.0.1", port, options("127.0.0.1", port))).startswith(
+        "SIP/2.0 403"
+    )
     config.write_text(good)
     server.process.send_signal(signal.SIGHUP)
     server.wait_for("config_reloaded")
-    assert status_line(udp_exchange("127.0.0.1", port, options("127.0.0.1", port))) == "SIP/2.0 200 OK"
+    assert (
+        status_line(udp_exchange("127.0.0.1", port, options("127.0.0.1", port))) == "SIP/2.0 200 OK"
+    )
 
 
 def test_sigterm_stops_cleanly(start_server: StartServer) -> None:

@@ -8,10 +8,25 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "sipserver"
-PURE = [*sorted((PACKAGE / "sip").glob("*.py")), *sorted((PACKAGE / "pki").glob("*.py")),
-        *sorted((PACKAGE / "routing").glob("*.py")), PACKAGE / "core.py"]
-FORBIDDEN = {"trio", "socket", "ssl", "time", "asyncio", "selectors", "OpenSSL", "sipserver.transport",
-             "sipserver.server", "os", "subprocess"}
+PURE = [
+    *sorted((PACKAGE / "sip").glob("*.py")),
+    *sorted((PACKAGE / "pki").glob("*.py")),
+    *sorted((PACKAGE / "routing").glob("*.py")),
+    PACKAGE / "core.py",
+]
+FORBIDDEN = {
+    "trio",
+    "socket",
+    "ssl",
+    "time",
+    "asyncio",
+    "selectors",
+    "OpenSSL",
+    "sipserver.transport",
+    "sipserver.server",
+    "os",
+    "subprocess",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -26,7 +41,9 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_pure_modules_import_no_io(path: Path) -> None:
-    bad = {m for m in imported_modules(path) if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)}
+    bad = {
+        m for m in imported_modules(path) if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
+    }
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
