@@ -70,6 +70,7 @@ class Server:
         self.listeners: list[Listener] = []
         self._udp_sockets: dict[tuple[str, int], trio.socket.SocketType] = {}
         self._timer_wakeup = trio.Event()
+        self._timer_armed_for: float | None = None  # the deadline the timer task sleeps until
         self.credentials: ServerCredentials | None = None
         self._tls_context: SSL.Context | None = None
 
@@ -219,6 +220,7 @@ class Server:
     async def _timer_loop(self) -> None:
         while True:
             deadline = self.core.next_deadline()
+            self._timer_armed_for = deadline
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._timer_wakeup.wait()
             self._timer_wakeup = trio.Event()
@@ -253,7 +255,12 @@ class Server:
                 await connection.send(transmit, self.config.limits.send_timeout)
             else:
                 connection.queue(transmit)
-        self._timer_wakeup.set()
+        # Wake the timer task only when the core now needs it earlier than it planned.
+        deadline = self.core.next_deadline()
+        if deadline is not None and (
+            self._timer_armed_for is None or deadline < self._timer_armed_for
+        ):
+            self._timer_wakeup.set()
 
     # --- UDP ---------------------------------------------------------------------------
     async def _serve_udp(self, sock: trio.socket.SocketType, local: tuple[str, int]) -> None:

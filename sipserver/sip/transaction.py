@@ -240,6 +240,9 @@ class Transaction:
         if self.state is State.TERMINATED:
             self._deadlines.clear()
             out.append(Terminated())
+        elif any(due <= now for due in self._deadlines.values()):
+            # Timers of zero duration (D, I, J, K on reliable transports) fire at once.
+            out += self.handle_timer(now)
         return out
 
     def _run(

@@ -87,14 +87,16 @@ def parse_uri(text: str) -> SipUri:
     scheme = scheme.lower()
     if scheme not in SIP_SCHEMES:
         raise UriError(f"unsupported URI scheme {scheme!r}")
-    rest, qmark, headers = rest.partition("?")
     user = password = None
+    # The first "@" ends the userinfo: user parts may hold ";" and "?" (§25.1
+    # user-unreserved), but "@" appears nowhere after it except escaped.
     if "@" in rest:
-        userinfo, _, rest = rest.rpartition("@")
+        userinfo, _, rest = rest.partition("@")
         user, colon, pw = userinfo.partition(":")
         password = pw if colon else None
         if not user:
             raise UriError(f"empty user part in {text!r}")
+    rest, qmark, headers = rest.partition("?")
     hostport, _, param_text = rest.partition(";")
     host, port = parse_host_port(hostport)
     try:

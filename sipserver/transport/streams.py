@@ -45,9 +45,17 @@ class StreamConnection:
     async def send(self, transmit: Transmit, timeout: float) -> None:
         """Queue an answer produced by this connection's own reader: waiting for room
         slows only this peer, which is what a peer that reads slowly deserves."""
+        item = (transmit.data, transmit.close_after)
+        try:
+            self._send.send_nowait(item)  # the common case: no cancel scope needed
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
         try:
             with trio.fail_after(timeout):
-                await self._send.send((transmit.data, transmit.close_after))
+                await self._send.send(item)
         except trio.TooSlowError:
             self.close(f"send queue stayed full for {timeout:g} s (limits.send_timeout)")
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -181,3 +181,43 @@ def test_random_bytes_never_escape_as_anything_but_a_protocol_error(data: bytes)
     for accessor in ("vias", "from_", "to", "cseq"):
         with contextlib.suppress(RemoteProtocolError, ValueError):
             getattr(message, accessor)
+
+
+hosts = st.one_of(
+    st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,3}", fullmatch=True).filter(
+        lambda h: not h.endswith("-")
+    ),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(str),
+)
+users = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyz0123456789+-_.!~*'()&=$,;?/%", min_size=1, max_size=15
+).filter(lambda u: "%" not in u or bool(__import__("re").fullmatch(r"([^%]|%[0-9A-F]{2})*", u)))
+
+
+@given(
+    st.sampled_from(["sip", "sips"]),
+    st.one_of(st.none(), users),
+    hosts,
+    st.one_of(st.none(), st.integers(1, 65535)),
+    st.dictionaries(
+        st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+        st.one_of(st.none(), st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)),
+        max_size=3,
+    ),
+)
+def test_uris_round_trip_including_ipv6_and_escapes(
+    scheme: str, user: str | None, host: str, port: int | None, params: dict[str, str | None]
+) -> None:
+    from sipserver.sip.uri import SipUri
+
+    uri = SipUri(scheme, host.lower(), user, None, port, params)
+    parsed = parse_uri(str(uri))
+    assert parsed == uri
+    assert str(parsed) == str(uri)
+
+
+def test_escaped_user_is_decoded_for_comparison_only() -> None:
+    uri = parse_uri("sip:%2B1%20425@example.test;user=phone")
+    assert uri.user == "%2B1%20425" and uri.user_unescaped == "+1 425"
+    assert str(uri) == "sip:%2B1%20425@example.test;user=phone"

@@ -160,9 +160,9 @@ def test_server_non_invite_absorbs_in_trying_and_resends_when_completed() -> Non
 def test_server_non_invite_over_tcp_terminates_immediately_after_final() -> None:
     req = request("OPTIONS")
     tx = ServerTransaction.create(req.method, reliable=True, now=5.0)
-    tx.send_response(response(req, 200), 5.0)
-    assert tx.deadline == 5.0
-    assert tx.handle_timer(5.0) == [Terminated()]
+    out = tx.send_response(response(req, 200), 5.0)
+    assert out[-1] == Terminated()  # Timer J is zero on TCP: no waiting state at all
+    assert tx.terminated and tx.deadline is None
 
 
 def test_illegal_input_is_refused() -> None:
