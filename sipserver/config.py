@@ -82,6 +82,37 @@ class PeerSettings:
     kind: str
     addresses: tuple[IPNetwork, ...] = ()
     allow_wildcard: bool = False
+    port: int | None = None  # where we send to it; None: 5061 for tls, else 5060
+    transport: str = "tls"  # what we use towards it when a security mode allows a choice
+    health_check: float = 30.0  # seconds between OPTIONS pings; 0 turns them off
+
+    @property
+    def send_port(self) -> int:
+        return self.port or (5061 if self.transport == "tls" else 5060)
+
+
+SECURITY_MODES = ("unsecured", "sip-secured", "secured")
+
+
+@dataclass(frozen=True, slots=True)
+class DialPlanSettings:
+    name: str
+    security: str  # unsecured | sip-secured | secured
+    numbers: tuple[str, ...]  # exact, "x" = one digit, trailing "*" = any rest
+    from_peers: tuple[str, ...]  # config key "from": the peers whose calls belong here
+    action: str  # proxy | redirect
+    targets: tuple[str, ...]  # peer names, tried in order
+
+    @property
+    def requires_tls(self) -> bool:
+        return self.security != "unsecured"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    retry_after: int = 30  # seconds, in the Retry-After of a 503 when no target is healthy
+    down_after_failures: int = 3  # failed health checks before a target is skipped
+    identity_header: str = "X-Peer-Identity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +122,12 @@ class Config:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     peers: tuple[PeerSettings, ...] = ()
+    dial_plans: tuple[DialPlanSettings, ...] = ()
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
     source: str = "<embedded default>"
+
+    def peer(self, name: str) -> PeerSettings:
+        return next(p for p in self.peers if p.name == name)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -281,7 +317,7 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
             f"TOML syntax error: {exc}", line=int(match.group(1)) if match else None, path=source
         ) from exc
     r = _Reader(text, source)
-    top = r.table(data, (), {"server", "tls", "limits", "log", "peer"})
+    top = r.table(data, (), {"server", "tls", "limits", "log", "peer", "dial_plan", "routing"})
     server = _server(r, top.get("server", {}))
     tls = _tls(r, top.get("tls", {}), base_dir)
     limits = _limits(r, top.get("limits", {}))
@@ -298,7 +334,21 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
                 f"{peer.name!r} is already used by peer[{seen_names[peer.name]}]",
             )
         seen_names[peer.name] = i
-    return Config(server, tls, limits, log, peers, source)
+    plans_data = top.get("dial_plan", [])
+    if not isinstance(plans_data, list):
+        raise r.error(("dial_plan",), "must be an array of tables: write [[dial_plan]]")
+    by_name = {peer.name: peer for peer in peers}
+    plans = tuple(_dial_plan(r, item, i, by_name) for i, item in enumerate(plans_data))
+    seen_plans: dict[str, int] = {}
+    for i, plan in enumerate(plans):
+        if plan.name in seen_plans:
+            raise r.error(
+                ("dial_plan", i, "name"),
+                f"{plan.name!r} is already used by dial_plan[{seen_plans[plan.name]}]",
+            )
+        seen_plans[plan.name] = i
+    routing = _routing(r, top.get("routing", {}))
+    return Config(server, tls, limits, log, peers, plans, routing, source)
 
 
 def _server(r: _Reader, data: Any) -> ServerSettings:
@@ -409,7 +459,20 @@ def _log(r: _Reader, data: Any) -> LogSettings:
 
 def _peer(r: _Reader, data: Any, index: int) -> PeerSettings:
     k: tuple[str | int, ...] = ("peer", index)
-    d = r.table(data, k, {"name", "fqdn", "kind", "addresses", "allow_wildcard"})
+    d = r.table(
+        data,
+        k,
+        {
+            "name",
+            "fqdn",
+            "kind",
+            "addresses",
+            "allow_wildcard",
+            "port",
+            "transport",
+            "health_check",
+        },
+    )
 
     def networks_ok(values: list[str]) -> str | None:
         for value in values:
@@ -426,4 +489,100 @@ def _peer(r: _Reader, data: Any, index: int) -> PeerSettings:
         kind=r.get(d, k, "kind", str, "gateway", _one_of("gateway", "pbx")),
         addresses=tuple(ipaddress.ip_network(a, strict=False) for a in addresses),
         allow_wildcard=r.get(d, k, "allow_wildcard", bool, False),
+        port=r.get(
+            d, k, "port", int, None, lambda v: None if 0 < v < 65536 else f"{v} is not a port"
+        ),
+        transport=r.get(d, k, "transport", str, "tls", _one_of("tls", "tcp", "udp")),
+        health_check=r.get(
+            d,
+            k,
+            "health_check",
+            float,
+            30.0,
+            lambda v: None if v >= 0 else "must be 0 (off) or more seconds",
+        ),
+    )
+
+
+_NUMBER_PATTERN = re.compile(r"^\+?[0-9xX]*\*?$")
+
+
+def _dial_plan(
+    r: _Reader, data: Any, index: int, peers: dict[str, PeerSettings]
+) -> DialPlanSettings:
+    k: tuple[str | int, ...] = ("dial_plan", index)
+    d = r.table(data, k, {"name", "security", "numbers", "from", "action", "targets"})
+
+    def numbers_ok(values: list[str]) -> str | None:
+        for value in values:
+            if not value or value == "+" or not _NUMBER_PATTERN.match(value):
+                return (
+                    f"{value!r} is not a number pattern (digits with an optional leading +, "
+                    "x for one digit, a trailing * for any rest)"
+                )
+        return None if values else "must list at least one number pattern"
+
+    def peers_ok(values: list[str]) -> str | None:
+        for value in values:
+            if value not in peers:
+                known = ", ".join(peers) or "none configured"
+                return f"unknown peer {value!r} (peers: {known})"
+        return None if values else "must name at least one peer"
+
+    name = r.get(d, k, "name", str, check=lambda v: None if v.strip() else "must not be empty")
+    security = r.get(d, k, "security", str, check=_one_of(*SECURITY_MODES))
+    action = r.get(d, k, "action", str, "redirect", _one_of("proxy", "redirect"))
+    if action == "proxy":
+        raise r.error(
+            (*k, "action"), '"proxy" is not available in this version yet; use "redirect"'
+        )
+    targets = tuple(r.get(d, k, "targets", list, check=peers_ok))
+    if security != "unsecured":
+        for target in targets:
+            if peers[target].transport != "tls":
+                raise r.error(
+                    (*k, "targets"),
+                    f"peer {target!r} uses transport {peers[target].transport!r}, "
+                    f"but dial plan {name!r} is {security} and needs mutual TLS to its targets",
+                )
+    return DialPlanSettings(
+        name=name,
+        security=security,
+        numbers=tuple(r.get(d, k, "numbers", list, check=numbers_ok)),
+        from_peers=tuple(r.get(d, k, "from", list, check=peers_ok)),
+        action=action,
+        targets=targets,
+    )
+
+
+def _routing(r: _Reader, data: Any) -> RoutingSettings:
+    k: tuple[str | int, ...] = ("routing",)
+    d = r.table(data, k, {"retry_after", "down_after_failures", "identity_header"})
+    defaults = RoutingSettings()
+    header_ok = re.compile(r"^[A-Za-z0-9-]+$")
+    return RoutingSettings(
+        retry_after=r.get(
+            d,
+            k,
+            "retry_after",
+            int,
+            defaults.retry_after,
+            lambda v: None if v >= 0 else "must be 0 or more seconds",
+        ),
+        down_after_failures=r.get(
+            d,
+            k,
+            "down_after_failures",
+            int,
+            defaults.down_after_failures,
+            lambda v: None if v >= 1 else "must be at least 1",
+        ),
+        identity_header=r.get(
+            d,
+            k,
+            "identity_header",
+            str,
+            defaults.identity_header,
+            lambda v: None if header_ok.match(v) else f"{v!r} is not a header name",
+        ),
     )

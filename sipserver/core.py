@@ -269,16 +269,38 @@ class SipCore:
             return self._answer(
                 tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
             )
-        decision = router.route(request, peer, tx.context.flow.transport)
-        return self._answer(
-            tx,
-            decision.status,
-            decision.reason,
-            now,
-            headers=(("Warning", warning_value(self._agent, decision.warning)),),
-            log_reason=decision.warning,
-            event=decision.log_event,
-        )
+        assert peer is not None
+        decision = router.route(self.config, request, peer, tx.context.flow.transport)
+        if isinstance(decision, router.Reject):
+            return self._answer(
+                tx,
+                decision.status,
+                decision.reason,
+                now,
+                headers=(
+                    ("Warning", warning_value(self._agent, decision.warning)),
+                    *decision.headers,
+                ),
+                log_reason=decision.warning,
+                event=decision.log_event,
+                dial_plan=decision.plan.name if decision.plan else None,
+                security=decision.plan.security if decision.plan else None,
+            )
+        if isinstance(decision, router.Redirect):
+            return self._answer(
+                tx,
+                302,
+                "Moved Temporarily",
+                now,
+                headers=(("Contact", decision.contact),),
+                event="call_redirected",
+                dial_plan=decision.plan.name,
+                security=decision.plan.security,
+                target=decision.target.name,
+                target_fqdn=decision.target.fqdn,
+                contact=decision.contact,
+            )
+        raise AssertionError("proxy decisions are refused by the configuration loader")
 
     def _cancel(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
         invite_key = server_key(replace(request, method="INVITE"))
@@ -325,6 +347,7 @@ class SipCore:
         headers: tuple[tuple[str, str], ...] = (),
         log_reason: str | None = None,
         event: str = "sip_request_answered",
+        **log_fields: str | None,
     ) -> list[Transmit]:
         context: ServerContext = tx.context
         flow, peer = context.flow, context.peer
@@ -340,6 +363,7 @@ class SipCore:
             remote=_addr(flow.remote),
             peer=peer.name if peer else None,
             peer_fqdn=peer.fqdn if peer else None,
+            **log_fields,
         )
         self._transactions.setdefault(context.key, tx)
         out = self._drive(tx, tx.send_response(response, now))

@@ -1,15 +1,19 @@
-"""Routing decisions for requests that are not for the server itself.
+"""Routing decisions for requests that are not for the server itself: which dial plan,
+whether its security mode lets the call in, and where it goes.
 
-The foundation has no dial plans yet, so every such request is answered 404 with a
-Warning that names the number and the peer; dial-plan routing replaces `route()`.
+Nothing is silently downgraded: every refusal carries a status, a Warning text and a log
+event name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sipserver.config import PeerSettings
+from sipserver.config import Config, DialPlanSettings, PeerSettings
+from sipserver.routing.dialplan import find_dial_plan, normalise_number
 from sipserver.sip.message import Request
+from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
 from sipserver.sip.uri import parse_uri
 
 
@@ -19,14 +23,101 @@ class Reject:
     reason: str
     warning: str  # text of the Warning: 399 header and of the log event
     log_event: str = "call_refused"
+    plan: DialPlanSettings | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-Decision = Reject
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    plan: DialPlanSettings
+    target: PeerSettings
+    contact: str
 
 
-def route(request: Request, peer: PeerSettings | None, transport: str) -> Decision:
-    number = parse_uri(request.uri).user_unescaped or "(no user part)"
-    peer_name = f"{peer.name} ({peer.fqdn})" if peer else "unknown peer"
-    return Reject(
-        404, "Not Found", f"No dial plan for number {number} from peer {peer_name}", "no_dial_plan"
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    plan: DialPlanSettings
+    targets: tuple[PeerSettings, ...]
+    number: str
+
+
+Decision = Reject | Redirect | Proxy
+
+
+def route(
+    config: Config,
+    request: Request,
+    peer: PeerSettings,
+    transport: str,
+    is_up: Callable[[PeerSettings], bool] = lambda _: True,
+) -> Decision:
+    uri = parse_uri(request.uri)
+    number = normalise_number(uri.user_unescaped or "")
+    who = f"peer {peer.name} ({peer.fqdn})"
+    plan = find_dial_plan(config.dial_plans, peer.name, number) if number else None
+    if plan is None:
+        shown = number or "(no user part)"
+        return Reject(
+            404, "Not Found", f"No dial plan for number {shown} from {who}", "no_dial_plan"
+        )
+    if plan.requires_tls and transport != "tls":
+        return Reject(
+            403,
+            "Forbidden",
+            f"Dial plan {plan.name} is {plan.security} and requires mutual TLS; "
+            f"the call from {who} arrived over {transport.upper()}",
+            "call_refused_insecure_transport",
+            plan,
+        )
+    if plan.security == "secured" and request.method == "INVITE":
+        problem = _media_problem(request)
+        if problem:
+            return Reject(
+                488,
+                "Not Acceptable Here",
+                f"Dial plan {plan.name} is secured and requires SRTP: {problem}",
+                "call_refused_insecure_media",
+                plan,
+            )
+    targets = tuple(
+        target for target in (config.peer(name) for name in plan.targets) if is_up(target)
     )
+    if not targets:
+        return Reject(
+            503,
+            "Service Unavailable",
+            f"No healthy target for dial plan {plan.name}: {', '.join(plan.targets)} failed their health checks",
+            "call_refused_no_target",
+            plan,
+            (("Retry-After", str(config.routing.retry_after)),),
+        )
+    if plan.action == "redirect":
+        target = targets[0]
+        return Redirect(plan, target, redirect_contact(uri.user or "", target, plan, uri.scheme))
+    return Proxy(plan, targets, number)
+
+
+def _media_problem(request: Request) -> str | None:
+    content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if not request.body:
+        return "the INVITE carries no SDP offer"
+    if content_type != "application/sdp":
+        return f"the INVITE body is {content_type or 'untyped'}, not an SDP offer"
+    try:
+        sdp = parse_sdp(request.body)
+    except SdpError as exc:
+        return f"the SDP offer is malformed ({exc})"
+    if not any(m.active for m in sdp.media):
+        return "the SDP offer has no active media stream"
+    problems = srtp_violations(sdp)
+    return "; ".join(problems) if problems else None
+
+
+def redirect_contact(user: str, target: PeerSettings, plan: DialPlanSettings, scheme: str) -> str:
+    """Where a redirected call goes: the target by FQDN and port; over TLS (and sips: if the
+    caller used sips:) when the dial plan is secured, like Exchange UM's redirect to its
+    worker process."""
+    transport = "tls" if plan.requires_tls else target.transport
+    use_scheme = "sips" if plan.requires_tls and scheme == "sips" else "sip"
+    userpart = f"{user}@" if user else ""
+    return f"<{use_scheme}:{userpart}{target.fqdn}:{target.send_port};transport={transport}>"

@@ -18,8 +18,8 @@ from tests.e2e.conftest import (
     Pki,
     RunningServer,
     StartServer,
-    free_port,
     need,
+    stunnel_client,
 )
 from tests.e2e.sip_client import options, read_response, status_line
 
@@ -185,23 +185,7 @@ def test_sipp_through_stunnel_with_a_client_certificate_gets_200(
     """sipp has no TLS in Debian, so stunnel4 carries its TCP over mutual TLS, presenting
     the gateway's certificate and verifying ours, as a real gateway would."""
     server = start_server()
-    local = free_port()
-    conf = tmp_path / "stunnel.conf"
-    conf.write_text(
-        f"foreground = yes\npid =\ndebug = 5\n[sip]\nclient = yes\naccept = 127.0.0.1:{local}\n"
-        f"connect = 127.0.0.1:{server.tls_port}\ncert = {pki.combined('gw1', pki.gw1)}\n"
-        f"CAfile = {pki.ca_file}\nverifyChain = yes\ncheckHost = {SERVER_FQDN}\n"
-    )
-    tunnel = subprocess.Popen(
-        [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert tunnel.stdout is not None
-        for line in tunnel.stdout:
-            if "Configuration successful" in line:
-                break
-        else:
-            pytest.fail("stunnel did not start")
+    with stunnel_client(pki, tmp_path, server.tls_port) as local:
         result = subprocess.run(
             [
                 need("sipp"),
@@ -226,9 +210,6 @@ def test_sipp_through_stunnel_with_a_client_certificate_gets_200(
             timeout=60,
         )
         assert result.returncode == 0, result.stdout[-2000:]
-    finally:
-        tunnel.terminate()
-        tunnel.wait(10)
     accepted = server.wait_for("tls_peer_accepted", peer="gw1")
     assert accepted["peer_cert_serial"] == format(pki.gw1.cert.serial_number, "X")
     ok = [

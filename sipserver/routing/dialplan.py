@@ -1,0 +1,40 @@
+"""Which dial plan a call belongs to: the calling peer (hunt group) and the number."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+from sipserver.config import DialPlanSettings
+
+_VISUAL_SEPARATORS = re.compile(r"[-.()\s]")  # RFC 3966 visual separators
+
+
+def normalise_number(user: str) -> str:
+    """The dialled number as dial plans compare it: visual separators removed."""
+    return _VISUAL_SEPARATORS.sub("", user)
+
+
+@lru_cache(maxsize=4096)
+def _compile(pattern: str) -> re.Pattern[str]:
+    rest = pattern.endswith("*")
+    body = pattern[:-1] if rest else pattern
+    regex = "".join(r"\d" if c in "xX" else re.escape(c) for c in body)
+    return re.compile(regex + (".*" if rest else "") + r"\Z")
+
+
+def number_matches(pattern: str, number: str) -> bool:
+    """Exact match, where `x` is one digit and a trailing `*` matches any rest."""
+    return _compile(pattern).match(number) is not None
+
+
+def find_dial_plan(
+    plans: Sequence[DialPlanSettings], peer_name: str, number: str
+) -> DialPlanSettings | None:
+    """The first dial plan (config order) whose `from` lists the peer and whose numbers
+    match."""
+    for plan in plans:
+        if peer_name in plan.from_peers and any(number_matches(p, number) for p in plan.numbers):
+            return plan
+    return None

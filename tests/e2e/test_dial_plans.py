@@ -1,0 +1,156 @@
+"""Dial plans and security modes, driven by sipp INVITEs over UDP, TCP and mutual TLS."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Pki, RunningServer, StartServer, need, stunnel_client
+from tests.e2e.sipp_scenarios import invite_expecting
+
+pytestmark = pytest.mark.e2e
+
+PLANS = """
+[[peer]]
+name = "pbx1"
+fqdn = "pbx1.example.test"
+kind = "pbx"
+addresses = ["192.0.2.20"]
+port = 5061
+
+[[peer]]
+name = "pbx2"
+fqdn = "pbx2.example.test"
+kind = "pbx"
+transport = "tcp"
+
+[[dial_plan]]
+name = "hq"
+security = "secured"
+numbers = ["+14255550100"]
+from = ["gw1"]
+action = "redirect"
+targets = ["pbx1"]
+
+[[dial_plan]]
+name = "branch"
+security = "sip-secured"
+numbers = ["+1425*"]
+from = ["gw1"]
+action = "redirect"
+targets = ["pbx1"]
+
+[[dial_plan]]
+name = "lobby"
+security = "unsecured"
+numbers = ["5xxx"]
+from = ["gw1"]
+action = "redirect"
+targets = ["pbx2"]
+"""
+
+
+def call(
+    scenario: Path, port: int, number: str, transport: str = "u1"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            need("sipp"),
+            "-sf",
+            str(scenario),
+            "-t",
+            transport,
+            "-i",
+            "127.0.0.1",
+            "-s",
+            number,
+            "-m",
+            "1",
+            "-timeout",
+            "15s",
+            "-timeout_error",
+            "-nostdin",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=scenario.parent,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> RunningServer:
+    return start_server(extra_config=PLANS)
+
+
+def test_unsecured_plan_redirects_a_udp_call_to_its_target(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    scenario = invite_expecting(
+        tmp_path / "302.xml",
+        302,
+        checks={"Contact": r"^ *<sip:5000@pbx2\.example\.test:5060;transport=tcp>$"},
+    )
+    ok(call(scenario, server.sip_port, "5000"))
+    event = server.wait_for("call_redirected", dial_plan="lobby")
+    assert event["security"] == "unsecured" and event["target"] == "pbx2" and event["status"] == 302
+
+
+def test_sip_secured_plan_refuses_tcp_with_403_and_a_warning(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    scenario = invite_expecting(
+        tmp_path / "403.xml",
+        403,
+        checks={
+            "Warning": r'^ *399 sip\.example\.test "Dial plan branch is sip-secured and requires mutual TLS'
+        },
+    )
+    ok(call(scenario, server.sip_port, "+14255550199", "t1"))
+    event = server.wait_for("call_refused_insecure_transport")
+    assert event["dial_plan"] == "branch" and event["transport"] == "tcp"
+
+
+def test_unknown_number_gets_404(server: RunningServer, tmp_path: Path) -> None:
+    scenario = invite_expecting(
+        tmp_path / "404.xml",
+        404,
+        checks={"Warning": r"No dial plan for number \+19995550000 from peer gw1"},
+    )
+    ok(call(scenario, server.sip_port, "+19995550000"))
+
+
+def test_secured_plan_over_mutual_tls(server: RunningServer, pki: Pki, tmp_path: Path) -> None:
+    """Through stunnel with the gateway's certificate: a clear-RTP offer is refused with 488
+    naming the media line; an SRTP offer is redirected to the target over TLS."""
+    clear = invite_expecting(
+        tmp_path / "488.xml",
+        488,
+        checks={
+            "Warning": r"Dial plan hq is secured and requires SRTP: m=audio [0-9]+ RTP/AVP \(line 6\) is not SRTP"
+        },
+    )
+    srtp = invite_expecting(
+        tmp_path / "302tls.xml",
+        302,
+        proto="RTP/SAVP",
+        crypto=True,
+        checks={"Contact": r"^ *<sip:\+14255550100@pbx1\.example\.test:5061;transport=tls>$"},
+    )
+    with stunnel_client(pki, tmp_path, server.tls_port) as local:
+        ok(call(clear, local, "+14255550100", "t1"))
+        ok(call(srtp, local, "+14255550100", "t1"))
+        ok(
+            call(invite_expecting(tmp_path / "302b.xml", 302), local, "+14255550199", "t1")
+        )  # sip-secured: RTP fine
+    refused = server.wait_for("call_refused_insecure_media")
+    assert refused["dial_plan"] == "hq" and refused["peer_fqdn"] == "gw1.example.test"
+    assert refused["peer_cert_thumbprint_sha256"]
+    server.wait_for("call_redirected", dial_plan="hq", transport="tls")

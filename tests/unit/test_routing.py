@@ -1,0 +1,236 @@
+"""Dial-plan matching and security-mode decisions (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipserver.config import ConfigError, parse_config
+from sipserver.core import Flow, SipCore
+from sipserver.routing.dialplan import find_dial_plan, normalise_number, number_matches
+from sipserver.routing.router import Redirect, Reject, route
+from sipserver.sip.message import Request, Response, parse_message
+
+CONFIG = """
+[server]
+fqdn = "sip.example.test"
+[[peer]]
+name = "gw1"
+fqdn = "gw1.example.test"
+addresses = ["192.0.2.10"]
+[[peer]]
+name = "gw2"
+fqdn = "gw2.example.test"
+addresses = ["192.0.2.11"]
+[[peer]]
+name = "pbx1"
+fqdn = "pbx1.example.test"
+kind = "pbx"
+addresses = ["192.0.2.20"]
+port = 5071
+[[peer]]
+name = "pbx2"
+fqdn = "pbx2.example.test"
+kind = "pbx"
+transport = "tcp"
+[[dial_plan]]
+name = "hq"
+security = "secured"
+numbers = ["+14255550100", "4xxx"]
+from = ["gw1"]
+action = "redirect"
+targets = ["pbx1"]
+[[dial_plan]]
+name = "branch"
+security = "sip-secured"
+numbers = ["+1425*"]
+from = ["gw1", "gw2"]
+action = "redirect"
+targets = ["pbx1"]
+[[dial_plan]]
+name = "lobby"
+security = "unsecured"
+numbers = ["5xxx"]
+from = ["gw2"]
+action = "redirect"
+targets = ["pbx2", "pbx1"]
+"""
+CONFIG_ = parse_config(CONFIG)
+SRTP = (
+    b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+    b"m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"
+)
+RTP = SRTP.replace(b"RTP/SAVP", b"RTP/AVP").split(b"a=crypto")[0]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "number", "expected"),
+    [
+        ("+14255550100", "+14255550100", True),
+        ("+14255550100", "+142555501001", False),
+        ("4xxx", "4123", True),
+        ("4xxx", "412", False),
+        ("4xxx", "41a3", False),
+        ("+1425*", "+1425", True),
+        ("+1425*", "+14259999999", True),
+        ("+1425*", "+1426", False),
+        ("4XXX", "4000", True),
+    ],
+)
+def test_number_patterns(pattern: str, number: str, expected: bool) -> None:
+    assert number_matches(pattern, number) is expected
+
+
+def test_visual_separators_are_ignored() -> None:
+    assert normalise_number("+1-425-(555)-0100") == "+14255550100"
+
+
+def test_first_plan_listing_the_peer_wins() -> None:
+    plans = CONFIG_.dial_plans
+    assert find_dial_plan(plans, "gw1", "+14255550100").name == "hq"  # type: ignore[union-attr]
+    assert find_dial_plan(plans, "gw1", "+14255550199").name == "branch"  # type: ignore[union-attr]
+    assert find_dial_plan(plans, "gw2", "+14255550100").name == "branch"  # type: ignore[union-attr]
+    assert find_dial_plan(plans, "gw2", "4123") is None  # hq's hunt group is gw1 only
+
+
+def invite(number: str, body: bytes = b"", content_type: str = "application/sdp") -> Request:
+    headers = [
+        f"INVITE sip:{number}@sip.example.test;user=phone SIP/2.0",
+        "Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKx1",
+        "From: <sip:a@gw1.example.test>;tag=1",
+        f"To: <sip:{number}@sip.example.test>",
+        "Call-ID: r1",
+        "CSeq: 1 INVITE",
+        "Max-Forwards: 70",
+    ]
+    if body:
+        headers.append(f"Content-Type: {content_type}")
+    raw = ("\r\n".join(headers) + f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    message = parse_message(raw)
+    assert isinstance(message, Request)
+    return message
+
+
+def test_secured_plan_redirects_an_srtp_call_over_tls_to_the_target_by_fqdn() -> None:
+    decision = route(CONFIG_, invite("+14255550100", SRTP), CONFIG_.peer("gw1"), "tls")
+    assert isinstance(decision, Redirect)
+    assert decision.contact == "<sip:+14255550100@pbx1.example.test:5071;transport=tls>"
+
+
+def test_secured_modes_refuse_plain_transports() -> None:
+    for number in ("+14255550100", "+14255550199"):
+        decision = route(CONFIG_, invite(number, SRTP), CONFIG_.peer("gw1"), "tcp")
+        assert isinstance(decision, Reject) and decision.status == 403
+        assert "requires mutual TLS" in decision.warning and "arrived over TCP" in decision.warning
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "fragment"),
+    [
+        (RTP, "application/sdp", "m=audio 4000 RTP/AVP (line 6) is not SRTP"),
+        (SRTP.split(b"a=crypto")[0], "application/sdp", "has no a=crypto"),
+        (b"", "application/sdp", "carries no SDP offer"),
+        (SRTP, "text/plain", "not an SDP offer"),
+        (SRTP.replace(b"m=audio 4000", b"m=audio 0"), "application/sdp", "no active media stream"),
+    ],
+)
+def test_secured_mode_needs_srtp_offers(body: bytes, content_type: str, fragment: str) -> None:
+    decision = route(
+        CONFIG_, invite("+14255550100", body, content_type), CONFIG_.peer("gw1"), "tls"
+    )
+    assert isinstance(decision, Reject) and decision.status == 488
+    assert fragment in decision.warning and decision.warning.startswith("Dial plan hq is secured")
+
+
+def test_sip_secured_mode_lets_clear_rtp_through() -> None:
+    assert isinstance(
+        route(CONFIG_, invite("+14255550199", RTP), CONFIG_.peer("gw1"), "tls"), Redirect
+    )
+
+
+def test_unsecured_mode_takes_any_transport_and_uses_the_targets_transport() -> None:
+    decision = route(CONFIG_, invite("5000", RTP), CONFIG_.peer("gw2"), "udp")
+    assert isinstance(decision, Redirect)
+    assert decision.contact == "<sip:5000@pbx2.example.test:5060;transport=tcp>"
+
+
+def test_unhealthy_targets_are_skipped_and_none_left_is_503_with_retry_after() -> None:
+    decision = route(
+        CONFIG_, invite("5000", RTP), CONFIG_.peer("gw2"), "udp", is_up=lambda p: p.name != "pbx2"
+    )
+    assert isinstance(decision, Redirect) and decision.target.name == "pbx1"
+    none = route(CONFIG_, invite("5000", RTP), CONFIG_.peer("gw2"), "udp", is_up=lambda p: False)
+    assert (
+        isinstance(none, Reject) and none.status == 503 and none.headers == (("Retry-After", "30"),)
+    )
+
+
+def test_unknown_number_is_404_naming_number_and_peer() -> None:
+    decision = route(CONFIG_, invite("+19999"), CONFIG_.peer("gw2"), "tls")
+    assert isinstance(decision, Reject) and decision.status == 404
+    assert decision.warning == "No dial plan for number +19999 from peer gw2 (gw2.example.test)"
+
+
+def test_core_answers_302_with_contact_and_logs_it() -> None:
+    core = SipCore(CONFIG_)
+    flow = Flow("tls", ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=1)
+    out = core.receive_stream_message(
+        invite("+14255550100", SRTP).to_bytes(), flow, CONFIG_.peer("gw1"), 0.0
+    )
+    response = parse_message(out[-1].data)
+    assert isinstance(response, Response) and response.status == 302
+    assert (
+        response.headers.get("Contact") == "<sip:+14255550100@pbx1.example.test:5071;transport=tls>"
+    )
+
+
+def test_core_refuses_a_sip_secured_call_over_udp_with_403_and_warning() -> None:
+    core = SipCore(CONFIG_)
+    flow = Flow("udp", ("127.0.0.1", 5060), ("192.0.2.10", 5060))
+    data = invite("+14255550199", RTP).to_bytes().replace(b"SIP/2.0/TLS", b"SIP/2.0/UDP")
+    response = parse_message(core.receive_datagram(data, flow, 0.0)[0].data)
+    assert isinstance(response, Response) and response.status == 403
+    assert "requires mutual TLS" in (response.headers.get("Warning") or "")
+
+
+@pytest.mark.parametrize(
+    ("original", "replacement", "key", "fragment"),
+    [
+        (
+            'from = ["gw1", "gw2"]',
+            'from = ["gw1", "gw9"]',
+            "dial_plan[1].from",
+            "unknown peer 'gw9'",
+        ),
+        (
+            'numbers = ["5xxx"]',
+            'numbers = ["5xxx", "12ab"]',
+            "dial_plan[2].numbers",
+            "not a number pattern",
+        ),
+        (
+            'security = "sip-secured"',
+            'security = "tls"',
+            "dial_plan[1].security",
+            "unsecured, sip-secured, secured",
+        ),
+        (
+            'security = "unsecured"',
+            'security = "sip-secured"',
+            "dial_plan[2].targets",
+            "needs mutual TLS",
+        ),
+        (
+            'action = "redirect"\ntargets = ["pbx1"]\n[[dial_plan]]\nname = "lobby"',
+            'action = "redirect"\ntargets = ["pbx1"]\n[[dial_plan]]\nname = "hq"',
+            "dial_plan[2].name",
+            "already used",
+        ),
+    ],
+)
+def test_dial_plan_errors_name_the_key(
+    original: str, replacement: str, key: str, fragment: str
+) -> None:
+    assert original in CONFIG
+    with pytest.raises(ConfigError) as info:
+        parse_config(CONFIG.replace(original, replacement))
+    assert info.value.key == key and fragment in info.value.message and info.value.line is not None
