@@ -531,11 +531,7 @@ def _dial_plan(
 
     name = r.get(d, k, "name", str, check=lambda v: None if v.strip() else "must not be empty")
     security = r.get(d, k, "security", str, check=_one_of(*SECURITY_MODES))
-    action = r.get(d, k, "action", str, "redirect", _one_of("proxy", "redirect"))
-    if action == "proxy":
-        raise r.error(
-            (*k, "action"), '"proxy" is not available in this version yet; use "redirect"'
-        )
+    action = r.get(d, k, "action", str, "proxy", _one_of("proxy", "redirect"))
     targets = tuple(r.get(d, k, "targets", list, check=peers_ok))
     if security != "unsecured":
         for target in targets:

@@ -17,14 +17,17 @@ import structlog
 
 from sipserver import SERVER_NAME
 from sipserver.config import Config, PeerSettings
+from sipserver.proxy import ProxyCall, ProxyEngine
 from sipserver.routing import router
+from sipserver.routing.health import HealthTable
 from sipserver.routing.peers import PeerTable
-from sipserver.sip import validate
+from sipserver.sip import proxy_ops, validate
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.framing import FramingError
 from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
 from sipserver.sip.responses import make_response, warning_value
 from sipserver.sip.transaction import (
+    ClientTransaction,
     Output,
     SendMessage,
     ServerTransaction,
@@ -32,9 +35,11 @@ from sipserver.sip.transaction import (
     Terminated,
     TimedOut,
     TimerValues,
+    Transaction,
     server_key,
 )
-from sipserver.sip.uri import UriError, parse_uri
+from sipserver.sip.uri import SipUri, UriError, parse_uri
+from sipserver.sip.via import Via
 
 log = structlog.get_logger("sipserver")
 
@@ -50,7 +55,8 @@ class Flow:
     transport: str  # "udp" | "tcp" | "tls"
     local: tuple[str, int]
     remote: tuple[str, int]
-    connection_id: int | None = None  # set for tcp/tls
+    connection_id: int | None = None  # set for tcp/tls connections that exist
+    server_name: str | None = None  # outbound: the FQDN the far end must prove (TLS, SNI)
 
     @property
     def reliable(self) -> bool:
@@ -76,15 +82,27 @@ class ServerContext:
     method: str
     call_id: str | None
     request: Request | None
+    peer_cert_sha256: str | None = None
 
 
 class SipCore:
     def __init__(self, config: Config, timers: TimerValues = TimerValues()) -> None:
-        self._timers = timers
+        self.timers = timers
         self._transactions: dict[tuple[str, ...], ServerTransaction] = {}
-        self._deadlines: list[tuple[float, int, ServerTransaction]] = []
+        self._deadlines: list[tuple[float, int, Transaction]] = []
         self._seq = itertools.count()
+        self.proxy = ProxyEngine(self)
+        self.ports = {
+            "udp": config.server.sip_port,
+            "tcp": config.server.sip_port,
+            "tls": config.server.tls_port,
+        }
+        self.our_thumbprint_sha1: str | None = None
         self.configure(config)
+
+    def set_ports(self, sip_port: int, tls_port: int) -> None:
+        """The ports actually bound (config may say 0), for our Via and Record-Route."""
+        self.ports = {"udp": sip_port, "tcp": sip_port, "tls": tls_port}
 
     def configure(self, config: Config) -> None:
         """Swap in a new configuration; transactions in flight carry on."""
@@ -96,6 +114,7 @@ class SipCore:
             config.limits.max_line_bytes,
         )
         self._agent = config.server.fqdn
+        self.health = HealthTable(config.routing.down_after_failures)
         self._our_hosts = {config.server.fqdn, "localhost"} | {
             a for a in config.server.addresses if not ipaddress.ip_address(a).is_unspecified
         }
@@ -107,12 +126,22 @@ class SipCore:
         return self._receive(data, flow, self.peers.by_address(flow.remote[0]), now, stream=False)
 
     def receive_stream_message(
-        self, data: bytes, flow: Flow, tls_peer: PeerSettings | None, now: float
+        self,
+        data: bytes,
+        flow: Flow,
+        tls_peer: PeerSettings | None,
+        now: float,
+        peer_cert_sha256: str | None = None,
     ) -> list[Transmit]:
-        """One framed message from TCP or TLS. On TLS `tls_peer` is the verified peer; on
-        TCP the peer is known only by its source address."""
+        """One framed message from TCP or TLS. On TLS `tls_peer` is the verified peer (and
+        `peer_cert_sha256` its certificate); on TCP the peer is known by its address."""
         peer = tls_peer if flow.transport == "tls" else self.peers.by_address(flow.remote[0])
-        return self._receive(data, flow, peer, now, stream=True)
+        self.proxy.note_stream(peer, flow)
+        return self._receive(data, flow, peer, now, stream=True, cert=peer_cert_sha256)
+
+    def transport_failed(self, flow: Flow, reason: str, now: float) -> list[Transmit]:
+        """The transport could not deliver on `flow` (refused, TLS failed, closed)."""
+        return self.proxy.transport_failed(flow, reason, now)
 
     def framing_lost(self, error: FramingError, flow: Flow) -> list[Transmit]:
         """The stream cannot be framed any more: answer the offending request if we can
@@ -147,8 +176,16 @@ class SipCore:
             due, _, tx = heapq.heappop(self._deadlines)
             if tx.terminated or tx.deadline != due:
                 continue
-            out += self._drive(tx, tx.handle_timer(now))
+            if isinstance(tx, ClientTransaction):
+                out += self.proxy._drive(tx, tx.handle_timer(now), now)
+            else:
+                assert isinstance(tx, ServerTransaction)
+                out += self._drive(tx, tx.handle_timer(now))
         return out
+
+    def schedule(self, tx: Transaction) -> None:
+        if not tx.terminated and tx.deadline is not None:
+            heapq.heappush(self._deadlines, (tx.deadline, next(self._seq), tx))
 
     @property
     def transaction_count(self) -> int:
@@ -156,7 +193,14 @@ class SipCore:
 
     # --- the pipeline -----------------------------------------------------------------
     def _receive(
-        self, data: bytes, flow: Flow, peer: PeerSettings | None, now: float, *, stream: bool
+        self,
+        data: bytes,
+        flow: Flow,
+        peer: PeerSettings | None,
+        now: float,
+        *,
+        stream: bool,
+        cert: str | None = None,
     ) -> list[Transmit]:
         try:
             message: Message = parse_message(data, self.limits, stream=stream)
@@ -164,13 +208,13 @@ class SipCore:
             return self._malformed(exc, exc.partial, flow, peer)
         with structlog.contextvars.bound_contextvars(call_id=message.call_id):
             if isinstance(message, Response):
-                return self._response_received(message, flow)
+                return self._response_received(message, flow, now)
             assert isinstance(message, Request)
             try:
                 validate.check_envelope(message)
             except RemoteProtocolError as exc:
                 return self._malformed(exc, message, flow, peer)
-            return self._request_received(message, flow, peer, now)
+            return self._request_received(message, flow, peer, now, cert)
 
     def _malformed(
         self,
@@ -208,7 +252,12 @@ class SipCore:
         return [Transmit(self._response_flow(partial, flow), response.to_bytes())]
 
     def _request_received(
-        self, request: Request, flow: Flow, peer: PeerSettings | None, now: float
+        self,
+        request: Request,
+        flow: Flow,
+        peer: PeerSettings | None,
+        now: float,
+        cert: str | None = None,
     ) -> list[Transmit]:
         request = self._stamp_via(request, flow)
         key = server_key(request)
@@ -216,18 +265,19 @@ class SipCore:
         existing = self._transactions.get(key)
         if existing is not None:
             return self._drive(existing, existing.receive_request(request, now))
-        if request.method == "ACK":
-            log.debug("sip_ack_unmatched", transport=flow.transport, remote=_addr(flow.remote))
-            return []
         if peer is None:
+            if request.method == "ACK":
+                return []
             return self._unknown_source(request, flow, reply_to)
+        if request.method == "ACK":
+            return self._forward_ack(request, peer, flow)
         tx = ServerTransaction.create(
             request.method,
             reliable=flow.reliable,
             now=now,
-            timers=self._timers,
+            timers=self.timers,
             context=ServerContext(
-                key, flow, reply_to, peer, request.method, request.call_id, request
+                key, flow, reply_to, peer, request.method, request.call_id, request, cert
             ),
         )
         try:
@@ -242,6 +292,13 @@ class SipCore:
         self._transactions[key] = tx
         if request.method == "OPTIONS" and self._addressed_to_us(request, flow):
             return self._options(tx, request, now)
+        if proxy_ops.is_loop(request, self._agent):
+            return self._answer(
+                tx, 482, "Loop Detected", now, log_reason="our Via is already in the request"
+            )
+        to = request.to
+        if to is not None and to.tag:
+            return self._in_dialog(tx, request, now)
         return self._route(tx, request, now)
 
     # --- answers -----------------------------------------------------------------------
@@ -286,6 +343,8 @@ class SipCore:
                 dial_plan=decision.plan.name if decision.plan else None,
                 security=decision.plan.security if decision.plan else None,
             )
+        if isinstance(decision, router.Proxy):
+            return self.proxy.start_call(tx, request, decision.plan, decision.targets, now)
         if isinstance(decision, router.Redirect):
             return self._answer(
                 tx,
@@ -300,12 +359,15 @@ class SipCore:
                 target_fqdn=decision.target.fqdn,
                 contact=decision.contact,
             )
-        raise AssertionError("proxy decisions are refused by the configuration loader")
+        raise AssertionError(decision)
 
     def _cancel(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
         invite_key = server_key(replace(request, method="INVITE"))
         invite = self._transactions.get(invite_key)
         self._transactions[tx.context.key] = tx
+        if self.proxy.cancel(invite_key, now):
+            # §16.10: answer the CANCEL, cancel the branch downstream; the 487 comes back from it.
+            return self._answer(tx, 200, "OK", now) + self.proxy.cancel_transmits(invite_key, now)
         if invite is None or invite.state is not State.PROCEEDING:
             return self._answer(
                 tx,
@@ -378,9 +440,11 @@ class SipCore:
         response.headers.add("Server", SERVER_NAME)
         return response
 
-    def _response_received(self, response: Response, flow: Flow) -> list[Transmit]:
-        # No client transactions exist before proxying lands; a stray response is dropped
-        # as §18.1.2 says for responses that match no transaction.
+    def _response_received(self, response: Response, flow: Flow, now: float) -> list[Transmit]:
+        handled = self.proxy.response_received(response, now)
+        if handled is not None:
+            return handled
+        # §18.1.2: a response that matches no transaction is dropped.
         log.debug(
             "sip_response_unmatched",
             status=response.status,
@@ -388,6 +452,159 @@ class SipCore:
             remote=_addr(flow.remote),
         )
         return []
+
+    # --- proxying (called by ProxyEngine) ------------------------------------------------
+    def transmit(self, flow: Flow, data: bytes) -> Transmit:
+        return Transmit(flow, data)
+
+    def build_response(self, request: Request, status: int, reason: str) -> Response:
+        return self._response(request, status, reason)
+
+    def send_response(
+        self, tx: ServerTransaction, response: Response, now: float
+    ) -> list[Transmit]:
+        """Send a response (ours or relayed from downstream) through a server transaction."""
+        out = self._drive(tx, tx.send_response(response, now))
+        if response.status >= 200:
+            tx.context.request = None
+        return out
+
+    def answer_with_warning(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str,
+        warning: str,
+        now: float,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> list[Transmit]:
+        call = self.proxy.calls.get(tx.context.key)
+        if call is not None:
+            self.proxy.finished_locally(call)
+            self.log_call(call, status, now, warning)
+        return self._answer(
+            tx,
+            status,
+            reason,
+            now,
+            headers=(("Warning", warning_value(self._agent, warning)), *headers),
+            log_reason=warning,
+            event="call_failed" if call is not None else "sip_request_answered",
+        )
+
+    def _hop(self, transport: str, peer: PeerSettings | None) -> proxy_ops.Hop:
+        return proxy_ops.Hop(
+            self._agent, self.ports[transport], transport, peer.name if peer else None
+        )
+
+    def forwarded_copy(
+        self, call: ProxyCall, uri: str, transport: str, target: PeerSettings | None
+    ) -> Request:
+        inbound = call.inbound
+        params: dict[str, str | None] = {
+            "branch": proxy_ops.branch_for(call.request, call.attempt),
+            "rport": None,
+        }
+        if transport != "udp":
+            params["alias"] = None  # RFC 5923: this connection may carry requests back to us
+        via = Via(transport.upper(), self._agent, self.ports[transport], params)
+        record_route: tuple[proxy_ops.Hop, ...] = ()
+        if call.plan is not None and call.request.method in ("INVITE", "SUBSCRIBE", "REFER"):
+            # Always two entries (RFC 5658 style): each names its leg's transport and peer, so
+            # in-dialog requests return over the same secured legs to the same peers.
+            record_route = (
+                self._hop(transport, target),
+                self._hop(inbound.flow.transport, inbound.peer),
+            )
+        identity = self.config.routing.identity_header
+        return proxy_ops.forward_request(
+            call.request,
+            request_uri=uri,
+            via=via,
+            record_route=record_route,
+            strip=(identity,),
+            add=((identity, self._identity_value(inbound)),) if inbound.peer else (),
+        )
+
+    def _identity_value(self, inbound: ServerContext) -> str:
+        assert inbound.peer is not None
+        if inbound.flow.transport == "tls" and inbound.peer_cert_sha256:
+            return f"{inbound.peer.fqdn};transport=tls;cert-sha256={inbound.peer_cert_sha256}"
+        return f"{inbound.peer.fqdn};transport={inbound.flow.transport};source={inbound.flow.remote[0]}"
+
+    def log_call(self, call: ProxyCall, status: int, now: float, detail: str | None = None) -> None:
+        """The one canonical line per routed call."""
+        inbound = call.inbound
+        log.info(
+            "call_routed" if status < 300 else "call_ended",
+            method=call.request.method,
+            status=status,
+            detail=detail,
+            dial_plan=call.plan.name if call.plan else None,
+            security=call.plan.security if call.plan else None,
+            peer=inbound.peer.name if inbound.peer else None,
+            peer_fqdn=inbound.peer.fqdn if inbound.peer else None,
+            transport=inbound.flow.transport,
+            peer_cert_thumbprint_sha256=inbound.peer_cert_sha256,
+            target=call.target.name if call.target else None,
+            target_fqdn=call.target.fqdn if call.target else None,
+            target_transport=call.target_flow.transport if call.target_flow else None,
+            target_address=_addr(call.target_flow.remote) if call.target_flow else None,
+            attempts=call.attempt,
+            failed_attempts=call.attempts or None,
+            our_thumbprint_sha1=self.our_thumbprint_sha1
+            if "tls"
+            in (inbound.flow.transport, call.target_flow.transport if call.target_flow else "")
+            else None,
+            setup_ms=round((now - call.started) * 1000, 1),
+        )
+
+    def _is_ours(self, uri: SipUri) -> bool:
+        return uri.host in self._our_hosts and (uri.port is None or uri.port in self.ports.values())
+
+    def _in_dialog(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
+        """A request inside a dialog: follow the Route set we recorded (§16.4, §16.12)."""
+        request, hop, ours = proxy_ops.pop_our_routes(request, self._is_ours)
+        if hop is None or not ours:
+            return self._answer(
+                tx,
+                404,
+                "Not Found",
+                now,
+                headers=(
+                    ("Warning", warning_value(self._agent, "In-dialog request without our Route")),
+                ),
+                log_reason="in-dialog request without our Route",
+            )
+        tx.context.request = request
+        peer = self.peers.by_name(hop.peer) if hop.peer else None
+        return self.proxy.start_call(
+            tx, request, None, (), now, first_hop=(hop.uri, hop.transport, peer)
+        )
+
+    def _forward_ack(self, request: Request, peer: PeerSettings, flow: Flow) -> list[Transmit]:
+        """ACK for a 2xx: a new transaction-less request, relayed along the Route set."""
+        to = request.to
+        if to is None or not to.tag:
+            return []
+        request, hop, ours = proxy_ops.pop_our_routes(request, self._is_ours)
+        if hop is None or not ours:
+            return []
+        next_peer = self.peers.by_name(hop.peer) if hop.peer else None
+        target_flow = self.proxy.flow_for(hop.uri, hop.transport, next_peer)
+        if target_flow is None:
+            return []
+        via = Via(
+            hop.transport.upper(),
+            self._agent,
+            self.ports[hop.transport],
+            {"branch": proxy_ops.branch_for(request, 0), "rport": None},
+        )
+        identity = self.config.routing.identity_header
+        forwarded = proxy_ops.forward_request(
+            request, request_uri=request.uri, via=via, strip=(identity,)
+        )
+        return [Transmit(target_flow, forwarded.to_bytes())]
 
     # --- plumbing ------------------------------------------------------------------------
     def _drive(self, tx: ServerTransaction, outputs: Sequence[Output]) -> list[Transmit]:
@@ -407,8 +624,7 @@ class SipCore:
                 )
             elif isinstance(item, Terminated):
                 self._transactions.pop(context.key, None)
-        if not tx.terminated and tx.deadline is not None:
-            heapq.heappush(self._deadlines, (tx.deadline, next(self._seq), tx))
+        self.schedule(tx)
         return out
 
     def _stamp_via(self, request: Request, flow: Flow) -> Request:

@@ -25,6 +25,9 @@ class PeerTable:
                 return peer
         return None
 
+    def by_name(self, name: str) -> PeerSettings | None:
+        return next((p for p in self.peers if p.name == name), None)
+
     def by_fqdn(self, fqdn: str) -> PeerSettings | None:
         fqdn = fqdn.lower().rstrip(".")
         return next((p for p in self.peers if p.fqdn == fqdn), None)

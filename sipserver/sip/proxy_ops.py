@@ -1,0 +1,160 @@
+"""Message edits a proxy makes (RFC 3261 §16.6, §16.7, §9.1; RFC 5658 double
+Record-Route). Pure functions over parsed messages."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipserver.sip.headers import split_list
+from sipserver.sip.message import Header, Headers, Request, Response
+from sipserver.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
+from sipserver.sip.via import BRANCH_COOKIE, Via
+
+BRANCH_PREFIX = BRANCH_COOKIE + "-sips"  # marks the Vias we add, for loop detection
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """Our address as one leg sees it: used for Via and Record-Route."""
+
+    host: str  # our FQDN
+    port: int
+    transport: str  # udp | tcp | tls
+    peer: str | None = None  # the allow-listed peer on this leg, so in-dialog requests find it
+
+    def uri(self) -> str:
+        peer = f";peer={self.peer}" if self.peer else ""
+        return f"<sip:{self.host}:{self.port};transport={self.transport};lr{peer}>"
+
+
+def branch_for(request: Request, attempt: int) -> str:
+    """A branch that is unique per forwarded attempt and carries a hash of the
+    Request-URI, so that a request coming back to us unchanged is recognised (§16.3.4)."""
+    via = request.headers.get_all("Via")
+    seed = "|".join([via[0] if via else "", request.call_id or "", str(request.cseq[0])])
+    call_part = hashlib.sha1(seed.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{BRANCH_PREFIX}{call_part}{_uri_hash(request.uri)}{attempt}"
+
+
+def _uri_hash(uri: str) -> str:
+    return hashlib.sha1(uri.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
+def is_loop(request: Request, our_host: str) -> bool:
+    """One of our Vias is in the request and it was forwarded for this same Request-URI."""
+    mark = _uri_hash(request.uri)
+    for via in request.vias:
+        branch = via.branch or ""
+        if (
+            via.host == our_host
+            and branch.startswith(BRANCH_PREFIX)
+            and branch[len(BRANCH_PREFIX) + 12 :].startswith(mark)
+        ):
+            return True
+    return False
+
+
+def forward_request(
+    request: Request,
+    *,
+    request_uri: str,
+    via: Via,
+    record_route: tuple[Hop, ...] = (),
+    strip: tuple[str, ...] = (),
+    add: tuple[tuple[str, str], ...] = (),
+) -> Request:
+    """The copy we send on: new Request-URI, Max-Forwards decremented, our Via on top,
+    Record-Route(s) on top, `strip` headers removed (e.g. a forged identity header),
+    `add` headers appended. Every other header passes through byte for byte."""
+    headers = request.headers.copy()
+    for name in strip:
+        headers.remove(name)
+    max_forwards = request.headers.get("Max-Forwards")
+    remaining = int(max_forwards) - 1 if max_forwards and max_forwards.strip().isdigit() else 70
+    headers.set("Max-Forwards", str(remaining))
+    for hop in reversed(record_route):
+        headers.add_first("Record-Route", hop.uri())
+    headers.add_first("Via", str(via))
+    for name, value in add:
+        headers.add(name, value)
+    return Request(headers, request.body, method=request.method, uri=request_uri)
+
+
+def strip_top_via(response: Response) -> Response:
+    """The response as it goes upstream: without the Via we added."""
+    headers = response.headers.copy()
+    items = list(headers)
+    for index, header in enumerate(items):
+        if header.key == "via":
+            values = split_list(header.value)
+            if len(values) > 1:
+                items[index] = Header(header.name, ", ".join(values[1:]))
+            else:
+                del items[index]
+            break
+    return Response(Headers(items), response.body, status=response.status, reason=response.reason)
+
+
+def build_cancel(forwarded_invite: Request) -> Request:
+    """§9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via (so the same
+    branch) as the INVITE we sent, and its Route headers."""
+    number, _ = forwarded_invite.cseq
+    items = [Header("Via", forwarded_invite.headers.get_all("Via")[0])]
+    for header in forwarded_invite.headers:
+        if header.key in ("from", "to", "call-id", "route", "max-forwards"):
+            items.append(header)
+    items.append(Header("CSeq", f"{number} CANCEL"))
+    return Request(Headers(items), b"", method="CANCEL", uri=forwarded_invite.uri)
+
+
+def retarget(uri_text: str, host: str, port: int, transport: str) -> str:
+    """The Request-URI sent to a target: same user, the target's FQDN, port and transport."""
+    uri = parse_uri(uri_text)
+    params = {k: v for k, v in uri.params.items() if k not in ("transport", "maddr")}
+    if transport != "udp":
+        params["transport"] = transport
+    return str(SipUri("sip", host, uri.user, None, port, params))
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    uri: SipUri
+    transport: str  # what the route we popped says to use; else the URI's transport
+    peer: str | None  # the peer our popped route names
+
+
+def pop_our_routes(
+    request: Request, is_ours: Callable[[SipUri], bool]
+) -> tuple[Request, NextHop | None, bool]:
+    """Remove our own Route entries from the top (§16.4, up to two with double
+    Record-Route). Returns the request, the next hop (next Route or the Request-URI) and
+    whether any of ours was popped."""
+    routes = request.headers.get_all("Route")
+    popped_transport: str | None = None
+    popped_peer: str | None = None
+    popped = 0
+    while popped < len(routes) and popped < 2:
+        try:
+            uri = parse_name_addr(routes[popped]).uri
+        except UriError:
+            break
+        if not is_ours(uri):
+            break
+        popped_transport = uri.transport or popped_transport
+        popped_peer = uri.params.get("peer") or popped_peer
+        popped += 1
+    if popped:
+        headers = request.headers.copy()
+        headers.remove("Route")
+        for value in routes[popped:]:
+            headers.add("Route", value)
+        request = Request(headers, request.body, method=request.method, uri=request.uri)
+    rest = routes[popped:]
+    try:
+        target = parse_name_addr(rest[0]).uri if rest else parse_uri(request.uri)
+    except UriError:
+        return request, None, bool(popped)
+    transport = popped_transport or target.transport or "udp"
+    return request, NextHop(target, transport, popped_peer), bool(popped)

@@ -1,0 +1,171 @@
+"""The stateful proxy in the pure core: forwarding, Record-Route, in-dialog routing,
+failover, CANCEL and timeouts, with injected time and no sockets."""
+
+from __future__ import annotations
+
+from sipserver.config import parse_config
+from sipserver.core import Flow, SipCore, Transmit
+from sipserver.sip.message import Request, Response, parse_message
+
+CONFIG = parse_config("""
+[server]
+fqdn = "sip.example.test"
+sip_port = 5060
+tls_port = 5061
+[[peer]]
+name = "gw1"
+fqdn = "gw1.example.test"
+addresses = ["192.0.2.10"]
+[[peer]]
+name = "pbx1"
+fqdn = "pbx1.example.test"
+kind = "pbx"
+addresses = ["192.0.2.20"]
+transport = "udp"
+[[peer]]
+name = "pbx2"
+fqdn = "pbx2.example.test"
+kind = "pbx"
+addresses = ["192.0.2.21"]
+transport = "udp"
+[[dial_plan]]
+name = "lobby"
+security = "unsecured"
+numbers = ["5xxx"]
+from = ["gw1"]
+targets = ["pbx1", "pbx2"]
+""")
+CALLER = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.10", 5060))
+PBX1 = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.20", 5060))
+PBX2 = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.21", 5060))
+
+
+def invite(extra: str = "") -> bytes:
+    return (
+        "INVITE sip:5000@sip.example.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcaller1\r\n"
+        "From: <sip:a@gw1.example.test>;tag=ft\r\nTo: <sip:5000@sip.example.test>\r\nCall-ID: call-1\r\n"
+        "CSeq: 1 INVITE\r\nContact: <sip:a@192.0.2.10:5060>\r\nMax-Forwards: 70\r\n"
+        f"X-Peer-Identity: forged.example.test\r\nX-Custom:  kept  as is\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def parse(t: Transmit) -> Request | Response:
+    message = parse_message(t.data)
+    assert isinstance(message, (Request, Response))
+    return message
+
+
+def to(out: list[Transmit], flow_remote: tuple[str, int]) -> list[Request | Response]:
+    return [parse(t) for t in out if t.flow.remote == flow_remote]
+
+
+def answer(request: Request, status: int, reason: str = "X", extra: str = "") -> bytes:
+    vias = "".join(f"Via: {v}\r\n" for v in request.headers.get_all("Via"))
+    rr = "".join(f"Record-Route: {v}\r\n" for v in request.headers.get_all("Record-Route"))
+    return (
+        f"SIP/2.0 {status} {reason}\r\n{vias}{rr}From: {request.headers.get('From')}\r\n"
+        f"To: {request.headers.get('To')};tag=callee\r\nCall-ID: call-1\r\nCSeq: {request.cseq[0]} {request.cseq[1]}\r\n"
+        f"Contact: <sip:b@192.0.2.20:5060>\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def start() -> tuple[SipCore, list[Transmit]]:
+    core = SipCore(CONFIG)
+    return core, core.receive_datagram(invite(), CALLER, 0.0)
+
+
+def test_invite_is_forwarded_with_via_record_route_and_identity() -> None:
+    core, out = start()
+    assert [m.status for m in to(out, CALLER.remote) if isinstance(m, Response)] == [100]
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    assert forwarded.uri == "sip:5000@pbx1.example.test:5060"
+    vias = forwarded.vias
+    assert vias[0].host == "sip.example.test" and vias[0].branch and vias[0].branch.startswith("z9hG4bK-sips")
+    assert vias[1].branch == "z9hG4bKcaller1"
+    assert forwarded.headers.get("Max-Forwards") == "69"
+    assert forwarded.headers.get_all("Record-Route") == [
+        "<sip:sip.example.test:5060;transport=udp;lr;peer=pbx1>",
+        "<sip:sip.example.test:5060;transport=udp;lr;peer=gw1>",
+    ]
+    assert forwarded.headers.get_all("X-Peer-Identity") == ["gw1.example.test;transport=udp;source=192.0.2.10"]
+    assert b"X-Custom:  kept  as is\r\n" in forwarded.to_bytes()
+
+
+def test_responses_travel_back_without_our_via_and_the_dialog_follows_the_route_set() -> None:
+    core, out = start()
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    ringing = to(core.receive_datagram(answer(forwarded, 180, "Ringing"), PBX1, 0.1), CALLER.remote)
+    assert [r.status for r in ringing if isinstance(r, Response)] == [180]
+    assert len(ringing[0].vias) == 1
+    ok = to(core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 0.2), CALLER.remote)
+    assert [r.status for r in ok if isinstance(r, Response)] == [200]
+    # A retransmitted 2xx is relayed even though the transactions are gone.
+    again = core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 0.3)
+    assert [t.flow.remote for t in again] == [CALLER.remote]
+    # ACK and BYE from the caller follow the Route set (reverse of Record-Route).
+    routes = "Route: <sip:sip.example.test:5060;transport=udp;lr;peer=gw1>, <sip:sip.example.test:5060;transport=udp;lr;peer=pbx1>\r\n"
+    ack = (f"ACK sip:b@192.0.2.20:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1\r\n{routes}"
+           "From: <sip:a@gw1.example.test>;tag=ft\r\nTo: <sip:5000@sip.example.test>;tag=callee\r\n"
+           "Call-ID: call-1\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    (relayed,) = to(core.receive_datagram(ack, CALLER, 0.4), ("192.0.2.20", 5060))
+    assert isinstance(relayed, Request) and relayed.method == "ACK" and "Route" not in relayed.headers
+    bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"1 ACK", b"2 BYE").replace(b"z9hG4bKack1", b"z9hG4bKbye1")
+    (bye_out,) = to(core.receive_datagram(bye, CALLER, 0.5), ("192.0.2.20", 5060))
+    assert isinstance(bye_out, Request) and bye_out.method == "BYE"
+    done = to(core.receive_datagram(answer(bye_out, 200, "OK"), PBX1, 0.6), CALLER.remote)
+    assert [(r.status, r.cseq) for r in done if isinstance(r, Response)] == [(200, (2, "BYE"))]
+
+
+def test_503_and_unreachable_targets_fail_over_then_503_with_retry_after() -> None:
+    core, out = start()
+    (first,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(first, Request)
+    out = core.receive_datagram(answer(first, 503, "Busy Here"), PBX1, 0.1)
+    (second,) = [m for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request) and m.method == "INVITE"]
+    assert second.uri == "sip:5000@pbx2.example.test:5060"
+    assert second.top_via is not None and second.top_via.branch != first.top_via.branch  # type: ignore[union-attr]
+    flow_to_pbx2 = next(t.flow for t in out if t.flow.remote == ("192.0.2.21", 5060))
+    final = to(core.transport_failed(flow_to_pbx2, "connection refused", 0.2), CALLER.remote)
+    (response,) = [r for r in final if isinstance(r, Response)]
+    assert response.status == 503 and response.headers.get("Retry-After") == "30"
+    assert "pbx1: 503 Service Unavailable; pbx2: connection refused" in (response.headers.get("Warning") or "")
+
+
+def test_timer_b_moves_on_and_the_last_timeout_is_408() -> None:
+    core, _ = start()
+    out: list[Transmit] = []
+    for now in (32.0, 64.5):
+        out += core.handle_timers(now)
+    responses = [r for r in to(out, CALLER.remote) if isinstance(r, Response)]
+    assert [r.status for r in responses] == [408]
+    invites = [m for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request) and m.method == "INVITE"]
+    assert invites, "pbx2 was tried after pbx1 timed out"
+
+
+def test_cancel_waits_for_a_provisional_then_is_relayed_and_487_comes_back() -> None:
+    core, out = start()
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    cancel = invite().replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
+    out = core.receive_datagram(cancel, CALLER, 0.1)
+    assert [r.status for r in to(out, CALLER.remote) if isinstance(r, Response)] == [200]
+    assert to(out, ("192.0.2.20", 5060)) == []  # nothing downstream before a provisional
+    out = core.receive_datagram(answer(forwarded, 180, "Ringing"), PBX1, 0.2)
+    downstream = [m for m in to(out, ("192.0.2.20", 5060)) if isinstance(m, Request)]
+    assert [m.method for m in downstream] == ["CANCEL"]
+    assert downstream[0].top_via.branch == forwarded.top_via.branch  # type: ignore[union-attr]
+    out = core.receive_datagram(answer(forwarded, 487, "Request Terminated"), PBX1, 0.3)
+    assert [r.status for r in to(out, CALLER.remote) if isinstance(r, Response)] == [487]
+    assert [m.method for m in to(out, ("192.0.2.20", 5060)) if isinstance(m, Request)] == ["ACK"]
+
+
+def test_a_looping_request_gets_482() -> None:
+    core, out = start()
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    # pbx1 sends it straight back to us for the number we were asked for: a loop.
+    back = forwarded.to_bytes().replace(b"sip:5000@pbx1.example.test:5060", b"sip:5000@sip.example.test", 1)
+    looped = [parse(t) for t in core.receive_datagram(back, PBX1, 1.0)]
+    assert [m.status for m in looped if isinstance(m, Response)] == [482]
