@@ -10,6 +10,7 @@ import datetime as dt
 import errno
 import math
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from sipserver.core import Flow, SipCore, Transmit
 from sipserver.sip.framing import FramingError
 from sipserver.transport.limits import ConnectionTable
 from sipserver.transport.streams import StreamConnection, next_connection_id
-from sipserver.transport.tls_accept import TlsAccepted, accept_tls
-from sipserver.transport.tls_context import build_server_context
+from sipserver.transport.tls_accept import TlsAccepted, accept_tls, connect_tls
+from sipserver.transport.tls_context import build_client_context, build_server_context
 from sipserver.transport.udp import open_udp_socket
 
 log = structlog.get_logger("sipserver")
@@ -73,6 +74,11 @@ class Server:
         self._timer_armed_for: float | None = None  # the deadline the timer task sleeps until
         self.credentials: ServerCredentials | None = None
         self._tls_context: SSL.Context | None = None
+        self._client_tls_context: SSL.Context | None = None
+        self._nursery: trio.Nursery | None = None
+        # Outbound legs: open connections and what waits for a connection being opened.
+        self._outbound: dict[tuple[str, str, int], StreamConnection] = {}
+        self._pending: dict[tuple[str, str, int], list[Transmit]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
     async def run(
@@ -89,7 +95,18 @@ class Server:
             except CertificateSetupError as exc:
                 raise StartupError(str(exc)) from exc
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await self._open_listeners(nursery)
+            self.core.set_ports(
+                next(
+                    (item.port for item in self.listeners if item.transport != "tls"),
+                    cfg.server.sip_port,
+                ),
+                next(
+                    (item.port for item in self.listeners if item.transport == "tls"),
+                    cfg.server.tls_port,
+                ),
+            )
             nursery.start_soon(self._timer_loop)
             if handle_signals:
                 await nursery.start(self._signal_loop, nursery.cancel_scope)
@@ -109,8 +126,13 @@ class Server:
         context = build_server_context(
             credentials.certificate, credentials.trust_anchors, self.config.tls.min_version
         )
+        client = build_client_context(
+            credentials.certificate, credentials.trust_anchors, self.config.tls.min_version
+        )
         self.credentials = credentials
-        self._tls_context = context  # new connections use it; established ones keep theirs
+        # New connections use these; established ones keep theirs.
+        self._tls_context, self._client_tls_context = context, client
+        self.core.our_thumbprint_sha1 = credentials.certificate.info.thumbprint_sha1
 
     async def _open_listeners(self, nursery: trio.Nursery) -> None:
         cfg = self.config.server
@@ -234,15 +256,23 @@ class Server:
         for transmit in transmits:
             flow = transmit.flow
             if flow.transport == "udp":
-                sock = self._udp_sockets.get(flow.local)
+                sock = self._udp_sockets.get(flow.local) or self._udp_socket_for(flow.remote[0])
                 if sock is None:
+                    log.warning(
+                        "udp_send_failed",
+                        remote=_addr(flow.remote),
+                        reason="no UDP socket of that family",
+                    )
                     continue
                 try:
                     await sock.sendto(transmit.data, flow.remote)
                 except OSError as exc:
                     log.warning("udp_send_failed", remote=_addr(flow.remote), reason=exc.strerror)
                 continue
-            connection = self.connections.get(flow.connection_id or 0)
+            if flow.connection_id is None:
+                self._send_outbound(transmit)
+                continue
+            connection = self.connections.get(flow.connection_id)
             if connection is None:
                 log.info(
                     "transmit_dropped",
@@ -261,6 +291,105 @@ class Server:
             self._timer_armed_for is None or deadline < self._timer_armed_for
         ):
             self._timer_wakeup.set()
+
+    def _udp_socket_for(self, host: str) -> trio.socket.SocketType | None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return next((s for s in self._udp_sockets.values() if s.family == family), None)
+
+    # --- outbound legs ---------------------------------------------------------------------
+    def _send_outbound(self, transmit: Transmit) -> None:
+        flow = transmit.flow
+        key = (flow.transport, flow.remote[0], flow.remote[1])
+        connection = self._outbound.get(key)
+        if connection is not None:
+            connection.queue(transmit)
+        elif key in self._pending:
+            self._pending[key].append(transmit)
+        else:
+            self._pending[key] = [transmit]
+            assert self._nursery is not None
+            self._nursery.start_soon(self._connect_out, flow, key)
+
+    async def _connect_out(self, flow: Flow, key: tuple[str, str, int]) -> None:
+        target = self.core.peers.by_fqdn(flow.server_name) if flow.server_name else None
+        structlog.contextvars.bind_contextvars(
+            transport=flow.transport,
+            remote=_addr(flow.remote),
+            target=target.name if target else None,
+        )
+        started = time.monotonic()
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(self.config.tls.handshake_timeout):
+                sock_stream = await trio.open_tcp_stream(flow.remote[0], flow.remote[1])
+            stream = sock_stream
+            if flow.transport == "tls":
+                assert self._client_tls_context is not None and target is not None
+                result = await connect_tls(
+                    sock_stream, self._client_tls_context, self.config.tls.handshake_timeout, target
+                )
+                if not isinstance(result, TlsAccepted):
+                    cert_fields = (
+                        result.certificate.log_fields("target_cert_") if result.certificate else {}
+                    )
+                    raise _OutboundRefused(result.reason, result.detail, cert_fields)
+                stream = result.stream
+                log.info(
+                    "tls_target_accepted",
+                    target_fqdn=target.fqdn,
+                    tls_version=result.tls_version,
+                    cipher=result.cipher,
+                    **result.certificate.log_fields("target_cert_"),
+                )
+        except (OSError, trio.TooSlowError, _OutboundRefused) as exc:
+            reason = _outbound_reason(exc)
+            fields = exc.fields if isinstance(exc, _OutboundRefused) else {}
+            log.warning(
+                "outbound_connection_failed",
+                reason=reason,
+                seconds=round(time.monotonic() - started, 3),
+                **fields,
+            )
+            self._pending.pop(key, None)
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            await self._dispatch(self.core.transport_failed(flow, reason, trio.current_time()))
+            return
+        local = sock_stream.socket.getsockname()[:2]
+        connection_id = next_connection_id()
+        structlog.contextvars.bind_contextvars(connection_id=connection_id)
+        connection = StreamConnection(
+            stream,
+            Flow(flow.transport, local, flow.remote, connection_id, flow.server_name),
+            target,
+        )
+        self.connections[connection_id] = connection
+        self._outbound[key] = connection
+        log.info("outbound_connection_opened", seconds=round(time.monotonic() - started, 3))
+        for waiting in self._pending.pop(key, []):
+            connection.queue(waiting)
+        try:
+            limits = self.config.limits
+            await connection.run(
+                self.core.limits,
+                limits.idle_timeout,
+                limits.send_timeout,
+                self._stream_message,
+                self._framing_lost,
+            )
+        finally:
+            self.connections.pop(connection_id, None)
+            self._outbound.pop(key, None)
+            log.info(
+                "connection_closed", reason=connection.close_reason, messages=connection.messages_in
+            )
+            with trio.move_on_after(1, shield=True):
+                await connection.stream.aclose()
+            now = trio.current_time()
+            await self._dispatch(
+                self.core.transport_failed(flow, connection.close_reason, now)
+                + self.core.transport_failed(connection.flow, connection.close_reason, now)
+            )
 
     # --- UDP ---------------------------------------------------------------------------
     async def _serve_udp(self, sock: trio.socket.SocketType, local: tuple[str, int]) -> None:
@@ -317,17 +446,20 @@ class Server:
         connection: StreamConnection | None = None
         try:
             tls_peer = None
+            cert_sha256 = None
             active: trio.abc.Stream = stream
             if transport == "tls":
                 accepted = await self._tls_handshake(stream)
                 if accepted is None:
                     return
                 active, tls_peer = accepted.stream, accepted.peer
+                cert_sha256 = accepted.certificate.thumbprint_sha256
             else:
                 log.info("connection_opened")
             connection = StreamConnection(
                 active, Flow(transport, local, remote, connection_id), tls_peer
             )
+            connection.peer_cert_sha256 = cert_sha256
             self.connections[connection_id] = connection
             limits = self.config.limits
             await connection.run(
@@ -343,6 +475,12 @@ class Server:
             self.connections.pop(connection_id, None)
             self.connection_table.release(remote[0])
             if connection is not None:
+                with trio.move_on_after(1, shield=True):
+                    await self._dispatch(
+                        self.core.transport_failed(
+                            connection.flow, connection.close_reason, trio.current_time()
+                        )
+                    )
                 log.info(
                     "connection_closed",
                     reason=connection.close_reason,
@@ -377,6 +515,7 @@ class Server:
             peer=result.peer.name,
             peer_fqdn=result.peer.fqdn,
             peer_cert_thumbprint_sha256=result.certificate.thumbprint_sha256,
+            our_thumbprint_sha1=ours.thumbprint_sha1,
         )
         log.info(
             "tls_peer_accepted",
@@ -392,7 +531,11 @@ class Server:
     async def _stream_message(self, connection: StreamConnection, data: bytes) -> None:
         try:
             transmits = self.core.receive_stream_message(
-                data, connection.flow, connection.tls_peer, trio.current_time()
+                data,
+                connection.flow,
+                connection.tls_peer,
+                trio.current_time(),
+                connection.peer_cert_sha256,
             )
         except Exception:
             log.exception("internal_error")
@@ -401,6 +544,25 @@ class Server:
 
     async def _framing_lost(self, connection: StreamConnection, error: FramingError) -> None:
         await self._dispatch(self.core.framing_lost(error, connection.flow), origin=connection)
+
+
+class _OutboundRefused(Exception):
+    def __init__(self, reason: str, detail: str, fields: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.fields = reason, detail, fields
+
+
+def _outbound_reason(exc: BaseException) -> str:
+    if isinstance(exc, _OutboundRefused):
+        return f"{exc.reason}: {exc.detail}"
+    if isinstance(exc, trio.TooSlowError):
+        return "connect timeout"
+    causes: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        causes += list(exc.__cause__.exceptions)
+    if any(isinstance(c, OSError) and c.errno == errno.ECONNREFUSED for c in causes):
+        return "connection refused"
+    return f"connect failed: {exc}"
 
 
 def _bind_error(transport: str, address: str, port: int, exc: OSError) -> str:

@@ -28,6 +28,7 @@ class StreamConnection:
         self.stream = stream
         self.flow = flow
         self.tls_peer = tls_peer
+        self.peer_cert_sha256: str | None = None
         self._send, self._queue = trio.open_memory_channel[tuple[bytes, bool]](SEND_QUEUE_DEPTH)
         self.messages_in = 0
         self.close_reason = "closed by peer"

@@ -14,7 +14,7 @@ from sipserver.config import PeerSettings
 from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.identity import match_peer
 from sipserver.pki.verify_errors import describe_verify_error
-from sipserver.transport.tls_context import new_server_connection
+from sipserver.transport.tls_context import new_client_connection, new_server_connection
 from sipserver.transport.tls_stream import TLSStream
 
 
@@ -158,6 +158,54 @@ async def accept_tls(
     return TlsAccepted(
         stream,
         peer,
+        info,
+        match.identities.source,
+        connection.get_protocol_version_name(),
+        connection.get_cipher_name() or "",
+    )
+
+
+async def connect_tls(
+    transport: trio.abc.Stream,
+    context: SSL.Context,
+    handshake_timeout: float,
+    target: PeerSettings,
+) -> TlsAccepted | TlsRefused:
+    """Our outbound leg: handshake, then the target's certificate must name its FQDN
+    (RFC 5922), exactly as we demand of peers that call us."""
+    connection, record = new_client_connection(context, target.fqdn)
+    stream = TLSStream(transport, connection)
+    try:
+        with trio.fail_after(handshake_timeout):
+            await stream.do_handshake()
+    except trio.TooSlowError:
+        return TlsRefused(
+            "handshake_timeout", f"no complete TLS handshake within {handshake_timeout:g} s"
+        )
+    except (trio.BrokenResourceError, SSL.Error) as exc:
+        refused = _classify_failure(exc, record.errors, True)
+        if refused.reason == "peer_refused_our_certificate":
+            return refused
+        if refused.reason == "handshake_failed" and "certificate" in refused.detail.lower():
+            return TlsRefused("target_refused_our_certificate", refused.detail)
+        return refused
+    leaf = connection.get_peer_certificate(as_cryptography=True)
+    if leaf is None:
+        return TlsRefused("no_server_certificate", "the target sent no certificate", stream=stream)
+    info = describe(leaf)
+    match = match_peer(info, [target])
+    if match.peer is None:
+        names = ", ".join(match.identities.names) or "(none)"
+        return TlsRefused(
+            "target_name_mismatch",
+            f"the target's certificate names {names}, not {target.fqdn}",
+            info,
+            {"presented_names": list(match.identities.names)},
+            stream=stream,
+        )
+    return TlsAccepted(
+        stream,
+        target,
         info,
         match.identities.source,
         connection.get_protocol_version_name(),

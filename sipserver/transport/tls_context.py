@@ -75,6 +75,40 @@ def build_server_context(
     return ctx
 
 
+def build_client_context(
+    candidate: Candidate, trust_anchors: Sequence[x509.Certificate], min_version: str
+) -> SSL.Context:
+    """For our outbound legs: our certificate as the client certificate, the target's
+    chain verified against the same trust anchors (its name is checked after)."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION if min_version == "1.3" else SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    ctx.set_cipher_list(TLS12_CIPHERS)
+    assert candidate.key is not None
+    ctx.use_certificate(crypto.X509.from_cryptography(candidate.chain[0]))
+    for intermediate in candidate.chain[1:]:
+        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
+    ctx.use_privatekey(crypto.PKey.from_cryptography_key(candidate.key))  # type: ignore[arg-type]
+    store = ctx.get_cert_store()
+    assert store is not None
+    for anchor in trust_anchors:
+        store.add_cert(crypto.X509.from_cryptography(anchor))
+    ctx.set_verify(SSL.VERIFY_PEER, _verify_callback)
+    ctx.set_verify_depth(9)
+    return ctx
+
+
+def new_client_connection(
+    ctx: SSL.Context, server_name: str
+) -> tuple[SSL.Connection, VerifyRecord]:
+    connection = SSL.Connection(ctx, None)
+    record = VerifyRecord()
+    connection.set_app_data(record)
+    connection.set_tlsext_host_name(server_name.encode("idna"))
+    connection.set_connect_state()
+    return connection, record
+
+
 def new_server_connection(ctx: SSL.Context) -> tuple[SSL.Connection, VerifyRecord]:
     connection = SSL.Connection(ctx, None)
     record = VerifyRecord()

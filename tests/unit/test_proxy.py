@@ -75,20 +75,26 @@ def start() -> tuple[SipCore, list[Transmit]]:
 
 
 def test_invite_is_forwarded_with_via_record_route_and_identity() -> None:
-    core, out = start()
+    _core, out = start()
     assert [m.status for m in to(out, CALLER.remote) if isinstance(m, Response)] == [100]
     (forwarded,) = to(out, ("192.0.2.20", 5060))
     assert isinstance(forwarded, Request)
     assert forwarded.uri == "sip:5000@pbx1.example.test:5060"
     vias = forwarded.vias
-    assert vias[0].host == "sip.example.test" and vias[0].branch and vias[0].branch.startswith("z9hG4bK-sips")
+    assert (
+        vias[0].host == "sip.example.test"
+        and vias[0].branch
+        and vias[0].branch.startswith("z9hG4bK-sips")
+    )
     assert vias[1].branch == "z9hG4bKcaller1"
     assert forwarded.headers.get("Max-Forwards") == "69"
     assert forwarded.headers.get_all("Record-Route") == [
         "<sip:sip.example.test:5060;transport=udp;lr;peer=pbx1>",
         "<sip:sip.example.test:5060;transport=udp;lr;peer=gw1>",
     ]
-    assert forwarded.headers.get_all("X-Peer-Identity") == ["gw1.example.test;transport=udp;source=192.0.2.10"]
+    assert forwarded.headers.get_all("X-Peer-Identity") == [
+        "gw1.example.test;transport=udp;source=192.0.2.10"
+    ]
     assert b"X-Custom:  kept  as is\r\n" in forwarded.to_bytes()
 
 
@@ -106,12 +112,20 @@ def test_responses_travel_back_without_our_via_and_the_dialog_follows_the_route_
     assert [t.flow.remote for t in again] == [CALLER.remote]
     # ACK and BYE from the caller follow the Route set (reverse of Record-Route).
     routes = "Route: <sip:sip.example.test:5060;transport=udp;lr;peer=gw1>, <sip:sip.example.test:5060;transport=udp;lr;peer=pbx1>\r\n"
-    ack = (f"ACK sip:b@192.0.2.20:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1\r\n{routes}"
-           "From: <sip:a@gw1.example.test>;tag=ft\r\nTo: <sip:5000@sip.example.test>;tag=callee\r\n"
-           "Call-ID: call-1\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    ack = (
+        f"ACK sip:b@192.0.2.20:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1\r\n{routes}"
+        "From: <sip:a@gw1.example.test>;tag=ft\r\nTo: <sip:5000@sip.example.test>;tag=callee\r\n"
+        "Call-ID: call-1\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
     (relayed,) = to(core.receive_datagram(ack, CALLER, 0.4), ("192.0.2.20", 5060))
-    assert isinstance(relayed, Request) and relayed.method == "ACK" and "Route" not in relayed.headers
-    bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"1 ACK", b"2 BYE").replace(b"z9hG4bKack1", b"z9hG4bKbye1")
+    assert (
+        isinstance(relayed, Request) and relayed.method == "ACK" and "Route" not in relayed.headers
+    )
+    bye = (
+        ack.replace(b"ACK sip", b"BYE sip")
+        .replace(b"1 ACK", b"2 BYE")
+        .replace(b"z9hG4bKack1", b"z9hG4bKbye1")
+    )
     (bye_out,) = to(core.receive_datagram(bye, CALLER, 0.5), ("192.0.2.20", 5060))
     assert isinstance(bye_out, Request) and bye_out.method == "BYE"
     done = to(core.receive_datagram(answer(bye_out, 200, "OK"), PBX1, 0.6), CALLER.remote)
@@ -123,14 +137,18 @@ def test_503_and_unreachable_targets_fail_over_then_503_with_retry_after() -> No
     (first,) = to(out, ("192.0.2.20", 5060))
     assert isinstance(first, Request)
     out = core.receive_datagram(answer(first, 503, "Busy Here"), PBX1, 0.1)
-    (second,) = [m for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request) and m.method == "INVITE"]
+    (second,) = [
+        m for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request) and m.method == "INVITE"
+    ]
     assert second.uri == "sip:5000@pbx2.example.test:5060"
     assert second.top_via is not None and second.top_via.branch != first.top_via.branch  # type: ignore[union-attr]
     flow_to_pbx2 = next(t.flow for t in out if t.flow.remote == ("192.0.2.21", 5060))
     final = to(core.transport_failed(flow_to_pbx2, "connection refused", 0.2), CALLER.remote)
     (response,) = [r for r in final if isinstance(r, Response)]
     assert response.status == 503 and response.headers.get("Retry-After") == "30"
-    assert "pbx1: 503 Service Unavailable; pbx2: connection refused" in (response.headers.get("Warning") or "")
+    assert "pbx1: 503 Service Unavailable; pbx2: connection refused" in (
+        response.headers.get("Warning") or ""
+    )
 
 
 def test_timer_b_moves_on_and_the_last_timeout_is_408() -> None:
@@ -140,7 +158,9 @@ def test_timer_b_moves_on_and_the_last_timeout_is_408() -> None:
         out += core.handle_timers(now)
     responses = [r for r in to(out, CALLER.remote) if isinstance(r, Response)]
     assert [r.status for r in responses] == [408]
-    invites = [m for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request) and m.method == "INVITE"]
+    invites = [
+        m for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request) and m.method == "INVITE"
+    ]
     assert invites, "pbx2 was tried after pbx1 timed out"
 
 
@@ -166,6 +186,8 @@ def test_a_looping_request_gets_482() -> None:
     (forwarded,) = to(out, ("192.0.2.20", 5060))
     assert isinstance(forwarded, Request)
     # pbx1 sends it straight back to us for the number we were asked for: a loop.
-    back = forwarded.to_bytes().replace(b"sip:5000@pbx1.example.test:5060", b"sip:5000@sip.example.test", 1)
+    back = forwarded.to_bytes().replace(
+        b"sip:5000@pbx1.example.test:5060", b"sip:5000@sip.example.test", 1
+    )
     looped = [parse(t) for t in core.receive_datagram(back, PBX1, 1.0)]
     assert [m.status for m in looped if isinstance(m, Response)] == [482]
