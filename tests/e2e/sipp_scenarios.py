@@ -75,3 +75,236 @@ def invite_expecting(
 </scenario>
 """)
     return path
+
+
+def _checks(checks: dict[str, str] | None, prefix: str) -> tuple[str, str]:
+    actions = "".join(
+        f'<ereg regexp="{escape(regexp)}" search_in="hdr" header="{name}:" check_it="true" '
+        f'assign_to="{prefix}{i}"/>'
+        for i, (name, regexp) in enumerate((checks or {}).items())
+    )
+    uses = "".join(f"[${prefix}{i}]" for i in range(len(checks or {})))
+    return actions, uses
+
+
+def _sdp(proto: str, crypto: bool) -> str:
+    crypto_line = f"\n      {SRTP_CRYPTO}" if crypto else ""
+    return f"""v=0
+      o=- 1 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] {proto} 0{crypto_line}
+"""
+
+
+def call_uac(
+    path: Path,
+    *,
+    proto: str = "RTP/AVP",
+    crypto: bool = False,
+    extra: str = "",
+    checks_on_200: dict[str, str] | None = None,
+    cancel: bool = False,
+) -> Path:
+    """INVITE, provisional(s), then either 200/ACK/BYE/200 or (cancel=True) CANCEL after
+    the 180, 200 for the CANCEL, 487 and its ACK."""
+    actions, uses = _checks(checks_on_200, "ok")
+    invite = f"""  <send retrans="500">
+    <![CDATA[
+
+      INVITE sip:[service]@sip.example.test SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      To: <sip:[service]@sip.example.test>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+{extra}      Content-Type: application/sdp
+      Content-Length: [len]
+
+      {_sdp(proto, crypto)}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+"""
+    if cancel:
+        body = (
+            invite
+            + """  <recv response="180"/>
+  <send>
+    <![CDATA[
+
+      CANCEL sip:[service]@sip.example.test SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3];rport
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      To: <sip:[service]@sip.example.test>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send>
+    <![CDATA[
+
+      ACK sip:[service]@sip.example.test SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-6];rport
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+        )
+    else:
+        body = (
+            invite
+            + f"""  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true" rtd="true">
+    <action>{actions}</action>
+  </recv>
+  <send>
+    <![CDATA[
+
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      [routes]
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      [routes]
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+  <nop><action><log message="checked {uses}"/></action></nop>
+"""
+        )
+    path.write_text(
+        f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="call">\n{body}</scenario>\n'
+    )
+    return path
+
+
+def call_uas(
+    path: Path,
+    *,
+    checks_on_invite: dict[str, str] | None = None,
+    cancel: bool = False,
+    answer_proto: str = "RTP/AVP",
+    answer_crypto: bool = False,
+) -> Path:
+    """The callee: 180 then 200 (copying Record-Route), ACK, BYE, 200; or with
+    cancel=True: 180, then CANCEL -> 200 and 487, ACK."""
+    actions, uses = _checks(checks_on_invite, "in")
+    reply = """[last_Via:]
+      [last_Record-Route:]
+      [last_From:]
+      [last_To:];tag=[pid]U[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>"""
+    body = f"""  <recv request="INVITE" crlf="true">
+    <action>{actions}</action>
+  </recv>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 180 Ringing
+      {reply}
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+    if cancel:
+        body += """  <recv request="CANCEL"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]U[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 487 Request Terminated
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]U[call_number]
+      [last_Call-ID:]
+      CSeq: 1 INVITE
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+"""
+    else:
+        body += f"""  <send retrans="500">
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      {reply}
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      {_sdp(answer_proto, answer_crypto)}
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true"/>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+    body += f"""  <nop><action><log message="checked {uses}"/></action></nop>
+  <pause milliseconds="300"/>
+"""
+    path.write_text(
+        f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="callee">\n{body}</scenario>\n'
+    )
+    return path

@@ -1,0 +1,233 @@
+"""Full calls through the proxy: sipp caller -> sipserver -> sipp callee, over UDP and
+over mutual TLS (stunnel in front of both sipps), with CANCEL, failover and 503."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.certs import make_leaf
+from tests.e2e.conftest import Pki, StartServer, free_port, need, stunnel_client
+from tests.e2e.sipp_scenarios import call_uac, call_uas, invite_expecting
+
+pytestmark = pytest.mark.e2e
+
+
+@contextmanager
+def callee(scenario: Path, port: int, transport: str = "u1") -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [
+            need("sipp"),
+            "-sf",
+            str(scenario),
+            "-t",
+            transport,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "1",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-nostdin",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=scenario.parent,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def caller(
+    scenario: Path, port: int, number: str, transport: str = "u1"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            need("sipp"),
+            "-sf",
+            str(scenario),
+            "-t",
+            transport,
+            "-i",
+            "127.0.0.1",
+            "-s",
+            number,
+            "-m",
+            "1",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-nostdin",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=scenario.parent,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def finished(process: subprocess.Popen[str]) -> None:
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, out[-3000:]
+
+
+def plan(security: str, targets: list[tuple[str, int, str]], action: str = "proxy") -> str:
+    peers = "".join(
+        f'[[peer]]\nname = "{name}"\nfqdn = "{name}.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
+        f'port = {port}\ntransport = "{transport}"\nhealth_check = 0\n\n'
+        for name, port, transport in targets
+    )
+    names = ", ".join(f'"{name}"' for name, _, _ in targets)
+    return (
+        f'{peers}[[dial_plan]]\nname = "main"\nsecurity = "{security}"\nnumbers = ["5xxx", "+1425*"]\n'
+        f'from = ["gw1"]\naction = "{action}"\ntargets = [{names}]\n'
+    )
+
+
+def test_unsecured_call_over_udp_completes_with_bye_through_record_route(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    uas_port = free_port()
+    server = start_server(extra_config=plan("unsecured", [("pbx1", uas_port, "udp")]))
+    uas = call_uas(
+        tmp_path / "uas.xml",
+        checks_on_invite={
+            "X-Peer-Identity": r"^ *gw1\.example\.test;transport=udp;source=127\.0\.0\.1$",
+            "Record-Route": r"^ *<sip:sip\.example\.test:[0-9]+;transport=udp;lr;peer=pbx1>$",
+        },
+    )
+    uac = call_uac(
+        tmp_path / "uac.xml",
+        extra="      X-Peer-Identity: forged.example.test;cert-sha256=00\n",
+        checks_on_200={"Record-Route": r"transport=udp;lr;peer=pbx1"},
+    )
+    with callee(uas, uas_port) as process:
+        ok(caller(uac, server.sip_port, "5000"))
+        finished(process)
+    routed = server.wait_for("call_routed", dial_plan="main")
+    assert routed["status"] == 200 and routed["target"] == "pbx1" and routed["attempts"] == 1
+    assert routed["setup_ms"] >= 0
+
+
+def test_cancel_during_ringing(start_server: StartServer, tmp_path: Path) -> None:
+    uas_port = free_port()
+    server = start_server(extra_config=plan("unsecured", [("pbx1", uas_port, "udp")]))
+    with callee(call_uas(tmp_path / "uas.xml", cancel=True), uas_port) as process:
+        ok(caller(call_uac(tmp_path / "uac.xml", cancel=True), server.sip_port, "5001"))
+        finished(process)
+    assert server.wait_for("call_ended", dial_plan="main")["status"] == 487
+
+
+def test_first_target_refusing_connections_fails_over_to_the_second(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    dead, uas_port = free_port(), free_port()
+    server = start_server(
+        extra_config=plan("unsecured", [("pbx1", dead, "tcp"), ("pbx2", uas_port, "udp")])
+    )
+    with callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
+        ok(caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5002"))
+        finished(process)
+    failed = server.wait_for("outbound_connection_failed")
+    assert failed["reason"] == "connection refused"
+    routed = server.wait_for("call_routed")
+    assert routed["target"] == "pbx2" and routed["failed_attempts"] == ["pbx1: connection refused"]
+
+
+def test_all_targets_down_gives_503_with_retry_after(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server(
+        extra_config=plan("unsecured", [("pbx1", free_port(), "tcp"), ("pbx2", free_port(), "tcp")])
+    )
+    scenario = invite_expecting(
+        tmp_path / "503.xml",
+        503,
+        checks={
+            "Retry-After": "^ *30$",
+            "Warning": "All targets of main failed: pbx1: connection refused; pbx2: connection refused",
+        },
+    )
+    ok(caller(scenario, server.sip_port, "5003"))
+    assert server.wait_for("call_ended")["status"] == 503
+
+
+@contextmanager
+def stunnel_server(pki: Pki, workdir: Path, backend_port: int, name: str) -> Iterator[int]:
+    """stunnel4 in server mode in front of a sipp callee: mutual TLS with the PBX's
+    certificate, requiring a client certificate (ours) that chains to the test CA."""
+    cert = make_leaf(pki.ca, dns=[f"{name}.example.test"])
+    listen = free_port()
+    conf = workdir / f"stunnel-server-{listen}.conf"
+    conf.write_text(
+        f"foreground = yes\npid =\ndebug = 5\n[sip]\naccept = 127.0.0.1:{listen}\nconnect = 127.0.0.1:{backend_port}\n"
+        f"cert = {pki.combined(name, cert)}\nCAfile = {pki.ca_file}\nverifyChain = yes\nrequireCert = yes\n"
+    )
+    tunnel = subprocess.Popen(
+        [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert tunnel.stdout is not None
+        for line in tunnel.stdout:
+            if "Configuration successful" in line:
+                break
+        threading.Thread(target=lambda: [None for _ in tunnel.stdout], daemon=True).start()  # type: ignore[union-attr]
+        yield listen
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)
+
+
+@pytest.mark.parametrize("security", ["sip-secured", "secured"])
+def test_secured_modes_run_mutual_tls_on_both_legs(
+    start_server: StartServer, pki: Pki, tmp_path: Path, security: str
+) -> None:
+    uas_port = free_port()
+    srtp = security == "secured"
+    with stunnel_server(pki, tmp_path, uas_port, "pbx1") as tls_port_of_pbx:
+        server = start_server(extra_config=plan(security, [("pbx1", tls_port_of_pbx, "tls")]))
+        uas = call_uas(
+            tmp_path / "uas.xml",
+            answer_proto="RTP/SAVP" if srtp else "RTP/AVP",
+            answer_crypto=srtp,
+            checks_on_invite={
+                "X-Peer-Identity": r"^ *gw1\.example\.test;transport=tls;cert-sha256=[0-9A-F]{64}$",
+                "Via": "SIP/2.0/TLS sip.example.test",
+            },
+        )
+        uac = call_uac(
+            tmp_path / "uac.xml",
+            proto="RTP/SAVP" if srtp else "RTP/AVP",
+            crypto=srtp,
+            checks_on_200={"Record-Route": "transport=tls;lr;peer=pbx1"},
+        )
+        with (
+            callee(uas, uas_port, "t1") as process,
+            stunnel_client(pki, tmp_path, server.tls_port) as local,
+        ):
+            ok(caller(uac, local, "+14255550100", "t1"))
+            finished(process)
+    target = server.wait_for("tls_target_accepted", target="pbx1")
+    assert target["target_cert_issuer"] == "CN=sipserver test CA"
+    routed = server.wait_for("call_routed", dial_plan="main")
+    assert routed["security"] == security and routed["target_transport"] == "tls"
+    assert routed["peer_cert_thumbprint_sha256"] and routed["our_thumbprint_sha1"]
+    assert server.events("security_violation_media_answer") == []
