@@ -109,6 +109,17 @@ class DialPlanSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TimerSettings:
+    """RFC 3261 timer bases (Table 4). Timer B/F = 64*T1 is how long a silent target
+    holds a call before failover."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    timer_c: float = 180.0
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingSettings:
     retry_after: int = 30  # seconds, in the Retry-After of a 503 when no target is healthy
     down_after_failures: int = 3  # failed health checks before a target is skipped
@@ -124,6 +135,7 @@ class Config:
     peers: tuple[PeerSettings, ...] = ()
     dial_plans: tuple[DialPlanSettings, ...] = ()
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    timers: TimerSettings = field(default_factory=TimerSettings)
     source: str = "<embedded default>"
 
     def peer(self, name: str) -> PeerSettings:
@@ -317,7 +329,9 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
             f"TOML syntax error: {exc}", line=int(match.group(1)) if match else None, path=source
         ) from exc
     r = _Reader(text, source)
-    top = r.table(data, (), {"server", "tls", "limits", "log", "peer", "dial_plan", "routing"})
+    top = r.table(
+        data, (), {"server", "tls", "limits", "log", "peer", "dial_plan", "routing", "timers"}
+    )
     server = _server(r, top.get("server", {}))
     tls = _tls(r, top.get("tls", {}), base_dir)
     limits = _limits(r, top.get("limits", {}))
@@ -348,7 +362,30 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
             )
         seen_plans[plan.name] = i
     routing = _routing(r, top.get("routing", {}))
-    return Config(server, tls, limits, log, peers, plans, routing, source)
+    timers = _timers(r, top.get("timers", {}))
+    return Config(server, tls, limits, log, peers, plans, routing, timers, source)
+
+
+def _timers(r: _Reader, data: Any) -> TimerSettings:
+    k: tuple[str | int, ...] = ("timers",)
+    d = r.table(data, k, {"t1", "t2", "t4", "timer_c"})
+    defaults = TimerSettings()
+    t1 = r.get(d, k, "t1", float, defaults.t1, _positive)
+    return TimerSettings(
+        t1=t1,
+        t2=r.get(
+            d, k, "t2", float, defaults.t2, lambda v: None if v >= t1 else "must be at least t1"
+        ),
+        t4=r.get(d, k, "t4", float, defaults.t4, _positive),
+        timer_c=r.get(
+            d,
+            k,
+            "timer_c",
+            float,
+            defaults.timer_c,
+            lambda v: None if v > 180 or v == 180 else "must be at least 180 s (RFC 3261 §16.6)",
+        ),
+    )
 
 
 def _server(r: _Reader, data: Any) -> ServerSettings:

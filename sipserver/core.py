@@ -86,8 +86,9 @@ class ServerContext:
 
 
 class SipCore:
-    def __init__(self, config: Config, timers: TimerValues = TimerValues()) -> None:
-        self.timers = timers
+    def __init__(self, config: Config, timers: TimerValues | None = None) -> None:
+        self._fixed_timers = timers
+        self.timers = timers or TimerValues()
         self._transactions: dict[tuple[str, ...], ServerTransaction] = {}
         self._deadlines: list[tuple[float, int, Transaction]] = []
         self._seq = itertools.count()
@@ -114,7 +115,16 @@ class SipCore:
             config.limits.max_line_bytes,
         )
         self._agent = config.server.fqdn
+        t = config.timers
+        self.timers = self._fixed_timers or TimerValues(t.t1, t.t2, t.t4, t.timer_c)
+        previous = getattr(self, "health", None)
         self.health = HealthTable(config.routing.down_after_failures)
+        if previous is not None:
+            self.health.carry_over(previous)
+        target_names = {name for plan in config.dial_plans for name in plan.targets}
+        self.health_targets = tuple(
+            p for p in config.peers if p.name in target_names and p.health_check > 0
+        )
         self._our_hosts = {config.server.fqdn, "localhost"} | {
             a for a in config.server.addresses if not ipaddress.ip_address(a).is_unspecified
         }
@@ -138,6 +148,11 @@ class SipCore:
         peer = tls_peer if flow.transport == "tls" else self.peers.by_address(flow.remote[0])
         self.proxy.note_stream(peer, flow)
         return self._receive(data, flow, peer, now, stream=True, cert=peer_cert_sha256)
+
+    def health_tick(self, now: float) -> list[Transmit]:
+        """OPTIONS pings to the dial-plan targets that are due (the server calls this
+        about once a second)."""
+        return self.proxy.health_tick(self.health_targets, now)
 
     def transport_failed(self, flow: Flow, reason: str, now: float) -> list[Transmit]:
         """The transport could not deliver on `flow` (refused, TLS failed, closed)."""
@@ -327,7 +342,9 @@ class SipCore:
                 tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
             )
         assert peer is not None
-        decision = router.route(self.config, request, peer, tx.context.flow.transport)
+        decision = router.route(
+            self.config, request, peer, tx.context.flow.transport, self.health.is_up
+        )
         if isinstance(decision, router.Reject):
             return self._answer(
                 tx,
@@ -491,6 +508,9 @@ class SipCore:
             log_reason=warning,
             event="call_failed" if call is not None else "sip_request_answered",
         )
+
+    def our_hop(self, transport: str) -> proxy_ops.Hop:
+        return proxy_ops.Hop(self._agent, self.ports[transport], transport)
 
     def _hop(self, transport: str, peer: PeerSettings | None) -> proxy_ops.Hop:
         return proxy_ops.Hop(

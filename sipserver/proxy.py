@@ -4,6 +4,7 @@ one canonical log line per routed call. Pure: driven by SipCore with explicit ti
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -58,7 +59,8 @@ class ProxyCall:
 class ClientContext:
     call: ProxyCall | None
     flow: Flow
-    kind: str  # "forward" | "cancel"
+    kind: str  # "forward" | "cancel" | "health"
+    peer: PeerSettings | None = None  # the pinged target, for "health"
 
 
 class ProxyEngine:
@@ -69,6 +71,9 @@ class ProxyEngine:
         # Where to relay retransmitted 2xx to INVITE once the transactions are gone.
         self.answered: dict[str, Flow] = {}
         self.peer_flows: dict[tuple[str, str], Flow] = {}  # (peer, transport) -> open stream
+        self.next_ping: dict[str, float] = {}
+        self.pinging: set[str] = set()
+        self._ping_numbers = itertools.count(1)
 
     # --- new requests -----------------------------------------------------------------
     def start_call(
@@ -204,10 +209,64 @@ class ProxyEngine:
             t for t in self.client_txs.values() if t.context.flow == flow and not t.terminated
         ]:
             self._forget(tx)
+            if tx.context.kind == "health" and tx.context.peer is not None:
+                self._health_result(tx.context.peer, False, reason)
+                continue
             call = tx.context.call
             if call is not None and tx.context.kind == "forward" and call.client_tx is tx:
                 out += self._attempt_failed(call, reason, now)
         return out
+
+    # --- health checks --------------------------------------------------------------------
+    def health_tick(self, targets: Sequence[PeerSettings], now: float) -> list[Transmit]:
+        out: list[Transmit] = []
+        for peer in targets:
+            if peer.name in self.pinging or self.next_ping.get(peer.name, now) > now:
+                continue
+            self.next_ping[peer.name] = now + peer.health_check
+            out += self._ping(peer, now)
+        return out
+
+    def _ping(self, peer: PeerSettings, now: float) -> list[Transmit]:
+        transport = peer.transport
+        flow = self.target_flow(peer, transport)
+        number = next(self._ping_numbers)
+        our = self.core.our_hop(transport)
+        uri = f"sip:{peer.fqdn}:{peer.send_port}" + (
+            "" if transport == "udp" else f";transport={transport}"
+        )
+        request = proxy_ops.build_options(
+            uri,
+            peer.fqdn,
+            our,
+            f"{proxy_ops.BRANCH_PREFIX}hc{number}x{int(now * 1000)}",
+            f"health-{number}-{peer.name}@{our.host}",
+            number,
+        )
+        tx, first = ClientTransaction.create(
+            request,
+            reliable=transport != "udp",
+            now=now,
+            timers=self.core.timers,
+            context=ClientContext(None, flow, "health", peer),
+        )
+        self.pinging.add(peer.name)
+        self.client_txs[client_key(request)] = tx
+        return self._drive(tx, first, now)
+
+    def _health_result(self, peer: PeerSettings, ok: bool, reason: str) -> None:
+        self.pinging.discard(peer.name)
+        changed = self.core.health.record(peer, ok, reason)
+        if changed is not None:
+            (log.info if changed else log.warning)(
+                "target_health_changed",
+                target=peer.name,
+                target_fqdn=peer.fqdn,
+                state="up" if changed else "down",
+                reason=reason,
+            )
+        else:
+            log.debug("target_health_checked", target=peer.name, ok=ok, reason=reason)
 
     # --- responses ----------------------------------------------------------------------
     def response_received(self, response: Response, now: float) -> list[Transmit] | None:
@@ -237,6 +296,16 @@ class ProxyEngine:
         for item in outputs:
             if isinstance(item, SendMessage):
                 out.append(self.core.transmit(context.flow, item.data))
+            elif context.kind == "health" and context.peer is not None:
+                if isinstance(item, ResponseReceived) and item.response.status >= 200:
+                    status = item.response.status
+                    self._health_result(
+                        context.peer, status < 500, f"{status} {item.response.reason}"
+                    )
+                elif isinstance(item, TimedOut):
+                    self._health_result(context.peer, False, "timeout")
+                elif isinstance(item, Terminated):
+                    self._forget(tx)
             elif (
                 isinstance(item, ResponseReceived)
                 and context.call is not None

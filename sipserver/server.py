@@ -108,6 +108,7 @@ class Server:
                 ),
             )
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._health_loop)
             if handle_signals:
                 await nursery.start(self._signal_loop, nursery.cancel_scope)
             log.info(
@@ -247,6 +248,12 @@ class Server:
                 await self._timer_wakeup.wait()
             self._timer_wakeup = trio.Event()
             await self._dispatch(self.core.handle_timers(trio.current_time()))
+
+    async def _health_loop(self) -> None:
+        """Drives OPTIONS pings to dial-plan targets; the core decides what is due."""
+        while True:
+            await self._dispatch(self.core.health_tick(trio.current_time()))
+            await trio.sleep(0.25)
 
     async def _dispatch(
         self, transmits: list[Transmit], origin: StreamConnection | None = None

@@ -39,5 +39,9 @@ class HealthTable:
             return False
         return None
 
+    def carry_over(self, previous: HealthTable) -> None:
+        """Keep what we know about targets across a configuration reload."""
+        self._state = dict(previous._state)
+
     def snapshot(self) -> dict[str, TargetHealth]:
         return dict(self._state)

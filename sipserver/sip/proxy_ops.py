@@ -158,3 +158,21 @@ def pop_our_routes(
         return request, None, bool(popped)
     transport = popped_transport or target.transport or "udp"
     return request, NextHop(target, transport, popped_peer), bool(popped)
+
+
+def build_options(
+    target_uri: str, to_host: str, our: Hop, branch: str, call_id: str, cseq: int
+) -> Request:
+    """An OPTIONS ping to a target (Teams Direct Routing and most SBCs expect them)."""
+    items = [
+        Header(
+            "Via", f"SIP/2.0/{our.transport.upper()} {our.host}:{our.port};branch={branch};rport"
+        ),
+        Header("Max-Forwards", "70"),
+        Header("From", f"<sip:{our.host}>;tag={call_id[:10]}"),
+        Header("To", f"<sip:{to_host}>"),
+        Header("Call-ID", call_id),
+        Header("CSeq", f"{cseq} OPTIONS"),
+        Header("Accept", "application/sdp"),
+    ]
+    return Request(Headers(items), b"", method="OPTIONS", uri=target_uri)

@@ -19,12 +19,14 @@ fqdn = "pbx1.example.test"
 kind = "pbx"
 addresses = ["192.0.2.20"]
 port = 5061
+health_check = 0
 
 [[peer]]
 name = "pbx2"
 fqdn = "pbx2.example.test"
 kind = "pbx"
 transport = "tcp"
+health_check = 0
 
 [[dial_plan]]
 name = "hq"

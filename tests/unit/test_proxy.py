@@ -191,3 +191,50 @@ def test_a_looping_request_gets_482() -> None:
     )
     looped = [parse(t) for t in core.receive_datagram(back, PBX1, 1.0)]
     assert [m.status for m in looped if isinstance(m, Response)] == [482]
+
+
+def test_health_checks_mark_a_silent_target_down_and_calls_skip_it() -> None:
+    config = parse_config("""
+[server]
+fqdn = "sip.example.test"
+[routing]
+down_after_failures = 2
+[[peer]]
+name = "gw1"
+fqdn = "gw1.example.test"
+addresses = ["192.0.2.10"]
+[[peer]]
+name = "pbx1"
+fqdn = "pbx1.example.test"
+addresses = ["192.0.2.20"]
+transport = "udp"
+health_check = 10.0
+[[peer]]
+name = "pbx2"
+fqdn = "pbx2.example.test"
+addresses = ["192.0.2.21"]
+transport = "udp"
+health_check = 0
+[[dial_plan]]
+name = "lobby"
+security = "unsecured"
+numbers = ["5xxx"]
+from = ["gw1"]
+targets = ["pbx1", "pbx2"]
+""")
+    core = SipCore(config)
+    pings = core.health_tick(0.0)
+    assert [(parse(t).method, t.flow.remote) for t in pings] == [("OPTIONS", ("192.0.2.20", 5060))]  # type: ignore[union-attr]
+    assert core.health_tick(5.0) == []  # not due, and one ping at a time
+    core.handle_timers(32.0)  # Timer F: first failure
+    assert core.health.is_up(config.peer("pbx1"))
+    assert core.health_tick(32.0)  # due again (10 s interval passed)
+    core.handle_timers(64.5)  # second failure: down
+    assert not core.health.is_up(config.peer("pbx1"))
+    out = core.receive_datagram(invite(), CALLER, 65.0)
+    assert to(out, ("192.0.2.20", 5060)) == []
+    assert [m.method for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request)] == ["INVITE"]
+    # One good answer brings it back.
+    ping = next(m for m in map(parse, core.health_tick(75.0)) if isinstance(m, Request))
+    core.receive_datagram(answer(ping, 200, "OK"), PBX1, 75.1)
+    assert core.health.is_up(config.peer("pbx1"))
