@@ -79,9 +79,8 @@ def route(
                 "call_refused_insecure_media",
                 plan,
             )
-    targets = tuple(
-        target for target in (config.peer(name) for name in plan.targets) if is_up(target)
-    )
+    every = tuple(config.peer(name) for name in plan.targets)
+    targets = tuple(target for target in every if is_up(target))
     if not targets:
         return Reject(
             503,
@@ -94,7 +93,8 @@ def route(
     if plan.action == "redirect":
         target = targets[0]
         return Redirect(plan, target, redirect_contact(uri.user or "", target, plan, uri.scheme))
-    return Proxy(plan, targets, number)
+    # The proxy gets them all, in order, and notes the ones it skips as down.
+    return Proxy(plan, every, number)
 
 
 def _media_problem(request: Request) -> str | None:

@@ -231,3 +231,81 @@ def test_secured_modes_run_mutual_tls_on_both_legs(
     assert routed["security"] == security and routed["target_transport"] == "tls"
     assert routed["peer_cert_thumbprint_sha256"] and routed["our_thumbprint_sha1"]
     assert server.events("security_violation_media_answer") == []
+
+
+def test_health_checks_take_a_dead_target_out_of_rotation(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    dead, uas_port = free_port(), free_port()
+    config = plan("unsecured", [("pbx1", dead, "tcp"), ("pbx2", uas_port, "udp")]).replace(
+        f'port = {dead}\ntransport = "tcp"\nhealth_check = 0',
+        f'port = {dead}\ntransport = "tcp"\nhealth_check = 0.2',
+    )
+    server = start_server(extra_config=config + "\n[routing]\ndown_after_failures = 2\n")
+    down = server.wait_for("target_health_changed", target="pbx1")
+    assert down["state"] == "down" and down["reason"] == "connection refused"
+    with callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
+        ok(caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5004"))
+        finished(process)
+    routed = server.wait_for("call_routed")
+    assert routed["target"] == "pbx2" and routed["failed_attempts"] == ["pbx1: down"]
+
+
+def test_silent_target_times_out_then_the_next_answers_and_a_lone_one_gives_408(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    silent, uas_port = free_port(), free_port()
+    fast = "\n[timers]\nt1 = 0.05\n"  # Timer B = 64*T1 = 3.2 s
+    server = start_server(
+        extra_config=plan("unsecured", [("pbx1", silent, "udp"), ("pbx2", uas_port, "udp")]) + fast
+    )
+    with callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
+        ok(caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5005"))
+        finished(process)
+    assert server.wait_for("call_routed")["failed_attempts"] == ["pbx1: timeout"]
+    lone = start_server(extra_config=plan("unsecured", [("pbx1", silent, "udp")]) + fast)
+    ok(
+        caller(
+            invite_expecting(tmp_path / "408.xml", 408, checks={"Warning": "pbx1: timeout"}),
+            lone.sip_port,
+            "5006",
+        )
+    )
+
+
+def test_target_with_the_wrong_certificate_is_skipped(
+    start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    uas_port = free_port()
+    with stunnel_server(pki, tmp_path, free_port(), "impostor") as impostor:
+        targets = [("pbx1", impostor, "tls"), ("pbx2", uas_port, "udp")]
+        server = start_server(extra_config=plan("unsecured", targets))
+        with callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
+            ok(caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5007"))
+            finished(process)
+    failed = server.wait_for("outbound_connection_failed")
+    assert failed["reason"].startswith(
+        "target_name_mismatch: the target's certificate names impostor.example.test"
+    )
+    routed = server.wait_for("call_routed")
+    assert routed["target"] == "pbx2" and routed["failed_attempts"][0].startswith(
+        "pbx1: target_name_mismatch"
+    )
+
+
+def test_a_clear_rtp_answer_in_a_secured_call_is_logged_as_a_violation(
+    start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    uas_port = free_port()
+    with stunnel_server(pki, tmp_path, uas_port, "pbx1") as tls_port_of_pbx:
+        server = start_server(extra_config=plan("secured", [("pbx1", tls_port_of_pbx, "tls")]))
+        uas = call_uas(tmp_path / "uas.xml", answer_proto="RTP/AVP")
+        uac = call_uac(tmp_path / "uac.xml", proto="RTP/SAVP", crypto=True)
+        with (
+            callee(uas, uas_port, "t1") as process,
+            stunnel_client(pki, tmp_path, server.tls_port) as local,
+        ):
+            ok(caller(uac, local, "+14255550100", "t1"))
+            finished(process)
+    violation = server.wait_for("security_violation_media_answer")
+    assert violation["dial_plan"] == "main" and "is not SRTP" in violation["problems"][0]
