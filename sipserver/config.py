@@ -67,6 +67,7 @@ class LimitsSettings:
     max_connections_per_address: int = 200
     idle_timeout: float = 300.0
     send_timeout: float = 10.0
+    keepalive_interval: float = 30.0  # CRLFCRLF pings on our outbound connections; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +457,7 @@ def _limits(r: _Reader, data: Any) -> LimitsSettings:
         "max_connections_per_address",
         "idle_timeout",
         "send_timeout",
+        "keepalive_interval",
     }
     d = r.table(data, k, names)
     defaults = LimitsSettings()
@@ -482,6 +484,14 @@ def _limits(r: _Reader, data: Any) -> LimitsSettings:
         ),
         idle_timeout=r.get(d, k, "idle_timeout", float, defaults.idle_timeout, _positive),
         send_timeout=r.get(d, k, "send_timeout", float, defaults.send_timeout, _positive),
+        keepalive_interval=r.get(
+            d,
+            k,
+            "keepalive_interval",
+            float,
+            defaults.keepalive_interval,
+            lambda v: None if v >= 0 else "must be 0 (off) or more seconds",
+        ),
     )
 
 

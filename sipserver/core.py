@@ -17,6 +17,7 @@ import structlog
 
 from sipserver import SERVER_NAME
 from sipserver.config import Config, PeerSettings
+from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy import ProxyCall, ProxyEngine
 from sipserver.routing import router
 from sipserver.routing.health import HealthTable
@@ -82,7 +83,7 @@ class ServerContext:
     method: str
     call_id: str | None
     request: Request | None
-    peer_cert_sha256: str | None = None
+    peer_cert: CertInfo | None = None
 
 
 class SipCore:
@@ -141,13 +142,13 @@ class SipCore:
         flow: Flow,
         tls_peer: PeerSettings | None,
         now: float,
-        peer_cert_sha256: str | None = None,
+        peer_cert: CertInfo | None = None,
     ) -> list[Transmit]:
         """One framed message from TCP or TLS. On TLS `tls_peer` is the verified peer (and
-        `peer_cert_sha256` its certificate); on TCP the peer is known by its address."""
+        `peer_cert` its certificate); on TCP the peer is known by its address."""
         peer = tls_peer if flow.transport == "tls" else self.peers.by_address(flow.remote[0])
         self.proxy.note_stream(peer, flow)
-        return self._receive(data, flow, peer, now, stream=True, cert=peer_cert_sha256)
+        return self._receive(data, flow, peer, now, stream=True, cert=peer_cert)
 
     def health_tick(self, now: float) -> list[Transmit]:
         """OPTIONS pings to the dial-plan targets that are due (the server calls this
@@ -215,7 +216,7 @@ class SipCore:
         now: float,
         *,
         stream: bool,
-        cert: str | None = None,
+        cert: CertInfo | None = None,
     ) -> list[Transmit]:
         try:
             message: Message = parse_message(data, self.limits, stream=stream)
@@ -272,7 +273,7 @@ class SipCore:
         flow: Flow,
         peer: PeerSettings | None,
         now: float,
-        cert: str | None = None,
+        cert: CertInfo | None = None,
     ) -> list[Transmit]:
         request = self._stamp_via(request, flow)
         key = server_key(request)
@@ -548,8 +549,8 @@ class SipCore:
 
     def _identity_value(self, inbound: ServerContext) -> str:
         assert inbound.peer is not None
-        if inbound.flow.transport == "tls" and inbound.peer_cert_sha256:
-            return f"{inbound.peer.fqdn};transport=tls;cert-sha256={inbound.peer_cert_sha256}"
+        if inbound.flow.transport == "tls" and inbound.peer_cert:
+            return f"{inbound.peer.fqdn};transport=tls;cert-sha256={inbound.peer_cert.thumbprint_sha256}"
         return f"{inbound.peer.fqdn};transport={inbound.flow.transport};source={inbound.flow.remote[0]}"
 
     def log_call(self, call: ProxyCall, status: int, now: float, detail: str | None = None) -> None:
@@ -565,7 +566,9 @@ class SipCore:
             peer=inbound.peer.name if inbound.peer else None,
             peer_fqdn=inbound.peer.fqdn if inbound.peer else None,
             transport=inbound.flow.transport,
-            peer_cert_thumbprint_sha256=inbound.peer_cert_sha256,
+            **(inbound.peer_cert.log_fields("peer_cert_") if inbound.peer_cert else {}),
+            **self.proxy.target_certificate_fields(call.target_flow),
+            decision="proxy",
             target=call.target.name if call.target else None,
             target_fqdn=call.target.fqdn if call.target else None,
             target_transport=call.target_flow.transport if call.target_flow else None,

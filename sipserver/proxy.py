@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from sipserver.config import DialPlanSettings, PeerSettings
+from sipserver.pki.certinfo import CertInfo
 from sipserver.sip import proxy_ops
 from sipserver.sip.message import Request, Response
 from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
@@ -71,6 +72,7 @@ class ProxyEngine:
         # Where to relay retransmitted 2xx to INVITE once the transactions are gone.
         self.answered: dict[str, Flow] = {}
         self.peer_flows: dict[tuple[str, str], Flow] = {}  # (peer, transport) -> open stream
+        self.target_certs: dict[tuple[str, str, int], CertInfo] = {}
         self.next_ping: dict[str, float] = {}
         self.pinging: set[str] = set()
         self._ping_numbers = itertools.count(1)
@@ -193,6 +195,16 @@ class ProxyEngine:
         return Flow(
             transport, ("", 0), (uri.host, port), None, server_name=peer.fqdn if peer else None
         )
+
+    def note_target_certificate(self, flow: Flow, info: CertInfo) -> None:
+        """The certificate an outbound TLS leg's target presented, for the call log."""
+        self.target_certs[(flow.transport, flow.remote[0], flow.remote[1])] = info
+
+    def target_certificate_fields(self, flow: Flow | None) -> dict[str, str]:
+        if flow is None:
+            return {}
+        info = self.target_certs.get((flow.transport, flow.remote[0], flow.remote[1]))
+        return info.log_fields("target_cert_") if info else {}
 
     def note_stream(self, peer: PeerSettings | None, flow: Flow) -> None:
         if peer is not None and flow.connection_id is not None:

@@ -341,6 +341,7 @@ class Server:
                     )
                     raise _OutboundRefused(result.reason, result.detail, cert_fields)
                 stream = result.stream
+                self.core.proxy.note_target_certificate(flow, result.certificate)
                 log.info(
                     "tls_target_accepted",
                     target_fqdn=target.fqdn,
@@ -383,6 +384,7 @@ class Server:
                 limits.send_timeout,
                 self._stream_message,
                 self._framing_lost,
+                keepalive_interval=limits.keepalive_interval,
             )
         finally:
             self.connections.pop(connection_id, None)
@@ -453,20 +455,20 @@ class Server:
         connection: StreamConnection | None = None
         try:
             tls_peer = None
-            cert_sha256 = None
+            peer_cert = None
             active: trio.abc.Stream = stream
             if transport == "tls":
                 accepted = await self._tls_handshake(stream)
                 if accepted is None:
                     return
                 active, tls_peer = accepted.stream, accepted.peer
-                cert_sha256 = accepted.certificate.thumbprint_sha256
+                peer_cert = accepted.certificate
             else:
                 log.info("connection_opened")
             connection = StreamConnection(
                 active, Flow(transport, local, remote, connection_id), tls_peer
             )
-            connection.peer_cert_sha256 = cert_sha256
+            connection.peer_cert = peer_cert
             self.connections[connection_id] = connection
             limits = self.config.limits
             await connection.run(
@@ -522,6 +524,8 @@ class Server:
             peer=result.peer.name,
             peer_fqdn=result.peer.fqdn,
             peer_cert_thumbprint_sha256=result.certificate.thumbprint_sha256,
+            peer_cert_issuer=result.certificate.issuer,
+            peer_cert_serial=result.certificate.serial,
             our_thumbprint_sha1=ours.thumbprint_sha1,
         )
         log.info(
@@ -542,7 +546,7 @@ class Server:
                 connection.flow,
                 connection.tls_peer,
                 trio.current_time(),
-                connection.peer_cert_sha256,
+                connection.peer_cert,
             )
         except Exception:
             log.exception("internal_error")

@@ -11,6 +11,7 @@ import trio
 
 from sipserver.config import PeerSettings
 from sipserver.core import Flow, Transmit
+from sipserver.pki.certinfo import CertInfo
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.message import ParseLimits
 
@@ -28,7 +29,7 @@ class StreamConnection:
         self.stream = stream
         self.flow = flow
         self.tls_peer = tls_peer
-        self.peer_cert_sha256: str | None = None
+        self.peer_cert: CertInfo | None = None
         self._send, self._queue = trio.open_memory_channel[tuple[bytes, bool]](SEND_QUEUE_DEPTH)
         self.messages_in = 0
         self.close_reason = "closed by peer"
@@ -74,10 +75,13 @@ class StreamConnection:
         send_timeout: float,
         on_message: Callable[[StreamConnection, bytes], Awaitable[None]],
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
+        keepalive_interval: float = 0.0,
     ) -> None:
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
             nursery.start_soon(self._writer, send_timeout)
+            if keepalive_interval > 0:
+                nursery.start_soon(self._keepalive, keepalive_interval)
             await self._reader(limits, idle_timeout, send_timeout, on_message, on_framing_lost)
             nursery.cancel_scope.cancel()
 
@@ -117,6 +121,12 @@ class StreamConnection:
                 assert isinstance(item, bytes)
                 self.messages_in += 1
                 await on_message(self, item)
+
+    async def _keepalive(self, interval: float) -> None:
+        """RFC 5626 §3.5.1 pings on connections we opened, so NATs and firewalls keep them."""
+        while True:
+            await trio.sleep(interval)
+            self.queue(Transmit(self.flow, b"\r\n\r\n"))
 
     async def _writer(self, send_timeout: float) -> None:
         async for data, close_after in self._queue:

@@ -229,7 +229,14 @@ def test_secured_modes_run_mutual_tls_on_both_legs(
     assert target["target_cert_issuer"] == "CN=sipserver test CA"
     routed = server.wait_for("call_routed", dial_plan="main")
     assert routed["security"] == security and routed["target_transport"] == "tls"
-    assert routed["peer_cert_thumbprint_sha256"] and routed["our_thumbprint_sha1"]
+    assert routed["peer_cert_serial"] == format(pki.gw1.cert.serial_number, "X")
+    assert routed["peer_cert_issuer"] == routed["target_cert_issuer"] == "CN=sipserver test CA"
+    assert routed["target_cert_subject"] == "CN=pbx1.example.test"
+    assert (
+        routed["our_thumbprint_sha1"]
+        == server.wait_for("server_certificate_selected")["thumbprint_sha1"]
+    )
+    assert routed["decision"] == "proxy" and routed["status"] == 200
     assert server.events("security_violation_media_answer") == []
 
 
@@ -309,3 +316,34 @@ def test_a_clear_rtp_answer_in_a_secured_call_is_logged_as_a_violation(
             finished(process)
     violation = server.wait_for("security_violation_media_answer")
     assert violation["dial_plan"] == "main" and "is not SRTP" in violation["problems"][0]
+
+
+def test_outbound_connections_send_crlf_keepalives(start_server: StartServer) -> None:
+    """A bare TCP listener stands in for the PBX: after the INVITE it must see RFC 5626
+    CRLFCRLF pings on the connection sipserver opened."""
+    import socket
+
+    from tests.e2e.sip_client import options, read_response
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        server = start_server(
+            extra_config=plan("unsecured", [("pbx1", port, "tcp")]),
+            limits="keepalive_interval = 0.2",
+        )
+        invite = options(
+            "127.0.0.1", server.sip_port, method="INVITE", uri="sip:5008@sip.example.test"
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller_sock:
+            caller_sock.sendto(invite, ("127.0.0.1", server.sip_port))
+            connection, _ = listener.accept()
+            with connection:
+                forwarded = read_response(connection)  # reads one framed message
+                assert forwarded.startswith(b"INVITE sip:5008@pbx1.example.test:")
+                assert (
+                    b";alias" in forwarded.split(b"\r\n")[1]
+                )  # our Via offers the connection back
+                connection.settimeout(5)
+                assert connection.recv(4) == b"\r\n\r\n"
+    server.wait_for("outbound_connection_opened", target="pbx1")
