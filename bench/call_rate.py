@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Proxied call throughput: sipp caller -> sipserver -> sipp callee.
+
+For UDP, TCP and TLS (stunnel with client certificates on both legs, as in the e2e tests)
+it places calls (INVITE/100/180/200/ACK/BYE/200 through the proxy) at increasing rates for
+--seconds per step and prints answered and failed calls and setup-time percentiles (INVITE
+sent to 200 received, as sipp measures it, whole milliseconds). "best" is the highest rate
+with zero failed calls, the achieved rate within 10% of the target and p99 setup under
+--max-p99 ms. Bounded: len(rates) steps per transport.
+
+    python bench/call_rate.py [--seconds 5] [--rates 25,50,100,150,200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.certs import Issued, make_ca, make_leaf  # noqa: E402
+from tests.e2e.sipp_scenarios import call_uac, call_uas  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def drain(stream: object) -> None:
+    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def stunnel(work: Path, conf_text: str) -> Iterator[None]:
+    conf = work / f"stunnel-{free_port()}.conf"
+    conf.write_text("foreground = yes\npid =\n" + conf_text)
+    proc = subprocess.Popen(
+        ["stunnel4", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Configuration successful" in line:
+            break
+    drain(proc.stdout)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def start_server(
+    work: Path, ca: Issued, transport: str, target_port: int
+) -> tuple[subprocess.Popen[str], int, int]:
+    server = make_leaf(ca, dns=["sip.example.test"])
+    server.write_pair(work / "server", "sip")
+    (work / "trust").mkdir(exist_ok=True)
+    (work / "trust" / "ca.crt").write_bytes(ca.cert_pem)
+    security = "sip-secured" if transport == "tls" else "unsecured"
+    config = work / f"bench-{transport}.toml"
+    config.write_text(
+        '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\nsip_port = 0\ntls_port = 0\n'
+        '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n'
+        '[[peer]]\nname = "gw1"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
+        f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
+        f'port = {target_port}\ntransport = "{transport}"\nhealth_check = 0\n'
+        f'[[dial_plan]]\nname = "bench"\nsecurity = "{security}"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sipserver", "run", "--config", str(config), "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    ports: dict[str, int] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "listener_started":
+            ports[event["transport"]] = event["port"]
+        if event["event"] == "server_ready":
+            break
+    drain(proc.stdout)
+    return proc, ports["udp"], ports["tls"]
+
+
+def step(
+    work: Path, transport: str, caller_port: int, callee_port: int, rate: int, seconds: float
+) -> dict[str, float]:
+    calls = max(1, int(rate * seconds))
+    sipp_t = "u1" if transport == "udp" else "t1"
+    uac, uas = call_uac(work / "uac.xml"), call_uas(work / "uas.xml")
+    for old in work.glob("uac_*_rtt.csv"):
+        old.unlink()
+    callee = subprocess.Popen(
+        [
+            "sipp",
+            "-sf",
+            str(uas),
+            "-t",
+            sipp_t,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(callee_port),
+            "-m",
+            str(calls),
+            "-timeout",
+            f"{seconds * 4 + 20}s",
+            "-nostdin",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=work,
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            "sipp",
+            "-sf",
+            str(uac),
+            "-t",
+            sipp_t,
+            "-i",
+            "127.0.0.1",
+            "-s",
+            "5000",
+            "-m",
+            str(calls),
+            "-r",
+            str(rate),
+            "-l",
+            str(rate * 10),
+            "-timeout",
+            f"{seconds * 4 + 15}s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_rtt",
+            "-rtt_freq",
+            "1",
+            f"127.0.0.1:{caller_port}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=seconds * 6 + 60,
+    )
+    elapsed = time.monotonic() - started
+    callee.kill()
+    callee.wait(10)
+    ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
+    bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
+    rtts = sorted(
+        float(row[1])
+        for path in work.glob("uac_*_rtt.csv")
+        for row in csv.reader(path.open(), delimiter=";")
+        if len(row) > 1 and row[1].replace(".", "", 1).isdigit()
+    )
+
+    def pct(p: float) -> float:
+        return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
+
+    answered = int(ok.group(1)) if ok else 0
+    return {
+        "ok": answered,
+        "failed": int(bad.group(1)) if bad else calls,
+        "achieved": answered / elapsed,
+        "p50": pct(0.5),
+        "p90": pct(0.9),
+        "p99": pct(0.99),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rates", default="25,50,100,150,200,300")
+    parser.add_argument("--transports", default="udp,tcp,tls")
+    parser.add_argument("--max-p99", type=float, default=200.0)
+    args = parser.parse_args()
+    for tool in ("sipp", "stunnel4"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (apt-get install sip-tester stunnel4)", file=sys.stderr)
+            return 2
+    rates = [int(r) for r in args.rates.split(",")]
+    print(f"proxied calls, {args.seconds:g} s per step; setup time (INVITE -> 200) in ms")
+    print(
+        f"{'transport':<9} {'rate':>5} {'answered':>9} {'failed':>7} {'calls/s':>8} {'p50':>7} {'p90':>7} {'p99':>7}"
+    )
+    ca = make_ca("bench CA")
+    for transport in args.transports.split(","):
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            work = Path(tmp)
+            callee_port = free_port()
+            target_port = callee_port
+            if transport == "tls":
+                pbx = make_leaf(ca, dns=["pbx1.example.test"])
+                pbx.write_combined(work / "pbx.pem")
+                (work / "trust").mkdir(exist_ok=True)
+                (work / "trust" / "ca.crt").write_bytes(ca.cert_pem)
+                target_port = free_port()
+                stack.enter_context(
+                    stunnel(
+                        work,
+                        f"[pbx]\naccept = 127.0.0.1:{target_port}\nconnect = 127.0.0.1:{callee_port}\n"
+                        f"cert = {work / 'pbx.pem'}\nCAfile = {work / 'trust' / 'ca.crt'}\n"
+                        "verifyChain = yes\nrequireCert = yes\n",
+                    )
+                )
+            proc, sip_port, tls_port = start_server(work, ca, transport, target_port)
+            stack.callback(lambda p=proc: (p.terminate(), p.wait(10)))
+            caller_port = sip_port
+            if transport == "tls":
+                gw = make_leaf(ca, dns=["gw1.example.test"])
+                gw.write_combined(work / "gw.pem")
+                caller_port = free_port()
+                stack.enter_context(
+                    stunnel(
+                        work,
+                        f"[gw]\nclient = yes\naccept = 127.0.0.1:{caller_port}\n"
+                        f"connect = 127.0.0.1:{tls_port}\ncert = {work / 'gw.pem'}\n"
+                        f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n",
+                    )
+                )
+            best = None
+            for rate in rates:
+                result = step(work, transport, caller_port, callee_port, rate, args.seconds)
+                print(
+                    f"{transport:<9} {rate:>5} {result['ok']:>9} {result['failed']:>7} {result['achieved']:>8.1f} "
+                    f"{result['p50']:>7.1f} {result['p90']:>7.1f} {result['p99']:>7.1f}",
+                    flush=True,
+                )
+                if (
+                    result["failed"]
+                    or result["achieved"] < rate * 0.9
+                    or result["p99"] > args.max_p99
+                ):
+                    break
+                best = (rate, result)
+            if best:
+                print(
+                    f"best {transport}: {best[0]} calls/s with 0 failures "
+                    f"(setup p50 {best[1]['p50']:.0f} ms, p99 {best[1]['p99']:.0f} ms)",
+                    flush=True,
+                )
+            else:
+                print(f"best {transport}: below {rates[0]} calls/s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
