@@ -114,7 +114,7 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
-        f"{args.path}: OK — fqdn {config.server.fqdn}, {len(config.peers)} peer(s), "
+        f"{args.path}: OK — fqdn {config.server.fqdn}, {len(config.peers)} peer(s), {len(config.dial_plans)} dial plan(s), "
         f"SIP port {config.server.sip_port}, TLS port {config.server.tls_port}, "
         f"certificates in {config.tls.certificate_dir}, trust anchors in {config.tls.trust_dir}"
     )
