@@ -4,6 +4,7 @@ one canonical log line per routed call. Pure: driven by SipCore with explicit ti
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class ProxyEngine:
         self.calls: dict[tuple[str, ...], ProxyCall] = {}  # by server transaction key
         # Where to relay retransmitted 2xx to INVITE once the transactions are gone.
         self.answered: dict[str, Flow] = {}
+        self._answered_expiry: collections.deque[tuple[float, str]] = collections.deque()
         self.peer_flows: dict[tuple[str, str], Flow] = {}  # (peer, transport) -> open stream
         self.target_certs: dict[tuple[str, str, int], CertInfo] = {}
         self.next_ping: dict[str, float] = {}
@@ -361,8 +363,15 @@ class ProxyEngine:
         if response.status < 300:
             self._check_answer_media(call, response)
             if call.request.method == "INVITE":
-                self.answered[tx.request.top_via.branch or ""] = call.inbound.reply_to  # type: ignore[union-attr]
+                self._remember_answer(tx.request.top_via.branch or "", call.inbound.reply_to, now)  # type: ignore[union-attr]
         return out + self._finish(call, upstream, now)
+
+    def _remember_answer(self, branch: str, reply_to: Flow, now: float) -> None:
+        """Keep where a 2xx went for 64*T1, the time a UAS retransmits it (§13.3.1.4)."""
+        while self._answered_expiry and self._answered_expiry[0][0] <= now:
+            self.answered.pop(self._answered_expiry.popleft()[1], None)
+        self.answered[branch] = reply_to
+        self._answered_expiry.append((now + 64 * self.core.timers.t1, branch))
 
     def _on_timeout(
         self, call: ProxyCall, tx: ClientTransaction, timer: str, now: float

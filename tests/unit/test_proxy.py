@@ -238,3 +238,19 @@ targets = ["pbx1", "pbx2"]
     ping = next(m for m in map(parse, core.health_tick(75.0)) if isinstance(m, Request))
     core.receive_datagram(answer(ping, 200, "OK"), PBX1, 75.1)
     assert core.health.is_up(config.peer("pbx1"))
+
+
+def test_relay_memory_for_2xx_retransmissions_is_bounded_in_time() -> None:
+    core, out = start()
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 0.2)
+    assert len(core.proxy.answered) == 1
+    second = core.receive_datagram(invite().replace(b"caller1", b"caller2"), CALLER, 40.0)
+    (forwarded2,) = to(second, ("192.0.2.20", 5060))
+    assert isinstance(forwarded2, Request)
+    core.receive_datagram(
+        answer(forwarded2, 200, "OK"), PBX1, 40.1
+    )  # a later 2xx prunes expired entries
+    assert list(core.proxy.answered) == [forwarded2.top_via.branch]  # type: ignore[union-attr]
+    assert core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 41.0) == []
