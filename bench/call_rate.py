@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO))
 from tests.certs import Issued, make_ca, make_leaf  # noqa: E402
 from tests.e2e.sipp_scenarios import call_uac, call_uas  # noqa: E402
 
+SERVER_LOG: Path | None = None  # --server-log: keep the server's JSON log there
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -42,8 +44,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def drain(stream: object) -> None:
-    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()  # type: ignore[attr-defined]
+def drain(stream: object, copy_to: Path | None = None) -> None:
+    def run() -> None:
+        with open(copy_to or os.devnull, "a") as sink:
+            for line in stream:  # type: ignore[attr-defined]
+                sink.write(line)
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -98,7 +105,7 @@ def start_server(
             ports[event["transport"]] = event["port"]
         if event["event"] == "server_ready":
             break
-    drain(proc.stdout)
+    drain(proc.stdout, SERVER_LOG)
     return proc, ports["udp"], ports["tls"]
 
 
@@ -197,7 +204,10 @@ def main() -> int:
     parser.add_argument("--rates", default="25,50,100,150,200,300")
     parser.add_argument("--transports", default="udp,tcp,tls")
     parser.add_argument("--max-p99", type=float, default=200.0)
+    parser.add_argument("--server-log", type=Path, help="append the server's JSON log to this file")
     args = parser.parse_args()
+    global SERVER_LOG
+    SERVER_LOG = args.server_log
     for tool in ("sipp", "stunnel4"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (apt-get install sip-tester stunnel4)", file=sys.stderr)

@@ -68,6 +68,7 @@ class LimitsSettings:
     idle_timeout: float = 300.0
     send_timeout: float = 10.0
     keepalive_interval: float = 30.0  # CRLFCRLF pings on our outbound connections; 0 = off
+    send_queue_bytes: int = 1 << 20  # bytes queued for one peer before it counts as not reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +459,7 @@ def _limits(r: _Reader, data: Any) -> LimitsSettings:
         "idle_timeout",
         "send_timeout",
         "keepalive_interval",
+        "send_queue_bytes",
     }
     d = r.table(data, k, names)
     defaults = LimitsSettings()
@@ -484,6 +486,9 @@ def _limits(r: _Reader, data: Any) -> LimitsSettings:
         ),
         idle_timeout=r.get(d, k, "idle_timeout", float, defaults.idle_timeout, _positive),
         send_timeout=r.get(d, k, "send_timeout", float, defaults.send_timeout, _positive),
+        send_queue_bytes=r.get(
+            d, k, "send_queue_bytes", int, defaults.send_queue_bytes, at_least(65536)
+        ),
         keepalive_interval=r.get(
             d,
             k,

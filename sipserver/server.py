@@ -370,6 +370,7 @@ class Server:
             stream,
             Flow(flow.transport, local, flow.remote, connection_id, flow.server_name),
             target,
+            self.config.limits.send_queue_bytes,
         )
         self.connections[connection_id] = connection
         self._outbound[key] = connection
@@ -466,7 +467,10 @@ class Server:
             else:
                 log.info("connection_opened")
             connection = StreamConnection(
-                active, Flow(transport, local, remote, connection_id), tls_peer
+                active,
+                Flow(transport, local, remote, connection_id),
+                tls_peer,
+                self.config.limits.send_queue_bytes,
             )
             connection.peer_cert = peer_cert
             self.connections[connection_id] = connection

@@ -1,5 +1,5 @@
 """One TCP or TLS connection: a reader that frames messages and a writer that drains a
-bounded queue, so a peer that stops reading only ever stalls itself."""
+queue bounded in bytes, so a peer that stops reading only ever stalls itself."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sipserver.sip.message import ParseLimits
 
 log = structlog.get_logger("sipserver")
 _connection_ids = itertools.count(1)
-SEND_QUEUE_DEPTH = 256
+DEFAULT_SEND_QUEUE_BYTES = 1 << 20
 
 
 def next_connection_id() -> int:
@@ -25,43 +25,58 @@ def next_connection_id() -> int:
 
 
 class StreamConnection:
-    def __init__(self, stream: trio.abc.Stream, flow: Flow, tls_peer: PeerSettings | None) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        flow: Flow,
+        tls_peer: PeerSettings | None,
+        queue_limit: int = DEFAULT_SEND_QUEUE_BYTES,
+    ) -> None:
         self.stream = stream
         self.flow = flow
         self.tls_peer = tls_peer
         self.peer_cert: CertInfo | None = None
-        self._send, self._queue = trio.open_memory_channel[tuple[bytes, bool]](SEND_QUEUE_DEPTH)
+        # The channel itself is unbounded; the bound is on queued bytes (limits.send_queue_bytes),
+        # which is what a slow reader actually costs us.
+        self._send, self._queue = trio.open_memory_channel[tuple[bytes, bool]](float("inf"))
+        self.queue_limit = queue_limit
+        self.queued_bytes = 0
+        self._room = trio.Event()
+        self._room.set()
         self.messages_in = 0
         self.close_reason = "closed by peer"
         self._cancel: trio.CancelScope | None = None
 
-    def queue(self, transmit: Transmit) -> None:
-        """Queue from another task (never blocks it): a full queue closes the connection."""
+    def _put(self, transmit: Transmit) -> None:
         try:
             self._send.send_nowait((transmit.data, transmit.close_after))
-        except trio.WouldBlock:
-            self.close("send queue full: the peer is not reading")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            return
+        self.queued_bytes += len(transmit.data)
+        if self.queued_bytes > self.queue_limit:
+            self._room = trio.Event()
+
+    def queue(self, transmit: Transmit) -> None:
+        """Queue from another task, which must never wait for this peer: past the byte
+        limit the connection is closed instead."""
+        if self.queued_bytes + len(transmit.data) > self.queue_limit:
+            self.close(
+                f"send queue over {self.queue_limit} bytes (limits.send_queue_bytes): "
+                "the peer reads too slowly"
+            )
+            return
+        self._put(transmit)
 
     async def send(self, transmit: Transmit, timeout: float) -> None:
         """Queue an answer produced by this connection's own reader: waiting for room
         slows only this peer, which is what a peer that reads slowly deserves."""
-        item = (transmit.data, transmit.close_after)
-        try:
-            self._send.send_nowait(item)  # the common case: no cancel scope needed
-            return
-        except trio.WouldBlock:
-            pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        try:
-            with trio.fail_after(timeout):
-                await self._send.send(item)
-        except trio.TooSlowError:
-            self.close(f"send queue stayed full for {timeout:g} s (limits.send_timeout)")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        if self.queued_bytes > self.queue_limit:
+            with trio.move_on_after(timeout) as scope:
+                await self._room.wait()
+            if scope.cancelled_caught:
+                self.close(f"send queue stayed full for {timeout:g} s (limits.send_timeout)")
+                return
+        self._put(transmit)
 
     def close(self, reason: str) -> None:
         self.close_reason = reason
@@ -130,6 +145,9 @@ class StreamConnection:
 
     async def _writer(self, send_timeout: float) -> None:
         async for data, close_after in self._queue:
+            self.queued_bytes -= len(data)
+            if self.queued_bytes <= self.queue_limit // 2:
+                self._room.set()
             if data:
                 try:
                     with trio.fail_after(send_timeout):

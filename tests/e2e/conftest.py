@@ -236,37 +236,6 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         server.stop()
 
 
-@contextlib.contextmanager
-def stunnel_client(
-    pki: Pki, workdir: Path, connect_port: int, cert: Issued | None = None
-) -> Iterator[int]:
-    """stunnel4 in client mode: plain TCP in on the yielded port, mutual TLS out to the
-    server, presenting `cert` (the gw1 certificate by default) and verifying ours."""
-    local = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / f"stunnel-{local}.conf"
-    conf.write_text(
-        f"foreground = yes\npid =\ndebug = 5\n[sip]\nclient = yes\naccept = 127.0.0.1:{local}\n"
-        f"connect = 127.0.0.1:{connect_port}\ncert = {pki.combined('stunnel-client', cert or pki.gw1)}\n"
-        f"CAfile = {pki.ca_file}\nverifyChain = yes\ncheckHost = {SERVER_FQDN}\n"
-    )
-    tunnel = subprocess.Popen(
-        [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert tunnel.stdout is not None
-        for line in tunnel.stdout:
-            if "Configuration successful" in line:
-                break
-        else:
-            pytest.fail("stunnel did not start")
-        threading.Thread(target=lambda: [None for _ in tunnel.stdout], daemon=True).start()  # type: ignore[union-attr]
-        yield local
-    finally:
-        tunnel.terminate()
-        tunnel.wait(10)
-
-
 def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

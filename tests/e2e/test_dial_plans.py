@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Pki, RunningServer, StartServer, need, stunnel_client
+from tests.e2e.conftest import Pki, RunningServer, StartServer
+from tests.e2e.peers import assert_sipp_ok, sipp_caller, stunnel_client
 from tests.e2e.sipp_scenarios import invite_expecting
 
 pytestmark = pytest.mark.e2e
@@ -54,39 +54,6 @@ targets = ["pbx2"]
 """
 
 
-def call(
-    scenario: Path, port: int, number: str, transport: str = "u1"
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            need("sipp"),
-            "-sf",
-            str(scenario),
-            "-t",
-            transport,
-            "-i",
-            "127.0.0.1",
-            "-s",
-            number,
-            "-m",
-            "1",
-            "-timeout",
-            "15s",
-            "-timeout_error",
-            "-nostdin",
-            f"127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=scenario.parent,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-
-
 @pytest.fixture
 def server(start_server: StartServer) -> RunningServer:
     return start_server(extra_config=PLANS)
@@ -100,7 +67,7 @@ def test_unsecured_plan_redirects_a_udp_call_to_its_target(
         302,
         checks={"Contact": r"^ *<sip:5000@pbx2\.example\.test:5060;transport=tcp>$"},
     )
-    ok(call(scenario, server.sip_port, "5000"))
+    assert_sipp_ok(sipp_caller(scenario, server.sip_port, "5000"))
     event = server.wait_for("call_redirected", dial_plan="lobby")
     assert event["security"] == "unsecured" and event["target"] == "pbx2" and event["status"] == 302
 
@@ -115,7 +82,7 @@ def test_sip_secured_plan_refuses_tcp_with_403_and_a_warning(
             "Warning": r'^ *399 sip\.example\.test "Dial plan branch is sip-secured and requires mutual TLS'
         },
     )
-    ok(call(scenario, server.sip_port, "+14255550199", "t1"))
+    assert_sipp_ok(sipp_caller(scenario, server.sip_port, "+14255550199", "t1"))
     event = server.wait_for("call_refused_insecure_transport")
     assert event["dial_plan"] == "branch" and event["transport"] == "tcp"
 
@@ -126,7 +93,7 @@ def test_unknown_number_gets_404(server: RunningServer, tmp_path: Path) -> None:
         404,
         checks={"Warning": r"No dial plan for number \+19995550000 from peer gw1"},
     )
-    ok(call(scenario, server.sip_port, "+19995550000"))
+    assert_sipp_ok(sipp_caller(scenario, server.sip_port, "+19995550000"))
 
 
 def test_secured_plan_over_mutual_tls(server: RunningServer, pki: Pki, tmp_path: Path) -> None:
@@ -147,10 +114,10 @@ def test_secured_plan_over_mutual_tls(server: RunningServer, pki: Pki, tmp_path:
         checks={"Contact": r"^ *<sip:\+14255550100@pbx1\.example\.test:5061;transport=tls>$"},
     )
     with stunnel_client(pki, tmp_path, server.tls_port) as local:
-        ok(call(clear, local, "+14255550100", "t1"))
-        ok(call(srtp, local, "+14255550100", "t1"))
-        ok(
-            call(invite_expecting(tmp_path / "302b.xml", 302), local, "+14255550199", "t1")
+        assert_sipp_ok(sipp_caller(clear, local, "+14255550100", "t1"))
+        assert_sipp_ok(sipp_caller(srtp, local, "+14255550100", "t1"))
+        assert_sipp_ok(
+            sipp_caller(invite_expecting(tmp_path / "302b.xml", 302), local, "+14255550199", "t1")
         )  # sip-secured: RTP fine
     refused = server.wait_for("call_refused_insecure_media")
     assert refused["dial_plan"] == "hq" and refused["peer_fqdn"] == "gw1.example.test"

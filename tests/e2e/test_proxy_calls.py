@@ -3,90 +3,22 @@ over mutual TLS (stunnel in front of both sipps), with CANCEL, failover and 503.
 
 from __future__ import annotations
 
-import subprocess
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.certs import make_leaf
-from tests.e2e.conftest import Pki, StartServer, free_port, need, stunnel_client
+from tests.e2e.conftest import Pki, StartServer, free_port
+from tests.e2e.peers import (
+    assert_callee_ok,
+    assert_sipp_ok,
+    sipp_callee,
+    sipp_caller,
+    stunnel_client,
+    stunnel_server,
+)
 from tests.e2e.sipp_scenarios import call_uac, call_uas, invite_expecting
 
 pytestmark = pytest.mark.e2e
-
-
-@contextmanager
-def callee(scenario: Path, port: int, transport: str = "u1") -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [
-            need("sipp"),
-            "-sf",
-            str(scenario),
-            "-t",
-            transport,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-m",
-            "1",
-            "-timeout",
-            "20s",
-            "-timeout_error",
-            "-nostdin",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=scenario.parent,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-
-
-def caller(
-    scenario: Path, port: int, number: str, transport: str = "u1"
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            need("sipp"),
-            "-sf",
-            str(scenario),
-            "-t",
-            transport,
-            "-i",
-            "127.0.0.1",
-            "-s",
-            number,
-            "-m",
-            "1",
-            "-timeout",
-            "20s",
-            "-timeout_error",
-            "-nostdin",
-            f"127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=scenario.parent,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-
-
-def finished(process: subprocess.Popen[str]) -> None:
-    out, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, out[-3000:]
 
 
 def plan(security: str, targets: list[tuple[str, int, str]], action: str = "proxy") -> str:
@@ -119,9 +51,9 @@ def test_unsecured_call_over_udp_completes_with_bye_through_record_route(
         extra="      X-Peer-Identity: forged.example.test;cert-sha256=00\n",
         checks_on_200={"Record-Route": r"transport=udp;lr;peer=pbx1"},
     )
-    with callee(uas, uas_port) as process:
-        ok(caller(uac, server.sip_port, "5000"))
-        finished(process)
+    with sipp_callee(uas, uas_port) as process:
+        assert_sipp_ok(sipp_caller(uac, server.sip_port, "5000"))
+        assert_callee_ok(process)
     routed = server.wait_for("call_routed", dial_plan="main")
     assert routed["status"] == 200 and routed["target"] == "pbx1" and routed["attempts"] == 1
     assert routed["setup_ms"] >= 0
@@ -130,9 +62,11 @@ def test_unsecured_call_over_udp_completes_with_bye_through_record_route(
 def test_cancel_during_ringing(start_server: StartServer, tmp_path: Path) -> None:
     uas_port = free_port()
     server = start_server(extra_config=plan("unsecured", [("pbx1", uas_port, "udp")]))
-    with callee(call_uas(tmp_path / "uas.xml", cancel=True), uas_port) as process:
-        ok(caller(call_uac(tmp_path / "uac.xml", cancel=True), server.sip_port, "5001"))
-        finished(process)
+    with sipp_callee(call_uas(tmp_path / "uas.xml", cancel=True), uas_port) as process:
+        assert_sipp_ok(
+            sipp_caller(call_uac(tmp_path / "uac.xml", cancel=True), server.sip_port, "5001")
+        )
+        assert_callee_ok(process)
     assert server.wait_for("call_ended", dial_plan="main")["status"] == 487
 
 
@@ -143,9 +77,9 @@ def test_first_target_refusing_connections_fails_over_to_the_second(
     server = start_server(
         extra_config=plan("unsecured", [("pbx1", dead, "tcp"), ("pbx2", uas_port, "udp")])
     )
-    with callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
-        ok(caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5002"))
-        finished(process)
+    with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
+        assert_sipp_ok(sipp_caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5002"))
+        assert_callee_ok(process)
     failed = server.wait_for("outbound_connection_failed")
     assert failed["reason"] == "connection refused"
     routed = server.wait_for("call_routed")
@@ -166,34 +100,8 @@ def test_all_targets_down_gives_503_with_retry_after(
             "Warning": "All targets of main failed: pbx1: connection refused; pbx2: connection refused",
         },
     )
-    ok(caller(scenario, server.sip_port, "5003"))
+    assert_sipp_ok(sipp_caller(scenario, server.sip_port, "5003"))
     assert server.wait_for("call_ended")["status"] == 503
-
-
-@contextmanager
-def stunnel_server(pki: Pki, workdir: Path, backend_port: int, name: str) -> Iterator[int]:
-    """stunnel4 in server mode in front of a sipp callee: mutual TLS with the PBX's
-    certificate, requiring a client certificate (ours) that chains to the test CA."""
-    cert = make_leaf(pki.ca, dns=[f"{name}.example.test"])
-    listen = free_port()
-    conf = workdir / f"stunnel-server-{listen}.conf"
-    conf.write_text(
-        f"foreground = yes\npid =\ndebug = 5\n[sip]\naccept = 127.0.0.1:{listen}\nconnect = 127.0.0.1:{backend_port}\n"
-        f"cert = {pki.combined(name, cert)}\nCAfile = {pki.ca_file}\nverifyChain = yes\nrequireCert = yes\n"
-    )
-    tunnel = subprocess.Popen(
-        [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert tunnel.stdout is not None
-        for line in tunnel.stdout:
-            if "Configuration successful" in line:
-                break
-        threading.Thread(target=lambda: [None for _ in tunnel.stdout], daemon=True).start()  # type: ignore[union-attr]
-        yield listen
-    finally:
-        tunnel.terminate()
-        tunnel.wait(10)
 
 
 @pytest.mark.parametrize("security", ["sip-secured", "secured"])
@@ -220,11 +128,11 @@ def test_secured_modes_run_mutual_tls_on_both_legs(
             checks_on_200={"Record-Route": "transport=tls;lr;peer=pbx1"},
         )
         with (
-            callee(uas, uas_port, "t1") as process,
+            sipp_callee(uas, uas_port, "t1") as process,
             stunnel_client(pki, tmp_path, server.tls_port) as local,
         ):
-            ok(caller(uac, local, "+14255550100", "t1"))
-            finished(process)
+            assert_sipp_ok(sipp_caller(uac, local, "+14255550100", "t1"))
+            assert_callee_ok(process)
     target = server.wait_for("tls_target_accepted", target="pbx1")
     assert target["target_cert_issuer"] == "CN=sipserver test CA"
     routed = server.wait_for("call_routed", dial_plan="main")
@@ -251,9 +159,9 @@ def test_health_checks_take_a_dead_target_out_of_rotation(
     server = start_server(extra_config=config + "\n[routing]\ndown_after_failures = 2\n")
     down = server.wait_for("target_health_changed", target="pbx1")
     assert down["state"] == "down" and down["reason"] == "connection refused"
-    with callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
-        ok(caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5004"))
-        finished(process)
+    with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
+        assert_sipp_ok(sipp_caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5004"))
+        assert_callee_ok(process)
     routed = server.wait_for("call_routed")
     assert routed["target"] == "pbx2" and routed["failed_attempts"] == ["pbx1: down"]
 
@@ -266,13 +174,13 @@ def test_silent_target_times_out_then_the_next_answers_and_a_lone_one_gives_408(
     server = start_server(
         extra_config=plan("unsecured", [("pbx1", silent, "udp"), ("pbx2", uas_port, "udp")]) + fast
     )
-    with callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
-        ok(caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5005"))
-        finished(process)
+    with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
+        assert_sipp_ok(sipp_caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5005"))
+        assert_callee_ok(process)
     assert server.wait_for("call_routed")["failed_attempts"] == ["pbx1: timeout"]
     lone = start_server(extra_config=plan("unsecured", [("pbx1", silent, "udp")]) + fast)
-    ok(
-        caller(
+    assert_sipp_ok(
+        sipp_caller(
             invite_expecting(tmp_path / "408.xml", 408, checks={"Warning": "pbx1: timeout"}),
             lone.sip_port,
             "5006",
@@ -287,9 +195,9 @@ def test_target_with_the_wrong_certificate_is_skipped(
     with stunnel_server(pki, tmp_path, free_port(), "impostor") as impostor:
         targets = [("pbx1", impostor, "tls"), ("pbx2", uas_port, "udp")]
         server = start_server(extra_config=plan("unsecured", targets))
-        with callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
-            ok(caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5007"))
-            finished(process)
+        with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port) as process:
+            assert_sipp_ok(sipp_caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5007"))
+            assert_callee_ok(process)
     failed = server.wait_for("outbound_connection_failed")
     assert failed["reason"].startswith(
         "target_name_mismatch: the target's certificate names impostor.example.test"
@@ -309,11 +217,11 @@ def test_a_clear_rtp_answer_in_a_secured_call_is_logged_as_a_violation(
         uas = call_uas(tmp_path / "uas.xml", answer_proto="RTP/AVP")
         uac = call_uac(tmp_path / "uac.xml", proto="RTP/SAVP", crypto=True)
         with (
-            callee(uas, uas_port, "t1") as process,
+            sipp_callee(uas, uas_port, "t1") as process,
             stunnel_client(pki, tmp_path, server.tls_port) as local,
         ):
-            ok(caller(uac, local, "+14255550100", "t1"))
-            finished(process)
+            assert_sipp_ok(sipp_caller(uac, local, "+14255550100", "t1"))
+            assert_callee_ok(process)
     violation = server.wait_for("security_violation_media_answer")
     assert violation["dial_plan"] == "main" and "is not SRTP" in violation["problems"][0]
 

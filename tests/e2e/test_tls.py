@@ -19,8 +19,8 @@ from tests.e2e.conftest import (
     RunningServer,
     StartServer,
     need,
-    stunnel_client,
 )
+from tests.e2e.peers import stunnel_client
 from tests.e2e.sip_client import options, read_response, status_line
 
 pytestmark = pytest.mark.e2e

@@ -1,0 +1,142 @@
+"""Running the real peers: sipp callers and callees, and stunnel4 in either direction."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.certs import Issued, make_leaf
+from tests.e2e.conftest import SERVER_FQDN, Pki, free_port, need
+
+
+def sipp_caller(
+    scenario: Path, port: int, number: str, transport: str = "u1"
+) -> subprocess.CompletedProcess[str]:
+    """One call from sipp to the server (or to a local stunnel) on 127.0.0.1:port."""
+    return subprocess.run(
+        [
+            need("sipp"),
+            "-sf",
+            str(scenario),
+            "-t",
+            transport,
+            "-i",
+            "127.0.0.1",
+            "-s",
+            number,
+            "-m",
+            "1",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-nostdin",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=scenario.parent,
+    )
+
+
+def assert_sipp_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@contextlib.contextmanager
+def sipp_callee(
+    scenario: Path, port: int, transport: str = "u1"
+) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [
+            need("sipp"),
+            "-sf",
+            str(scenario),
+            "-t",
+            transport,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "1",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-nostdin",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=scenario.parent,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def assert_callee_ok(process: subprocess.Popen[str]) -> None:
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, out[-3000:]
+
+
+@contextlib.contextmanager
+def stunnel(workdir: Path, service: str) -> Iterator[None]:
+    """stunnel4 in the foreground with one service; returns once it is listening."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / f"stunnel-{free_port()}.conf"
+    conf.write_text(f"foreground = yes\npid =\ndebug = 5\n[sip]\n{service}")
+    tunnel = subprocess.Popen(
+        [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert tunnel.stdout is not None
+        for line in tunnel.stdout:
+            if "Configuration successful" in line:
+                break
+        else:
+            pytest.fail("stunnel did not start")
+        threading.Thread(target=lambda: [None for _ in tunnel.stdout], daemon=True).start()  # type: ignore[union-attr]
+        yield
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)
+
+
+@contextlib.contextmanager
+def stunnel_client(
+    pki: Pki, workdir: Path, connect_port: int, cert: Issued | None = None
+) -> Iterator[int]:
+    """Client mode, as a gateway: plain TCP in on the yielded port, mutual TLS out to the
+    server, presenting `cert` (gw1's by default) and verifying the server's name."""
+    local = free_port()
+    with stunnel(
+        workdir,
+        f"client = yes\naccept = 127.0.0.1:{local}\nconnect = 127.0.0.1:{connect_port}\n"
+        f"cert = {pki.combined('stunnel-client', cert or pki.gw1)}\nCAfile = {pki.ca_file}\n"
+        f"verifyChain = yes\ncheckHost = {SERVER_FQDN}\n",
+    ):
+        yield local
+
+
+@contextlib.contextmanager
+def stunnel_server(pki: Pki, workdir: Path, backend_port: int, name: str) -> Iterator[int]:
+    """Server mode, as a PBX: mutual TLS in with a certificate for <name>.example.test,
+    requiring a client certificate (ours) that chains to the test CA; TCP on to sipp."""
+    cert = make_leaf(pki.ca, dns=[f"{name}.example.test"])
+    listen = free_port()
+    with stunnel(
+        workdir,
+        f"accept = 127.0.0.1:{listen}\nconnect = 127.0.0.1:{backend_port}\n"
+        f"cert = {pki.combined(name, cert)}\nCAfile = {pki.ca_file}\n"
+        "verifyChain = yes\nrequireCert = yes\n",
+    ):
+        yield listen
