@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_der_private_key, l
 from sipserver.config import Config
 from sipserver.pki.certinfo import describe
 from sipserver.pki.generate import generate_self_signed
+from sipserver.pki.revocation import LoadedCrl, RevocationChecker
 from sipserver.pki.select import Candidate, Selection, choose_certificate
 
 log = structlog.get_logger("sipserver")
@@ -75,10 +76,32 @@ def load_trust_anchors(folder: Path) -> list[x509.Certificate]:
         if path.suffix.lower() not in CERT_SUFFIXES or not path.is_file():
             continue
         try:
-            anchors.extend(_load_certs(path.read_bytes()))
+            data = path.read_bytes()
+            if b"-----BEGIN X509 CRL-----" in data and b"-----BEGIN CERTIFICATE-----" not in data:
+                continue  # a CRL saved as .pem
+            anchors.extend(_load_certs(data))
         except (OSError, ValueError) as exc:
             log.warning("trust_anchor_unreadable", path=str(path), reason=str(exc))
     return anchors
+
+
+def load_crls(folder: Path) -> list[LoadedCrl]:
+    """CRLs in trust_dir: *.crl (PEM or DER) and PEM files holding an X509 CRL."""
+    crls: list[LoadedCrl] = []
+    if not folder.is_dir():
+        return crls
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in (".crl", ".pem"):
+            continue
+        try:
+            data = path.read_bytes()
+            if b"-----BEGIN X509 CRL-----" in data:
+                crls.append(LoadedCrl(str(path), x509.load_pem_x509_crl(data)))
+            elif path.suffix.lower() == ".crl":
+                crls.append(LoadedCrl(str(path), x509.load_der_x509_crl(data)))
+        except (OSError, ValueError) as exc:
+            log.warning("crl_unreadable", path=str(path), reason=str(exc))
+    return crls
 
 
 def write_generated(folder: Path, fqdn: str, now: dt.datetime, key_type: str) -> Path:
@@ -101,6 +124,7 @@ class ServerCredentials:
     selection: Selection
     certificate: Candidate
     trust_anchors: tuple[x509.Certificate, ...]
+    revocation: RevocationChecker
 
 
 def prepare_credentials(config: Config, now: dt.datetime) -> ServerCredentials:
@@ -168,4 +192,17 @@ def prepare_credentials(config: Config, now: dt.datetime) -> ServerCredentials:
             consequence="every TLS peer will be refused: put the CA certificates that "
             "your gateways' and PBXs' certificates chain to in trust_dir",
         )
-    return ServerCredentials(selection, chosen, tuple(anchors))
+    revocation = RevocationChecker(load_crls(config.tls.trust_dir), anchors)
+    for item in revocation.usable:
+        log.info(
+            "crl_loaded",
+            path=item.path,
+            issuer=item.crl.issuer.rfc4514_string(),
+            revoked=len(item.crl),
+            next_update=item.crl.next_update_utc.isoformat() if item.crl.next_update_utc else None,
+        )
+    for problem in revocation.problems:
+        log.error("crl_unusable", path=problem.path, reason=problem.problem)
+    for problem in revocation.stale(now):
+        log.warning("crl_stale", path=problem.path, reason=problem.problem)
+    return ServerCredentials(selection, chosen, tuple(anchors), revocation)

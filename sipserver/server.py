@@ -333,7 +333,11 @@ class Server:
             if flow.transport == "tls":
                 assert self._client_tls_context is not None and target is not None
                 result = await connect_tls(
-                    sock_stream, self._client_tls_context, self.config.tls.handshake_timeout, target
+                    sock_stream,
+                    self._client_tls_context,
+                    self.config.tls.handshake_timeout,
+                    target,
+                    self.credentials.revocation if self.credentials else None,
                 )
                 if not isinstance(result, TlsAccepted):
                     cert_fields = (
@@ -509,7 +513,11 @@ class Server:
         assert self._tls_context is not None and self.credentials is not None
         ours = self.credentials.certificate.info
         result = await accept_tls(
-            stream, self._tls_context, self.config.tls.handshake_timeout, self.config.peers
+            stream,
+            self._tls_context,
+            self.config.tls.handshake_timeout,
+            self.config.peers,
+            self.credentials.revocation,
         )
         if not isinstance(result, TlsAccepted):
             cert_fields = result.certificate.log_fields("peer_cert_") if result.certificate else {}

@@ -121,3 +121,22 @@ def make_leaf(
         )
     cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
     return Issued(cert, key)
+
+
+def make_crl(ca: Issued, revoked: list[Issued], *, next_update_days: int = 7) -> bytes:
+    """A PEM CRL signed by `ca` that revokes these certificates (key compromise)."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(NOW - dt.timedelta(days=1))
+        .next_update(NOW + dt.timedelta(days=next_update_days))
+    )
+    for item in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(item.cert.serial_number)
+            .revocation_date(NOW - dt.timedelta(hours=1))
+            .add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), critical=False)
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

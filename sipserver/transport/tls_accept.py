@@ -13,6 +13,7 @@ from OpenSSL import SSL
 from sipserver.config import PeerSettings
 from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.identity import match_peer
+from sipserver.pki.revocation import RevocationChecker
 from sipserver.pki.verify_errors import describe_verify_error
 from sipserver.transport.tls_context import new_client_connection, new_server_connection
 from sipserver.transport.tls_stream import TLSStream
@@ -105,6 +106,7 @@ async def accept_tls(
     context: SSL.Context,
     handshake_timeout: float,
     peers: Sequence[PeerSettings],
+    revocation: RevocationChecker | None = None,
 ) -> TlsAccepted | TlsRefused:
     connection, record = new_server_connection(context)
     stream = TLSStream(transport, connection)
@@ -131,6 +133,16 @@ async def accept_tls(
             "no_client_certificate", "the peer sent no client certificate", stream=stream
         )
     info = describe(leaf)
+    revoked = revocation.check(leaf) if revocation is not None else None
+    if revoked is not None:
+        return TlsRefused(
+            "certificate_revoked",
+            f"serial {revoked.serial} was revoked on {revoked.revoked_at.date().isoformat()}"
+            f"{f' ({revoked.reason})' if revoked.reason else ''} by the CRL {revoked.crl_path} of {revoked.crl_issuer}",
+            info,
+            {"crl": revoked.crl_path, "revoked_at": revoked.revoked_at.isoformat()},
+            stream=stream,
+        )
     match = match_peer(info, peers)
     if match.peer is None:
         names = list(match.identities.names) or list(info.presented_names)
@@ -170,6 +182,7 @@ async def connect_tls(
     context: SSL.Context,
     handshake_timeout: float,
     target: PeerSettings,
+    revocation: RevocationChecker | None = None,
 ) -> TlsAccepted | TlsRefused:
     """Our outbound leg: handshake, then the target's certificate must name its FQDN
     (RFC 5922), exactly as we demand of peers that call us."""
@@ -193,6 +206,14 @@ async def connect_tls(
     if leaf is None:
         return TlsRefused("no_server_certificate", "the target sent no certificate", stream=stream)
     info = describe(leaf)
+    revoked = revocation.check(leaf) if revocation is not None else None
+    if revoked is not None:
+        return TlsRefused(
+            "certificate_revoked",
+            f"the target's certificate (serial {revoked.serial}) is revoked by {revoked.crl_path}",
+            info,
+            stream=stream,
+        )
     match = match_peer(info, [target])
     if match.peer is None:
         names = ", ".join(match.identities.names) or "(none)"

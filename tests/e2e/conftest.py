@@ -183,6 +183,7 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         with_certificate: bool = True,
         extra_config: str = "",
         args: list[str] | None = None,
+        trust_dir: Path | None = None,
     ) -> RunningServer:
         workdir = tmp_path / f"server{len(servers)}"
         cert_dir = workdir / "server"
@@ -192,7 +193,7 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
             BASE_CONFIG.format(
                 server_extra=server_extra,
                 cert_dir=cert_dir,
-                trust_dir=pki.root / "trust",
+                trust_dir=trust_dir or pki.root / "trust",
                 handshake_timeout=handshake_timeout,
                 limits=limits,
                 peer_addresses=peer_addresses,

@@ -218,3 +218,24 @@ def test_sipp_through_stunnel_with_a_client_certificate_gets_200(
         if e.get("transport") == "tls" and e.get("status") == 200
     ]
     assert len(ok) == 20
+
+
+def test_revoked_certificate_is_refused_naming_serial_and_crl(
+    start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    from tests.certs import make_crl
+
+    revoked = make_leaf(pki.ca, dns=["gw1.example.test"])
+    trust = tmp_path / "trust-with-crl"
+    trust.mkdir()
+    (trust / "ca.crt").write_bytes(pki.ca.cert_pem)
+    (trust / "ca.crl").write_bytes(make_crl(pki.ca, [revoked]))
+    server = start_server(extra_config="", trust_dir=trust)
+    server.wait_for("crl_loaded", path=str(trust / "ca.crl"))
+    assert tls_options(server, client_context(pki, revoked, "revoked")) == b""
+    event = refused(server, "certificate_revoked")
+    serial = format(revoked.cert.serial_number, "X")
+    assert f"serial {serial} was revoked" in str(event["detail"]) and event["crl"] == str(
+        trust / "ca.crl"
+    )
+    assert status_line(tls_options(server, client_context(pki, pki.gw1, "gw1"))) == "SIP/2.0 200 OK"

@@ -138,3 +138,29 @@ def test_generated_certificate_is_p256_with_both_ekus_and_covers_the_fqdn() -> N
     assert "sip.example.test" in info.san_dns
     rsa = generate_self_signed("sip.example.test", NOW, key_type="rsa-2048")
     assert x509.load_pem_x509_certificate(rsa.certificate_pem).public_key().key_size == 2048  # type: ignore[union-attr]
+
+
+def test_revocation_checks_only_issuers_with_a_verified_crl() -> None:
+    from cryptography import x509
+
+    from sipserver.pki.revocation import LoadedCrl, RevocationChecker
+    from tests.certs import make_crl
+
+    bad, good = make_leaf(CA, dns=["gw1.example.test"]), make_leaf(CA, dns=["gw1.example.test"])
+    other_ca = make_ca("Other CA")
+    crl = x509.load_pem_x509_crl(make_crl(CA, [bad]))
+    forged = x509.load_pem_x509_crl(make_crl(other_ca, [good]))
+    checker = RevocationChecker(
+        [LoadedCrl("ca.crl", crl), LoadedCrl("forged.crl", forged)], [CA.cert]
+    )
+    assert [p.path for p in checker.problems] == ["forged.crl"]  # no anchor named Other CA
+    revoked = checker.check(bad.cert)
+    assert revoked is not None and revoked.serial == format(bad.cert.serial_number, "X")
+    assert revoked.reason == "key_compromise" and revoked.crl_path == "ca.crl"
+    assert checker.check(good.cert) is None
+    assert (
+        checker.check(make_leaf(other_ca, dns=["x.test"]).cert) is None
+    )  # no CRL for that CA: not checked
+    import datetime as dt
+
+    assert checker.stale(NOW + dt.timedelta(days=30))[0].path == "ca.crl"
