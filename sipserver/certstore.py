@@ -10,7 +10,11 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_der_private_key, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    load_der_private_key,
+    load_pem_private_key,
+    pkcs12,
+)
 
 from sipserver.config import Config
 from sipserver.pki.certinfo import describe
@@ -21,6 +25,7 @@ from sipserver.pki.select import Candidate, Selection, choose_certificate
 log = structlog.get_logger("sipserver")
 
 CERT_SUFFIXES = (".pem", ".crt", ".cer")
+PKCS12_SUFFIXES = (".pfx", ".p12")
 
 
 class CertificateSetupError(Exception):
@@ -45,14 +50,51 @@ def _load_key(path: Path, data: bytes) -> object | None:
     return None
 
 
-def load_candidates(folder: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
-    """Every certificate file in the folder, and the files that could not be read."""
+def pkcs12_password(config: Config) -> bytes | None:
+    """From tls.pkcs12_password_file (first line) or the variable tls.pkcs12_password_env."""
+    if config.tls.pkcs12_password_file is not None:
+        try:
+            return config.tls.pkcs12_password_file.read_text("utf-8").splitlines()[0].encode()
+        except (OSError, IndexError) as exc:
+            raise CertificateSetupError(
+                f"cannot read tls.pkcs12_password_file {config.tls.pkcs12_password_file}: {exc}"
+            ) from exc
+    if config.tls.pkcs12_password_env is not None:
+        value = os.environ.get(config.tls.pkcs12_password_env)
+        return value.encode() if value is not None else None
+    return None
+
+
+def _load_pkcs12(path: Path, password: bytes | None) -> Candidate:
+    try:
+        key, cert, extra = pkcs12.load_key_and_certificates(path.read_bytes(), password)
+    except ValueError as exc:
+        hint = "" if password else " (no password configured: tls.pkcs12_password_file or _env)"
+        raise ValueError(f"PKCS#12 cannot be opened: {exc}{hint}") from exc
+    if cert is None:
+        raise ValueError("PKCS#12 holds no certificate")
+    return Candidate.build(str(path), [cert, *extra], key)  # type: ignore[arg-type]
+
+
+def load_candidates(
+    folder: Path, password: bytes | None = None
+) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """Every certificate file (PEM/DER pairs, PKCS#12) in the folder, and the files that
+    could not be read, with why."""
     candidates: list[Candidate] = []
     unreadable: list[tuple[str, str]] = []
     if not folder.is_dir():
         return candidates, unreadable
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in CERT_SUFFIXES or not path.is_file():
+        if not path.is_file():
+            continue
+        if path.suffix.lower() in PKCS12_SUFFIXES:
+            try:
+                candidates.append(_load_pkcs12(path, password))
+            except (OSError, ValueError) as exc:
+                unreadable.append((str(path), str(exc)))
+            continue
+        if path.suffix.lower() not in CERT_SUFFIXES:
             continue
         try:
             data = path.read_bytes()
@@ -131,7 +173,7 @@ def prepare_credentials(config: Config, now: dt.datetime) -> ServerCredentials:
     """Choose our certificate (generating one if none is usable) and load trust anchors,
     logging every skipped file, the choice, and the anchors."""
     folder = config.tls.certificate_dir
-    candidates, unreadable = load_candidates(folder)
+    candidates, unreadable = load_candidates(folder, pkcs12_password(config))
     for bad_path, reason in unreadable:
         log.warning("server_certificate_skipped", path=bad_path, reason=reason)
     selection = choose_certificate(candidates, config.server.fqdn, now)

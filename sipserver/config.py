@@ -56,6 +56,8 @@ class TlsSettings:
     handshake_timeout: float = 5.0
     min_version: str = "1.2"
     generated_key_type: str = "ec-p256"
+    pkcs12_password_file: Path | None = None  # password of .pfx/.p12 files in certificate_dir
+    pkcs12_password_env: str | None = None  # ... or the environment variable holding it
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,11 +434,20 @@ def _tls(r: _Reader, data: Any, base_dir: Path | None) -> TlsSettings:
     d = r.table(
         data,
         k,
-        {"certificate_dir", "trust_dir", "handshake_timeout", "min_version", "generated_key_type"},
+        {
+            "certificate_dir",
+            "trust_dir",
+            "handshake_timeout",
+            "min_version",
+            "generated_key_type",
+            "pkcs12_password_file",
+            "pkcs12_password_env",
+        },
     )
     state = default_state_dir()
     cert_dir = r.get(d, k, "certificate_dir", str, None)
     trust_dir = r.get(d, k, "trust_dir", str, None)
+    password_file = r.get(d, k, "pkcs12_password_file", str, None)
     return TlsSettings(
         certificate_dir=_resolve(cert_dir, base_dir) if cert_dir else state / "certs" / "server",
         trust_dir=_resolve(trust_dir, base_dir) if trust_dir else state / "certs" / "trust",
@@ -444,6 +455,19 @@ def _tls(r: _Reader, data: Any, base_dir: Path | None) -> TlsSettings:
         min_version=r.get(d, k, "min_version", str, "1.2", _one_of("1.2", "1.3")),
         generated_key_type=r.get(
             d, k, "generated_key_type", str, "ec-p256", _one_of("ec-p256", "rsa-2048")
+        ),
+        pkcs12_password_file=_resolve(password_file, base_dir) if password_file else None,
+        pkcs12_password_env=r.get(
+            d,
+            k,
+            "pkcs12_password_env",
+            str,
+            None,
+            lambda v: (
+                None
+                if re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v)
+                else f"{v!r} is not an environment variable name"
+            ),
         ),
     )
 

@@ -1,0 +1,82 @@
+"""Reading the certificate folder: PEM pairs, combined PEM, DER, PKCS#12 with a password
+from a file or the environment, and the reasons files are skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+
+from sipserver.certstore import (
+    CertificateSetupError,
+    load_candidates,
+    pkcs12_password,
+    prepare_credentials,
+)
+from sipserver.config import parse_config
+from tests.certs import NOW, make_ca, make_leaf
+
+CA = make_ca()
+
+
+def _p12(path: Path, password: bytes, dns: str = "sip.example.test") -> None:
+    leaf = make_leaf(CA, dns=[dns])
+    path.write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            b"sip", leaf.key, leaf.cert, [CA.cert], BestAvailableEncryption(password)
+        )
+    )
+
+
+def test_folder_with_every_format(tmp_path: Path) -> None:
+    make_leaf(CA, dns=["sip.example.test"]).write_pair(tmp_path, "pair")
+    make_leaf(CA, dns=["sip.example.test"]).write_combined(tmp_path / "combined.pem")
+    (tmp_path / "nokey.crt").write_bytes(make_leaf(CA, dns=["x.test"]).cert_pem)
+    (tmp_path / "junk.pem").write_bytes(b"not a certificate")
+    _p12(tmp_path / "server.pfx", b"s3cret")
+    candidates, unreadable = load_candidates(tmp_path, b"s3cret")
+    names = sorted(Path(c.path).name for c in candidates)
+    assert names == ["combined.pem", "nokey.crt", "pair.crt", "server.pfx"]
+    pfx = next(c for c in candidates if c.path.endswith(".pfx"))
+    assert pfx.key is not None and len(pfx.chain) == 2
+    assert [Path(p).name for p, _ in unreadable] == ["junk.pem"]
+    _, wrong = load_candidates(tmp_path, b"wrong")
+    assert any(p.endswith("server.pfx") and "PKCS#12 cannot be opened" in why for p, why in wrong)
+
+
+def test_pkcs12_password_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    by_file = parse_config(
+        f'[server]\nfqdn = "sip.example.test"\n[tls]\npkcs12_password_file = "{tmp_path / "pw"}"\n'
+    )
+    assert pkcs12_password(by_file) == b"s3cret"
+    monkeypatch.setenv("SIPSERVER_P12", "from-env")
+    by_env = parse_config(
+        '[server]\nfqdn = "sip.example.test"\n[tls]\npkcs12_password_env = "SIPSERVER_P12"\n'
+    )
+    assert pkcs12_password(by_env) == b"from-env"
+    missing = parse_config(
+        f'[server]\nfqdn = "sip.example.test"\n[tls]\npkcs12_password_file = "{tmp_path / "nope"}"\n'
+    )
+    with pytest.raises(CertificateSetupError, match="pkcs12_password_file"):
+        pkcs12_password(missing)
+
+
+def test_a_pfx_is_selected_when_it_is_the_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs, trust = tmp_path / "server", tmp_path / "trust"
+    certs.mkdir()
+    trust.mkdir()
+    _p12(certs / "server.p12", b"pw")
+    make_leaf(None, dns=["sip.example.test"]).write_pair(certs, "selfsigned")
+    monkeypatch.setenv("P12PW", "pw")
+    config = parse_config(
+        f'[server]\nfqdn = "sip.example.test"\n[tls]\ncertificate_dir = "{certs}"\n'
+        f'trust_dir = "{trust}"\npkcs12_password_env = "P12PW"\n'
+    )
+    chosen = prepare_credentials(config, NOW).certificate
+    assert chosen.path.endswith("server.p12") and not chosen.info.self_signed
