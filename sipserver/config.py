@@ -58,6 +58,7 @@ class TlsSettings:
     generated_key_type: str = "ec-p256"
     pkcs12_password_file: Path | None = None  # password of .pfx/.p12 files in certificate_dir
     pkcs12_password_env: str | None = None  # ... or the environment variable holding it
+    certificate_check_interval: float = 3600.0  # seconds between expiry checks and re-selection
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +443,7 @@ def _tls(r: _Reader, data: Any, base_dir: Path | None) -> TlsSettings:
             "generated_key_type",
             "pkcs12_password_file",
             "pkcs12_password_env",
+            "certificate_check_interval",
         },
     )
     state = default_state_dir()
@@ -457,6 +459,9 @@ def _tls(r: _Reader, data: Any, base_dir: Path | None) -> TlsSettings:
             d, k, "generated_key_type", str, "ec-p256", _one_of("ec-p256", "rsa-2048")
         ),
         pkcs12_password_file=_resolve(password_file, base_dir) if password_file else None,
+        certificate_check_interval=r.get(
+            d, k, "certificate_check_interval", float, 3600.0, _positive
+        ),
         pkcs12_password_env=r.get(
             d,
             k,

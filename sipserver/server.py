@@ -20,9 +20,18 @@ import structlog
 import trio
 from OpenSSL import SSL
 
-from sipserver.certstore import CertificateSetupError, ServerCredentials, prepare_credentials
+from sipserver.certstore import (
+    CertificateSetupError,
+    ServerCredentials,
+    load_candidates,
+    pkcs12_password,
+    prepare_credentials,
+)
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.core import Flow, SipCore, Transmit
+from sipserver.pki.certinfo import describe
+from sipserver.pki.expiry import DailyOnce, expiry_notice
+from sipserver.pki.select import choose_certificate
 from sipserver.sip.framing import FramingError
 from sipserver.transport.limits import ConnectionTable
 from sipserver.transport.streams import StreamConnection, next_connection_id
@@ -78,6 +87,9 @@ class Server:
         self._nursery: trio.Nursery | None = None
         # Outbound legs: open connections and what waits for a connection being opened.
         self._outbound: dict[tuple[str, str, int], StreamConnection] = {}
+        self._daily = DailyOnce()
+        # Issuer (RFC 4514) -> peers seen with certificates from it, to say who an expiring CA affects.
+        self._peers_by_issuer: dict[str, set[str]] = {}
         self._pending: dict[tuple[str, str, int], list[Transmit]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -108,6 +120,7 @@ class Server:
                 ),
             )
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._certificate_watch)
             nursery.start_soon(self._health_loop)
             if handle_signals:
                 await nursery.start(self._signal_loop, nursery.cancel_scope)
@@ -249,6 +262,89 @@ class Server:
             self._timer_wakeup = trio.Event()
             await self._dispatch(self.core.handle_timers(trio.current_time()))
 
+    async def _certificate_watch(self) -> None:
+        """Hourly: expiry warnings (each once a UTC day) and a switch to a better or
+        still-valid certificate when one is there."""
+        while True:
+            self.check_certificates(_now())
+            await trio.sleep(self.config.tls.certificate_check_interval)
+
+    def check_certificates(self, now: dt.datetime) -> None:
+        credentials = self.credentials
+        if credentials is None:
+            return
+        ours = credentials.certificate
+        notice = expiry_notice(ours.info.not_after, now)
+        if notice is not None and self._daily.due(f"server:{ours.info.thumbprint_sha1}", now):
+            if notice.expired:
+                log.error(
+                    "server_certificate_expired",
+                    days_since=notice.days,
+                    path=ours.path,
+                    **ours.info.log_fields(),
+                )
+            else:
+                log.warning(
+                    "server_certificate_expiring",
+                    days_left=notice.days,
+                    path=ours.path,
+                    **ours.info.log_fields(),
+                )
+        for anchor in credentials.trust_anchors:
+            info = describe(anchor)
+            notice = expiry_notice(info.not_after, now)
+            if notice is None or not self._daily.due(f"anchor:{info.thumbprint_sha1}", now):
+                continue
+            affected = sorted(self._peers_by_issuer.get(info.subject, set()))
+            fields = {
+                "affected_peers": affected,
+                "subject": info.subject,
+                "serial": info.serial,
+                "thumbprint_sha1": info.thumbprint_sha1,
+                "not_after": info.not_after.isoformat(),
+            }
+            if notice.expired:
+                log.error("trust_anchor_expired", days_since=notice.days, **fields)
+            else:
+                log.warning("trust_anchor_expiring", days_left=notice.days, **fields)
+        self._reselect(now)
+
+    def _reselect(self, now: dt.datetime) -> None:
+        """Switch when the certificate in use expired or a better one appeared."""
+        assert self.credentials is not None
+        try:
+            candidates, _ = load_candidates(
+                self.config.tls.certificate_dir, pkcs12_password(self.config)
+            )
+        except CertificateSetupError as exc:
+            log.error("server_certificate_change_failed", error=str(exc))
+            return
+        selection = choose_certificate(candidates, self.config.server.fqdn, now)
+        current = self.credentials.certificate.info.thumbprint_sha1
+        if selection.chosen is None or selection.chosen.info.thumbprint_sha1 == current:
+            if selection.chosen is None and not self.credentials.certificate.info.valid_at(now):
+                log.error(
+                    "server_certificate_unusable",
+                    reason="the certificate in use is no longer valid and no other is usable",
+                    path=self.credentials.certificate.path,
+                )
+            return
+        try:
+            credentials = prepare_credentials(self.config, now)
+        except CertificateSetupError as exc:
+            log.error("server_certificate_change_failed", error=str(exc))
+            return
+        self._install_credentials(credentials)
+        log.info(
+            "server_certificate_changed",
+            previous_thumbprint_sha1=current,
+            thumbprint_sha1=credentials.certificate.info.thumbprint_sha1,
+            path=credentials.certificate.path,
+        )
+
+    def _note_issuer(self, peer: str, issuer: str) -> None:
+        self._peers_by_issuer.setdefault(issuer, set()).add(peer)
+
     async def _health_loop(self) -> None:
         """Drives OPTIONS pings to dial-plan targets; the core decides what is due."""
         while True:
@@ -346,6 +442,7 @@ class Server:
                     raise _OutboundRefused(result.reason, result.detail, cert_fields)
                 stream = result.stream
                 self.core.proxy.note_target_certificate(flow, result.certificate)
+                self._note_issuer(target.name, result.certificate.issuer)
                 log.info(
                     "tls_target_accepted",
                     target_fqdn=target.fqdn,
@@ -540,6 +637,7 @@ class Server:
             peer_cert_serial=result.certificate.serial,
             our_thumbprint_sha1=ours.thumbprint_sha1,
         )
+        self._note_issuer(result.peer.name, result.certificate.issuer)
         log.info(
             "tls_peer_accepted",
             identity_source=result.identity_source,

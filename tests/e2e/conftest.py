@@ -73,6 +73,7 @@ tls_port = 0
 certificate_dir = "{cert_dir}"
 trust_dir = "{trust_dir}"
 handshake_timeout = {handshake_timeout}
+{tls_extra}
 
 [limits]
 {limits}
@@ -184,10 +185,15 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         extra_config: str = "",
         args: list[str] | None = None,
         trust_dir: Path | None = None,
+        certificates: dict[str, Issued] | None = None,
+        tls_extra: str = "",
     ) -> RunningServer:
         workdir = tmp_path / f"server{len(servers)}"
         cert_dir = workdir / "server"
-        if with_certificate:
+        if certificates is not None:
+            for stem, issued in certificates.items():
+                issued.write_pair(cert_dir, stem)
+        elif with_certificate:
             pki.server.write_pair(cert_dir, "sip")
         text = (
             BASE_CONFIG.format(
@@ -195,6 +201,7 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
                 cert_dir=cert_dir,
                 trust_dir=trust_dir or pki.root / "trust",
                 handshake_timeout=handshake_timeout,
+                tls_extra=tls_extra,
                 limits=limits,
                 peer_addresses=peer_addresses,
             )

@@ -120,3 +120,41 @@ def test_sigterm_stops_cleanly(start_server: StartServer) -> None:
     server = start_server()
     assert server.stop() == 0
     server.wait_for("server_stopped")
+
+
+def test_expiry_warnings_and_the_switch_when_the_certificate_in_use_expires(
+    start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    from tests.certs import NOW, make_ca, make_leaf
+
+    short = make_leaf(
+        pki.ca,
+        dns=["sip.example.test"],
+        not_after=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
+    )
+    fallback = make_leaf(None, dns=["sip.example.test"])
+    expiring_ca = make_ca("Expiring CA", not_after=NOW + dt.timedelta(days=5, hours=1))
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / "ca.crt").write_bytes(pki.ca.cert_pem)
+    (trust / "expiring.crt").write_bytes(expiring_ca.cert_pem)
+    server = start_server(
+        certificates={"short": short, "fallback": fallback},
+        trust_dir=trust,
+        tls_extra="certificate_check_interval = 0.5",
+    )
+    selected = server.wait_for("server_certificate_selected")
+    assert selected["serial"] == format(
+        short.cert.serial_number, "X"
+    )  # CA-issued beats self-signed
+    expiring = server.wait_for("server_certificate_expiring")
+    assert expiring["days_left"] == 1 and expiring["serial"] == selected["serial"]
+    anchor = server.wait_for("trust_anchor_expiring")
+    assert anchor["subject"] == "CN=Expiring CA" and anchor["days_left"] == 6
+    changed = server.wait_for("server_certificate_changed", timeout=20)
+    assert changed["previous_thumbprint_sha1"] == selected["thumbprint_sha1"]
+    assert changed["path"].endswith("fallback.crt")
+    # Once a day: the hourly (here half-second) checks do not repeat the warning.
+    assert len(server.events("server_certificate_expiring")) == 1

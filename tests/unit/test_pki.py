@@ -164,3 +164,27 @@ def test_revocation_checks_only_issuers_with_a_verified_crl() -> None:
     import datetime as dt
 
     assert checker.stale(NOW + dt.timedelta(days=30))[0].path == "ca.crl"
+
+
+def test_expiry_schedule_with_an_injected_clock() -> None:
+    import datetime as dt
+
+    from sipserver.pki.expiry import DailyOnce, expiry_notice
+
+    not_after = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.UTC)
+    assert expiry_notice(not_after, not_after - dt.timedelta(days=31)) is None
+    notice = expiry_notice(not_after, not_after - dt.timedelta(days=29, hours=1))
+    assert (
+        notice is not None
+        and not notice.expired
+        and notice.days == 30
+        and notice.level == "warning"
+    )
+    assert expiry_notice(not_after, not_after - dt.timedelta(hours=1)).days == 1  # type: ignore[union-attr]
+    late = expiry_notice(not_after, not_after + dt.timedelta(days=2, hours=3))
+    assert late is not None and late.expired and late.days == 2 and late.level == "error"
+    once = DailyOnce()
+    day = dt.datetime(2027, 2, 10, 8, 0, tzinfo=dt.UTC)
+    assert once.due("A", day) and not once.due("A", day + dt.timedelta(hours=15))
+    assert once.due("B", day)  # keys are independent
+    assert once.due("A", day + dt.timedelta(hours=16, minutes=1))  # the next UTC day
