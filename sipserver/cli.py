@@ -48,6 +48,39 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("path", type=Path)
+
+    certs = sub.add_parser("certs", help="the server's certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    show = certs_sub.add_parser(
+        "show", help="every certificate in certificate_dir, in selection order"
+    )
+    show.add_argument("--config", "-c", type=Path)
+    show.add_argument("--json", action="store_true", help="JSON instead of a table")
+    export = certs_sub.add_parser(
+        "export", help="the certificate in use, for gateways' trust stores"
+    )
+    export.add_argument("--config", "-c", type=Path)
+    export.add_argument("--der", action="store_true", help="DER instead of PEM")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    lab = certs_sub.add_parser(
+        "lab-pki", help="a CA, a server certificate and one per peer, for an interop lab"
+    )
+    lab.add_argument("--out", type=Path, required=True)
+    lab.add_argument("--server", required=True, help="our FQDN")
+    lab.add_argument("--peer", action="append", default=[], help="a peer FQDN (repeatable)")
+
+    ping = sub.add_parser("ping", help="send OPTIONS and report status, round trip and certificate")
+    ping.add_argument("uri", help="sip:HOST[:PORT] (sips: or --tls for TLS)")
+    ping.add_argument("--tls", action="store_true", help="over TLS (default port 5061)")
+    ping.add_argument("--tcp", action="store_true", help="over TCP")
+    ping.add_argument("--cert", help="client certificate (PEM; may include the key)")
+    ping.add_argument("--key", help="client key (PEM)")
+    ping.add_argument("--ca", help="CA file the server's certificate must chain to")
+    ping.add_argument(
+        "--server-name", help="name the server's certificate must carry (default: the URI host)"
+    )
+    ping.add_argument("--count", type=int, default=1)
+    ping.add_argument("--timeout", type=float, default=5.0)
     return parser
 
 
@@ -121,8 +154,65 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from sipserver import certs_cli
+
+    if args.certs_command == "lab-pki":
+        for name in [args.server, *args.peer]:
+            if not is_fqdn(name):
+                print(f"error: {name!r} is not a valid FQDN", file=sys.stderr)
+                return 2
+        return certs_cli.lab_pki(args.out, args.server.lower(), [p.lower() for p in args.peer])
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.certs_command == "show":
+        return certs_cli.show(config, args.json)
+    return certs_cli.export(config, args.der, args.out)
+
+
+def _ping(args: argparse.Namespace) -> int:
+    import time
+
+    from sipserver.ping import PingFailed, describe_result, parse_target, ping
+
+    transport = "tls" if args.tls else "tcp" if args.tcp else None
+    try:
+        target = parse_target(args.uri, transport)
+    except PingFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    worst = 0
+    for attempt in range(max(1, args.count)):
+        if attempt:
+            time.sleep(1.0)
+        try:
+            result = ping(
+                target,
+                timeout=args.timeout,
+                cert=args.cert,
+                key=args.key,
+                ca=args.ca,
+                server_name=args.server_name,
+            )
+        except PingFailed as exc:
+            print(f"{target.transport.upper()} {target.host}:{target.port}: FAILED: {exc}")
+            worst = 1
+            continue
+        print("\n".join(describe_result(target, result)))
+        if not 200 <= result.status < 300:
+            worst = 1
+    return worst
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "certs":
+        return _certs(args)
+    if args.command == "ping":
+        return _ping(args)
     return _check_config(args)

@@ -79,7 +79,7 @@ def _matches(patterns: list[DNSPattern], fqdn: str) -> bool:
         return False
     try:
         verify_service_identity(patterns, obligatory_ids=[DNS_ID(fqdn)], optional_ids=[])
-    except VerificationError:
+    except (VerificationError, ValueError):  # ValueError: not a DNS name at all (an IP address)
         return False
     return True
 

@@ -1,0 +1,162 @@
+"""`sipserver certs show | export | lab-pki`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sipserver.certstore import CertificateSetupError, load_candidates, pkcs12_password
+from sipserver.config import Config
+from sipserver.pki.lab import make_lab_pki
+from sipserver.pki.select import choose_certificate
+
+
+def _rows(config: Config, now: dt.datetime) -> list[dict[str, Any]]:
+    candidates, unreadable = load_candidates(config.tls.certificate_dir, pkcs12_password(config))
+    selection = choose_certificate(candidates, config.server.fqdn, now)
+    rows: list[dict[str, Any]] = []
+    for rank, candidate in enumerate(selection.ranked, start=1):
+        rows.append(
+            {"status": "in use" if rank == 1 else f"usable (rank {rank})", "candidate": candidate}
+        )
+    for skipped in selection.skipped:
+        rows.append({"status": f"not usable: {skipped.reason}", "candidate": skipped.candidate})
+    out = []
+    for row in rows:
+        c = row["candidate"]
+        info = c.info
+        out.append(
+            {
+                "status": row["status"],
+                "path": c.path,
+                "subject": info.subject,
+                "issuer": info.issuer,
+                "serial": info.serial,
+                "thumbprint_sha1": info.thumbprint_sha1,
+                "thumbprint_sha256": info.thumbprint_sha256,
+                "not_before": info.not_before.isoformat(),
+                "not_after": info.not_after.isoformat(),
+                "days_left": round(info.days_left(now), 1),
+                "ekus": list(info.ekus),
+                "san": list(info.presented_names),
+                "self_signed": info.self_signed,
+            }
+        )
+    out += [{"status": f"not usable: {why}", "path": path} for path, why in unreadable]
+    return out
+
+
+def show(config: Config, as_json: bool) -> int:
+    try:
+        rows = _rows(config, dt.datetime.now(dt.UTC))
+    except CertificateSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "fqdn": config.server.fqdn,
+                    "folder": str(config.tls.certificate_dir),
+                    "certificates": rows,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"certificates in {config.tls.certificate_dir} for {config.server.fqdn}, in selection order:"
+    )
+    if not rows:
+        print("  (none: sipserver run will generate a self-signed certificate)")
+    for row in rows:
+        print(f"\n  [{row['status']}] {row['path']}")
+        for label, key in (
+            ("subject", "subject"),
+            ("issuer", "issuer"),
+            ("serial", "serial"),
+            ("SHA-1", "thumbprint_sha1"),
+            ("SHA-256", "thumbprint_sha256"),
+            ("valid", None),
+            ("EKU", "ekus"),
+            ("names", "san"),
+        ):
+            if key is None and "not_before" in row:
+                print(
+                    f"    {'valid':<8} {row['not_before']} .. {row['not_after']} ({row['days_left']} days left)"
+                )
+            elif key in row:
+                value = ", ".join(row[key]) if isinstance(row[key], list) else row[key]
+                print(f"    {label:<8} {value}")
+    return 0 if any(r["status"] == "in use" for r in rows) else 1
+
+
+def export(config: Config, der: bool, out: Path | None) -> int:
+    try:
+        candidates, _ = load_candidates(config.tls.certificate_dir, pkcs12_password(config))
+    except CertificateSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    selection = choose_certificate(candidates, config.server.fqdn, dt.datetime.now(dt.UTC))
+    if selection.chosen is None:
+        print(
+            f"error: no usable certificate in {config.tls.certificate_dir} ({selection.reason})",
+            file=sys.stderr,
+        )
+        return 1
+    cert: x509.Certificate = selection.chosen.chain[0]
+    data = cert.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM)
+    if out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        out.write_bytes(data)
+        info = selection.chosen.info
+        print(
+            f"wrote {out}: {info.subject}, serial {info.serial}, SHA-1 {info.thumbprint_sha1}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def lab_pki(out: Path, server: str, peers: list[str]) -> int:
+    ca, leaves = make_lab_pki(server, peers, dt.datetime.now(dt.UTC))
+    _write(out / "ca" / "ca.crt", ca.cert_pem)
+    _write(out / "ca" / "ca.key", ca.key_pem, private=True)
+    _write(out / "sipserver" / "trust" / "ca.crt", ca.cert_pem)
+    server_pair, peer_pairs = leaves[0], leaves[1:]
+    _write(out / "sipserver" / "server" / f"{server}.crt", server_pair.cert_pem)
+    _write(out / "sipserver" / "server" / f"{server}.key", server_pair.key_pem, private=True)
+    for pair in peer_pairs:
+        folder = out / "peers" / pair.name
+        _write(folder / f"{pair.name}.crt", pair.cert_pem)
+        _write(folder / f"{pair.name}.key", pair.key_pem, private=True)
+        _write(folder / f"{pair.name}.pem", pair.cert_pem + pair.key_pem, private=True)
+        _write(folder / "ca.crt", ca.cert_pem)
+    print(f"""lab PKI written to {out}
+
+  sipserver:  [tls] certificate_dir = "{out / "sipserver" / "server"}"
+              [tls] trust_dir       = "{out / "sipserver" / "trust"}"
+              [server] fqdn = "{server}"  and one [[peer]] per FQDN below
+  each peer:  peers/<fqdn>/<fqdn>.crt + .key (or .pem: both in one file, e.g. for stunnel or baresip)
+              as its certificate, and peers/<fqdn>/ca.crt in its trust store.
+  peers:      {", ".join(peers) or "(none)"}
+  keep ca/ca.key away from the lab machines: it can sign certificates every peer trusts.""")
+    return 0

@@ -1,0 +1,136 @@
+"""`sipserver ping` and `sipserver certs` against a running server and real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.certs import make_leaf
+from tests.e2e.conftest import REPO, SERVER_FQDN, Pki, StartServer
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sipserver", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_ping_success_over_udp_and_mutual_tls_shows_the_certificate(
+    start_server: StartServer, pki: Pki
+) -> None:
+    server = start_server()
+    udp = cli("ping", f"sip:127.0.0.1:{server.sip_port}")
+    assert udp.returncode == 0 and " 200 OK in " in udp.stdout
+    gw1 = pki.combined("gw1", pki.gw1)
+    tls = cli(
+        "ping",
+        f"sip:127.0.0.1:{server.tls_port}",
+        "--tls",
+        "--cert",
+        str(gw1),
+        "--ca",
+        str(pki.ca_file),
+        "--server-name",
+        SERVER_FQDN,
+    )
+    assert tls.returncode == 0, tls.stdout + tls.stderr
+    assert f"serial               {format(pki.server.cert.serial_number, 'X')}" in tls.stdout
+    assert "issuer               CN=sipserver test CA" in tls.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no-client-cert", "the server wants a client certificate"),
+        ("untrusted", "the server's certificate is not trusted"),
+        ("name", "name mismatch: the server's certificate names"),
+        ("not-allowed", "not on its allow-list"),
+        ("refused", "connection refused"),
+    ],
+)
+def test_ping_explains_each_failure_in_one_line(
+    start_server: StartServer, pki: Pki, tmp_path: Path, case: str, expected: str
+) -> None:
+    server = start_server()
+    port = str(server.tls_port)
+    gw1, ca = str(pki.combined("gw1", pki.gw1)), str(pki.ca_file)
+    other_ca = tmp_path / "other-ca.crt"
+    other_ca.write_bytes(make_leaf(None, dns=["x.test"]).cert_pem)
+    stranger = str(pki.combined("stranger", make_leaf(pki.ca, dns=["gw9.example.test"])))
+    args = {
+        "no-client-cert": ["--tls", "--ca", ca, "--server-name", SERVER_FQDN],
+        "untrusted": ["--tls", "--cert", gw1, "--ca", str(other_ca), "--server-name", SERVER_FQDN],
+        "name": ["--tls", "--cert", gw1, "--ca", ca, "--server-name", "other.example.test"],
+        "not-allowed": ["--tls", "--cert", stranger, "--ca", ca, "--server-name", SERVER_FQDN],
+        "refused": ["--tcp"],
+    }[case]
+    target = f"sip:127.0.0.1:{port}" if case != "refused" else "sip:127.0.0.1:9"
+    result = cli("ping", target, *args, "--timeout", "3")
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and "FAILED" in lines[0] and expected in lines[0], (
+        result.stdout + result.stderr
+    )
+
+
+def test_certs_show_export_and_lab_pki(tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    made = cli(
+        "certs",
+        "lab-pki",
+        "--out",
+        str(lab),
+        "--server",
+        "sip.example.test",
+        "--peer",
+        "gw1.example.test",
+    )
+    assert made.returncode == 0 and "lab PKI written" in made.stdout
+    assert (
+        oct((lab / "sipserver" / "server" / "sip.example.test.key").stat().st_mode & 0o777)
+        == "0o600"
+    )
+    config = tmp_path / "sip.toml"
+    config.write_text(
+        f'[server]\nfqdn = "sip.example.test"\n[tls]\ncertificate_dir = "{lab / "sipserver" / "server"}"\n'
+        f'trust_dir = "{lab / "sipserver" / "trust"}"\n'
+    )
+    make_leaf(None, dns=["other.example.test"]).write_pair(
+        lab / "sipserver" / "server", "wrong-name"
+    )
+    shown = cli("certs", "show", "--config", str(config), "--json")
+    assert shown.returncode == 0
+    rows = json.loads(shown.stdout)["certificates"]
+    assert [r["status"] for r in rows] == [
+        "in use",
+        "not usable: no SAN covers the server FQDN sip.example.test",
+    ]
+    assert rows[0]["issuer"] == "CN=sipserver lab CA,O=sipserver lab" and rows[0]["ekus"] == [
+        "serverAuth",
+        "clientAuth",
+    ]
+    table = cli("certs", "show", "--config", str(config))
+    assert "[in use]" in table.stdout and rows[0]["thumbprint_sha1"] in table.stdout
+    out = tmp_path / "ours.der"
+    assert (
+        cli("certs", "export", "--config", str(config), "--der", "--out", str(out)).returncode == 0
+    )
+    exported = x509.load_der_x509_certificate(out.read_bytes())
+    assert format(exported.serial_number, "X") == rows[0]["serial"]
+    peer = x509.load_pem_x509_certificate(
+        (lab / "peers" / "gw1.example.test" / "gw1.example.test.crt").read_bytes()
+    )
+    assert peer.issuer == exported.issuer
