@@ -47,6 +47,8 @@ class ServerSettings:
     tls_port: int = 5061
     transports: tuple[str, ...] = ("udp", "tcp", "tls")
     unknown_source: str = "reject"
+    watch_interval: float = 1.0  # seconds between checks of config/certificate/trust files; 0 = off
+    reload_debounce: float = 0.5  # quiet time after a change before the reload
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +398,18 @@ def _timers(r: _Reader, data: Any) -> TimerSettings:
 def _server(r: _Reader, data: Any) -> ServerSettings:
     k: tuple[str | int, ...] = ("server",)
     d = r.table(
-        data, k, {"fqdn", "addresses", "sip_port", "tls_port", "transports", "unknown_source"}
+        data,
+        k,
+        {
+            "fqdn",
+            "addresses",
+            "sip_port",
+            "tls_port",
+            "transports",
+            "unknown_source",
+            "watch_interval",
+            "reload_debounce",
+        },
     )
 
     def addresses_ok(values: list[str]) -> str | None:
@@ -419,6 +432,22 @@ def _server(r: _Reader, data: Any) -> ServerSettings:
         sip_port=r.get(d, k, "sip_port", int, 5060, _port),
         tls_port=r.get(d, k, "tls_port", int, 5061, _port),
         transports=tuple(r.get(d, k, "transports", list, ["udp", "tcp", "tls"], transports_ok)),
+        watch_interval=r.get(
+            d,
+            k,
+            "watch_interval",
+            float,
+            1.0,
+            lambda v: None if v >= 0 else "must be 0 (off) or more seconds",
+        ),
+        reload_debounce=r.get(
+            d,
+            k,
+            "reload_debounce",
+            float,
+            0.5,
+            lambda v: None if v >= 0 else "must be 0 or more seconds",
+        ),
         unknown_source=r.get(d, k, "unknown_source", str, "reject", _one_of("reject", "drop")),
     )
 

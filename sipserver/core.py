@@ -556,8 +556,12 @@ class SipCore:
     def log_call(self, call: ProxyCall, status: int, now: float, detail: str | None = None) -> None:
         """The one canonical line per routed call."""
         inbound = call.inbound
+        if call.plan is None:
+            event = "in_dialog_request_routed" if status < 300 else "in_dialog_request_failed"
+        else:
+            event = "call_routed" if status < 300 else "call_ended"
         log.info(
-            "call_routed" if status < 300 else "call_ended",
+            event,
             method=call.request.method,
             status=status,
             detail=detail,

@@ -120,6 +120,8 @@ class Server:
                 ),
             )
             nursery.start_soon(self._timer_loop)
+            if cfg.server.watch_interval > 0:
+                nursery.start_soon(self._watch_loop)
             nursery.start_soon(self._certificate_watch)
             nursery.start_soon(self._health_loop)
             if handle_signals:
@@ -212,15 +214,15 @@ class Server:
                     cancel_scope.cancel()
                     return
 
-    def reload(self) -> bool:
-        """Re-read config and certificates; on any error keep what is running."""
-        if self._config_path is None:
-            log.info(
-                "config_reload_skipped", reason="running on the embedded default configuration"
-            )
-            return False
+    def reload(self, why: str = "SIGHUP") -> bool:
+        """Re-read config, certificates, trust anchors and CRLs, and swap them in at once;
+        on any error keep what is running. Established connections and calls carry on."""
         try:
-            new = self._overrides(load_config(self._config_path))
+            new = (
+                self._overrides(load_config(self._config_path))
+                if self._config_path
+                else self.config
+            )
             credentials = (
                 prepare_credentials(new, _now()) if "tls" in new.server.transports else None
             )
@@ -249,8 +251,44 @@ class Server:
         self.connection_table.max_per_address = new.limits.max_connections_per_address
         if credentials is not None:
             self._install_credentials(credentials)
-        log.info("config_reloaded", config=new.source, peers=len(new.peers))
+        log.info("config_reloaded", config=new.source, peers=len(new.peers), why=why)
         return True
+
+    def _watched_files(self) -> dict[str, tuple[int, int]]:
+        """Modification time and size of the config file and everything in the
+        certificate and trust folders."""
+        paths: list[Path] = [self._config_path] if self._config_path else []
+        for folder in (self.config.tls.certificate_dir, self.config.tls.trust_dir):
+            if folder.is_dir():
+                paths.extend(p for p in folder.iterdir() if p.is_file())
+        snapshot: dict[str, tuple[int, int]] = {}
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            snapshot[str(path)] = (stat.st_mtime_ns, stat.st_size)
+        return snapshot
+
+    async def _watch_loop(self) -> None:
+        """Reload when watched files change, once they have been quiet for
+        server.reload_debounce seconds (editors and ACME clients write in steps)."""
+        known = await trio.to_thread.run_sync(self._watched_files)
+        while True:
+            await trio.sleep(self.config.server.watch_interval)
+            current = await trio.to_thread.run_sync(self._watched_files)
+            if current == known:
+                continue
+            while True:  # debounce: wait until a snapshot repeats
+                await trio.sleep(self.config.server.reload_debounce)
+                settled = await trio.to_thread.run_sync(self._watched_files)
+                if settled == current:
+                    break
+                current = settled
+            changed = sorted(set(current.items()) ^ set(known.items()))
+            names = sorted({Path(path).name for path, _ in changed})
+            known = current
+            self.reload(why=f"files changed: {', '.join(names)}")
 
     # --- timers ------------------------------------------------------------------------
     async def _timer_loop(self) -> None:

@@ -14,29 +14,37 @@ from tests.certs import Issued, make_leaf
 from tests.e2e.conftest import SERVER_FQDN, Pki, free_port, need
 
 
+def sipp_caller_command(
+    scenario: Path, port: int, number: str, transport: str = "u1", calls: int = 1, rate: int = 10
+) -> list[str]:
+    return [
+        need("sipp"),
+        "-sf",
+        str(scenario),
+        "-t",
+        transport,
+        "-i",
+        "127.0.0.1",
+        "-s",
+        number,
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-timeout",
+        "40s",
+        "-timeout_error",
+        "-nostdin",
+        f"127.0.0.1:{port}",
+    ]
+
+
 def sipp_caller(
     scenario: Path, port: int, number: str, transport: str = "u1"
 ) -> subprocess.CompletedProcess[str]:
     """One call from sipp to the server (or to a local stunnel) on 127.0.0.1:port."""
     return subprocess.run(
-        [
-            need("sipp"),
-            "-sf",
-            str(scenario),
-            "-t",
-            transport,
-            "-i",
-            "127.0.0.1",
-            "-s",
-            number,
-            "-m",
-            "1",
-            "-timeout",
-            "20s",
-            "-timeout_error",
-            "-nostdin",
-            f"127.0.0.1:{port}",
-        ],
+        sipp_caller_command(scenario, port, number, transport),
         capture_output=True,
         text=True,
         timeout=60,
@@ -50,7 +58,7 @@ def assert_sipp_ok(result: subprocess.CompletedProcess[str]) -> None:
 
 @contextlib.contextmanager
 def sipp_callee(
-    scenario: Path, port: int, transport: str = "u1"
+    scenario: Path, port: int, transport: str = "u1", calls: int = 1
 ) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [
@@ -64,9 +72,9 @@ def sipp_callee(
             "-p",
             str(port),
             "-m",
-            "1",
+            str(calls),
             "-timeout",
-            "20s",
+            "40s",
             "-timeout_error",
             "-nostdin",
         ],
