@@ -169,15 +169,25 @@ class ServerCredentials:
     revocation: RevocationChecker
 
 
-def prepare_credentials(config: Config, now: dt.datetime) -> ServerCredentials:
+def prepare_credentials(
+    config: Config, now: dt.datetime, already_reported: set[tuple[str, str, str]] | None = None
+) -> ServerCredentials:
     """Choose our certificate (generating one if none is usable) and load trust anchors,
-    logging every skipped file, the choice, and the anchors."""
+    logging every skipped file (once: `already_reported` remembers across reloads), the
+    choice, and the anchors."""
+    reported = already_reported if already_reported is not None else set()
     folder = config.tls.certificate_dir
     candidates, unreadable = load_candidates(folder, pkcs12_password(config))
     for bad_path, reason in unreadable:
-        log.warning("server_certificate_skipped", path=bad_path, reason=reason)
+        if (bad_path, "", reason) not in reported:
+            reported.add((bad_path, "", reason))
+            log.warning("server_certificate_skipped", path=bad_path, reason=reason)
     selection = choose_certificate(candidates, config.server.fqdn, now)
     for skipped in selection.skipped:
+        key = (skipped.candidate.path, skipped.candidate.info.thumbprint_sha1, skipped.reason)
+        if key in reported:
+            continue
+        reported.add(key)
         log.warning(
             "server_certificate_skipped",
             path=skipped.candidate.path,

@@ -88,6 +88,9 @@ class Server:
         # Outbound legs: open connections and what waits for a connection being opened.
         self._outbound: dict[tuple[str, str, int], StreamConnection] = {}
         self._daily = DailyOnce()
+        self._skips_reported: set[tuple[str, str, str]] = (
+            set()
+        )  # each skipped certificate is logged once
         # Issuer (RFC 4514) -> peers seen with certificates from it, to say who an expiring CA affects.
         self._peers_by_issuer: dict[str, set[str]] = {}
         self._pending: dict[tuple[str, str, int], list[Transmit]] = {}
@@ -103,7 +106,7 @@ class Server:
         log.info("server_starting", fqdn=cfg.server.fqdn, config=cfg.source, peers=len(cfg.peers))
         if "tls" in cfg.server.transports:
             try:
-                self._install_credentials(prepare_credentials(cfg, _now()))
+                self._install_credentials(prepare_credentials(cfg, _now(), self._skips_reported))
             except CertificateSetupError as exc:
                 raise StartupError(str(exc)) from exc
         async with trio.open_nursery() as nursery:
@@ -224,7 +227,9 @@ class Server:
                 else self.config
             )
             credentials = (
-                prepare_credentials(new, _now()) if "tls" in new.server.transports else None
+                prepare_credentials(new, _now(), self._skips_reported)
+                if "tls" in new.server.transports
+                else None
             )
         except (ConfigError, CertificateSetupError) as exc:
             log.error("config_reload_failed", error=str(exc), kept=self.config.source)
@@ -368,7 +373,7 @@ class Server:
                 )
             return
         try:
-            credentials = prepare_credentials(self.config, now)
+            credentials = prepare_credentials(self.config, now, self._skips_reported)
         except CertificateSetupError as exc:
             log.error("server_certificate_change_failed", error=str(exc))
             return

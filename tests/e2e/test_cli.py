@@ -59,6 +59,7 @@ def test_ping_success_over_udp_and_mutual_tls_shows_the_certificate(
         ("name", "name mismatch: the server's certificate names"),
         ("not-allowed", "not on its allow-list"),
         ("refused", "connection refused"),
+        ("silent", "no answer within 1 s"),
     ],
 )
 def test_ping_explains_each_failure_in_one_line(
@@ -76,9 +77,20 @@ def test_ping_explains_each_failure_in_one_line(
         "name": ["--tls", "--cert", gw1, "--ca", ca, "--server-name", "other.example.test"],
         "not-allowed": ["--tls", "--cert", stranger, "--ca", ca, "--server-name", SERVER_FQDN],
         "refused": ["--tcp"],
+        "silent": ["--tcp"],
     }[case]
-    target = f"sip:127.0.0.1:{port}" if case != "refused" else "sip:127.0.0.1:9"
-    result = cli("ping", target, *args, "--timeout", "3")
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts TCP (in the kernel) but never answers
+    targets = {"refused": "sip:127.0.0.1:9", "silent": f"sip:127.0.0.1:{silent.getsockname()[1]}"}
+    with silent:
+        result = cli(
+            "ping",
+            targets.get(case, f"sip:127.0.0.1:{port}"),
+            *args,
+            "--timeout",
+            "1" if case == "silent" else "3",
+        )
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and "FAILED" in lines[0] and expected in lines[0], (

@@ -80,3 +80,22 @@ def test_a_pfx_is_selected_when_it_is_the_best(
     )
     chosen = prepare_credentials(config, NOW).certificate
     assert chosen.path.endswith("server.p12") and not chosen.info.self_signed
+
+
+def test_each_skipped_certificate_is_reported_once_across_reloads(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    certs, trust = tmp_path / "server", tmp_path / "trust"
+    make_leaf(CA, dns=["sip.example.test"]).write_pair(certs, "good")
+    make_leaf(CA, dns=["other.example.test"]).write_pair(certs, "wrong-name")
+    trust.mkdir()
+    config = parse_config(
+        f'[server]\nfqdn = "sip.example.test"\n[tls]\ncertificate_dir = "{certs}"\ntrust_dir = "{trust}"\n'
+    )
+    reported: set[tuple[str, str, str]] = set()
+    with capture_logs() as logs:
+        for _ in range(3):
+            prepare_credentials(config, NOW, reported)
+    skipped = [e for e in logs if e["event"] == "server_certificate_skipped"]
+    assert len(skipped) == 1 and skipped[0]["path"].endswith("wrong-name.crt")
+    assert len([e for e in logs if e["event"] == "server_certificate_selected"]) == 3

@@ -89,6 +89,7 @@ def test_selection_follows_the_exchange_order_and_says_why_others_were_skipped()
     ca_long = make_leaf(CA, dns=[fqdn], not_after=NOW + dt.timedelta(days=700))
     ca_short = make_leaf(CA, dns=[fqdn], not_after=NOW + dt.timedelta(days=30))
     self_long = make_leaf(None, dns=[fqdn], not_after=NOW + dt.timedelta(days=3000))
+    self_short = make_leaf(None, dns=[fqdn], not_after=NOW + dt.timedelta(days=20))
     server_only = make_leaf(
         CA,
         dns=[fqdn],
@@ -102,6 +103,7 @@ def test_selection_follows_the_exchange_order_and_says_why_others_were_skipped()
     wrong_name = make_leaf(CA, dns=["other.example.test"])
     client_only = make_leaf(CA, dns=[fqdn], ekus=[ExtendedKeyUsageOID.CLIENT_AUTH])
     candidates = [
+        _candidate(self_short, "self_short"),
         _candidate(self_long, "self_long"),
         _candidate(ca_short, "ca_short"),
         _candidate(expired, "expired"),
@@ -113,7 +115,13 @@ def test_selection_follows_the_exchange_order_and_says_why_others_were_skipped()
         _candidate(ca_long, "mismatched_key", key=ca_short.key),
     ]
     selection = choose_certificate(candidates, fqdn, NOW)
-    assert [c.path for c in selection.ranked] == ["ca_long", "ca_short", "server_only", "self_long"]
+    assert [c.path for c in selection.ranked] == [
+        "ca_long",
+        "ca_short",
+        "server_only",
+        "self_long",
+        "self_short",
+    ]
     assert selection.chosen is not None and selection.chosen.path == "ca_long"
     assert selection.reason.startswith("CA-issued, 700 days left")
     reasons = {s.candidate.path: s.reason for s in selection.skipped}
