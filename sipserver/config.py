@@ -48,6 +48,7 @@ class ServerSettings:
     transports: tuple[str, ...] = ("udp", "tcp", "tls")
     unknown_source: str = "reject"
     watch_interval: float = 1.0  # seconds between checks of config/certificate/trust files; 0 = off
+    shutdown_grace: float = 30.0  # seconds transactions in flight get to finish on SIGTERM
     reload_debounce: float = 0.5  # quiet time after a change before the reload
 
 
@@ -409,6 +410,7 @@ def _server(r: _Reader, data: Any) -> ServerSettings:
             "unknown_source",
             "watch_interval",
             "reload_debounce",
+            "shutdown_grace",
         },
     )
 
@@ -432,6 +434,14 @@ def _server(r: _Reader, data: Any) -> ServerSettings:
         sip_port=r.get(d, k, "sip_port", int, 5060, _port),
         tls_port=r.get(d, k, "tls_port", int, 5061, _port),
         transports=tuple(r.get(d, k, "transports", list, ["udp", "tcp", "tls"], transports_ok)),
+        shutdown_grace=r.get(
+            d,
+            k,
+            "shutdown_grace",
+            float,
+            30.0,
+            lambda v: None if v >= 0 else "must be 0 or more seconds",
+        ),
         watch_interval=r.get(
             d,
             k,

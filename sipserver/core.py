@@ -100,6 +100,7 @@ class SipCore:
             "tls": config.server.tls_port,
         }
         self.our_thumbprint_sha1: str | None = None
+        self.draining = False  # set on SIGTERM: new calls get 503, calls in flight finish
         self.configure(config)
 
     def set_ports(self, sip_port: int, tls_port: int) -> None:
@@ -149,6 +150,13 @@ class SipCore:
         peer = tls_peer if flow.transport == "tls" else self.peers.by_address(flow.remote[0])
         self.proxy.note_stream(peer, flow)
         return self._receive(data, flow, peer, now, stream=True, cert=peer_cert)
+
+    def busy(self) -> int:
+        """Transactions still waiting for their final response (what a drain waits for)."""
+        pending = sum(
+            1 for tx in self._transactions.values() if tx.state in (State.TRYING, State.PROCEEDING)
+        )
+        return pending + sum(1 for call in self.proxy.calls.values() if not call.done)
 
     def health_tick(self, now: float) -> list[Transmit]:
         """OPTIONS pings to the dial-plan targets that are due (the server calls this
@@ -305,6 +313,20 @@ class SipCore:
             )
         if request.method == "CANCEL":
             return self._cancel(tx, request, now)
+        to = request.to
+        if self.draining and not (to is not None and to.tag):
+            retry = str(self.config.routing.retry_after)
+            return self._answer(
+                tx,
+                503,
+                "Service Unavailable",
+                now,
+                headers=(
+                    ("Retry-After", retry),
+                    ("Warning", warning_value(self._agent, "Server is shutting down")),
+                ),
+                log_reason="server is shutting down",
+            )
         self._transactions[key] = tx
         if request.method == "OPTIONS" and self._addressed_to_us(request, flow):
             return self._options(tx, request, now)

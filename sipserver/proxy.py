@@ -148,6 +148,13 @@ class ProxyEngine:
         )
         call.client_tx = tx
         self.client_txs[client_key(forwarded)] = tx
+        log.debug(
+            "call_attempt_started",
+            target=target.name if target else None,
+            attempt=call.attempt,
+            method=call.request.method,
+            remote=f"{flow.remote[0]}:{flow.remote[1]}",
+        )
         return self._drive(tx, first, now)
 
     def _exhausted(self, call: ProxyCall, now: float) -> list[Transmit]:

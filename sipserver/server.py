@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -85,6 +86,8 @@ class Server:
         self._tls_context: SSL.Context | None = None
         self._client_tls_context: SSL.Context | None = None
         self._nursery: trio.Nursery | None = None
+        self._accept_scopes: list[trio.CancelScope] = []
+        self._socket_listeners: list[trio.SocketListener] = []
         # Outbound legs: open connections and what waits for a connection being opened.
         self._outbound: dict[tuple[str, str, int], StreamConnection] = {}
         self._daily = DailyOnce()
@@ -124,7 +127,9 @@ class Server:
             )
             nursery.start_soon(self._timer_loop)
             if cfg.server.watch_interval > 0:
-                nursery.start_soon(self._watch_loop)
+                # The first snapshot is taken before we say we are ready, so that no change
+                # made after server_ready can be missed.
+                nursery.start_soon(self._watch_loop, self._watched_files())
             nursery.start_soon(self._certificate_watch)
             nursery.start_soon(self._health_loop)
             if handle_signals:
@@ -197,10 +202,27 @@ class Server:
             listeners = await trio.open_tcp_listeners(port, host=address, backlog=1024)
             local = listeners[0].socket.getsockname()[:2]
             handler = self._serve_tls if transport == "tls" else self._serve_tcp
-            await nursery.start(trio.serve_listeners, handler, listeners)
+            self._socket_listeners.extend(listeners)
+            await nursery.start(self._accept, handler, listeners)
         self.listeners.append(Listener(transport, local[0], local[1]))
         log.info("listener_started", transport=transport, address=local[0], port=local[1])
         return int(local[1])
+
+    async def _accept(
+        self,
+        handler: Any,
+        listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept loops run under one cancel scope so that a drain stops them while the
+        connections (started in the main nursery) carry on."""
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._accept_scopes.append(scope)
+        with scope:
+            await trio.serve_listeners(
+                handler, listeners, handler_nursery=self._nursery, task_status=task_status
+            )
 
     async def _signal_loop(
         self,
@@ -210,12 +232,43 @@ class Server:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     self.reload()
-                else:
-                    log.info("server_stopping", signal=signal.Signals(signum).name)
+                elif self.core.draining:
+                    log.warning(
+                        "server_stopping_now",
+                        signal=name,
+                        reason="second stop signal during the drain",
+                    )
                     cancel_scope.cancel()
                     return
+                else:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self.drain, cancel_scope, name)
+
+    async def drain(self, cancel_scope: trio.CancelScope, why: str) -> None:
+        """Stop taking new connections and new calls at once (503 + Retry-After), let the
+        transactions in flight finish within server.shutdown_grace, then stop."""
+        grace = self.config.server.shutdown_grace
+        log.info("server_draining", signal=why, grace_seconds=grace, busy=self.core.busy())
+        self.core.draining = True
+        for scope in self._accept_scopes:
+            scope.cancel()
+        for listener in self._socket_listeners:
+            with trio.move_on_after(1, shield=True):
+                await listener.aclose()
+        started = time.monotonic()
+        with trio.move_on_after(grace):
+            while self.core.busy():
+                await trio.sleep(0.05)
+        left = self.core.busy()
+        (log.info if not left else log.warning)(
+            "server_drained" if not left else "server_grace_expired",
+            seconds=round(time.monotonic() - started, 3),
+            unfinished=left,
+        )
+        cancel_scope.cancel()
 
     def reload(self, why: str = "SIGHUP") -> bool:
         """Re-read config, certificates, trust anchors and CRLs, and swap them in at once;
@@ -275,10 +328,9 @@ class Server:
             snapshot[str(path)] = (stat.st_mtime_ns, stat.st_size)
         return snapshot
 
-    async def _watch_loop(self) -> None:
+    async def _watch_loop(self, known: dict[str, tuple[int, int]]) -> None:
         """Reload when watched files change, once they have been quiet for
         server.reload_debounce seconds (editors and ACME clients write in steps)."""
-        known = await trio.to_thread.run_sync(self._watched_files)
         while True:
             await trio.sleep(self.config.server.watch_interval)
             current = await trio.to_thread.run_sync(self._watched_files)

@@ -219,9 +219,10 @@ def call_uas(
     cancel: bool = False,
     answer_proto: str = "RTP/AVP",
     answer_crypto: bool = False,
+    answer_delay_ms: int = 0,
 ) -> Path:
-    """The callee: 180 then 200 (copying Record-Route), ACK, BYE, 200; or with
-    cancel=True: 180, then CANCEL -> 200 and 487, ACK."""
+    """The callee: 180 then (after answer_delay_ms) 200 copying Record-Route, ACK, BYE,
+    200; or with cancel=True: 180, then CANCEL -> 200 and 487, ACK."""
     actions, uses = _checks(checks_on_invite, "in")
     reply = """[last_Via:]
       [last_Record-Route:]
@@ -274,6 +275,8 @@ def call_uas(
   <recv request="ACK"/>
 """
     else:
+        if answer_delay_ms:
+            body += f'  <pause milliseconds="{answer_delay_ms}"/>\n'
         body += f"""  <send retrans="500">
     <![CDATA[
 

@@ -1,0 +1,24 @@
+"""The systemd unit says what the README promises."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+UNIT = Path(__file__).resolve().parents[2] / "contrib" / "sipserver.service"
+
+
+def test_systemd_unit_runs_unprivileged_with_reload_and_drain() -> None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNIT)
+    service = parser["Service"]
+    assert (
+        service["User"] == "sipserver" and service["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
+    )
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["ExecStart"].split()[1:3] == ["run", "--config"]
+    assert (
+        service["KillSignal"] == "SIGTERM" and int(service["TimeoutStopSec"]) > 30
+    )  # > shutdown_grace
+    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
