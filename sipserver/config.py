@@ -135,6 +135,18 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSettings:
+    address: str | None = None  # "127.0.0.1:9060": /healthz and /metrics; None = off
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if self.address is None:
+            return None
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSettings
     tls: TlsSettings
@@ -144,6 +156,7 @@ class Config:
     dial_plans: tuple[DialPlanSettings, ...] = ()
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     timers: TimerSettings = field(default_factory=TimerSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     source: str = "<embedded default>"
 
     def peer(self, name: str) -> PeerSettings:
@@ -338,7 +351,9 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
         ) from exc
     r = _Reader(text, source)
     top = r.table(
-        data, (), {"server", "tls", "limits", "log", "peer", "dial_plan", "routing", "timers"}
+        data,
+        (),
+        {"server", "tls", "limits", "log", "peer", "dial_plan", "routing", "timers", "admin"},
     )
     server = _server(r, top.get("server", {}))
     tls = _tls(r, top.get("tls", {}), base_dir)
@@ -371,7 +386,27 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
         seen_plans[plan.name] = i
     routing = _routing(r, top.get("routing", {}))
     timers = _timers(r, top.get("timers", {}))
-    return Config(server, tls, limits, log, peers, plans, routing, timers, source)
+    admin = _admin(r, top.get("admin", {}))
+    return Config(server, tls, limits, log, peers, plans, routing, timers, admin, source)
+
+
+def _admin(r: _Reader, data: Any) -> AdminSettings:
+    k: tuple[str | int, ...] = ("admin",)
+    d = r.table(data, k, {"address"})
+
+    def address_ok(value: str) -> str | None:
+        host, sep, port = value.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return f"{value!r} is not IP:PORT (e.g. 127.0.0.1:9060)"
+        return (
+            None
+            if sep and port.isdigit() and 0 <= int(port) < 65536
+            else f"{value!r} has no valid port"
+        )
+
+    return AdminSettings(address=r.get(d, k, "address", str, None, address_ok))
 
 
 def _timers(r: _Reader, data: Any) -> TimerSettings:

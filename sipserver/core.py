@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -101,6 +102,9 @@ class SipCore:
         }
         self.our_thumbprint_sha1: str | None = None
         self.draining = False  # set on SIGTERM: new calls get 503, calls in flight finish
+        self.call_outcomes: Counter[tuple[str, str, str]] = (
+            Counter()
+        )  # (dial plan, security, outcome)
         self.configure(config)
 
     def set_ports(self, sip_port: int, tls_port: int) -> None:
@@ -368,6 +372,18 @@ class SipCore:
         decision = router.route(
             self.config, request, peer, tx.context.flow.transport, self.health.is_up
         )
+        plan = decision.plan
+        outcome = (
+            "redirected"
+            if isinstance(decision, router.Redirect)
+            else f"refused_{decision.status}"
+            if isinstance(decision, router.Reject)
+            else None
+        )
+        if outcome is not None:
+            self.call_outcomes[
+                (plan.name if plan else "", plan.security if plan else "", outcome)
+            ] += 1
         if isinstance(decision, router.Reject):
             return self._answer(
                 tx,
@@ -582,6 +598,8 @@ class SipCore:
             event = "in_dialog_request_routed" if status < 300 else "in_dialog_request_failed"
         else:
             event = "call_routed" if status < 300 else "call_ended"
+            outcome = "answered" if status < 300 else f"failed_{status}"
+            self.call_outcomes[(call.plan.name, call.plan.security, outcome)] += 1
         log.info(
             event,
             method=call.request.method,

@@ -21,6 +21,7 @@ import structlog
 import trio
 from OpenSSL import SSL
 
+from sipserver.admin import ServerStats, serve_admin
 from sipserver.certstore import (
     CertificateSetupError,
     ServerCredentials,
@@ -91,6 +92,7 @@ class Server:
         # Outbound legs: open connections and what waits for a connection being opened.
         self._outbound: dict[tuple[str, str, int], StreamConnection] = {}
         self._daily = DailyOnce()
+        self.stats = ServerStats()
         self._skips_reported: set[tuple[str, str, str]] = (
             set()
         )  # each skipped certificate is logged once
@@ -143,6 +145,9 @@ class Server:
                 ],
                 peers=[p.name for p in cfg.peers],
             )
+            admin = cfg.admin.host_port
+            if admin is not None:
+                await nursery.start(serve_admin, self, admin[0], admin[1])
             task_status.started(list(self.listeners))
         log.info("server_stopped")
 
@@ -286,6 +291,7 @@ class Server:
             )
         except (ConfigError, CertificateSetupError) as exc:
             log.error("config_reload_failed", error=str(exc), kept=self.config.source)
+            self.stats.reloads["failed"] += 1
             return False
         old = self.config
         if (
@@ -310,6 +316,7 @@ class Server:
         if credentials is not None:
             self._install_credentials(credentials)
         log.info("config_reloaded", config=new.source, peers=len(new.peers), why=why)
+        self.stats.reloads["ok"] += 1
         return True
 
     def _watched_files(self) -> dict[str, tuple[int, int]]:
@@ -453,6 +460,8 @@ class Server:
         is calling) wait for queue room; anything for other connections never waits."""
         for transmit in transmits:
             flow = transmit.flow
+            if transmit.data:
+                self.stats.count_message("out", flow.transport, transmit.data)
             if flow.transport == "udp":
                 sock = self._udp_sockets.get(flow.local) or self._udp_socket_for(flow.remote[0])
                 if sock is None:
@@ -616,6 +625,7 @@ class Server:
                 )
                 continue
             flow = Flow("udp", local, remote)
+            self.stats.count_message("in", "udp", data)
             try:
                 transmits = self.core.receive_datagram(data, flow, trio.current_time())
             except Exception:
@@ -711,6 +721,9 @@ class Server:
             self.config.peers,
             self.credentials.revocation,
         )
+        self.stats.tls_handshakes[
+            ("accepted", "") if isinstance(result, TlsAccepted) else ("refused", result.reason)
+        ] += 1
         if not isinstance(result, TlsAccepted):
             cert_fields = result.certificate.log_fields("peer_cert_") if result.certificate else {}
             log.warning(
@@ -745,6 +758,7 @@ class Server:
         return result
 
     async def _stream_message(self, connection: StreamConnection, data: bytes) -> None:
+        self.stats.count_message("in", connection.flow.transport, data)
         try:
             transmits = self.core.receive_stream_message(
                 data,

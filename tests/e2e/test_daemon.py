@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import StartServer, free_port
+from tests.e2e.conftest import Pki, StartServer, free_port
 from tests.e2e.peers import (
     assert_callee_ok,
     assert_sipp_ok,
@@ -88,3 +89,66 @@ def test_a_second_sigterm_stops_at_once(start_server: StartServer, tmp_path: Pat
         finally:
             caller.kill()
             caller.wait(10)
+
+
+def test_healthz_and_metrics_after_real_traffic(
+    start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from tests.e2e.test_plain_sip import sipp
+
+    server = start_server(extra_config='\n[admin]\naddress = "127.0.0.1:0"\n')
+    port = server.wait_for("admin_listener_started")["port"]
+    base = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+        body = json.load(response)
+    assert response.status == 200 and body["status"] == "ok"
+    assert (
+        body["certificate"]["thumbprint_sha1"]
+        == server.wait_for("server_certificate_selected")["thumbprint_sha1"]
+    )
+    assert sipp("127.0.0.1", server.sip_port, "u1", calls=7).returncode == 0
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.check_hostname = False
+    with socket.create_connection(("127.0.0.1", server.tls_port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="sip.example.test") as tls:
+                tls.recv(10)  # no client certificate: refused
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+    server.wait_for("tls_peer_refused", reason="no_client_certificate")
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert (
+        lines[
+            'sipserver_messages_total{direction="in",kind="request",method_or_status="OPTIONS",transport="udp"}'
+        ]
+        == 7
+    )
+    assert (
+        lines[
+            'sipserver_messages_total{direction="out",kind="response",method_or_status="200",transport="udp"}'
+        ]
+        == 7
+    )
+    assert (
+        lines['sipserver_tls_handshakes_total{reason="no_client_certificate",result="refused"}']
+        == 1
+    )
+    days = [
+        v
+        for k, v in lines.items()
+        if k.startswith('sipserver_certificate_days_to_expiry{role="server"')
+    ]
+    assert len(days) == 1 and 360 < days[0] < 366
+    assert 'sipserver_reloads_total{result="failed"}' in lines
+    server.process.send_signal(signal.SIGTERM)
+    server.wait_for("server_stopped")
