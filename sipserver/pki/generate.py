@@ -18,23 +18,20 @@ class GeneratedCertificate:
     private_key_pem: bytes
 
 
-def generate_self_signed(
-    fqdn: str, now: dt.datetime, *, days: int = 365, key_type: str = "ec-p256"
-) -> GeneratedCertificate:
-    """ECDSA P-256 (or RSA-2048), SAN = dNSName and sip: URI of the FQDN, EKU serverAuth
-    and clientAuth so the same certificate serves 5061 and our outbound mutual-TLS legs."""
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if key_type == "rsa-2048":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, fqdn)])
-    not_before = now - dt.timedelta(minutes=5)
-    cert = (
+def sip_leaf_builder(
+    fqdn: str,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    issuer: x509.Name,
+    not_before: dt.datetime,
+    days: int,
+) -> x509.CertificateBuilder:
+    """A SIP server/client certificate: SAN = dNSName and sip: URI of the FQDN, EKU
+    serverAuth + clientAuth (the same certificate serves 5061 and our outbound legs)."""
+    return (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, fqdn)]))
+        .issuer_name(issuer)
+        .public_key(public_key)
         .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
         .not_valid_before(not_before)
         .not_valid_after(not_before + dt.timedelta(days=days))
@@ -54,7 +51,7 @@ def generate_self_signed(
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
-                key_encipherment=key_type == "rsa-2048",
+                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
                 content_commitment=False,
                 data_encipherment=False,
                 key_agreement=False,
@@ -65,14 +62,26 @@ def generate_self_signed(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
-    return GeneratedCertificate(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def generate_self_signed(
+    fqdn: str, now: dt.datetime, *, days: int = 365, key_type: str = "ec-p256"
+) -> GeneratedCertificate:
+    """ECDSA P-256 (or RSA-2048), self-signed, for when no usable certificate exists."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if key_type == "rsa-2048":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, fqdn)])
+    builder = sip_leaf_builder(fqdn, key.public_key(), name, now - dt.timedelta(minutes=5), days)
+    cert = builder.sign(key, hashes.SHA256())
+    return GeneratedCertificate(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
+
+from sipserver.pki.generate import key_pem, sip_leaf_builder
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,12 +19,6 @@ class Pair:
     name: str
     cert_pem: bytes
     key_pem: bytes
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def make_lab_pki(
@@ -69,31 +65,12 @@ def make_lab_pki(
     for fqdn in [server_fqdn, *peer_fqdns]:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, fqdn)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(days=days))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName(fqdn), x509.UniformResourceIdentifier(f"sip:{fqdn}")]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            sip_leaf_builder(fqdn, key.public_key(), ca_name, start, days)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                 critical=False,
             )
             .sign(ca_key, hashes.SHA256())
         )
-        leaves.append(Pair(fqdn, cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)))
-    return Pair("ca", ca.public_bytes(serialization.Encoding.PEM), _key_pem(ca_key)), leaves
+        leaves.append(Pair(fqdn, cert.public_bytes(serialization.Encoding.PEM), key_pem(key)))
+    return Pair("ca", ca.public_bytes(serialization.Encoding.PEM), key_pem(ca_key)), leaves
