@@ -49,6 +49,9 @@ class ServerSettings:
     unknown_source: str = "reject"
     watch_interval: float = 1.0  # seconds between checks of config/certificate/trust files; 0 = off
     shutdown_grace: float = 30.0  # seconds transactions in flight get to finish on SIGTERM
+    advertised_host: str | None = (
+        None  # host for our Via/Record-Route when peers cannot resolve fqdn
+    )
     reload_debounce: float = 0.5  # quiet time after a change before the reload
 
 
@@ -309,6 +312,14 @@ def _suggest(key: str, allowed: set[str]) -> str:
     )
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
 
@@ -446,6 +457,7 @@ def _server(r: _Reader, data: Any) -> ServerSettings:
             "watch_interval",
             "reload_debounce",
             "shutdown_grace",
+            "advertised_host",
         },
     )
 
@@ -469,6 +481,16 @@ def _server(r: _Reader, data: Any) -> ServerSettings:
         sip_port=r.get(d, k, "sip_port", int, 5060, _port),
         tls_port=r.get(d, k, "tls_port", int, 5061, _port),
         transports=tuple(r.get(d, k, "transports", list, ["udp", "tcp", "tls"], transports_ok)),
+        advertised_host=r.get(
+            d,
+            k,
+            "advertised_host",
+            str,
+            None,
+            lambda v: (
+                None if is_fqdn(v) or _is_ip(v) else f"{v!r} is neither an FQDN nor an IP address"
+            ),
+        ),
         shutdown_grace=r.get(
             d,
             k,

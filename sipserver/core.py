@@ -102,9 +102,11 @@ class SipCore:
         }
         self.our_thumbprint_sha1: str | None = None
         self.draining = False  # set on SIGTERM: new calls get 503, calls in flight finish
-        self.call_outcomes: Counter[tuple[str, str, str]] = (
-            Counter()
-        )  # (dial plan, security, outcome)
+        # (dial plan, security, outcome) -> calls
+        self.call_outcomes: Counter[tuple[str, str, str]] = Counter()
+        # Calls answered through us and not yet hung up (Call-ID -> answered at), so that a
+        # drain also waits for their BYE, which must pass through our Record-Route.
+        self.open_dialogs: dict[str, float] = {}
         self.configure(config)
 
     def set_ports(self, sip_port: int, tls_port: int) -> None:
@@ -121,6 +123,9 @@ class SipCore:
             config.limits.max_line_bytes,
         )
         self._agent = config.server.fqdn
+        # The host in our Via and Record-Route: the FQDN (what TLS peers verify), or an
+        # address where peers cannot resolve it (server.advertised_host).
+        self._host = config.server.advertised_host or config.server.fqdn
         t = config.timers
         self.timers = self._fixed_timers or TimerValues(t.t1, t.t2, t.t4, t.timer_c)
         previous = getattr(self, "health", None)
@@ -131,7 +136,7 @@ class SipCore:
         self.health_targets = tuple(
             p for p in config.peers if p.name in target_names and p.health_check > 0
         )
-        self._our_hosts = {config.server.fqdn, "localhost"} | {
+        self._our_hosts = {config.server.fqdn, "localhost", self._host} | {
             a for a in config.server.addresses if not ipaddress.ip_address(a).is_unspecified
         }
 
@@ -156,11 +161,13 @@ class SipCore:
         return self._receive(data, flow, peer, now, stream=True, cert=peer_cert)
 
     def busy(self) -> int:
-        """Transactions still waiting for their final response (what a drain waits for)."""
+        """What a drain waits for: transactions without their final response, and answered
+        calls whose BYE has not passed yet."""
         pending = sum(
             1 for tx in self._transactions.values() if tx.state in (State.TRYING, State.PROCEEDING)
         )
-        return pending + sum(1 for call in self.proxy.calls.values() if not call.done)
+        calls = sum(1 for call in self.proxy.calls.values() if not call.done)
+        return pending + calls + len(self.open_dialogs)
 
     def health_tick(self, now: float) -> list[Transmit]:
         """OPTIONS pings to the dial-plan targets that are due (the server calls this
@@ -334,7 +341,7 @@ class SipCore:
         self._transactions[key] = tx
         if request.method == "OPTIONS" and self._addressed_to_us(request, flow):
             return self._options(tx, request, now)
-        if proxy_ops.is_loop(request, self._agent):
+        if proxy_ops.is_loop(request, self._host):
             return self._answer(
                 tx, 482, "Loop Detected", now, log_reason="our Via is already in the request"
             )
@@ -549,11 +556,11 @@ class SipCore:
         )
 
     def our_hop(self, transport: str) -> proxy_ops.Hop:
-        return proxy_ops.Hop(self._agent, self.ports[transport], transport)
+        return proxy_ops.Hop(self._host, self.ports[transport], transport)
 
     def _hop(self, transport: str, peer: PeerSettings | None) -> proxy_ops.Hop:
         return proxy_ops.Hop(
-            self._agent, self.ports[transport], transport, peer.name if peer else None
+            self._host, self.ports[transport], transport, peer.name if peer else None
         )
 
     def forwarded_copy(
@@ -566,7 +573,7 @@ class SipCore:
         }
         if transport != "udp":
             params["alias"] = None  # RFC 5923: this connection may carry requests back to us
-        via = Via(transport.upper(), self._agent, self.ports[transport], params)
+        via = Via(transport.upper(), self._host, self.ports[transport], params)
         record_route: tuple[proxy_ops.Hop, ...] = ()
         if call.plan is not None and call.request.method in ("INVITE", "SUBSCRIBE", "REFER"):
             # Always two entries (RFC 5658 style): each names its leg's transport and peer, so
@@ -594,6 +601,14 @@ class SipCore:
     def log_call(self, call: ProxyCall, status: int, now: float, detail: str | None = None) -> None:
         """The one canonical line per routed call."""
         inbound = call.inbound
+        call_id = call.request.call_id or ""
+        if call.plan is not None and call.request.method == "INVITE" and status < 300:
+            self.open_dialogs[call_id] = now
+            # Oldest first (insertion order): forget calls whose BYE never came through us.
+            while (oldest := next(iter(self.open_dialogs.items()))) and now - oldest[1] > 86400:
+                del self.open_dialogs[oldest[0]]
+        elif call.request.method == "BYE":
+            self.open_dialogs.pop(call_id, None)
         if call.plan is None:
             event = "in_dialog_request_routed" if status < 300 else "in_dialog_request_failed"
         else:
@@ -663,7 +678,7 @@ class SipCore:
             return []
         via = Via(
             hop.transport.upper(),
-            self._agent,
+            self._host,
             self.ports[hop.transport],
             {"branch": proxy_ops.branch_for(request, 0), "rport": None},
         )

@@ -26,7 +26,8 @@ class Hop:
 
     def uri(self) -> str:
         peer = f";peer={self.peer}" if self.peer else ""
-        return f"<sip:{self.host}:{self.port};transport={self.transport};lr{peer}>"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"<sip:{host}:{self.port};transport={self.transport};lr{peer}>"
 
 
 def branch_for(request: Request, attempt: int) -> str:

@@ -1,0 +1,105 @@
+"""Two sipserver instances behind Kamailio's dispatcher (contrib/scale-out/kamailio.cfg):
+calls are spread over both; one instance is stopped mid-run and no call is lost."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO, StartServer, free_port, need
+from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
+from tests.e2e.sipp_scenarios import call_uac, call_uas
+
+pytestmark = pytest.mark.e2e
+CALLS = 60
+# Our Via and Record-Route carry the FQDN by default; Kamailio cannot resolve the test's
+# sip.example.test, so each instance advertises its address instead.
+ADVERTISED = 'shutdown_grace = 20\nadvertised_host = "127.0.0.1"'
+
+
+def test_calls_spread_over_two_instances_and_survive_stopping_one(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    uas_port, balancer_port = free_port(), free_port()
+    plan = (
+        f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
+        f'port = {uas_port}\ntransport = "udp"\nhealth_check = 0\n'
+        '[[dial_plan]]\nname = "main"\nsecurity = "unsecured"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
+    )
+    first = start_server(extra_config=plan, server_extra=ADVERTISED)
+    second = start_server(extra_config=plan, server_extra=ADVERTISED)
+    (tmp_path / "dispatcher.list").write_text(
+        f"1 sip:127.0.0.1:{first.sip_port}\n1 sip:127.0.0.1:{second.sip_port}\n"
+    )
+    config = (REPO / "contrib" / "scale-out" / "kamailio.cfg").read_text()
+    config = config.replace(
+        "!LISTEN!udp:127.0.0.1:5060!g", f"!LISTEN!udp:127.0.0.1:{balancer_port}!g"
+    )
+    config = config.replace(
+        "!DISPATCHER_LIST!/etc/kamailio/dispatcher.list!g",
+        f"!DISPATCHER_LIST!{tmp_path / 'dispatcher.list'}!g",
+    )
+    (tmp_path / "kamailio.cfg").write_text(config)
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    balancer = subprocess.Popen(
+        [
+            need("kamailio"),
+            "-f",
+            str(tmp_path / "kamailio.cfg"),
+            "-DD",
+            "-E",
+            "-Y",
+            str(runtime),
+            "-m",
+            "64",
+            "-M",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert balancer.stdout is not None
+    balancer_log: list[str] = []
+    threading.Thread(target=lambda: balancer_log.extend(balancer.stdout), daemon=True).start()  # type: ignore[arg-type]
+    try:
+        # Kamailio is up when its probes reach both instances.
+        for server in (first, second):
+            server.wait_until(
+                lambda e: e.get("event") == "sip_request_answered" and e.get("method") == "OPTIONS",
+                20,
+                "an OPTIONS probe from Kamailio",
+            )
+        with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port, calls=CALLS) as callee:
+            caller = subprocess.Popen(
+                sipp_caller_command(
+                    call_uac(tmp_path / "uac.xml"), balancer_port, "5000", calls=CALLS, rate=10
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=tmp_path,
+            )
+            first.wait_until(
+                lambda _: len(first.events("call_routed")) >= 5,
+                30,
+                "five calls on the first instance",
+            )
+            second.wait_until(
+                lambda _: len(second.events("call_routed")) >= 5, 30, "five calls on the second"
+            )
+            first.process.send_signal(signal.SIGTERM)  # drains: its calls finish, new ones get 503
+            assert first.process.wait(30) == 0
+            out, _ = caller.communicate(timeout=120)
+            assert caller.returncode == 0, out[-3000:] + "".join(balancer_log[-20:])
+            assert_callee_ok(callee)
+        on_first, on_second = len(first.events("call_routed")), len(second.events("call_routed"))
+        assert on_first + on_second == CALLS and on_first >= 5 and on_second > on_first
+    finally:
+        balancer.terminate()
+        balancer.wait(10)
