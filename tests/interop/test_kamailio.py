@@ -83,7 +83,9 @@ def test_a_call_from_a_kamailio_gateway_to_a_kamailio_pbx(
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        assert ready.wait(20) and kamailio.poll() is None, "kamailio did not start:\n" + "".join(log[-30:])
+        assert ready.wait(20) and kamailio.poll() is None, "kamailio did not start:\n" + "".join(
+            log[-30:]
+        )
         srtp = security == "secured"
         uac = call_uac(tmp_path / "uac.xml", proto="RTP/SAVP" if srtp else "RTP/AVP", crypto=srtp)
         uas = call_uas(
