@@ -3,10 +3,13 @@ then a clean exit; a second SIGTERM stops at once."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,7 +39,11 @@ def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     uas_port = free_port()
-    server = start_server(extra_config=plan(uas_port), server_extra="shutdown_grace = 20")
+    server = start_server(
+        extra_config=plan(uas_port) + '\n[admin]\naddress = "127.0.0.1:0"\n',
+        server_extra="shutdown_grace = 20",
+    )
+    admin_port = server.wait_for("admin_listener_started")["port"]
     with sipp_callee(call_uas(tmp_path / "uas.xml", answer_delay_ms=2500), uas_port) as callee:
         caller = subprocess.Popen(
             sipp_caller_command(call_uac(tmp_path / "uac.xml"), server.sip_port, "5000"),
@@ -49,6 +56,11 @@ def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(
         server.process.send_signal(signal.SIGTERM)
         draining = server.wait_for("server_draining")
         assert draining["busy"] >= 1
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=5)
+        assert unhealthy.value.code == 503 and json.load(unhealthy.value)["problems"] == [
+            "shutting down"
+        ]
         refused = invite_expecting(
             tmp_path / "503.xml",
             503,
@@ -94,11 +106,7 @@ def test_a_second_sigterm_stops_at_once(start_server: StartServer, tmp_path: Pat
 def test_healthz_and_metrics_after_real_traffic(
     start_server: StartServer, pki: Pki, tmp_path: Path
 ) -> None:
-    import json
-    import urllib.error
-    import urllib.request
-
-    from tests.e2e.test_plain_sip import sipp
+    from tests.interop.test_sipp_sipsak import sipp
 
     server = start_server(extra_config='\n[admin]\naddress = "127.0.0.1:0"\n')
     port = server.wait_for("admin_listener_started")["port"]

@@ -3,6 +3,7 @@ calls are spread over both; one instance is stopped mid-run and no call is lost.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import threading
@@ -75,6 +76,9 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
                 20,
                 "an OPTIONS probe from Kamailio",
             )
+        # Batch 1: calls spread over both instances; the first one is stopped mid-run. A call
+        # that reaches it in the instant it goes away may be lost before the balancer notices
+        # (the issue allows that one); every other call completes.
         with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port, calls=CALLS) as callee:
             caller = subprocess.Popen(
                 sipp_caller_command(
@@ -96,10 +100,25 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
             first.process.send_signal(signal.SIGTERM)  # drains: its calls finish, new ones get 503
             assert first.process.wait(30) == 0
             out, _ = caller.communicate(timeout=120)
-            assert caller.returncode == 0, out[-3000:] + "".join(balancer_log[-20:])
-            assert_callee_ok(callee)
+            callee.kill()
+        failed = int(re.findall(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", out)[-1])
+        assert failed <= 1, out[-2000:] + "".join(balancer_log[-10:])
         on_first, on_second = len(first.events("call_routed")), len(second.events("call_routed"))
-        assert on_first + on_second == CALLS and on_first >= 5 and on_second > on_first
+        assert on_first >= 5 and on_second > on_first and on_first + on_second >= CALLS - 1
+        # Batch 2, after the balancer noticed: no call is lost, all on the second instance.
+        with sipp_callee(call_uas(tmp_path / "uas2.xml"), uas_port, calls=20) as callee:
+            result = subprocess.run(
+                sipp_caller_command(
+                    call_uac(tmp_path / "uac2.xml"), balancer_port, "5000", calls=20, rate=10
+                ),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=tmp_path,
+            )
+            assert result.returncode == 0, result.stdout[-2000:] + "".join(balancer_log[-10:])
+            assert_callee_ok(callee)
+        assert len(second.events("call_routed")) == on_second + 20
     finally:
         balancer.terminate()
         balancer.wait(10)

@@ -1,4 +1,6 @@
-"""Plain SIP on the SIP port: sipp and sipsak against the running server over real sockets."""
+"""Interop: sipp (sip-tester) and sipsak against the plain SIP port over UDP and TCP on
+127.0.0.1 and ::1: OPTIONS, refusals, malformed input and limits. (Full call flows with sipp
+on both sides are in tests/e2e/test_proxy_calls.py.)"""
 
 from __future__ import annotations
 
