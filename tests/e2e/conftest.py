@@ -139,6 +139,18 @@ class RunningServer:
                     )
                 self._cond.wait(remaining)
 
+    def wait_count(
+        self, event: str, count: int, timeout: float = 10.0, **fields: Any
+    ) -> list[dict[str, Any]]:
+        """Wait until at least `count` lines of this event (with these fields) were logged:
+        the server logs a message's outcome just as the peer receives it."""
+
+        def matching() -> list[dict[str, Any]]:
+            return [e for e in self.events(event) if all(e.get(k) == v for k, v in fields.items())]
+
+        self.wait_until(lambda _: len(matching()) >= count, timeout, f"{count} x {event} {fields}")
+        return matching()
+
     def events(self, event: str) -> list[dict[str, Any]]:
         with self._cond:
             return [e for e in self.lines if e.get("event") == event]

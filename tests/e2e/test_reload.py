@@ -81,7 +81,7 @@ def test_reloading_certificates_and_config_under_call_load_loses_no_call(
         out, _ = caller.communicate(timeout=90)
         assert caller.returncode == 0, out[-3000:]
         assert_callee_ok(callee)
-    assert len(server.events("call_routed")) == CALLS
+    assert len(server.wait_count("call_routed", CALLS)) == CALLS
     assert server.events("config_reload_failed") == []
     selected = {e["serial"] for e in server.events("server_certificate_selected")}
     assert {format(s, "X") for s in serials} <= selected

@@ -212,12 +212,7 @@ def test_sipp_through_stunnel_with_a_client_certificate_gets_200(
         assert result.returncode == 0, result.stdout[-2000:]
     accepted = server.wait_for("tls_peer_accepted", peer="gw1")
     assert accepted["peer_cert_serial"] == format(pki.gw1.cert.serial_number, "X")
-    ok = [
-        e
-        for e in server.events("sip_request_answered")
-        if e.get("transport") == "tls" and e.get("status") == 200
-    ]
-    assert len(ok) == 20
+    assert len(server.wait_count("sip_request_answered", 20, transport="tls", status=200)) == 20
 
 
 def test_revoked_certificate_is_refused_naming_serial_and_crl(

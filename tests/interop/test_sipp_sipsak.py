@@ -50,7 +50,7 @@ def test_sipp_options_get_200(start_server: StartServer, host: str, transport: s
     server = start_server()
     result = sipp(host, server.sip_port, transport)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    answered = [e for e in server.events("sip_request_answered") if e.get("method") == "OPTIONS"]
+    answered = server.wait_count("sip_request_answered", 50, method="OPTIONS")
     assert len(answered) >= 50 and all(e["status"] == 200 for e in answered)
 
 
