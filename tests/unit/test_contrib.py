@@ -28,6 +28,7 @@ def test_the_compose_example_configuration_is_valid() -> None:
     from sipserver.config import load_config
 
     config = load_config(UNIT.parent / "container" / "example-conf" / "sipserver.toml")
-    assert [p.name for p in config.peers][:2] == ["gw1", "pbx1"] and config.peers[0].kind == "gateway"
+    assert [p.name for p in config.peers][:2] == ["gw1", "pbx1"]
+    assert config.peers[0].kind == "gateway"
     compose = (UNIT.parents[1] / "compose.yaml").read_text()
     assert "./contrib/container/example-conf:/etc/sipserver:ro" in compose
