@@ -257,6 +257,16 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
 
 
 def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that is free for both TCP and UDP right now (SIP peers use either)."""
+    while True:
+        with (
+            socket.socket(family, socket.SOCK_STREAM) as tcp,
+            socket.socket(family, socket.SOCK_DGRAM) as udp,
+        ):
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+            return port

@@ -148,3 +148,62 @@ def stunnel_server(pki: Pki, workdir: Path, backend_port: int, name: str) -> Ite
         "verifyChain = yes\nrequireCert = yes\n",
     ):
         yield listen
+
+
+class Kamailio:
+    """Debian's kamailio in the foreground with a config the test wrote; its log is kept."""
+
+    def __init__(self, config: Path) -> None:
+        runtime = config.parent / f"kamailio-run-{free_port()}"
+        runtime.mkdir()
+        self.process = subprocess.Popen(
+            [
+                need("kamailio"),
+                "-f",
+                str(config),
+                "-DD",
+                "-E",
+                "-Y",
+                str(runtime),
+                "-m",
+                "64",
+                "-M",
+                "8",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.log: list[str] = []
+        self._listening = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log.append(line)
+            if "Listening on" in line:
+                self._listening.set()
+        self._listening.set()  # it exited: let the waiter see that
+
+    def wait_listening(self, timeout: float = 20) -> None:
+        assert self._listening.wait(timeout) and self.process.poll() is None, (
+            "kamailio did not start:\n" + self.tail()
+        )
+
+    def tail(self, lines: int = 30) -> str:
+        return "".join(self.log[-lines:])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@contextlib.contextmanager
+def kamailio(config: Path) -> Iterator[Kamailio]:
+    running = Kamailio(config)
+    try:
+        running.wait_listening()
+        yield running
+    finally:
+        running.stop()

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -128,10 +129,28 @@ def test_the_image_serves_sip_is_healthy_and_stops_cleanly(image: str, tmp_path:
         image,
     )
     try:
-        deadline = time.monotonic() + 30
-        while "server_ready" not in podman("logs", name).stdout:
-            assert time.monotonic() < deadline, podman("logs", name).stdout[-3000:]
-            time.sleep(0.2)  # polling the container's log for readiness, bounded
+        # Follow the container's log and wait (bounded) for the server's ready line.
+        follower = subprocess.Popen(
+            ["podman", "logs", "-f", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=podman_env(),
+        )
+        ready = threading.Event()
+
+        def follow() -> None:
+            assert follower.stdout is not None
+            for line in follower.stdout:
+                if '"event": "server_ready"' in line:
+                    ready.set()
+
+        threading.Thread(target=follow, daemon=True).start()
+        try:
+            assert ready.wait(30), podman("logs", name).stdout[-3000:]
+        finally:
+            follower.kill()
+            follower.wait(10)
         for transport in ("udp", "tcp"):
             sipsak = subprocess.run(
                 [need("sipsak"), "-vv", "-s", f"sip:127.0.0.1:{sip_port}", "-E", transport],

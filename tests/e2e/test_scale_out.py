@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO, StartServer, free_port, need
-from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
+from tests.e2e.conftest import REPO, StartServer, free_port
+from tests.e2e.peers import assert_callee_ok, kamailio, sipp_callee, sipp_caller_command
 from tests.e2e.sipp_scenarios import call_uac, call_uas
 
 pytestmark = pytest.mark.e2e
@@ -45,30 +44,7 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
         f"!DISPATCHER_LIST!{tmp_path / 'dispatcher.list'}!g",
     )
     (tmp_path / "kamailio.cfg").write_text(config)
-    runtime = tmp_path / "run"
-    runtime.mkdir()
-    balancer = subprocess.Popen(
-        [
-            need("kamailio"),
-            "-f",
-            str(tmp_path / "kamailio.cfg"),
-            "-DD",
-            "-E",
-            "-Y",
-            str(runtime),
-            "-m",
-            "64",
-            "-M",
-            "8",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert balancer.stdout is not None
-    balancer_log: list[str] = []
-    threading.Thread(target=lambda: balancer_log.extend(balancer.stdout), daemon=True).start()  # type: ignore[arg-type]
-    try:
+    with kamailio(tmp_path / "kamailio.cfg") as balancer:
         # Kamailio is up when its probes reach both instances.
         for server in (first, second):
             server.wait_until(
@@ -102,7 +78,7 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
             out, _ = caller.communicate(timeout=120)
             callee.kill()
         failed = int(re.findall(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", out)[-1])
-        assert failed <= 1, out[-2000:] + "".join(balancer_log[-10:])
+        assert failed <= 1, out[-2000:] + balancer.tail(10)
         second.wait_until(
             lambda _: (
                 len(first.events("call_routed")) + len(second.events("call_routed"))
@@ -124,9 +100,6 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
                 timeout=120,
                 cwd=tmp_path,
             )
-            assert result.returncode == 0, result.stdout[-2000:] + "".join(balancer_log[-10:])
+            assert result.returncode == 0, result.stdout[-2000:] + balancer.tail(10)
             assert_callee_ok(callee)
         assert len(second.wait_count("call_routed", on_second + 20)) == on_second + 20
-    finally:
-        balancer.terminate()
-        balancer.wait(10)

@@ -3,15 +3,13 @@ sipserver over mutual TLS, and as the PBX receiving it from sipserver over mutua
 
 from __future__ import annotations
 
-import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.certs import make_leaf
-from tests.e2e.conftest import Pki, StartServer, free_port, need
-from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller
+from tests.e2e.conftest import Pki, StartServer, free_port
+from tests.e2e.peers import assert_callee_ok, kamailio, sipp_callee, sipp_caller
 from tests.e2e.sipp_scenarios import call_uac, call_uas
 
 pytestmark = pytest.mark.e2e
@@ -50,42 +48,7 @@ def test_a_call_from_a_kamailio_gateway_to_a_kamailio_pbx(
             f"!{name}!tls.cfg!g", f"!{name}!{value}!g"
         )
     (tmp_path / "kamailio.cfg").write_text(config)
-    runtime = tmp_path / "run"
-    runtime.mkdir()
-    kamailio = subprocess.Popen(
-        [
-            need("kamailio"),
-            "-f",
-            str(tmp_path / "kamailio.cfg"),
-            "-DD",
-            "-E",
-            "-Y",
-            str(runtime),
-            "-m",
-            "64",
-            "-M",
-            "8",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    log: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert kamailio.stdout is not None
-        for line in kamailio.stdout:
-            log.append(line)
-            if "Listening on" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert ready.wait(20) and kamailio.poll() is None, "kamailio did not start:\n" + "".join(
-            log[-30:]
-        )
+    with kamailio(tmp_path / "kamailio.cfg") as running:
         srtp = security == "secured"
         uac = call_uac(tmp_path / "uac.xml", proto="RTP/SAVP" if srtp else "RTP/AVP", crypto=srtp)
         uas = call_uas(
@@ -93,7 +56,7 @@ def test_a_call_from_a_kamailio_gateway_to_a_kamailio_pbx(
         )
         with sipp_callee(uas, callee_udp) as callee:
             result = sipp_caller(uac, gw_udp, "+14255550100")
-            assert result.returncode == 0, result.stdout[-2000:] + "".join(log[-30:])
+            assert result.returncode == 0, result.stdout[-2000:] + running.tail()
             assert_callee_ok(callee)
         accepted = server.wait_for("tls_peer_accepted", peer="gw1")
         assert accepted["peer_cert_serial"] == format(pki.gw1.cert.serial_number, "X")
@@ -107,7 +70,4 @@ def test_a_call_from_a_kamailio_gateway_to_a_kamailio_pbx(
             and routed["security"] == security
             and routed["transport"] == "tls"
         )
-        assert any("peer verified: 1" in line for line in log), "".join(log[-30:])
-    finally:
-        kamailio.terminate()
-        kamailio.wait(10)
+        assert any("peer verified: 1" in line for line in running.log), running.tail()
