@@ -9,26 +9,30 @@ from xml.sax.saxutils import escape
 SRTP_CRYPTO = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
 
 
-def invite_expecting(
-    path: Path,
-    status: int,
-    *,
-    proto: str = "RTP/AVP",
-    crypto: bool = False,
-    checks: dict[str, str] | None = None,
-) -> Path:
-    """Write the scenario; `checks` maps a header name to a POSIX extended regexp its value
-    (which sipp gives with its leading space) must match, or sipp fails the call."""
+def _checks(checks: dict[str, str] | None, prefix: str) -> tuple[str, str]:
     actions = "".join(
         f'<ereg regexp="{escape(regexp)}" search_in="hdr" header="{name}:" check_it="true" '
-        f'assign_to="check{i}"/>'
+        f'assign_to="{prefix}{i}"/>'
         for i, (name, regexp) in enumerate((checks or {}).items())
     )
-    uses = "".join(f"[$check{i}]" for i in range(len(checks or {})))
+    uses = "".join(f"[${prefix}{i}]" for i in range(len(checks or {})))
+    return actions, uses
+
+
+def _sdp(proto: str, crypto: bool) -> str:
     crypto_line = f"\n      {SRTP_CRYPTO}" if crypto else ""
-    path.write_text(f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="INVITE expecting {status}">
-  <send retrans="500">
+    return f"""v=0
+      o=- 1 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] {proto} 0{crypto_line}
+"""
+
+
+def _invite(proto: str, crypto: bool, extra: str = "") -> str:
+    """The INVITE with an SDP offer that every caller scenario starts with."""
+    return f"""  <send retrans="500">
     <![CDATA[
 
       INVITE sip:[service]@sip.example.test SIP/2.0
@@ -39,20 +43,30 @@ def invite_expecting(
       CSeq: 1 INVITE
       Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
       Max-Forwards: 70
-      Content-Type: application/sdp
+{extra}      Content-Type: application/sdp
       Content-Length: [len]
 
-      v=0
-      o=- 1 1 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] {proto} 0{crypto_line}
-
+      {_sdp(proto, crypto)}
     ]]>
   </send>
   <recv response="100" optional="true"/>
-  <recv response="{status}">
+"""
+
+
+def invite_expecting(
+    path: Path,
+    status: int,
+    *,
+    proto: str = "RTP/AVP",
+    crypto: bool = False,
+    checks: dict[str, str] | None = None,
+) -> Path:
+    """Write the scenario; `checks` maps a header name to a POSIX extended regexp its value
+    (which sipp gives with its leading space) must match, or sipp fails the call."""
+    actions, uses = _checks(checks, "check")
+    path.write_text(f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="INVITE expecting {status}">
+{_invite(proto, crypto)}  <recv response="{status}">
     <action>{actions}</action>
   </recv>
   <send>
@@ -77,27 +91,6 @@ def invite_expecting(
     return path
 
 
-def _checks(checks: dict[str, str] | None, prefix: str) -> tuple[str, str]:
-    actions = "".join(
-        f'<ereg regexp="{escape(regexp)}" search_in="hdr" header="{name}:" check_it="true" '
-        f'assign_to="{prefix}{i}"/>'
-        for i, (name, regexp) in enumerate((checks or {}).items())
-    )
-    uses = "".join(f"[${prefix}{i}]" for i in range(len(checks or {})))
-    return actions, uses
-
-
-def _sdp(proto: str, crypto: bool) -> str:
-    crypto_line = f"\n      {SRTP_CRYPTO}" if crypto else ""
-    return f"""v=0
-      o=- 1 1 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] {proto} 0{crypto_line}
-"""
-
-
 def call_uac(
     path: Path,
     *,
@@ -110,25 +103,7 @@ def call_uac(
     """INVITE, provisional(s), then either 200/ACK/BYE/200 or (cancel=True) CANCEL after
     the 180, 200 for the CANCEL, 487 and its ACK."""
     actions, uses = _checks(checks_on_200, "ok")
-    invite = f"""  <send retrans="500">
-    <![CDATA[
-
-      INVITE sip:[service]@sip.example.test SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
-      To: <sip:[service]@sip.example.test>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-{extra}      Content-Type: application/sdp
-      Content-Length: [len]
-
-      {_sdp(proto, crypto)}
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-"""
+    invite = _invite(proto, crypto, extra)
     if cancel:
         body = (
             invite
