@@ -15,64 +15,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
-import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import free_port, rtt_percentiles, sipp_counts, start_server, stunnel
 
-from tests.certs import Issued, make_ca, make_leaf  # noqa: E402
-from tests.e2e.sipp_scenarios import call_uac, call_uas  # noqa: E402
+from tests.certs import Issued, make_ca, make_leaf
+from tests.e2e.sipp_scenarios import call_uac, call_uas
 
 SERVER_LOG: Path | None = None  # --server-log: keep the server's JSON log there
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def drain(stream: object, copy_to: Path | None = None) -> None:
-    def run() -> None:
-        with open(copy_to or os.devnull, "a") as sink:
-            for line in stream:  # type: ignore[attr-defined]
-                sink.write(line)
-
-    threading.Thread(target=run, daemon=True).start()
-
-
-@contextlib.contextmanager
-def stunnel(work: Path, conf_text: str) -> Iterator[None]:
-    conf = work / f"stunnel-{free_port()}.conf"
-    conf.write_text("foreground = yes\npid =\n" + conf_text)
-    proc = subprocess.Popen(
-        ["stunnel4", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "Configuration successful" in line:
-            break
-    drain(proc.stdout)
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def start_server(
+def start_bench_server(
     work: Path, ca: Issued, transport: str, target_port: int
 ) -> tuple[subprocess.Popen[str], int, int]:
     server = make_leaf(ca, dns=["sip.example.test"])
@@ -89,23 +47,7 @@ def start_server(
         f'port = {target_port}\ntransport = "{transport}"\nhealth_check = 0\n'
         f'[[dial_plan]]\nname = "bench"\nsecurity = "{security}"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sipserver", "run", "--config", str(config), "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    ports: dict[str, int] = {}
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "listener_started":
-            ports[event["transport"]] = event["port"]
-        if event["event"] == "server_ready":
-            break
-    drain(proc.stdout, SERVER_LOG)
+    proc, ports = start_server(config, SERVER_LOG)
     return proc, ports["udp"], ports["tls"]
 
 
@@ -173,26 +115,12 @@ def step(
     elapsed = time.monotonic() - started
     callee.kill()
     callee.wait(10)
-    ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
-    bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
-    rtts = sorted(
-        float(row[1])
-        for path in work.glob("uac_*_rtt.csv")
-        for row in csv.reader(path.open(), delimiter=";")
-        if len(row) > 1 and row[1].replace(".", "", 1).isdigit()
-    )
-
-    def pct(p: float) -> float:
-        return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
-
-    answered = int(ok.group(1)) if ok else 0
+    answered, failed = sipp_counts(result.stdout, calls)
     return {
         "ok": answered,
-        "failed": int(bad.group(1)) if bad else calls,
+        "failed": failed,
         "achieved": answered / elapsed,
-        "p50": pct(0.5),
-        "p90": pct(0.9),
-        "p99": pct(0.99),
+        **rtt_percentiles(list(work.glob("uac_*_rtt.csv"))),
     }
 
 
@@ -237,7 +165,7 @@ def main() -> int:
                         "verifyChain = yes\nrequireCert = yes\n",
                     )
                 )
-            proc, sip_port, tls_port = start_server(work, ca, transport, target_port)
+            proc, sip_port, tls_port = start_bench_server(work, ca, transport, target_port)
             stack.callback(lambda p=proc: (p.terminate(), p.wait(10)))
             caller_port = sip_port
             if transport == "tls":

@@ -15,23 +15,17 @@ server starts queueing. Bounded: at most len(rates) steps of --seconds each per 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import re
+import contextlib
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import free_port, rtt_percentiles, sipp_counts, start_server, stunnel
 
-from tests.certs import make_ca, make_leaf  # noqa: E402
+from tests.certs import make_ca, make_leaf
 
 SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="options rtt">
@@ -52,13 +46,7 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(
+def start_bench_server(
     work: Path, ca_pem: bytes, server_pair: tuple[bytes, bytes]
 ) -> tuple[subprocess.Popen[str], int, int]:
     (work / "server").mkdir()
@@ -72,38 +60,7 @@ def start_server(
         '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n'
         '[[peer]]\nname = "bench"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sipserver",
-            "run",
-            "--config",
-            str(config),
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ],  # the default; startup events are info
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    ports: dict[str, int] = {}
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "listener_started":
-            ports[event["transport"]] = event["port"]
-        if event["event"] == "server_ready":
-            break
-    # From here on the server logs one line per request at info; stop reading to keep the
-    # pipe from filling by sending it to a drain thread.
-    import threading
-
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    proc, ports = start_server(config)
     return proc, ports["udp"], ports["tls"]
 
 
@@ -145,28 +102,13 @@ def run_step(transport: str, port: int, rate: int, seconds: float, work: Path) -
         timeout=seconds * 6 + 30,
     )
     elapsed = time.monotonic() - started
-    ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
-    bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", result.stdout)
-    rtts: list[float] = []
-    for path in work.glob("options_*_rtt.csv"):
-        with path.open() as handle:
-            for row in csv.reader(handle, delimiter=";"):
-                if len(row) > 1 and row[1].replace(".", "", 1).isdigit():
-                    rtts.append(float(row[1]))
-    rtts.sort()
-
-    def pct(p: float) -> float:
-        return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
-
+    ok, failed = sipp_counts(result.stdout, calls)
     return {
         "rate": rate,
-        "ok": int(ok.group(1)) if ok else 0,
-        "failed": int(bad.group(1)) if bad else calls,
-        "achieved": (int(ok.group(1)) if ok else 0) / elapsed,
-        "p50": pct(0.5),
-        "p90": pct(0.9),
-        "p99": pct(0.99),
-        "mean": statistics.fmean(rtts) if rtts else float("nan"),
+        "ok": ok,
+        "failed": failed,
+        "achieved": ok / elapsed,
+        **rtt_percentiles(list(work.glob("options_*_rtt.csv"))),
     }
 
 
@@ -191,11 +133,11 @@ def main() -> int:
         ca = make_ca("bench CA")
         server = make_leaf(ca, dns=["sip.example.test"])
         client = make_leaf(ca, dns=["gw1.example.test"])
-        proc, sip_port, tls_port = start_server(
+        proc, sip_port, tls_port = start_bench_server(
             work, ca.cert_pem, (server.cert_pem, server.key_pem)
         )
-        tunnel = None
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(lambda: (proc.terminate(), proc.wait(10)))
             print(f"sipserver pid {proc.pid}; sipp OPTIONS, {args.seconds:g} s per step; rtt in ms")
             print(
                 f"{'transport':<9} {'rate':>6} {'answered':>9} {'failed':>7} {'achieved/s':>10} "
@@ -206,21 +148,14 @@ def main() -> int:
                 if transport == "tls":
                     local = free_port()
                     (work / "client.pem").write_bytes(client.cert_pem + client.key_pem)
-                    (work / "stunnel.conf").write_text(
-                        f"foreground = yes\npid =\n[sip]\nclient = yes\naccept = 127.0.0.1:{local}\n"
-                        f"connect = 127.0.0.1:{tls_port}\ncert = {work / 'client.pem'}\n"
-                        f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n"
+                    stack.enter_context(
+                        stunnel(
+                            work,
+                            f"[sip]\nclient = yes\naccept = 127.0.0.1:{local}\n"
+                            f"connect = 127.0.0.1:{tls_port}\ncert = {work / 'client.pem'}\n"
+                            f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n",
+                        )
                     )
-                    tunnel = subprocess.Popen(
-                        ["stunnel4", str(work / "stunnel.conf")],
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                    )
-                    assert tunnel.stdout is not None
-                    for line in tunnel.stdout:
-                        if "Configuration successful" in line:
-                            break
                     port = local
                 best = None
                 for rate in rates:
@@ -246,11 +181,6 @@ def main() -> int:
                     )
                 else:
                     print(f"best {transport}: below {rates[0]} OPTIONS/s")
-        finally:
-            if tunnel is not None:
-                tunnel.terminate()
-            proc.terminate()
-            proc.wait(10)
     return 0
 
 

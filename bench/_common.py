@@ -1,0 +1,103 @@
+"""What both benchmarks share: free ports, starting the server and reading its ports,
+stunnel, and reading sipp's counters and round-trip files."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def drain(stream: object, copy_to: Path | None = None) -> None:
+    """Keep reading a child's output so its pipe never fills (optionally into a file)."""
+
+    def run() -> None:
+        with open(copy_to or os.devnull, "a") as sink:
+            for line in stream:  # type: ignore[attr-defined]
+                sink.write(line)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def start_server(
+    config: Path, server_log: Path | None = None
+) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """Run sipserver on a config with port 0 and return it with its bound ports by transport.
+    Info logging is the default, so the figures include one log line per request."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sipserver", "run", "--config", str(config), "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    ports: dict[str, int] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "listener_started":
+            ports[event["transport"]] = event["port"]
+        if event["event"] == "server_ready":
+            break
+    drain(proc.stdout, server_log)
+    return proc, ports
+
+
+@contextlib.contextmanager
+def stunnel(work: Path, conf_text: str) -> Iterator[None]:
+    conf = work / f"stunnel-{free_port()}.conf"
+    conf.write_text("foreground = yes\npid =\n" + conf_text)
+    proc = subprocess.Popen(
+        ["stunnel4", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Configuration successful" in line:
+            break
+    drain(proc.stdout)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def sipp_counts(stdout: str, calls: int) -> tuple[int, int]:
+    """(successful, failed) from sipp's final statistics screen."""
+    ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", stdout)
+    bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", stdout)
+    return (int(ok.group(1)) if ok else 0), (int(bad.group(1)) if bad else calls)
+
+
+def rtt_percentiles(files: list[Path]) -> dict[str, float]:
+    """p50/p90/p99 of sipp's -trace_rtt files (milliseconds)."""
+    rtts = sorted(
+        float(row[1])
+        for path in files
+        for row in csv.reader(path.open(), delimiter=";")
+        if len(row) > 1 and row[1].replace(".", "", 1).isdigit()
+    )
+
+    def pct(p: float) -> float:
+        return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
+
+    return {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)}
