@@ -282,9 +282,9 @@ class SipCore:
             log.warning("sip_request_malformed", action="dropped (no usable Via)", **fields)
             return []
         log.warning("sip_request_malformed", action="answered", **fields)
-        partial = self._stamp_via(partial, flow)
+        via = self._stamp_via(partial, flow)
         response = self._response(partial, exc.status, exc.reason, exc.headers)
-        return [Transmit(self._response_flow(partial, flow), response.to_bytes())]
+        return [Transmit(self._response_flow(via, flow), response.to_bytes())]
 
     def _request_received(
         self,
@@ -294,9 +294,9 @@ class SipCore:
         now: float,
         cert: CertInfo | None = None,
     ) -> list[Transmit]:
-        request = self._stamp_via(request, flow)
-        key = server_key(request)
-        reply_to = self._response_flow(request, flow)
+        via = self._stamp_via(request, flow)
+        key = server_key(request, via)
+        reply_to = self._response_flow(via, flow)
         existing = self._transactions.get(key)
         if existing is not None:
             return self._drive(existing, existing.receive_request(request, now))
@@ -709,24 +709,22 @@ class SipCore:
         self.schedule(tx)
         return out
 
-    def _stamp_via(self, request: Request, flow: Flow) -> Request:
+    def _stamp_via(self, request: Request, flow: Flow) -> Via | None:
         """§18.2.1 received and RFC 3581 rport on the top Via, so every response built from
-        this request carries them and goes back to where the request came from."""
+        this request carries them and goes back to where the request came from. Returns
+        the stamped top Via, parsed once for the rest of the request's handling."""
         via = request.top_via
         if via is None:
-            return request
+            return None
         stamped = via.with_received(flow.remote[0], flow.remote[1])
         if stamped != via:
             request.headers.replace_first_value("Via", str(stamped))
-        return request
+        return stamped
 
-    def _response_flow(self, request: Request, flow: Flow) -> Flow:
+    def _response_flow(self, via: Via | None, flow: Flow) -> Flow:
         """§18.2.2: streams answer on the connection; UDP answers to the source address
         and the rport (or the Via port, or 5060)."""
-        if flow.reliable:
-            return flow
-        via = request.top_via
-        if via is None:
+        if flow.reliable or via is None:
             return flow
         rport = via.params.get("rport")
         port = int(rport) if rport and rport.isdigit() else (via.port or 5060)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sipserver.sip.message import Header, Headers, Request, Response
-from sipserver.sip.via import BRANCH_COOKIE
+from sipserver.sip.via import BRANCH_COOKIE, Via
 
 
 class State(enum.Enum):
@@ -427,9 +427,10 @@ def build_ack_for_non_2xx(request: Request, response: Response) -> Request:
 
 
 # --- matching (§17.1.3, §17.2.3) ---------------------------------------------------
-def server_key(request: Request) -> tuple[str, ...]:
-    """The key that matches a request to a server transaction. ACK matches the INVITE."""
-    via = request.top_via
+def server_key(request: Request, top_via: Via | None = None) -> tuple[str, ...]:
+    """The key that matches a request to a server transaction. ACK matches the INVITE.
+    `top_via` saves parsing it again when the caller already has it."""
+    via = top_via or request.top_via
     assert via is not None
     method = "INVITE" if request.method == "ACK" else request.method
     if via.is_rfc3261_branch and via.branch:
