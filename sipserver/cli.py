@@ -12,8 +12,9 @@ import structlog
 import trio
 
 from sipserver import __version__
-from sipserver.config import Config, ConfigError, is_fqdn, load_config
+from sipserver.config import ConfigError, load_config
 from sipserver.log import configure_logging
+from sipserver.settings import Config, is_fqdn
 
 
 def _parser() -> argparse.ArgumentParser:

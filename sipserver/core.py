@@ -17,12 +17,12 @@ from dataclasses import dataclass, replace
 import structlog
 
 from sipserver import SERVER_NAME
-from sipserver.config import Config, PeerSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy import ProxyCall, ProxyEngine
 from sipserver.routing import router
 from sipserver.routing.health import HealthTable
 from sipserver.routing.peers import PeerTable
+from sipserver.settings import Config, PeerSettings
 from sipserver.sip import proxy_ops, validate
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.framing import FramingError

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from sipserver.config import DialPlanSettings, PeerSettings
 from sipserver.pki.certinfo import CertInfo
+from sipserver.settings import DialPlanSettings, PeerSettings
 from sipserver.sip import proxy_ops
 from sipserver.sip.message import Request, Response
 from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations

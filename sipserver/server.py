@@ -29,11 +29,12 @@ from sipserver.certstore import (
     pkcs12_password,
     prepare_credentials,
 )
-from sipserver.config import Config, ConfigError, load_config
+from sipserver.config import ConfigError, load_config
 from sipserver.core import Flow, SipCore, Transmit
 from sipserver.pki.certinfo import describe
 from sipserver.pki.expiry import DailyOnce, expiry_notice
 from sipserver.pki.select import choose_certificate
+from sipserver.settings import Config
 from sipserver.sip.framing import FramingError
 from sipserver.transport.limits import ConnectionTable
 from sipserver.transport.streams import StreamConnection, next_connection_id

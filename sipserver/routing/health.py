@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sipserver.config import PeerSettings
+from sipserver.settings import PeerSettings
 
 
 @dataclass(slots=True)

@@ -1,10 +1,15 @@
-"""Errors raised by the pure SIP layer, modelled on h11's Local/Remote split."""
+"""Errors raised by the pure SIP layer, modelled on h11's Local/Remote split: each carries
+the status a peer should get, so the shell can answer without knowing which one it was."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 
-class SipError(Exception):
-    """Base for SIP protocol errors. Carries the status a peer should get."""
+from sipserver.errors import SipServerError
+
+
+class SipError(SipServerError, ABC):
+    """A SIP protocol error. Abstract: raise RemoteProtocolError or LocalProtocolError."""
 
     status: int = 400
 
@@ -17,12 +22,20 @@ class SipError(Exception):
         if status is not None:
             self.status = status
 
+    @property
+    @abstractmethod
+    def blame(self) -> str:
+        """Whose fault it is: "remote" (the peer's bytes) or "local" (our own bug)."""
+
 
 class RemoteProtocolError(SipError):
     """The peer sent something that breaks RFC 3261."""
+
+    blame = "remote"
 
 
 class LocalProtocolError(SipError):
     """We were asked to do something that breaks RFC 3261 (a bug of ours)."""
 
+    blame = "local"
     status = 500

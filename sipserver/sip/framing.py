@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.message import ParseLimits
 
 _HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
@@ -24,14 +25,12 @@ class KeepAlivePing:
 PING = KeepAlivePing()
 
 
-class FramingError(Exception):
+class FramingError(RemoteProtocolError):
     """The stream can no longer be framed; the connection must close. `head` holds the
     headers of the offending message when they were read, for a last error response."""
 
     def __init__(self, reason: str, status: int = 400, head: bytes | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
+        super().__init__(reason, status)
         self.head = head
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sipserver.sip.errors import RemoteProtocolError
+
 
 @dataclass(frozen=True, slots=True)
 class MediaDescription:
@@ -28,8 +30,10 @@ class SessionDescription:
     media: tuple[MediaDescription, ...] = field(default_factory=tuple)
 
 
-class SdpError(ValueError):
-    pass
+class SdpError(RemoteProtocolError, ValueError):
+    """A session description that cannot be read; an offer like that gets 488."""
+
+    status = 488
 
 
 def parse_sdp(body: bytes) -> SessionDescription:

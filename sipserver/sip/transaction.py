@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipserver.sip.errors import LocalProtocolError
 from sipserver.sip.message import Header, Headers, Request, Response
 from sipserver.sip.via import BRANCH_COOKIE, Via
 
@@ -138,15 +139,35 @@ CLIENT_NON_INVITE: Table = {
 }
 
 
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _timer_c_ok(value: float) -> str | None:
+    return None if value >= 180 else "must be at least 180 s (RFC 3261 §16.6)"
+
+
 @dataclass(frozen=True, slots=True)
 class TimerValues:
     """RFC 3261 Table 4. T1 is the RTT estimate, T2 the cap for non-INVITE
     retransmissions, T4 how long the network holds a message."""
 
-    t1: float = 0.5
-    t2: float = 4.0
-    t4: float = 5.0
-    timer_c: float = 180.0
+    t1: float = field(default=0.5, metadata={"doc": "RTT estimate (s)", "check": _positive})
+    t2: float = field(
+        default=4.0, metadata={"doc": "non-INVITE retransmission cap (s)", "check": _positive}
+    )
+    t4: float = field(
+        default=5.0,
+        metadata={"doc": "how long the network holds a message (s)", "check": _positive},
+    )
+    timer_c: float = field(
+        default=180.0,
+        metadata={"doc": "proxy INVITE timeout (s), at least 180", "check": _timer_c_ok},
+    )
+
+    def cross_check(self) -> tuple[str, str] | None:
+        """A problem between fields, as (key, problem), or None."""
+        return ("t2", "must be at least t1") if self.t2 < self.t1 else None
 
 
 # --- what a transaction hands back --------------------------------------------------
@@ -181,7 +202,7 @@ class Terminated:
 Output = SendMessage | ResponseReceived | TimedOut | Terminated
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(LocalProtocolError):
     """The caller fed an input that the state machine does not accept in this state."""
 
 

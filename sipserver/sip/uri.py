@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote as percent_decode
 
+from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import Params, format_params, parse_params
 
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?$")
@@ -57,8 +58,8 @@ class SipUri:
         return "".join(out)
 
 
-class UriError(ValueError):
-    pass
+class UriError(RemoteProtocolError, ValueError):
+    """A SIP URI or host that cannot be read."""
 
 
 def parse_host_port(text: str) -> tuple[str, int | None]:

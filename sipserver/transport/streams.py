@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from sipserver.config import PeerSettings
 from sipserver.core import Flow, Transmit
 from sipserver.pki.certinfo import CertInfo
+from sipserver.settings import PeerSettings
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.message import ParseLimits
 

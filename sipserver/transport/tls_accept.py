@@ -10,11 +10,11 @@ from typing import Any
 import trio
 from OpenSSL import SSL
 
-from sipserver.config import PeerSettings
 from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.identity import match_peer
 from sipserver.pki.revocation import RevocationChecker
 from sipserver.pki.verify_errors import describe_verify_error
+from sipserver.settings import PeerSettings
 from sipserver.transport.tls_context import new_client_connection, new_server_connection
 from sipserver.transport.tls_stream import TLSStream
 

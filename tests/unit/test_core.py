@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sipserver.config import Config, parse_config
+from sipserver.config import parse_config
 from sipserver.core import Flow, SipCore
+from sipserver.settings import Config
 from sipserver.sip.framing import FramingError
 from sipserver.sip.message import Response, parse_message
 

@@ -1,0 +1,110 @@
+"""Configuration files: TOML (stdlib tomllib) read into the frozen dataclasses of
+`sipserver.settings`. Unknown keys and wrong types are errors; every error names the key
+path and, where the file has it, the line."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sipserver.config.host import HostDefaults
+from sipserver.config.reader import Reader
+from sipserver.errors import ConfigError
+from sipserver.settings import SECTIONS, Config, DialPlanSettings, PeerSettings, Transport
+
+__all__ = ["ConfigError", "HostDefaults", "load_config", "parse_config"]
+
+
+def load_config(path: str | Path | None = None, host: HostDefaults | None = None) -> Config:
+    """Load a file, or the embedded default when path is None."""
+    if path is None:
+        text = resources.files("sipserver").joinpath("default.toml").read_text("utf-8")
+        return parse_config(text, source="<embedded default>", host=host)
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("is not UTF-8 text", path=str(path)) from exc
+    return parse_config(text, source=str(path), base_dir=path.resolve().parent, host=host)
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str = "<string>",
+    base_dir: Path | None = None,
+    host: HostDefaults | None = None,
+) -> Config:
+    host = host or HostDefaults.of_this_host()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError(
+            f"TOML syntax error: {exc}", line=int(match.group(1)) if match else None, path=source
+        ) from exc
+    reader = Reader(text, source, base_dir, host.state_dir)
+    top = reader.table(data, (), set(SECTIONS))
+    sections: dict[str, Any] = {}
+    for name, (cls, array) in SECTIONS.items():
+        defaults = {"fqdn": host.fqdn} if name == "server" else None
+        if not array:
+            sections[name] = reader.section(cls, top.get(name, {}), (name,), defaults)
+            continue
+        items = top.get(name, [])
+        if not isinstance(items, list):
+            raise reader.error((name,), f"must be an array of tables: write [[{name}]]")
+        sections[name] = tuple(reader.section(cls, item, (name, i)) for i, item in enumerate(items))
+    peers = tuple(_normalised(peer) for peer in sections.pop("peer"))
+    plans = sections.pop("dial_plan")
+    _unique_names(reader, "peer", peers)
+    _unique_names(reader, "dial_plan", plans)
+    for index, plan in enumerate(plans):
+        _check_plan(reader, index, plan, {peer.name: peer for peer in peers})
+    server = sections.pop("server")
+    server = type(server)(**{**_as_dict(server), "fqdn": server.fqdn.lower().rstrip(".")})
+    return Config(server=server, peers=peers, dial_plans=plans, source=source, **sections)
+
+
+def _as_dict(settings: Any) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+
+
+def _normalised(peer: PeerSettings) -> PeerSettings:
+    return PeerSettings(**{**_as_dict(peer), "fqdn": peer.fqdn.lower().rstrip(".")})
+
+
+def _unique_names(reader: Reader, table: str, items: tuple[Any, ...]) -> None:
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.name in seen:
+            raise reader.error(
+                (table, index, "name"),
+                f"{item.name!r} is already used by {table}[{seen[item.name]}]",
+            )
+        seen[item.name] = index
+
+
+def _check_plan(
+    reader: Reader, index: int, plan: DialPlanSettings, peers: dict[str, PeerSettings]
+) -> None:
+    key = ("dial_plan", index)
+    known = ", ".join(peers) or "none configured"
+    for field_key, names in (("from", plan.from_peers), ("targets", plan.targets)):
+        unknown = next((name for name in names if name not in peers), None)
+        if unknown is not None:
+            raise reader.error((*key, field_key), f"unknown peer {unknown!r} (peers: {known})")
+    if plan.requires_tls:
+        for target in plan.targets:
+            if peers[target].transport is not Transport.TLS:
+                raise reader.error(
+                    (*key, "targets"),
+                    f"peer {target!r} uses transport {peers[target].transport.value!r}, "
+                    f"but dial plan {plan.name!r} is {plan.security.value} and needs mutual TLS "
+                    "to its targets",
+                )

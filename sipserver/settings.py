@@ -1,0 +1,366 @@
+"""The configuration as frozen dataclasses: every key is declared once, here, with its type,
+default, meaning and check. `sipserver.config` reads TOML into these types; the core only
+ever sees them. Pure: no file, host or clock access (host defaults come from the loader).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sipserver.sip.transaction import TimerValues
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Check = Callable[[Any], str | None]  # returns the problem, or None when the value is fine
+
+
+class Transport(enum.StrEnum):
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+
+    @property
+    def reliable(self) -> bool:
+        return self is not Transport.UDP
+
+
+class Security(enum.StrEnum):
+    """A dial plan's VoIP security mode (Exchange UM's three settings)."""
+
+    UNSECURED = "unsecured"
+    SIP_SECURED = "sip-secured"
+    SECURED = "secured"
+
+    @property
+    def requires_tls(self) -> bool:
+        return self is not Security.UNSECURED
+
+
+class PeerKind(enum.StrEnum):
+    GATEWAY = "gateway"
+    PBX = "pbx"
+
+
+class Action(enum.StrEnum):
+    PROXY = "proxy"
+    REDIRECT = "redirect"
+
+
+class UnknownSource(enum.StrEnum):
+    REJECT = "reject"  # 403 with a Warning that says why
+    DROP = "drop"  # no answer at all
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class TlsVersion(enum.StrEnum):
+    V1_2 = "1.2"
+    V1_3 = "1.3"
+
+
+class KeyType(enum.StrEnum):
+    EC_P256 = "ec-p256"
+    RSA_2048 = "rsa-2048"
+
+
+SECURITY_MODES = tuple(mode.value for mode in Security)
+DEFAULT_SIP_PORT = 5060
+DEFAULT_TLS_PORT = 5061
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_NUMBER_PATTERN = re.compile(r"^\+?[0-9xX]*\*?$")
+
+
+# --- checks ------------------------------------------------------------------------------
+def is_fqdn(name: str) -> bool:
+    name = name.rstrip(".")
+    if not name or len(name) > 253 or is_ip(name):
+        return False
+    return all(_LABEL.match(label) for label in name.split("."))
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def fqdn(value: str) -> str | None:
+    return None if is_fqdn(value) else f"{value!r} is not a valid FQDN"
+
+
+def port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else f"{value} is not a port (0-65535; 0 picks a free port)"
+
+
+def send_port(value: int) -> str | None:
+    return None if 0 < value < 65536 else f"{value} is not a port"
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def not_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def off_or_seconds(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 (off) or more seconds"
+
+
+def at_least(n: int) -> Check:
+    return lambda value: None if value >= n else f"must be at least {n}"
+
+
+def not_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def ip_addresses(values: tuple[str, ...]) -> str | None:
+    bad = next((v for v in values if not is_ip(v)), None)
+    if bad is not None:
+        return f"{bad!r} is not an IP address"
+    return None if values else "must list at least one address"
+
+
+def some(values: tuple[Any, ...]) -> str | None:
+    return None if values else "must list at least one"
+
+
+def fqdn_or_ip(value: str) -> str | None:
+    return (
+        None
+        if is_fqdn(value) or is_ip(value)
+        else f"{value!r} is neither an FQDN nor an IP address"
+    )
+
+
+def ip_and_port(value: str) -> str | None:
+    host, sep, port_text = value.rpartition(":")
+    if not is_ip(host.strip("[]")):
+        return f"{value!r} is not IP:PORT (e.g. 127.0.0.1:9060)"
+    ok = sep and port_text.isdigit() and 0 <= int(port_text) < 65536
+    return None if ok else f"{value!r} has no valid port"
+
+
+def env_name(value: str) -> str | None:
+    ok = re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value)
+    return None if ok else f"{value!r} is not an environment variable name"
+
+
+def header_name(value: str) -> str | None:
+    return None if re.match(r"^[A-Za-z0-9-]+$", value) else f"{value!r} is not a header name"
+
+
+def number_patterns(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if not value or value == "+" or not _NUMBER_PATTERN.match(value):
+            return (
+                f"{value!r} is not a number pattern (digits with an optional leading +, "
+                "x for one digit, a trailing * for any rest)"
+            )
+    return None if values else "must list at least one number pattern"
+
+
+def setting(
+    default: Any = ...,
+    doc: str = "",
+    check: Check | None = None,
+    *,
+    key: str | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """One configuration key: its default (`...` = required), what it means, its check, and
+    its TOML name when that is not a Python name."""
+    metadata = {"doc": doc, "check": check, "key": key}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    if default is ...:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --- the sections -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    fqdn: str = setting(..., "our FQDN (default: the host name); what TLS peers verify", fqdn)
+    addresses: tuple[str, ...] = setting(("0.0.0.0", "::"), "addresses to listen on", ip_addresses)
+    sip_port: int = setting(DEFAULT_SIP_PORT, "plain SIP port (UDP and TCP)", port)
+    tls_port: int = setting(DEFAULT_TLS_PORT, "mutual-TLS SIP port", port)
+    transports: tuple[Transport, ...] = setting(tuple(Transport), "listeners to open", some)
+    unknown_source: UnknownSource = setting(
+        UnknownSource.REJECT, "what a request from no configured peer gets"
+    )
+    watch_interval: float = setting(
+        1.0, "seconds between checks of config/certificate/trust files; 0 = off", off_or_seconds
+    )
+    shutdown_grace: float = setting(
+        30.0, "seconds transactions in flight get to finish on SIGTERM", not_negative
+    )
+    advertised_host: str | None = setting(
+        None, "host for our Via/Record-Route when peers cannot resolve fqdn", fqdn_or_ip
+    )
+    reload_debounce: float = setting(
+        0.5, "quiet seconds after a file change before the reload", not_negative
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    certificate_dir: Path = setting(
+        Path("certs/server"), "our certificates (default: <state dir>/certs/server)"
+    )
+    trust_dir: Path = setting(
+        Path("certs/trust"), "trust anchors and CRLs (default: <state dir>/certs/trust)"
+    )
+    handshake_timeout: float = setting(5.0, "seconds a peer gets to finish TLS", positive)
+    min_version: TlsVersion = setting(TlsVersion.V1_2, "lowest TLS version accepted")
+    generated_key_type: KeyType = setting(KeyType.EC_P256, "key of a generated certificate")
+    pkcs12_password_file: Path | None = setting(
+        None, "file holding the password of .pfx/.p12 files in certificate_dir"
+    )
+    pkcs12_password_env: str | None = setting(
+        None, "... or the environment variable holding it", env_name
+    )
+    certificate_check_interval: float = setting(
+        3600.0, "seconds between expiry checks and re-selection", positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    max_message_bytes: int = setting(65535, "largest SIP message accepted", at_least(1024))
+    max_header_count: int = setting(256, "most header lines in one message", at_least(8))
+    max_line_bytes: int = setting(8192, "longest header line", at_least(256))
+    max_connections: int = setting(10000, "TCP/TLS connections in all", at_least(1))
+    max_connections_per_address: int = setting(200, "connections from one address", at_least(1))
+    idle_timeout: float = setting(300.0, "seconds a silent connection is kept", positive)
+    send_timeout: float = setting(10.0, "seconds a blocked send may take", positive)
+    keepalive_interval: float = setting(
+        30.0, "CRLFCRLF pings on our outbound connections; 0 = off", off_or_seconds
+    )
+    send_queue_bytes: int = setting(
+        1 << 20, "bytes queued for one peer before it counts as not reading", at_least(65536)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: LogLevel = setting(LogLevel.INFO, "lowest level written")
+    format: LogFormat = setting(LogFormat.AUTO, "json, console, or auto (console on a TTY)")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSettings:
+    name: str = setting(..., "the peer's name in dial plans and logs", not_empty)
+    fqdn: str = setting(..., "the name its certificate must carry (RFC 5922)", fqdn)
+    kind: PeerKind = setting(PeerKind.GATEWAY, "gateway or pbx")
+    addresses: tuple[IPNetwork, ...] = setting((), "source addresses on the plain SIP port")
+    allow_wildcard: bool = setting(False, "accept a wildcard certificate for fqdn")
+    port: int | None = setting(
+        None, "where we send to it (default 5061 for tls, else 5060)", send_port
+    )
+    transport: Transport = setting(Transport.TLS, "what we use towards it when a mode allows")
+    health_check: float = setting(
+        30.0, "seconds between OPTIONS pings; 0 turns them off", off_or_seconds
+    )
+
+    @property
+    def send_port(self) -> int:
+        return self.port or (
+            DEFAULT_TLS_PORT if self.transport is Transport.TLS else DEFAULT_SIP_PORT
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DialPlanSettings:
+    name: str = setting(..., "the plan's name in logs and metrics", not_empty)
+    security: Security = setting(..., "unsecured, sip-secured or secured")
+    numbers: tuple[str, ...] = setting(
+        ..., 'exact, "x" = one digit, trailing "*" = any rest', number_patterns
+    )
+    from_peers: tuple[str, ...] = setting(
+        ..., "the peers whose calls belong here", some, key="from"
+    )
+    targets: tuple[str, ...] = setting(..., "peer names, tried in order", some)
+    action: Action = setting(Action.PROXY, "proxy or redirect")
+
+    @property
+    def requires_tls(self) -> bool:
+        return self.security.requires_tls
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    retry_after: int = setting(
+        30, "seconds, in the Retry-After of a 503 when no target is healthy", not_negative
+    )
+    down_after_failures: int = setting(
+        3, "failed health checks before a target is skipped", at_least(1)
+    )
+    identity_header: str = setting(
+        "X-Peer-Identity", "header naming the verified caller", header_name
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    address: str | None = setting(
+        None, '"127.0.0.1:9060": /healthz and /metrics; unset = off', ip_and_port
+    )
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if self.address is None:
+            return None
+        host, _, port_text = self.address.rpartition(":")
+        return host.strip("[]"), int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerSettings
+    tls: TlsSettings
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    peers: tuple[PeerSettings, ...] = ()
+    dial_plans: tuple[DialPlanSettings, ...] = ()
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    timers: TimerValues = field(default_factory=TimerValues)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    source: str = "<embedded default>"
+
+    def peer(self, name: str) -> PeerSettings:
+        return next(p for p in self.peers if p.name == name)
+
+
+# The TOML tables: name -> (type, array of tables?)
+SECTIONS: dict[str, tuple[type, bool]] = {
+    "server": (ServerSettings, False),
+    "tls": (TlsSettings, False),
+    "limits": (LimitsSettings, False),
+    "log": (LogSettings, False),
+    "peer": (PeerSettings, True),
+    "dial_plan": (DialPlanSettings, True),
+    "routing": (RoutingSettings, False),
+    "timers": (TimerValues, False),
+    "admin": (AdminSettings, False),
+}
