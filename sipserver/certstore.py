@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import (
     pkcs12,
 )
 
+from sipserver.errors import SipServerError
 from sipserver.pki.certinfo import describe
 from sipserver.pki.generate import generate_self_signed
 from sipserver.pki.revocation import LoadedCrl, RevocationChecker
@@ -28,8 +29,8 @@ CERT_SUFFIXES = (".pem", ".crt", ".cer")
 PKCS12_SUFFIXES = (".pfx", ".p12")
 
 
-class CertificateSetupError(Exception):
-    pass
+class CertificateSetupError(SipServerError):
+    """No usable certificate, trust anchor, CRL or PKCS#12 password: says which and why."""
 
 
 def _load_certs(data: bytes) -> list[x509.Certificate]:

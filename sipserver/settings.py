@@ -13,20 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sipserver.sip.transaction import TimerValues
+from sipserver.sip.flow import Transport
+from sipserver.sip.timers import TimerValues
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Check = Callable[[Any], str | None]  # returns the problem, or None when the value is fine
-
-
-class Transport(enum.StrEnum):
-    UDP = "udp"
-    TCP = "tcp"
-    TLS = "tls"
-
-    @property
-    def reliable(self) -> bool:
-        return self is not Transport.UDP
 
 
 class Security(enum.StrEnum):

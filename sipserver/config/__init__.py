@@ -13,7 +13,8 @@ from typing import Any
 from sipserver.config.host import HostDefaults
 from sipserver.config.reader import Reader
 from sipserver.errors import ConfigError
-from sipserver.settings import SECTIONS, Config, DialPlanSettings, PeerSettings, Transport
+from sipserver.settings import SECTIONS, Config, DialPlanSettings, PeerSettings
+from sipserver.sip.flow import Transport
 
 __all__ = ["ConfigError", "HostDefaults", "load_config", "parse_config"]
 

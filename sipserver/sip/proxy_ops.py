@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sipserver.sip.flow import Transport
 from sipserver.sip.headers import split_list
 from sipserver.sip.message import Header, Headers, Request, Response
 from sipserver.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
@@ -122,7 +123,7 @@ def retarget(uri_text: str, host: str, port: int, transport: str) -> str:
 @dataclass(frozen=True, slots=True)
 class NextHop:
     uri: SipUri
-    transport: str  # what the route we popped says to use; else the URI's transport
+    transport: Transport  # what the route we popped says to use; else the URI's transport
     peer: str | None  # the peer our popped route names
 
 
@@ -157,7 +158,10 @@ def pop_our_routes(
         target = parse_name_addr(rest[0]).uri if rest else parse_uri(request.uri)
     except UriError:
         return request, None, bool(popped)
-    transport = popped_transport or target.transport or "udp"
+    try:
+        transport = Transport((popped_transport or target.transport or "udp").lower())
+    except ValueError:
+        return request, None, bool(popped)  # a transport we do not speak
     return request, NextHop(target, transport, popped_peer), bool(popped)
 
 

@@ -8,7 +8,6 @@ transaction never reads a clock and never does I/O: callers pass `now`, ask for
 from __future__ import annotations
 
 import enum
-import hashlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 
 from sipserver.sip.errors import LocalProtocolError
 from sipserver.sip.message import Header, Headers, Request, Response
-from sipserver.sip.via import BRANCH_COOKIE, Via
+from sipserver.sip.timers import TimerValues
 
 
 class State(enum.Enum):
@@ -137,37 +136,6 @@ CLIENT_NON_INVITE: Table = {
     (S.COMPLETED, I.RECV_FINAL): (S.COMPLETED, ()),
     (S.COMPLETED, I.TIMER_K): (S.TERMINATED, ()),
 }
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _timer_c_ok(value: float) -> str | None:
-    return None if value >= 180 else "must be at least 180 s (RFC 3261 §16.6)"
-
-
-@dataclass(frozen=True, slots=True)
-class TimerValues:
-    """RFC 3261 Table 4. T1 is the RTT estimate, T2 the cap for non-INVITE
-    retransmissions, T4 how long the network holds a message."""
-
-    t1: float = field(default=0.5, metadata={"doc": "RTT estimate (s)", "check": _positive})
-    t2: float = field(
-        default=4.0, metadata={"doc": "non-INVITE retransmission cap (s)", "check": _positive}
-    )
-    t4: float = field(
-        default=5.0,
-        metadata={"doc": "how long the network holds a message (s)", "check": _positive},
-    )
-    timer_c: float = field(
-        default=180.0,
-        metadata={"doc": "proxy INVITE timeout (s), at least 180", "check": _timer_c_ok},
-    )
-
-    def cross_check(self) -> tuple[str, str] | None:
-        """A problem between fields, as (key, problem), or None."""
-        return ("t2", "must be at least t1") if self.t2 < self.t1 else None
 
 
 # --- what a transaction hands back --------------------------------------------------
@@ -445,42 +413,3 @@ def build_ack_for_non_2xx(request: Request, response: Response) -> Request:
     items.append(Header("To", to_value))
     items.append(Header("CSeq", f"{number} ACK"))
     return Request(Headers(items), b"", method="ACK", uri=request.uri)
-
-
-# --- matching (§17.1.3, §17.2.3) ---------------------------------------------------
-def server_key(request: Request, top_via: Via | None = None) -> tuple[str, ...]:
-    """The key that matches a request to a server transaction. ACK matches the INVITE.
-    `top_via` saves parsing it again when the caller already has it."""
-    via = top_via or request.top_via
-    assert via is not None
-    method = "INVITE" if request.method == "ACK" else request.method
-    if via.is_rfc3261_branch and via.branch:
-        return ("3261", via.branch, via.sent_by.lower(), method)
-    # RFC 2543 peers: match on the dialog-ish fields and the top Via (§17.2.3 end).
-    number, _ = request.cseq
-    from_ = request.from_
-    to = request.to
-    to_tag = to.tag if (to and request.method != "ACK") else None
-    return (
-        "2543",
-        request.uri,
-        to_tag or "",
-        from_.tag if from_ and from_.tag else "",
-        request.call_id or "",
-        str(number),
-        str(via),
-        method,
-    )
-
-
-def client_key(message: Request | Response) -> tuple[str, str]:
-    via = message.top_via
-    assert via is not None
-    _, method = message.cseq
-    if method == "ACK":
-        method = "INVITE"
-    return (via.branch or "", method)
-
-
-def new_branch(seed: str) -> str:
-    return BRANCH_COOKIE + hashlib.sha1(seed.encode()).hexdigest()[:16]

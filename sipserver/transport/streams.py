@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from sipserver.core import Flow, Transmit
 from sipserver.pki.certinfo import CertInfo
 from sipserver.settings import PeerSettings
+from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.message import ParseLimits
 
@@ -29,13 +29,21 @@ class StreamConnection:
         self,
         stream: trio.abc.Stream,
         flow: Flow,
-        tls_peer: PeerSettings | None,
+        peer: PeerSettings | None,
         queue_limit: int = DEFAULT_SEND_QUEUE_BYTES,
+        *,
+        verified: bool = False,
+        peer_cert: CertInfo | None = None,
     ) -> None:
+        assert flow.connection_id is not None
         self.stream = stream
         self.flow = flow
-        self.tls_peer = tls_peer
-        self.peer_cert: CertInfo | None = None
+        self.connection_id = flow.connection_id
+        # The peer this connection belongs to: proven by its certificate (`verified`, TLS),
+        # or by the source address (plain TCP), or the target we opened it to.
+        self.peer = peer
+        self.verified = verified
+        self.peer_cert = peer_cert
         # The channel itself is unbounded; the bound is on queued bytes (limits.send_queue_bytes),
         # which is what a slow reader actually costs us.
         self._send, self._queue = trio.open_memory_channel[tuple[bytes, bool]](float("inf"))

@@ -1,5 +1,5 @@
-"""Server TLS contexts: TLS 1.2+ (1.3 preferred), AEAD suites only, no renegotiation or
-compression, a client certificate required and verified against the trust anchors."""
+"""TLS contexts for both directions: TLS 1.2+ (1.3 preferred), AEAD suites only, no renegotiation or
+compression; the far end's certificate always verified against the trust anchors."""
 
 from __future__ import annotations
 
@@ -45,17 +45,13 @@ def _verify_callback(
     return bool(ok)
 
 
-def build_server_context(
+def _context(
     candidate: Candidate, trust_anchors: Sequence[x509.Certificate], min_version: str
 ) -> SSL.Context:
+    """What both directions share: versions, AEAD suites, our certificate and chain, and
+    the trust anchors a far end's chain must reach."""
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION if min_version == "1.3" else SSL.TLS1_2_VERSION)
-    ctx.set_options(
-        SSL.OP_NO_COMPRESSION
-        | SSL.OP_NO_RENEGOTIATION
-        | SSL.OP_CIPHER_SERVER_PREFERENCE
-        | SSL.OP_NO_TICKET
-    )
     ctx.set_cipher_list(TLS12_CIPHERS)
     assert candidate.key is not None
     ctx.use_certificate(crypto.X509.from_cryptography(candidate.chain[0]))
@@ -67,10 +63,24 @@ def build_server_context(
     assert store is not None
     for anchor in trust_anchors:
         store.add_cert(crypto.X509.from_cryptography(anchor))
+    ctx.set_verify_depth(9)
+    return ctx
+
+
+def build_server_context(
+    candidate: Candidate, trust_anchors: Sequence[x509.Certificate], min_version: str
+) -> SSL.Context:
+    """For our listeners: a client certificate is required and verified."""
+    ctx = _context(candidate, trust_anchors, min_version)
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION
+        | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_NO_TICKET
+    )
     ctx.set_verify(
         SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, _verify_callback
     )
-    ctx.set_verify_depth(9)
     ctx.set_session_id(b"sipserver")
     return ctx
 
@@ -80,21 +90,9 @@ def build_client_context(
 ) -> SSL.Context:
     """For our outbound legs: our certificate as the client certificate, the target's
     chain verified against the same trust anchors (its name is checked after)."""
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_3_VERSION if min_version == "1.3" else SSL.TLS1_2_VERSION)
+    ctx = _context(candidate, trust_anchors, min_version)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
-    ctx.set_cipher_list(TLS12_CIPHERS)
-    assert candidate.key is not None
-    ctx.use_certificate(crypto.X509.from_cryptography(candidate.chain[0]))
-    for intermediate in candidate.chain[1:]:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(candidate.key))  # type: ignore[arg-type]
-    store = ctx.get_cert_store()
-    assert store is not None
-    for anchor in trust_anchors:
-        store.add_cert(crypto.X509.from_cryptography(anchor))
     ctx.set_verify(SSL.VERIFY_PEER, _verify_callback)
-    ctx.set_verify_depth(9)
     return ctx
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sipserver.config import parse_config
-from sipserver.core import Flow, SipCore
+from sipserver.proxy.core import SipCore
 from sipserver.settings import Config
+from sipserver.sip.flow import Flow
 from sipserver.sip.framing import FramingError
 from sipserver.sip.message import Response, parse_message
 

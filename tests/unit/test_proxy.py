@@ -4,7 +4,8 @@ failover, CANCEL and timeouts, with injected time and no sockets."""
 from __future__ import annotations
 
 from sipserver.config import parse_config
-from sipserver.core import Flow, SipCore, Transmit
+from sipserver.proxy.core import SipCore
+from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.message import Request, Response, parse_message
 
 CONFIG = parse_config("""
@@ -223,21 +224,25 @@ from = ["gw1"]
 targets = ["pbx1", "pbx2"]
 """)
     core = SipCore(config)
-    pings = core.health_tick(0.0)
+    assert core.next_deadline() is not None and core.next_deadline() <= 0.0  # due at once
+    pings = core.handle_timers(0.0)
     assert [(parse(t).method, t.flow.remote) for t in pings] == [("OPTIONS", ("192.0.2.20", 5060))]  # type: ignore[union-attr]
-    assert core.health_tick(5.0) == []  # not due, and one ping at a time
-    core.handle_timers(32.0)  # Timer F: first failure
+    # Not due, and one ping at a time: only Timer E retransmissions of the same OPTIONS.
+    assert {t.data for t in core.handle_timers(5.0)} == {pings[0].data}
+    again = core.handle_timers(32.0)  # Timer F: first failure; due again (10 s passed)
     assert core.health.is_up(config.peer("pbx1"))
-    assert core.health_tick(32.0)  # due again (10 s interval passed)
-    core.handle_timers(64.5)  # second failure: down
+    assert [parse(t).method for t in again if t.data != pings[0].data] == ["OPTIONS"]  # type: ignore[union-attr]
+    third = core.handle_timers(64.5)  # second failure: down; the next ping goes out
     assert not core.health.is_up(config.peer("pbx1"))
     out = core.receive_datagram(invite(), CALLER, 65.0)
     assert to(out, ("192.0.2.20", 5060)) == []
     assert [m.method for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request)] == ["INVITE"]
     # One good answer brings it back.
-    ping = next(m for m in map(parse, core.health_tick(75.0)) if isinstance(m, Request))
+    ping = next(m for m in map(parse, third) if isinstance(m, Request) and m.cseq[0] == 3)
     core.receive_datagram(answer(ping, 200, "OK"), PBX1, 75.1)
     assert core.health.is_up(config.peer("pbx1"))
+    changes = [e for e in core.take_events() if e.log_name == "target_health_changed"]
+    assert [e.fields()["state"] for e in changes] == ["down", "up"]
 
 
 def test_relay_memory_for_2xx_retransmissions_is_bounded_in_time() -> None:
@@ -245,12 +250,12 @@ def test_relay_memory_for_2xx_retransmissions_is_bounded_in_time() -> None:
     (forwarded,) = to(out, ("192.0.2.20", 5060))
     assert isinstance(forwarded, Request)
     core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 0.2)
-    assert len(core.proxy.answered) == 1
+    assert len(core.forwarder.answered) == 1
     second = core.receive_datagram(invite().replace(b"caller1", b"caller2"), CALLER, 40.0)
     (forwarded2,) = to(second, ("192.0.2.20", 5060))
     assert isinstance(forwarded2, Request)
     core.receive_datagram(
         answer(forwarded2, 200, "OK"), PBX1, 40.1
     )  # a later 2xx prunes expired entries
-    assert list(core.proxy.answered) == [forwarded2.top_via.branch]  # type: ignore[union-attr]
+    assert list(core.forwarder.answered) == [forwarded2.top_via.branch]  # type: ignore[union-attr]
     assert core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 41.0) == []

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sipserver.config import ConfigError, parse_config
-from sipserver.core import Flow, SipCore
+from sipserver.proxy.core import SipCore
 from sipserver.routing.dialplan import find_dial_plan, normalise_number, number_matches
 from sipserver.routing.router import Redirect, Reject, route
+from sipserver.sip.flow import Flow
 from sipserver.sip.message import Request, Response, parse_message
 
 CONFIG = """

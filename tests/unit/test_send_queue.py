@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from sipserver.core import Flow, Transmit
+from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.message import ParseLimits
 from sipserver.transport.streams import StreamConnection
 

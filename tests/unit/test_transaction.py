@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sipserver.sip.matching import server_key
 from sipserver.sip.message import Request, Response, parse_message
 from sipserver.sip.transaction import (
     ClientTransaction,
@@ -14,7 +15,6 @@ from sipserver.sip.transaction import (
     State,
     Terminated,
     TimedOut,
-    server_key,
 )
 
 

@@ -1,5 +1,6 @@
-"""The 5061 gate: handshake under a deadline, then the allow-list. Says exactly why a
-peer was refused and which certificate it presented."""
+"""The TLS gate, both ways: handshake under a deadline, then the certificate's identity
+(the allow-list inbound, the target's FQDN outbound). Says exactly why a far end was
+refused and which certificate it presented."""
 
 from __future__ import annotations
 
@@ -101,14 +102,24 @@ def _classify_failure(exc: BaseException, record_errors: list[Any], called: bool
     return TlsRefused("handshake_failed", joined)
 
 
-async def accept_tls(
+async def tls_handshake(
     transport: trio.abc.Stream,
     context: SSL.Context,
     handshake_timeout: float,
     peers: Sequence[PeerSettings],
     revocation: RevocationChecker | None = None,
+    *,
+    target: PeerSettings | None = None,
 ) -> TlsAccepted | TlsRefused:
-    connection, record = new_server_connection(context)
+    """One handshake and verification for both directions. Inbound (`target` None): the
+    peer's certificate must name an allow-listed peer. Outbound: the target's certificate
+    must name the target's FQDN (RFC 5922), exactly as we demand of peers that call us."""
+    outbound = target is not None
+    if target is not None:
+        connection, record = new_client_connection(context, target.fqdn)
+        peers = [target]
+    else:
+        connection, record = new_server_connection(context)
     stream = TLSStream(transport, connection)
     try:
         with trio.fail_after(handshake_timeout):
@@ -118,34 +129,54 @@ async def accept_tls(
             "handshake_timeout",
             f"no complete TLS handshake within {handshake_timeout:g} s (tls.handshake_timeout)",
         )
-    except trio.BrokenResourceError as exc:
-        if record.errors:
-            return _classify_failure(exc, record.errors, record.called)
-        return TlsRefused(
-            "handshake_aborted", f"the peer closed the connection during the handshake ({exc})"
-        )
-    except SSL.Error as exc:
-        return _classify_failure(exc, record.errors, record.called)
+    except (trio.BrokenResourceError, SSL.Error) as exc:
+        if isinstance(exc, trio.BrokenResourceError) and not record.errors and not outbound:
+            return TlsRefused(
+                "handshake_aborted", f"the peer closed the connection during the handshake ({exc})"
+            )
+        refused = _classify_failure(exc, record.errors, record.called or outbound)
+        if (
+            outbound
+            and refused.reason == "handshake_failed"
+            and "certificate" in refused.detail.lower()
+        ):
+            return TlsRefused("target_refused_our_certificate", refused.detail)
+        return refused
 
     leaf = connection.get_peer_certificate(as_cryptography=True)
-    if leaf is None:  # cannot happen with VERIFY_FAIL_IF_NO_PEER_CERT; refuse anyway
+    if leaf is None:  # inbound, VERIFY_FAIL_IF_NO_PEER_CERT prevents this; refuse anyway
+        if outbound:
+            return TlsRefused(
+                "no_server_certificate", "the target sent no certificate", stream=stream
+            )
         return TlsRefused(
             "no_client_certificate", "the peer sent no client certificate", stream=stream
         )
     info = describe(leaf)
     revoked = revocation.check(leaf) if revocation is not None else None
     if revoked is not None:
+        when = revoked.revoked_at.date().isoformat()
+        why = f" ({revoked.reason})" if revoked.reason else ""
+        whose = "the target's certificate (serial" if outbound else "serial"
         return TlsRefused(
             "certificate_revoked",
-            f"serial {revoked.serial} was revoked on {revoked.revoked_at.date().isoformat()}"
-            f"{f' ({revoked.reason})' if revoked.reason else ''} by the CRL {revoked.crl_path} of {revoked.crl_issuer}",
+            f"{whose} {revoked.serial}{')' if outbound else ''} was revoked on {when}{why} "
+            f"by the CRL {revoked.crl_path} of {revoked.crl_issuer}",
             info,
             {"crl": revoked.crl_path, "revoked_at": revoked.revoked_at.isoformat()},
             stream=stream,
         )
     match = match_peer(info, peers)
     if match.peer is None:
-        names = list(match.identities.names) or list(info.presented_names)
+        names = list(match.identities.names) or ([] if outbound else list(info.presented_names))
+        if outbound:
+            assert target is not None
+            detail = (
+                f"the target's certificate names {', '.join(names) or '(none)'}, not {target.fqdn}"
+            )
+            return TlsRefused(
+                "target_name_mismatch", detail, info, {"presented_names": names}, stream=stream
+            )
         detail = (
             f"certificate names {', '.join(names) or '(none)'} (from {match.identities.source}) "
             f"match no allow-listed peer"
@@ -170,63 +201,6 @@ async def accept_tls(
     return TlsAccepted(
         stream,
         peer,
-        info,
-        match.identities.source,
-        connection.get_protocol_version_name(),
-        connection.get_cipher_name() or "",
-    )
-
-
-async def connect_tls(
-    transport: trio.abc.Stream,
-    context: SSL.Context,
-    handshake_timeout: float,
-    target: PeerSettings,
-    revocation: RevocationChecker | None = None,
-) -> TlsAccepted | TlsRefused:
-    """Our outbound leg: handshake, then the target's certificate must name its FQDN
-    (RFC 5922), exactly as we demand of peers that call us."""
-    connection, record = new_client_connection(context, target.fqdn)
-    stream = TLSStream(transport, connection)
-    try:
-        with trio.fail_after(handshake_timeout):
-            await stream.do_handshake()
-    except trio.TooSlowError:
-        return TlsRefused(
-            "handshake_timeout", f"no complete TLS handshake within {handshake_timeout:g} s"
-        )
-    except (trio.BrokenResourceError, SSL.Error) as exc:
-        refused = _classify_failure(exc, record.errors, True)
-        if refused.reason == "peer_refused_our_certificate":
-            return refused
-        if refused.reason == "handshake_failed" and "certificate" in refused.detail.lower():
-            return TlsRefused("target_refused_our_certificate", refused.detail)
-        return refused
-    leaf = connection.get_peer_certificate(as_cryptography=True)
-    if leaf is None:
-        return TlsRefused("no_server_certificate", "the target sent no certificate", stream=stream)
-    info = describe(leaf)
-    revoked = revocation.check(leaf) if revocation is not None else None
-    if revoked is not None:
-        return TlsRefused(
-            "certificate_revoked",
-            f"the target's certificate (serial {revoked.serial}) is revoked by {revoked.crl_path}",
-            info,
-            stream=stream,
-        )
-    match = match_peer(info, [target])
-    if match.peer is None:
-        names = ", ".join(match.identities.names) or "(none)"
-        return TlsRefused(
-            "target_name_mismatch",
-            f"the target's certificate names {names}, not {target.fqdn}",
-            info,
-            {"presented_names": list(match.identities.names)},
-            stream=stream,
-        )
-    return TlsAccepted(
-        stream,
-        target,
         info,
         match.identities.source,
         connection.get_protocol_version_name(),

@@ -1,17 +1,14 @@
 """The admin HTTP listener (off by default): /healthz and /metrics (Prometheus text).
 
-Counting stays in plain counters owned by the server and the core; they become Prometheus
-metric families only when scraped, through a custom collector.
+It reads a frozen `StatsSnapshot` taken when a request comes in; the metric families are
+built from it through a custom collector. It knows nothing of the server's insides.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import structlog
 import trio
@@ -19,51 +16,31 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sipserver.pki.certinfo import describe
-
-if TYPE_CHECKING:
-    from sipserver.server import Server
+from sipserver.server.stats import StatsSnapshot
 
 log = structlog.get_logger("sipserver")
-
-
-@dataclass
-class ServerStats:
-    messages: Counter[tuple[str, str, str, str]] = field(
-        default_factory=Counter
-    )  # direction, transport, kind, label
-    tls_handshakes: Counter[tuple[str, str]] = field(default_factory=Counter)  # result, reason
-    reloads: Counter[str] = field(default_factory=Counter)  # ok | failed
-
-    def count_message(self, direction: str, transport: str, data: bytes) -> None:
-        if data.startswith(b"SIP/2.0 "):
-            self.messages[
-                (direction, transport, "response", data[8:11].decode("ascii", "replace"))
-            ] += 1
-        elif data.strip(b"\r\n"):
-            method = data.split(b" ", 1)[0][:20].decode("ascii", "replace")
-            self.messages[(direction, transport, "request", method)] += 1
+Snapshot = Callable[[], StatsSnapshot]
+REQUEST_TIMEOUT = 5.0  # seconds a scraper gets to send its request
 
 
 class _Collector(Collector):
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        server, stats = self.server, self.server.stats
+        snap = self.snapshot()
         connections = GaugeMetricFamily(
             "sipserver_connections_open", "Open TCP/TLS connections", labels=["transport"]
         )
-        by_transport = Counter(c.flow.transport for c in server.connections.values())
         for transport in ("tcp", "tls"):
-            connections.add_metric([transport], by_transport.get(transport, 0))
+            connections.add_metric([transport], snap.connections.get(transport, 0))
         yield connections
         handshakes = CounterMetricFamily(
             "sipserver_tls_handshakes",
             "TLS handshakes by result and reason",
             labels=["result", "reason"],
         )
-        for (result, reason), value in stats.tls_handshakes.items():
+        for (result, reason), value in snap.tls_handshakes.items():
             handshakes.add_metric([result, reason], value)
         yield handshakes
         messages = CounterMetricFamily(
@@ -71,7 +48,7 @@ class _Collector(Collector):
             "SIP messages by direction, transport, method or status",
             labels=["direction", "transport", "kind", "method_or_status"],
         )
-        for labels, value in stats.messages.items():
+        for labels, value in snap.messages.items():
             messages.add_metric(list(labels), value)
         yield messages
         calls = CounterMetricFamily(
@@ -79,7 +56,7 @@ class _Collector(Collector):
             "Calls by dial plan, security mode and outcome",
             labels=["dial_plan", "security", "outcome"],
         )
-        for outcome_labels, value in server.core.call_outcomes.items():
+        for outcome_labels, value in snap.calls.items():
             calls.add_metric(list(outcome_labels), value)
         yield calls
         targets = GaugeMetricFamily(
@@ -87,75 +64,70 @@ class _Collector(Collector):
             "1 when a dial-plan target passes its health checks",
             labels=["target"],
         )
-        for peer in server.core.health_targets:
-            targets.add_metric([peer.name], 1 if server.core.health.is_up(peer) else 0)
+        for name, up in snap.targets_up:
+            targets.add_metric([name], 1 if up else 0)
         yield targets
         days = GaugeMetricFamily(
             "sipserver_certificate_days_to_expiry",
             "Days until not_after",
             labels=["role", "subject", "thumbprint_sha1"],
         )
-        now = dt.datetime.now(dt.UTC)
-        if server.credentials is not None:
-            info = server.credentials.certificate.info
+        for cert in snap.certificates:
             days.add_metric(
-                ["server", info.subject, info.thumbprint_sha1], round(info.days_left(now), 3)
+                [cert.role, cert.info.subject, cert.info.thumbprint_sha1],
+                round(cert.info.days_left(snap.taken_at), 3),
             )
-            for anchor in server.credentials.trust_anchors:
-                anchor_info = describe(anchor)
-                days.add_metric(
-                    ["trust_anchor", anchor_info.subject, anchor_info.thumbprint_sha1],
-                    round(anchor_info.days_left(now), 3),
-                )
         yield days
         reloads = CounterMetricFamily(
             "sipserver_reloads", "Configuration reloads by result", labels=["result"]
         )
         for result in ("ok", "failed"):
-            reloads.add_metric([result], stats.reloads.get(result, 0))
+            reloads.add_metric([result], snap.reloads.get(result, 0))
         yield reloads
 
 
-def health(server: Server) -> tuple[int, dict[str, Any]]:
+def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
     problems: list[str] = []
-    if not server.listeners:
+    if not snap.listeners:
         problems.append("no listener is open")
-    if server.core.draining:
+    if snap.draining:
         problems.append("shutting down")
     certificate: dict[str, Any] | None = None
-    if server.credentials is not None:
-        info = server.credentials.certificate.info
-        now = dt.datetime.now(dt.UTC)
+    ours = next((c.info for c in snap.certificates if c.role == "server"), None)
+    if ours is not None:
         certificate = {
-            "thumbprint_sha1": info.thumbprint_sha1,
-            "not_after": info.not_after.isoformat(),
-            "days_left": round(info.days_left(now), 1),
+            "thumbprint_sha1": ours.thumbprint_sha1,
+            "not_after": ours.not_after.isoformat(),
+            "days_left": round(ours.days_left(snap.taken_at), 1),
         }
-        if not info.valid_at(now):
+        if not ours.valid_at(snap.taken_at):
             problems.append("the server certificate is not valid now")
-    elif "tls" in server.config.server.transports:
+    elif snap.tls_expected:
         problems.append("no server certificate is in use")
     body = {
         "status": "ok" if not problems else "unhealthy",
         "problems": problems,
-        "listeners": [f"{item.transport}:{item.address}:{item.port}" for item in server.listeners],
+        "listeners": list(snap.listeners),
         "certificate": certificate,
     }
     return (200 if not problems else 503), body
 
 
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
 async def serve_admin(
-    server: Server,
+    snapshot: Snapshot,
     host: str,
     port: int,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(server))
+    registry.register(_Collector(snapshot))
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            with trio.fail_after(5):
+            with trio.fail_after(REQUEST_TIMEOUT):
                 data = b""
                 while b"\r\n\r\n" not in data and len(data) < 8192:
                     chunk = await stream.receive_some(4096)
@@ -167,25 +139,16 @@ async def serve_admin(
                 if method != b"GET":
                     status, ctype, body = 405, "text/plain", b"GET only\n"
                 elif path == b"/healthz":
-                    status, payload = health(server)
+                    status, payload = health(snapshot())
                     ctype, body = "application/json", json.dumps(payload).encode() + b"\n"
                 elif path == b"/metrics":
-                    status, ctype, body = (
-                        200,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        generate_latest(registry),
-                    )
+                    ctype = "text/plain; version=0.0.4; charset=utf-8"
+                    status, body = 200, generate_latest(registry)
                 else:
                     status, ctype, body = 404, "text/plain", b"/healthz or /metrics\n"
-                reason = {
-                    200: "OK",
-                    404: "Not Found",
-                    405: "Method Not Allowed",
-                    503: "Service Unavailable",
-                }[status]
                 head = (
-                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                    "Connection: close\r\n\r\n"
+                    f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                 ).encode()
                 await stream.send_all(head + body)
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -1,0 +1,109 @@
+"""A forwarded request and its attempts, and the record each one leaves: the canonical
+call line, call outcomes for metrics, and the answered calls a drain waits for."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sipserver.pki.certinfo import CertInfo
+from sipserver.proxy.events import CallCompleted
+from sipserver.proxy.transactions import ServerContext
+from sipserver.settings import DialPlanSettings, PeerSettings
+from sipserver.sip.flow import Flow, Transport
+from sipserver.sip.message import Request
+from sipserver.sip.transaction import ClientTransaction, ServerTransaction
+
+FORGET_DIALOGS_AFTER = 86400.0  # seconds: a BYE that never came through us
+
+
+@dataclass(eq=False, slots=True)
+class ProxyCall:
+    """One forwarded request and its attempts, from the server transaction's view."""
+
+    server_tx: ServerTransaction
+    request: Request  # as received, Via stamped
+    inbound: ServerContext
+    plan: DialPlanSettings | None  # None for in-dialog requests
+    targets: list[PeerSettings]  # still to try, in order
+    started: float
+    attempts: list[str] = field(default_factory=list)
+    attempt: int = 0
+    client_tx: ClientTransaction | None = None
+    target: PeerSettings | None = None
+    target_flow: Flow | None = None
+    provisional: bool = False
+    cancelled: bool = False
+    cancel_sent: bool = False
+    done: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class ClientContext:
+    call: ProxyCall | None
+    flow: Flow
+    kind: str  # "forward" | "cancel" | "health"
+    peer: PeerSettings | None = None  # the pinged target, for "health"
+
+
+class CallRecord:
+    def __init__(self) -> None:
+        # (dial plan, security, outcome) -> calls
+        self.outcomes: Counter[tuple[str, str, str]] = Counter()
+        # Calls answered through us and not yet hung up (Call-ID -> answered at), so that a
+        # drain also waits for their BYE, which must pass through our Record-Route.
+        self.open_dialogs: dict[str, float] = {}
+
+    def count(self, plan: DialPlanSettings | None, outcome: str) -> None:
+        self.outcomes[(plan.name if plan else "", plan.security if plan else "", outcome)] += 1
+
+    def completed(
+        self,
+        call: ProxyCall,
+        status: int,
+        now: float,
+        *,
+        detail: str | None,
+        target_cert: CertInfo | None,
+        our_thumbprint_sha1: str | None,
+    ) -> CallCompleted:
+        inbound = call.inbound
+        request = call.request
+        call_id = request.call_id or ""
+        if call.plan is not None and request.method == "INVITE" and status < 300:
+            self.open_dialogs[call_id] = now
+            # Oldest first (insertion order): forget calls whose BYE never came through us.
+            while (oldest := next(iter(self.open_dialogs.items()))) and (
+                now - oldest[1] > FORGET_DIALOGS_AFTER
+            ):
+                del self.open_dialogs[oldest[0]]
+        elif request.method == "BYE":
+            self.open_dialogs.pop(call_id, None)
+        if call.plan is not None:
+            self.count(call.plan, "answered" if status < 300 else f"failed_{status}")
+        target_flow = call.target_flow
+        uses_tls = Transport.TLS in (
+            inbound.flow.transport,
+            target_flow.transport if target_flow else None,
+        )
+        return CallCompleted(
+            call_id=request.call_id,
+            method=request.method,
+            status=status,
+            detail=detail,
+            dial_plan=call.plan.name if call.plan else None,
+            security=call.plan.security if call.plan else None,
+            peer=inbound.peer.name if inbound.peer else None,
+            peer_fqdn=inbound.peer.fqdn if inbound.peer else None,
+            transport=inbound.flow.transport,
+            peer_cert=inbound.peer_cert,
+            target_cert=target_cert,
+            target=call.target.name if call.target else None,
+            target_fqdn=call.target.fqdn if call.target else None,
+            target_transport=target_flow.transport if target_flow else None,
+            target_address=target_flow.remote_text if target_flow else None,
+            attempts=call.attempt,
+            failed_attempts=call.attempts or None,
+            our_thumbprint_sha1=our_thumbprint_sha1 if uses_tls else None,
+            setup_ms=round((now - call.started) * 1000, 1),
+        )

@@ -1,0 +1,45 @@
+"""What the core may ask of the connection pool, which lives in the transport layer: the
+open connection to a peer (to reuse it, RFC 5923) and the certificate a connection's far
+end presented (for the call line). The pool implements this; the core never imports it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sipserver.pki.certinfo import CertInfo
+from sipserver.settings import PeerSettings
+from sipserver.sip.flow import Flow, Transport
+
+
+class ConnectionDirectory(Protocol):
+    def flow_to(self, peer: str, transport: Transport) -> Flow | None:
+        """An open connection to the allow-listed peer of that name, if there is one."""
+        ...
+
+    def certificate_of(self, flow: Flow) -> CertInfo | None:
+        """The verified certificate of the far end of an outbound TLS flow."""
+        ...
+
+
+class NoConnections:
+    """A directory that knows no connection: for the core used on its own (tests, tools)."""
+
+    def flow_to(self, peer: str, transport: Transport) -> Flow | None:
+        return None
+
+    def certificate_of(self, flow: Flow) -> CertInfo | None:
+        return None
+
+
+def target_flow(
+    connections: ConnectionDirectory, target: PeerSettings, transport: Transport
+) -> Flow:
+    """Where a request to a configured target goes: a connection we already share with it
+    (RFC 5923-style reuse), else its single configured address, else its FQDN."""
+    if transport.reliable and (flow := connections.flow_to(target.name, transport)):
+        return flow
+    host = next(
+        (str(net.network_address) for net in target.addresses if net.num_addresses == 1),
+        target.fqdn,
+    )
+    return Flow(transport, ("", 0), (host, target.send_port), None, server_name=target.fqdn)

@@ -1,0 +1,386 @@
+"""The server's SIP behaviour as a pure state machine: bytes and time in; bytes to send,
+events that happened and when to wake it out.
+
+The transport feeds it datagrams and framed stream messages with the flow they arrived on
+and the current time; it answers with `Transmit`s, keeps `Event`s for `take_events()`,
+and says when it next needs `handle_timers` (`next_deadline`). Nothing here touches a
+socket, reads a clock or logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sipserver.pki.certinfo import CertInfo
+from sipserver.proxy.answers import Responder
+from sipserver.proxy.calls import CallRecord
+from sipserver.proxy.connections import ConnectionDirectory, NoConnections
+from sipserver.proxy.events import (
+    CallRedirected,
+    CallRefused,
+    Event,
+    ResponseUnmatched,
+)
+from sipserver.proxy.forwarder import Forwarder
+from sipserver.proxy.health import HealthChecker
+from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.intake import Intake, response_flow, stamp_via
+from sipserver.proxy.transactions import ServerContext, TransactionTable
+from sipserver.routing import router
+from sipserver.routing.health import HealthTable
+from sipserver.routing.peers import PeerTable
+from sipserver.settings import Config, PeerSettings
+from sipserver.sip import proxy_ops, validate
+from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.sip.framing import FramingError
+from sipserver.sip.matching import server_key
+from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
+from sipserver.sip.timers import TimerValues
+from sipserver.sip.transaction import ClientTransaction, ServerTransaction, State
+from sipserver.sip.uri import UriError, parse_uri
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
+ACCEPT = "application/sdp"
+SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags we honour in Require/Proxy-Require
+
+
+class SipCore:
+    def __init__(
+        self,
+        config: Config,
+        timers: TimerValues | None = None,
+        connections: ConnectionDirectory | None = None,
+    ) -> None:
+        self._fixed_timers = timers
+        self._bound_ports: tuple[int, int] | None = None
+        self._events: list[Event] = []
+        self.table = TransactionTable()
+        self.record = CallRecord()
+        self.us = OurAddress.of(config)
+        self.responder = Responder(self.table, self._events, self.us.agent)
+        directory = connections or NoConnections()
+        self.forwarder = Forwarder(self.table, self.responder, self.record, self._events, directory)
+        self.health_checks = HealthChecker(self.table, self._events, directory)
+        self.intake = Intake(self.responder, self._events)
+        self.draining = False
+        self.configure(config)
+
+    # --- the shell's controls -----------------------------------------------------------
+    def configure(self, config: Config) -> None:
+        """Swap in a new configuration; transactions in flight carry on."""
+        self.config = config
+        self.peers = PeerTable(config.peers)
+        self.limits = ParseLimits(
+            config.limits.max_message_bytes,
+            config.limits.max_header_count,
+            config.limits.max_line_bytes,
+        )
+        self.us = OurAddress.of(config)
+        if self._bound_ports is not None:
+            self.us = self.us.with_ports(*self._bound_ports)
+        self.timers = self._fixed_timers or config.timers
+        self.responder.agent = self.us.agent
+        self.intake.configure(config, self.limits)
+        self.health_checks.configure(config, self.us, self.timers)
+        self.forwarder.configure(config, self.us, self.timers, self.health_checks.health)
+
+    def set_ports(self, sip_port: int, tls_port: int) -> None:
+        """The ports actually bound (config may say 0), for our Via and Record-Route."""
+        self._bound_ports = (sip_port, tls_port)
+        self.configure(self.config)
+
+    def start_drain(self) -> None:
+        """From now on new calls get 503 + Retry-After; calls in flight finish."""
+        self.draining = True
+
+    def use_certificate(self, info: CertInfo) -> None:
+        """Our certificate in use, named in the call line of every call that uses TLS."""
+        self.forwarder.our_thumbprint_sha1 = info.thumbprint_sha1
+
+    def take_events(self) -> list[Event]:
+        """What happened since the last call, oldest first (the shell logs them)."""
+        events = self._events[:]
+        self._events.clear()
+        return events
+
+    @property
+    def health(self) -> HealthTable:
+        return self.health_checks.health
+
+    # --- inputs -------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, flow: Flow, now: float) -> list[Transmit]:
+        if not data.strip(b"\r\n\x00 "):
+            return []  # keep-alive datagrams carry no message
+        return self._receive(data, flow, self.peers.by_address(flow.remote[0]), now, stream=False)
+
+    def receive_stream_message(
+        self,
+        data: bytes,
+        flow: Flow,
+        tls_peer: PeerSettings | None,
+        now: float,
+        peer_cert: CertInfo | None = None,
+    ) -> list[Transmit]:
+        """One framed message from TCP or TLS. On TLS `tls_peer` is the verified peer (and
+        `peer_cert` its certificate); on TCP the peer is known by its address."""
+        peer = (
+            tls_peer if flow.transport == Transport.TLS else self.peers.by_address(flow.remote[0])
+        )
+        return self._receive(data, flow, peer, now, stream=True, cert=peer_cert)
+
+    def transport_failed(self, flow: Flow, reason: str, now: float) -> list[Transmit]:
+        """The transport could not deliver on `flow` (refused, TLS failed, closed)."""
+        self.health_checks.transport_failed(flow, reason)
+        return self.forwarder.transport_failed(flow, reason, now)
+
+    def framing_lost(self, error: FramingError, flow: Flow) -> list[Transmit]:
+        """The stream cannot be framed any more: answer the offending request if we can
+        read it, then close the connection."""
+        return self.intake.framing_lost(error, flow)
+
+    def busy(self) -> int:
+        """What a drain waits for: transactions without their final response, and answered
+        calls whose BYE has not passed yet."""
+        return self.table.pending_server() + self.forwarder.busy() + len(self.record.open_dialogs)
+
+    # --- time ---------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            d
+            for d in (self.table.next_deadline(), self.health_checks.next_deadline())
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def handle_timers(self, now: float) -> list[Transmit]:
+        out: list[Transmit] = []
+        for tx in self.table.due(now):
+            if isinstance(tx, ServerTransaction):
+                out += self.responder.drive(tx, tx.handle_timer(now))
+            elif isinstance(tx, ClientTransaction) and tx.context.kind == "health":
+                out += self.health_checks.drive(tx, tx.handle_timer(now))
+            elif isinstance(tx, ClientTransaction):
+                out += self.forwarder.drive(tx, tx.handle_timer(now), now)
+        return out + self.health_checks.due(now)
+
+    @property
+    def transaction_count(self) -> int:
+        return len(self.table.server)
+
+    # --- the pipeline -----------------------------------------------------------------
+    def _receive(
+        self,
+        data: bytes,
+        flow: Flow,
+        peer: PeerSettings | None,
+        now: float,
+        *,
+        stream: bool,
+        cert: CertInfo | None = None,
+    ) -> list[Transmit]:
+        try:
+            message: Message = parse_message(data, self.limits, stream=stream)
+        except ParseError as exc:
+            return self.intake.malformed(exc, exc.partial, flow, peer)
+        if isinstance(message, Response):
+            return self._response_received(message, flow, now)
+        assert isinstance(message, Request)
+        try:
+            validate.check_envelope(message)
+        except RemoteProtocolError as exc:
+            return self.intake.malformed(exc, message, flow, peer)
+        return self._request_received(message, flow, peer, now, cert)
+
+    def _request_received(
+        self,
+        request: Request,
+        flow: Flow,
+        peer: PeerSettings | None,
+        now: float,
+        cert: CertInfo | None = None,
+    ) -> list[Transmit]:
+        via = stamp_via(request, flow)
+        key = server_key(request, via)
+        reply_to = response_flow(via, flow)
+        existing = self.table.server.get(key)
+        if existing is not None:
+            return self.responder.drive(existing, existing.receive_request(request, now))
+        if peer is None:
+            if request.method == "ACK":
+                return []
+            return self.intake.unknown_source(request, flow, reply_to)
+        if request.method == "ACK":
+            return self._forward_ack(request)
+        context = ServerContext(
+            key, flow, reply_to, peer, request.method, request.call_id, request, cert
+        )
+        tx = ServerTransaction.create(
+            request.method, reliable=flow.reliable, now=now, timers=self.timers, context=context
+        )
+        try:
+            validate.check_request_line(request)
+            validate.check_method(request)
+        except RemoteProtocolError as exc:
+            return self._refuse(tx, exc, now)
+        if request.method == "CANCEL":
+            return self._cancel(tx, request, now)
+        to = request.to
+        in_dialog = to is not None and bool(to.tag)
+        if self.draining and not in_dialog:
+            return self.responder.answer(
+                tx,
+                503,
+                "Service Unavailable",
+                now,
+                headers=(
+                    ("Retry-After", str(self.config.routing.retry_after)),
+                    self.responder.warning("Server is shutting down"),
+                ),
+                log_reason="server is shutting down",
+            )
+        self.table.server[key] = tx
+        if request.method == "OPTIONS" and self._addressed_to_us(request, flow):
+            return self._options(tx, request, now)
+        if proxy_ops.is_loop(request, self.us.host):
+            why = "our Via is already in the request"
+            return self.responder.answer(tx, 482, "Loop Detected", now, log_reason=why)
+        if in_dialog:
+            return self._in_dialog(tx, request, now)
+        return self._route(tx, request, now)
+
+    def _refuse(
+        self, tx: ServerTransaction, exc: RemoteProtocolError, now: float
+    ) -> list[Transmit]:
+        return self.responder.answer(
+            tx, exc.status, exc.reason, now, headers=exc.headers, log_reason=exc.reason
+        )
+
+    # --- answers -----------------------------------------------------------------------
+    def _options(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
+        try:
+            validate.check_required_options(request, "Require", SUPPORTED_OPTIONS)
+        except RemoteProtocolError as exc:
+            return self._refuse(tx, exc, now)
+        headers = (
+            ("Allow", ALLOW),
+            ("Accept", ACCEPT),
+            ("Supported", ", ".join(sorted(SUPPORTED_OPTIONS))),
+        )
+        return self.responder.answer(tx, 200, "OK", now, headers=headers)
+
+    def _route(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
+        peer = tx.context.peer
+        if validate.max_forwards(request) == 0:
+            return self.responder.answer(
+                tx, 483, "Too Many Hops", now, log_reason="Max-Forwards is 0"
+            )
+        try:
+            validate.check_required_options(request, "Proxy-Require", SUPPORTED_OPTIONS)
+        except RemoteProtocolError as exc:
+            return self._refuse(tx, exc, now)
+        assert peer is not None
+        decision = router.route(
+            self.config, request, peer, tx.context.flow.transport, self.health.is_up
+        )
+        if isinstance(decision, router.Reject):
+            self.record.count(decision.plan, f"refused_{decision.status}")
+            return self.responder.answer(
+                tx,
+                decision.status,
+                decision.reason,
+                now,
+                headers=(self.responder.warning(decision.warning), *decision.headers),
+                log_reason=decision.warning,
+                event=CallRefused,
+                refusal=decision.log_event,
+                dial_plan=decision.plan.name if decision.plan else None,
+                security=decision.plan.security if decision.plan else None,
+            )
+        if isinstance(decision, router.Proxy):
+            return self.forwarder.start_call(tx, request, decision.plan, decision.targets, now)
+        self.record.count(decision.plan, "redirected")
+        return self.responder.answer(
+            tx,
+            302,
+            "Moved Temporarily",
+            now,
+            headers=(("Contact", decision.contact),),
+            event=CallRedirected,
+            dial_plan=decision.plan.name,
+            security=decision.plan.security,
+            target=decision.target.name,
+            target_fqdn=decision.target.fqdn,
+            contact=decision.contact,
+        )
+
+    def _cancel(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
+        invite_key = server_key(replace(request, method="INVITE"))
+        invite = self.table.server.get(invite_key)
+        self.table.server[tx.context.key] = tx
+        downstream = self.forwarder.cancel(invite_key, now)
+        if downstream is not None:
+            # §16.10: answer the CANCEL, cancel the branch downstream; the 487 comes back from it.
+            return self.responder.answer(tx, 200, "OK", now) + downstream
+        if invite is None or invite.state is not State.PROCEEDING:
+            why = "CANCEL matches no pending INVITE"
+            return self.responder.answer(
+                tx, 481, "Call/Transaction Does Not Exist", now, log_reason=why
+            )
+        out = self.responder.answer(tx, 200, "OK", now)
+        return out + self.responder.answer(
+            invite, 487, "Request Terminated", now, log_reason="cancelled"
+        )
+
+    def _response_received(self, response: Response, flow: Flow, now: float) -> list[Transmit]:
+        tx = self.table.client_for(response)
+        if tx is not None and tx.context.kind == "health":
+            return self.health_checks.drive(tx, tx.receive_response(response, now))
+        handled = self.forwarder.response_received(response, now)
+        if handled is not None:
+            return handled
+        self._events.append(
+            ResponseUnmatched(
+                call_id=response.call_id,
+                status=response.status,
+                transport=flow.transport,
+                remote=flow.remote_text,
+            )
+        )
+        return []
+
+    def _in_dialog(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
+        """A request inside a dialog: follow the Route set we recorded (§16.4, §16.12)."""
+        request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
+        if hop is None or not ours:
+            return self.responder.answer(
+                tx,
+                404,
+                "Not Found",
+                now,
+                headers=(self.responder.warning("In-dialog request without our Route"),),
+                log_reason="in-dialog request without our Route",
+            )
+        tx.context.request = request
+        peer = self.peers.by_name(hop.peer) if hop.peer else None
+        first_hop = (hop.uri, hop.transport, peer)
+        return self.forwarder.start_call(tx, request, None, (), now, first_hop=first_hop)
+
+    def _forward_ack(self, request: Request) -> list[Transmit]:
+        """ACK for a 2xx: a new transaction-less request, relayed along the Route set."""
+        to = request.to
+        if to is None or not to.tag:
+            return []
+        request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
+        if hop is None or not ours:
+            return []
+        return self.forwarder.forward_ack(request, hop)
+
+    def _addressed_to_us(self, request: Request, flow: Flow) -> bool:
+        """A Request-URI with one of our names, or with no user part: nothing could be
+        routed on without a number, so an OPTIONS like that is a ping of this hop."""
+        try:
+            uri = parse_uri(request.uri)
+        except UriError:
+            return False
+        return uri.user is None or uri.host in self.us.names or uri.host == flow.local[0]

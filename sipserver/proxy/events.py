@@ -1,0 +1,233 @@
+"""What happened, as values. The pure core returns these instead of logging; the shell
+turns each into exactly one log line (`sipserver.server.event_log`). An event's `name` is
+the log event name, its fields are the line's fields (a CertInfo field becomes the
+certificate's issuer, serial and thumbprints under that field's name as prefix)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from sipserver.pki.certinfo import CertInfo
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    name: ClassVar[str] = "event"
+    level: ClassVar[str] = "info"  # debug | info | warning | error
+    call_id: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @property
+    def log_level(self) -> str:
+        return self.level
+
+    @property
+    def log_name(self) -> str:
+        return self.name
+
+
+# --- messages the core could not take ---------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FramingLost(Event):
+    """A stream can no longer be split into messages; its connection closes."""
+
+    name = "sip_framing_lost"
+    level = "warning"
+    reason: str
+    status: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageMalformed(Event):
+    level = "warning"
+    kind: str  # request | response
+    action: str  # answered | dropped (why)
+    reason: str
+    status: int
+    transport: str
+    remote: str
+    peer: str | None
+
+    @property
+    def log_name(self) -> str:
+        return f"sip_{self.kind}_malformed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownSourceRefused(Event):
+    """A request from an address of no configured peer."""
+
+    name = "sip_request_refused"
+    level = "warning"
+    action: str  # 403 | dropped
+    status: int | None
+    method: str
+    transport: str
+    remote: str
+    reason: str = "unknown_source"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseUnmatched(Event):
+    """§18.1.2: a response that matches no transaction is dropped."""
+
+    name = "sip_response_unmatched"
+    level = "debug"
+    status: int
+    transport: str
+    remote: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionTimedOut(Event):
+    name = "sip_transaction_timeout"
+    level = "warning"
+    timer: str
+    method: str
+    remote: str
+
+
+# --- answers we gave -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answered(Event):
+    """We answered a request ourselves (not relayed). Warning level from 400 up."""
+
+    name = "sip_request_answered"
+    method: str
+    status: int
+    reason: str
+    transport: str
+    remote: str
+    peer: str | None
+    peer_fqdn: str | None
+
+    @property
+    def log_level(self) -> str:
+        return "info" if self.status < 400 else "warning"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRefused(Answered):
+    """A dial plan (or the lack of one) refused the call: `refusal` names the rule."""
+
+    refusal: str = "call_refused"  # call_refused | call_refused_insecure_transport | ...
+    dial_plan: str | None = None
+    security: str | None = None
+
+    @property
+    def log_name(self) -> str:
+        return self.refusal
+
+    def fields(self) -> dict[str, Any]:
+        fields = Event.fields(self)
+        del fields["refusal"]
+        return fields
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRedirected(Answered):
+    name = "call_redirected"
+    dial_plan: str
+    security: str
+    target: str
+    target_fqdn: str
+    contact: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallFailed(Answered):
+    """A call we were proxying ended with our own final answer (no target, cancelled...)."""
+
+    name = "call_failed"
+
+
+# --- proxying ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallCompleted(Event):
+    """The one canonical line per routed request: who called, over what, with which
+    certificates, which dial plan, where it went and how it ended."""
+
+    method: str
+    status: int
+    detail: str | None
+    dial_plan: str | None
+    security: str | None
+    peer: str | None
+    peer_fqdn: str | None
+    transport: str
+    peer_cert: CertInfo | None
+    target_cert: CertInfo | None
+    decision: str = "proxy"
+    target: str | None
+    target_fqdn: str | None
+    target_transport: str | None
+    target_address: str | None
+    attempts: int
+    failed_attempts: list[str] | None
+    our_thumbprint_sha1: str | None
+    setup_ms: float
+
+    @property
+    def log_name(self) -> str:
+        if self.dial_plan is None:
+            return "in_dialog_request_routed" if self.status < 300 else "in_dialog_request_failed"
+        return "call_routed" if self.status < 300 else "call_ended"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptStarted(Event):
+    name = "call_attempt_started"
+    level = "debug"
+    target: str | None
+    attempt: int
+    method: str
+    remote: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptFailed(Event):
+    name = "call_attempt_failed"
+    level = "warning"
+    target: str
+    reason: str
+    attempt: int
+    dial_plan: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaAnswerViolation(Event):
+    """A secured call's answer offered media without SRTP (the offer was checked)."""
+
+    name = "security_violation_media_answer"
+    level = "error"
+    dial_plan: str
+    status: int
+    target: str | None
+    problems: list[str]
+
+
+# --- health -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetHealthChanged(Event):
+    name = "target_health_changed"
+    target: str
+    target_fqdn: str
+    state: str  # up | down
+    reason: str
+
+    @property
+    def log_level(self) -> str:
+        return "info" if self.state == "up" else "warning"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetHealthChecked(Event):
+    name = "target_health_checked"
+    level = "debug"
+    target: str
+    ok: bool
+    reason: str

@@ -1,0 +1,419 @@
+"""The transaction-stateful proxy (RFC 3261 §16): forwards calls to dial-plan targets with
+failover, routes in-dialog requests along the Record-Route set, relays CANCEL and 2xx
+retransmissions, and records one CallCompleted per routed request."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+
+from sipserver.proxy.answers import Headers, Responder
+from sipserver.proxy.calls import CallRecord, ClientContext, ProxyCall
+from sipserver.proxy.connections import ConnectionDirectory, target_flow
+from sipserver.proxy.events import (
+    Answered,
+    AttemptFailed,
+    AttemptStarted,
+    CallFailed,
+    Event,
+    MediaAnswerViolation,
+)
+from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.transactions import TransactionTable
+from sipserver.routing.health import HealthTable
+from sipserver.settings import Config, DialPlanSettings, PeerSettings, Security
+from sipserver.sip import proxy_ops
+from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.sip.matching import client_key
+from sipserver.sip.message import Request, Response
+from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
+from sipserver.sip.timers import TimerValues
+from sipserver.sip.transaction import (
+    ClientTransaction,
+    Output,
+    ResponseReceived,
+    SendMessage,
+    ServerTransaction,
+    State,
+    Terminated,
+    TimedOut,
+)
+from sipserver.sip.uri import SipUri
+
+INVITE_LIKE = ("INVITE", "SUBSCRIBE", "REFER")  # requests that may create a dialog
+
+
+class Forwarder:
+    def __init__(
+        self,
+        table: TransactionTable,
+        responder: Responder,
+        record: CallRecord,
+        events: list[Event],
+        connections: ConnectionDirectory,
+    ) -> None:
+        self.table = table
+        self.responder = responder
+        self.record = record
+        self.events = events
+        self.connections = connections
+        self.calls: dict[tuple[str, ...], ProxyCall] = {}  # by server transaction key
+        # Where to relay retransmitted 2xx to INVITE once the transactions are gone.
+        self.answered: dict[str, Flow] = {}
+        self._answered_expiry: collections.deque[tuple[float, str]] = collections.deque()
+        self.our_thumbprint_sha1: str | None = None
+
+    def configure(
+        self, config: Config, us: OurAddress, timers: TimerValues, health: HealthTable
+    ) -> None:
+        self.config, self.us, self.timers, self.health = config, us, timers, health
+
+    # --- new requests -----------------------------------------------------------------
+    def start_call(
+        self,
+        tx: ServerTransaction,
+        request: Request,
+        plan: DialPlanSettings | None,
+        targets: Sequence[PeerSettings],
+        now: float,
+        first_hop: tuple[SipUri, Transport, PeerSettings | None] | None = None,
+    ) -> list[Transmit]:
+        call = ProxyCall(tx, request, tx.context, plan, list(targets), now)
+        self.calls[tx.context.key] = call
+        out: list[Transmit] = []
+        if request.method == "INVITE":
+            trying = self.responder.response(request, 100, "Trying")
+            out += self.responder.send(tx, trying, now)
+        if first_hop is not None:
+            return out + self._forward_in_dialog(call, *first_hop, now)
+        return out + self._try_next(call, now)
+
+    def _try_next(self, call: ProxyCall, now: float) -> list[Transmit]:
+        while call.targets:
+            target = call.targets.pop(0)
+            if not self.health.is_up(target):
+                call.attempts.append(f"{target.name}: down")
+                continue
+            transport = Transport.TLS if call.plan and call.plan.requires_tls else target.transport
+            uri = proxy_ops.retarget(call.request.uri, target.fqdn, target.send_port, transport)
+            flow = target_flow(self.connections, target, transport)
+            return self._send_attempt(call, target, transport, uri, flow, now)
+        return self._exhausted(call, now)
+
+    def _forward_in_dialog(
+        self,
+        call: ProxyCall,
+        uri: SipUri,
+        transport: Transport,
+        peer: PeerSettings | None,
+        now: float,
+    ) -> list[Transmit]:
+        flow = self.flow_for(uri, transport, peer)
+        if flow is None:
+            why = f"No route to {uri}: not an allow-listed peer"
+            return self.fail(call.server_tx, 404, "Not Found", why, now)
+        return self._send_attempt(call, peer, transport, call.request.uri, flow, now)
+
+    def _send_attempt(
+        self,
+        call: ProxyCall,
+        target: PeerSettings | None,
+        transport: Transport,
+        uri: str,
+        flow: Flow,
+        now: float,
+    ) -> list[Transmit]:
+        call.attempt += 1
+        call.target, call.target_flow = target, flow
+        forwarded = self._forwarded_copy(call, uri, transport, target)
+        tx, first = ClientTransaction.create(
+            forwarded,
+            reliable=transport.reliable,
+            now=now,
+            timers=self.timers,
+            context=ClientContext(call, flow, "forward"),
+        )
+        call.client_tx = tx
+        self.table.add_client(tx)
+        self.events.append(
+            AttemptStarted(
+                call_id=call.request.call_id,
+                target=target.name if target else None,
+                attempt=call.attempt,
+                method=call.request.method,
+                remote=flow.remote_text,
+            )
+        )
+        return self.drive(tx, first, now)
+
+    def _forwarded_copy(
+        self, call: ProxyCall, uri: str, transport: Transport, target: PeerSettings | None
+    ) -> Request:
+        inbound = call.inbound
+        via = self.us.via(transport, proxy_ops.branch_for(call.request, call.attempt))
+        record_route: tuple[proxy_ops.Hop, ...] = ()
+        if call.plan is not None and call.request.method in INVITE_LIKE:
+            # Always two entries (RFC 5658 style): each names its leg's transport and peer, so
+            # in-dialog requests return over the same secured legs to the same peers.
+            record_route = (
+                self.us.hop(transport, target.name if target else None),
+                self.us.hop(inbound.flow.transport, inbound.peer.name if inbound.peer else None),
+            )
+        identity = self.config.routing.identity_header
+        return proxy_ops.forward_request(
+            call.request,
+            request_uri=uri,
+            via=via,
+            record_route=record_route,
+            strip=(identity,),
+            add=((identity, self._identity_value(call)),) if inbound.peer else (),
+        )
+
+    @staticmethod
+    def _identity_value(call: ProxyCall) -> str:
+        inbound = call.inbound
+        assert inbound.peer is not None
+        flow = inbound.flow
+        if flow.transport == Transport.TLS and inbound.peer_cert:
+            cert = inbound.peer_cert.thumbprint_sha256
+            return f"{inbound.peer.fqdn};transport=tls;cert-sha256={cert}"
+        return f"{inbound.peer.fqdn};transport={flow.transport};source={flow.remote[0]}"
+
+    def forward_ack(self, request: Request, hop: proxy_ops.NextHop) -> list[Transmit]:
+        """ACK for a 2xx: a new transaction-less request, relayed along the Route set."""
+        peer = self.config_peer(hop.peer)
+        target_flow = self.flow_for(hop.uri, hop.transport, peer)
+        if target_flow is None:
+            return []
+        via = self.us.via(hop.transport, proxy_ops.branch_for(request, 0), alias=False)
+        identity = self.config.routing.identity_header
+        forwarded = proxy_ops.forward_request(
+            request, request_uri=request.uri, via=via, strip=(identity,)
+        )
+        return [Transmit(target_flow, forwarded.to_bytes())]
+
+    def config_peer(self, name: str | None) -> PeerSettings | None:
+        return next((p for p in self.config.peers if p.name == name), None) if name else None
+
+    def _exhausted(self, call: ProxyCall, now: float) -> list[Transmit]:
+        tried = "; ".join(call.attempts) or "no target"
+        plan = call.plan.name if call.plan else "in-dialog route"
+        why = f"All targets of {plan} failed: {tried}"
+        if call.attempts and call.attempts[-1].endswith("timeout"):
+            return self.fail(call.server_tx, 408, "Request Timeout", why, now)
+        retry = (("Retry-After", str(self.config.routing.retry_after)),)
+        return self.fail(call.server_tx, 503, "Service Unavailable", why, now, retry)
+
+    def fail(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str,
+        warning: str,
+        now: float,
+        headers: Headers = (),
+    ) -> list[Transmit]:
+        """Our own final answer to a request we were forwarding (or about to)."""
+        call = self.calls.pop(tx.context.key, None)
+        if call is not None:
+            call.done = True
+            self._complete(call, status, now, warning)
+        return self.responder.answer(
+            tx,
+            status,
+            reason,
+            now,
+            headers=(self.responder.warning(warning), *headers),
+            log_reason=warning,
+            event=CallFailed if call is not None else Answered,
+        )
+
+    def _complete(
+        self, call: ProxyCall, status: int, now: float, detail: str | None = None
+    ) -> None:
+        flow = call.target_flow
+        self.events.append(
+            self.record.completed(
+                call,
+                status,
+                now,
+                detail=detail,
+                target_cert=self.connections.certificate_of(flow) if flow else None,
+                our_thumbprint_sha1=self.our_thumbprint_sha1,
+            )
+        )
+
+    # --- flows --------------------------------------------------------------------------
+    def flow_for(self, uri: SipUri, transport: Transport, peer: PeerSettings | None) -> Flow | None:
+        """Where an in-dialog request goes: an open connection to the peer our Route named,
+        else the URI's address (TLS only to an allow-listed peer, verified by name)."""
+        reuse = self.connections.flow_to(peer.name, transport) if peer is not None else None
+        if reuse is not None and transport.reliable:
+            return reuse
+        if transport == Transport.TLS and peer is None:
+            return None
+        port = uri.port or (5061 if transport == Transport.TLS else 5060)
+        server_name = peer.fqdn if peer else None
+        return Flow(transport, ("", 0), (uri.host, port), None, server_name=server_name)
+
+    def transport_failed(self, flow: Flow, reason: str, now: float) -> list[Transmit]:
+        """A connection could not be opened, failed TLS, or broke: every attempt on it
+        fails at once, so failover does not wait for Timer B."""
+        out: list[Transmit] = []
+        for tx in self.table.clients_on(flow):
+            if tx.context.kind == "health":
+                continue
+            self.table.forget_client(tx)
+            call = tx.context.call
+            if call is not None and tx.context.kind == "forward" and call.client_tx is tx:
+                out += self._attempt_failed(call, reason, now)
+        return out
+
+    # --- responses ----------------------------------------------------------------------
+    def response_received(self, response: Response, now: float) -> list[Transmit] | None:
+        """None when the response matches no client transaction of ours."""
+        try:
+            key = client_key(response)
+        except RemoteProtocolError:
+            return None
+        tx = self.table.client.get(key)
+        if tx is None:
+            branch = key[0]
+            if 200 <= response.status < 300 and key[1] == "INVITE" and branch in self.answered:
+                # A retransmitted 2xx after our transactions ended: relay it statelessly.
+                relayed = proxy_ops.strip_top_via(response).to_bytes()
+                return [Transmit(self.answered[branch], relayed)]
+            return None
+        return self.drive(tx, tx.receive_response(response, now), now)
+
+    def drive(self, tx: ClientTransaction, outputs: Sequence[Output], now: float) -> list[Transmit]:
+        context: ClientContext = tx.context
+        call = context.call
+        out: list[Transmit] = []
+        for item in outputs:
+            if isinstance(item, SendMessage):
+                out.append(Transmit(context.flow, item.data))
+            elif isinstance(item, Terminated):
+                self.table.forget_client(tx)
+            elif call is None or context.kind != "forward":
+                continue
+            elif isinstance(item, ResponseReceived):
+                out += self._on_response(call, tx, item.response, now)
+            elif isinstance(item, TimedOut):
+                out += self._on_timeout(call, tx, item.timer, now)
+        self.table.schedule(tx)
+        return out
+
+    def _on_response(
+        self, call: ProxyCall, tx: ClientTransaction, response: Response, now: float
+    ) -> list[Transmit]:
+        if call.client_tx is not tx or call.done or response.status == 100:
+            return []
+        if response.status == 503 and call.targets and not call.cancelled:
+            return self._attempt_failed(call, "503 Service Unavailable", now)
+        upstream = proxy_ops.strip_top_via(response)
+        if response.status < 200:
+            call.provisional = True
+            self._check_answer_media(call, response)
+            out = self.responder.send(call.server_tx, upstream, now)
+            if call.cancelled and not call.cancel_sent:
+                out += self._send_cancel(call, now)
+            return out
+        if response.status < 300:
+            self._check_answer_media(call, response)
+            if call.request.method == "INVITE":
+                via = tx.request.top_via
+                self._remember_answer(via.branch or "" if via else "", call.inbound.reply_to, now)
+        call.done = True
+        self.calls.pop(call.inbound.key, None)
+        self._complete(call, upstream.status, now)
+        return self.responder.send(call.server_tx, upstream, now)
+
+    def _remember_answer(self, branch: str, reply_to: Flow, now: float) -> None:
+        """Keep where a 2xx went for 64*T1, the time a UAS retransmits it (§13.3.1.4)."""
+        while self._answered_expiry and self._answered_expiry[0][0] <= now:
+            self.answered.pop(self._answered_expiry.popleft()[1], None)
+        self.answered[branch] = reply_to
+        self._answered_expiry.append((now + 64 * self.timers.t1, branch))
+
+    def _on_timeout(
+        self, call: ProxyCall, tx: ClientTransaction, timer: str, now: float
+    ) -> list[Transmit]:
+        if call.client_tx is not tx or call.done:
+            return []
+        if timer == "C":
+            return self._send_cancel(call, now) if not call.cancel_sent else []
+        return self._attempt_failed(call, "timeout", now)
+
+    def _attempt_failed(self, call: ProxyCall, reason: str, now: float) -> list[Transmit]:
+        name = (
+            call.target.name
+            if call.target
+            else str(call.target_flow.remote if call.target_flow else "?")
+        )
+        call.attempts.append(f"{name}: {reason}")
+        self.events.append(
+            AttemptFailed(
+                call_id=call.request.call_id,
+                target=name,
+                reason=reason,
+                attempt=call.attempt,
+                dial_plan=call.plan.name if call.plan else None,
+            )
+        )
+        if call.cancelled:
+            return self.fail(call.server_tx, 487, "Request Terminated", "cancelled", now)
+        if call.plan is None:
+            return self._exhausted(call, now)
+        return self._try_next(call, now)
+
+    # --- CANCEL -------------------------------------------------------------------------
+    def cancel(self, invite_key: tuple[str, ...], now: float) -> list[Transmit] | None:
+        """An upstream CANCEL for a call we are proxying: what to send downstream, or None
+        when we proxy no such call. §9.1: a CANCEL waits for a provisional response."""
+        call = self.calls.get(invite_key)
+        if call is None or call.done or call.server_tx.state is not State.PROCEEDING:
+            return None
+        call.cancelled = True
+        if call.cancel_sent or not call.provisional:
+            return []
+        return self._send_cancel(call, now)
+
+    def _send_cancel(self, call: ProxyCall, now: float) -> list[Transmit]:
+        if call.client_tx is None or call.target_flow is None:
+            return []
+        call.cancel_sent = True
+        cancel = proxy_ops.build_cancel(call.client_tx.request)
+        tx, first = ClientTransaction.create(
+            cancel,
+            reliable=call.target_flow.reliable,
+            now=now,
+            timers=self.timers,
+            context=ClientContext(call, call.target_flow, "cancel"),
+        )
+        self.table.add_client(tx)
+        return self.drive(tx, first, now)
+
+    def busy(self) -> int:
+        return sum(1 for call in self.calls.values() if not call.done)
+
+    # --- security -----------------------------------------------------------------------
+    def _check_answer_media(self, call: ProxyCall, response: Response) -> None:
+        plan = call.plan
+        if plan is None or plan.security != Security.SECURED or not response.body:
+            return
+        try:
+            problems = srtp_violations(parse_sdp(response.body))
+        except SdpError as exc:
+            problems = [f"malformed SDP answer ({exc})"]
+        if problems:
+            self.events.append(
+                MediaAnswerViolation(
+                    call_id=call.request.call_id,
+                    dial_plan=plan.name,
+                    status=response.status,
+                    target=call.target.name if call.target else None,
+                    problems=problems,
+                )
+            )

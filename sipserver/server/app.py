@@ -1,0 +1,240 @@
+"""The shell: wires the pure core to trio. It owns the one nursery, feeds the core what
+the listeners and connections receive with the time, sends what the core returns, logs
+the core's events, and sleeps until the core's next deadline.
+
+Every wait on a peer is bounded: handshakes by tls.handshake_timeout, reads by
+limits.idle_timeout, writes by limits.send_timeout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+import trio
+
+from sipserver.certstore import CertificateSetupError, ServerCredentials
+from sipserver.proxy.core import SipCore
+from sipserver.server.admin import serve_admin
+from sipserver.server.credentials import Credentials
+from sipserver.server.drain import Drain, serve_signals
+from sipserver.server.event_log import log_event
+from sipserver.server.reload import Reloader
+from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
+from sipserver.server.streams import StreamService
+from sipserver.settings import Config
+from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.transport.listeners import Listener, Listeners, StartupError
+from sipserver.transport.pool import ConnectionPool
+from sipserver.transport.streams import StreamConnection
+
+log = structlog.get_logger("sipserver")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        overrides: Callable[[Config], Config] = lambda c: c,
+    ) -> None:
+        self.config = config
+        self.stats = ServerStats()
+        limits = config.limits
+        self.pool = ConnectionPool(limits.max_connections, limits.max_connections_per_address)
+        self.core = SipCore(config, connections=self.pool)
+        self.listeners = Listeners()
+        self.credentials = Credentials(on_change=self.core.use_certificate)
+        self.reloader = Reloader(
+            config_path, overrides, lambda: self.config, self._apply, self.credentials, self.stats
+        )
+        self.drain = Drain(self.core, self.listeners)
+        self.streams = StreamService(
+            lambda: self.config, self.core, self.pool, self.credentials, self.stats, self.dispatch
+        )
+        self._timer_wakeup = trio.Event()
+        self._timer_armed_for: float | None = None  # the deadline the timer task sleeps until
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        cfg = self.config
+        log.info("server_starting", fqdn=cfg.server.fqdn, config=cfg.source, peers=len(cfg.peers))
+        if Transport.TLS in cfg.server.transports:
+            try:
+                self.credentials.install(self.credentials.prepare(cfg, _now()), cfg)
+            except CertificateSetupError as exc:
+                raise StartupError(str(exc)) from exc
+        async with trio.open_nursery() as nursery:
+            self.streams.nursery = nursery
+            await self.listeners.start(
+                nursery, cfg.server, self._serve_udp, self.streams.serve_tcp, self.streams.serve_tls
+            )
+            self.core.set_ports(
+                self.listeners.sip_port or cfg.server.sip_port,
+                self.listeners.tls_port or cfg.server.tls_port,
+            )
+            nursery.start_soon(self._timer_loop)
+            if cfg.server.watch_interval > 0:
+                # The first snapshot is taken before we say we are ready, so that no change
+                # made after server_ready can be missed.
+                nursery.start_soon(self.reloader.watch, self.reloader.watched_files())
+            nursery.start_soon(self._certificate_watch)
+            if handle_signals:
+                await nursery.start(
+                    serve_signals,
+                    self.reloader.reload,
+                    self.drain,
+                    lambda: self.config.server.shutdown_grace,
+                    nursery.cancel_scope,
+                )
+            log.info(
+                "server_ready",
+                fqdn=cfg.server.fqdn,
+                listeners=[str(item) for item in self.listeners.open],
+                peers=[p.name for p in cfg.peers],
+            )
+            admin = cfg.admin.host_port
+            if admin is not None:
+                await nursery.start(serve_admin, self.snapshot, admin[0], admin[1])
+            task_status.started(list(self.listeners.open))
+        log.info("server_stopped")
+
+    def _apply(self, new: Config, credentials: ServerCredentials | None) -> None:
+        """Swap in a validated configuration (and its certificates) at once."""
+        self.config = new
+        self.core.configure(new)
+        self.pool.set_caps(new.limits.max_connections, new.limits.max_connections_per_address)
+        if credentials is not None:
+            self.credentials.install(credentials, new)
+        self._wake_timer()  # health-check targets and their deadlines may have changed
+
+    def snapshot(self) -> StatsSnapshot:
+        """Everything /healthz and /metrics show, as values."""
+        core = self.core
+        return StatsSnapshot(
+            taken_at=_now(),
+            listeners=tuple(
+                f"{item.transport}:{item.address}:{item.port}" for item in self.listeners.open
+            ),
+            draining=core.draining,
+            tls_expected=Transport.TLS in self.config.server.transports,
+            connections=dict(self.pool.count_by_transport()),
+            tls_handshakes=dict(self.stats.tls_handshakes),
+            messages=dict(self.stats.messages),
+            calls=dict(core.record.outcomes),
+            targets_up=tuple((p.name, core.health.is_up(p)) for p in core.health_checks.targets),
+            certificates=tuple(
+                CertificateState(role, info) for role, info in self.credentials.in_use()
+            ),
+            reloads=dict(self.stats.reloads),
+        )
+
+    # --- time ---------------------------------------------------------------------------
+    async def _timer_loop(self) -> None:
+        """Sleep until the core's next deadline (transaction timers and health pings), or
+        until the core needs waking earlier."""
+        while True:
+            deadline = self.core.next_deadline()
+            self._timer_armed_for = deadline
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._timer_wakeup.wait()
+            self._timer_wakeup = trio.Event()
+            await self.dispatch(self.core.handle_timers(trio.current_time()))
+
+    def _wake_timer(self) -> None:
+        self._timer_wakeup.set()
+
+    async def _certificate_watch(self) -> None:
+        """Hourly: expiry warnings (each once a UTC day) and a switch to a better or
+        still-valid certificate when one is there."""
+        while True:
+            self.credentials.check(self.config, _now())
+            await trio.sleep(self.config.tls.certificate_check_interval)
+
+    # --- sending --------------------------------------------------------------------------
+    async def dispatch(
+        self, transmits: list[Transmit], origin: StreamConnection | None = None
+    ) -> None:
+        """Log what the core says happened and send what it produced. Answers to `origin`
+        (the connection whose reader is calling) wait for queue room; anything for other
+        connections never waits."""
+        for event in self.core.take_events():
+            log_event(event)
+        for transmit in transmits:
+            flow = transmit.flow
+            if transmit.data:
+                self.stats.count_message("out", flow.transport, transmit.data)
+            if flow.transport == Transport.UDP:
+                await self._send_datagram(flow, transmit.data)
+            elif flow.connection_id is None:
+                if self.pool.send_outbound(transmit):
+                    self.streams.connect_soon(flow)
+            elif (connection := self.pool.get(flow.connection_id)) is None:
+                log.info(
+                    "transmit_dropped",
+                    reason="connection closed",
+                    remote=flow.remote_text,
+                    transport=flow.transport,
+                )
+            elif connection is origin:
+                await connection.send(transmit, self.config.limits.send_timeout)
+            else:
+                connection.queue(transmit)
+        self.drain.core_changed()
+        # Wake the timer task only when the core now needs it earlier than it planned.
+        deadline = self.core.next_deadline()
+        if deadline is not None and (
+            self._timer_armed_for is None or deadline < self._timer_armed_for
+        ):
+            self._wake_timer()
+
+    async def _send_datagram(self, flow: Flow, data: bytes) -> None:
+        sock = self.listeners.udp_socket(flow.local, flow.remote[0])
+        if sock is None:
+            log.warning(
+                "udp_send_failed", remote=flow.remote_text, reason="no UDP socket of that family"
+            )
+            return
+        try:
+            await sock.sendto(data, flow.remote)
+        except OSError as exc:
+            log.warning("udp_send_failed", remote=flow.remote_text, reason=exc.strerror)
+
+    # --- UDP ---------------------------------------------------------------------------
+    async def _serve_udp(self, sock: trio.socket.SocketType, local: tuple[str, int]) -> None:
+        while True:
+            limit = self.config.limits.max_message_bytes
+            try:
+                data, address = await sock.recvfrom(limit + 1)
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("udp_receive_error", reason=exc.strerror)
+                continue
+            flow = Flow(Transport.UDP, local, (address[0], address[1]))
+            if len(data) > limit:
+                log.warning(
+                    "sip_datagram_too_large",
+                    remote=flow.remote_text,
+                    limit=limit,
+                    reason="limits.max_message_bytes",
+                )
+                continue
+            self.stats.count_message("in", "udp", data)
+            try:
+                transmits = self.core.receive_datagram(data, flow, trio.current_time())
+            except Exception:
+                log.exception("internal_error", transport="udp", remote=flow.remote_text)
+                continue
+            await self.dispatch(transmits)

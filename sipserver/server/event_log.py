@@ -1,0 +1,24 @@
+"""The one place where the core's events become log lines: the event's name, its level
+and its fields; a certificate field becomes that certificate's issuer, serial and
+thumbprints under the field's name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from sipserver.pki.certinfo import CertInfo
+from sipserver.proxy.events import Event
+
+log = structlog.get_logger("sipserver")
+
+
+def log_event(event: Event) -> None:
+    fields: dict[str, Any] = {}
+    for key, value in event.fields().items():
+        if isinstance(value, CertInfo):
+            fields.update(value.log_fields(f"{key}_"))
+        else:
+            fields[key] = value
+    getattr(log, event.log_level)(event.log_name, **fields)

@@ -1,0 +1,310 @@
+"""TCP and TLS connections, both ways: admitting and verifying the ones peers open (the
+5061 gate's log lines), opening the ones our outbound legs need, and feeding every framed
+message to the core. Each connection lives in the connection pool while it is open."""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+import trio
+
+from sipserver.errors import SipServerError
+from sipserver.proxy.core import SipCore
+from sipserver.server.credentials import Credentials
+from sipserver.server.stats import ServerStats
+from sipserver.settings import Config, PeerSettings
+from sipserver.sip.flow import Flow, Transmit, Transport, format_address
+from sipserver.sip.framing import FramingError
+from sipserver.transport.pool import ConnectionPool
+from sipserver.transport.streams import StreamConnection, next_connection_id
+from sipserver.transport.tls_handshake import TlsAccepted, TlsRefused, tls_handshake
+
+log = structlog.get_logger("sipserver")
+Dispatch = Callable[[list[Transmit], StreamConnection | None], Awaitable[None]]
+
+
+class StreamService:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        core: SipCore,
+        pool: ConnectionPool,
+        credentials: Credentials,
+        stats: ServerStats,
+        dispatch: Dispatch,
+    ) -> None:
+        self._config = config
+        self.core = core
+        self.pool = pool
+        self.credentials = credentials
+        self.stats = stats
+        self._dispatch = dispatch
+        self.nursery: trio.Nursery | None = None  # the server's, set when it runs
+
+    # --- inbound ------------------------------------------------------------------------
+    async def serve_tcp(self, stream: trio.SocketStream) -> None:
+        await self._serve(stream, Transport.TCP)
+
+    async def serve_tls(self, stream: trio.SocketStream) -> None:
+        await self._serve(stream, Transport.TLS)
+
+    async def _serve(self, stream: trio.SocketStream, transport: Transport) -> None:
+        try:
+            remote = stream.socket.getpeername()[:2]
+            local = stream.socket.getsockname()[:2]
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        refusal = self.pool.caps.admit(remote[0])
+        if refusal is not None:
+            log.warning(
+                "connection_refused",
+                transport=transport,
+                remote=format_address(remote),
+                reason=refusal,
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        connection_id = next_connection_id()
+        structlog.contextvars.bind_contextvars(
+            transport=transport, remote=format_address(remote), connection_id=connection_id
+        )
+        started = time.monotonic()
+        connection: StreamConnection | None = None
+        flow = Flow(transport, local, remote, connection_id)
+        try:
+            if transport == Transport.TLS:
+                accepted = await self._accept_tls(stream)
+                if accepted is None:
+                    return
+                connection = StreamConnection(
+                    accepted.stream,
+                    flow,
+                    accepted.peer,
+                    self._config().limits.send_queue_bytes,
+                    verified=True,
+                    peer_cert=accepted.certificate,
+                )
+            else:
+                log.info("connection_opened")
+                peer = self.core.peers.by_address(remote[0])
+                queue = self._config().limits.send_queue_bytes
+                connection = StreamConnection(stream, flow, peer, queue)
+            self.pool.add(connection)
+            await self._run(connection)
+        except Exception:
+            log.exception("internal_error")
+        finally:
+            self.pool.caps.release(remote[0])
+            if connection is not None:
+                self.pool.remove(connection)
+                with trio.move_on_after(1, shield=True):
+                    now = trio.current_time()
+                    reason = connection.close_reason
+                    await self._dispatch(self.core.transport_failed(flow, reason, now), None)
+                log.info(
+                    "connection_closed",
+                    reason=connection.close_reason,
+                    messages=connection.messages_in,
+                    seconds=round(time.monotonic() - started, 3),
+                )
+                with trio.move_on_after(1, shield=True):
+                    await connection.stream.aclose()
+            else:
+                await trio.aclose_forcefully(stream)
+
+    async def _accept_tls(self, stream: trio.SocketStream) -> TlsAccepted | None:
+        credentials = self.credentials.current
+        assert self.credentials.server_context is not None and credentials is not None
+        ours = credentials.certificate.info
+        config = self._config()
+        result = await tls_handshake(
+            stream,
+            self.credentials.server_context,
+            config.tls.handshake_timeout,
+            config.peers,
+            credentials.revocation,
+        )
+        outcome = (
+            ("accepted", "") if isinstance(result, TlsAccepted) else ("refused", result.reason)
+        )
+        self.stats.tls_handshakes[outcome] += 1
+        if isinstance(result, TlsRefused):
+            cert_fields = result.certificate.log_fields("peer_cert_") if result.certificate else {}
+            log.warning(
+                "tls_peer_refused",
+                reason=result.reason,
+                detail=result.detail,
+                **result.fields,
+                **cert_fields,
+            )
+            if result.stream is not None:
+                with trio.move_on_after(1, shield=True):
+                    await result.stream.aclose()
+            return None
+        structlog.contextvars.bind_contextvars(
+            peer=result.peer.name,
+            peer_fqdn=result.peer.fqdn,
+            peer_cert_thumbprint_sha256=result.certificate.thumbprint_sha256,
+            peer_cert_issuer=result.certificate.issuer,
+            peer_cert_serial=result.certificate.serial,
+            our_thumbprint_sha1=ours.thumbprint_sha1,
+        )
+        self.credentials.note_issuer(result.peer.name, result.certificate.issuer)
+        log.info(
+            "tls_peer_accepted",
+            identity_source=result.identity_source,
+            tls_version=result.tls_version,
+            cipher=result.cipher,
+            our_thumbprint_sha1=ours.thumbprint_sha1,
+            our_thumbprint_sha256=ours.thumbprint_sha256,
+            **result.certificate.log_fields("peer_cert_"),
+        )
+        return result
+
+    # --- outbound -----------------------------------------------------------------------
+    def connect_soon(self, flow: Flow) -> None:
+        assert self.nursery is not None
+        self.nursery.start_soon(self._connect, flow)
+
+    async def _connect(self, flow: Flow) -> None:
+        config = self._config()
+        target = self.core.peers.by_fqdn(flow.server_name) if flow.server_name else None
+        structlog.contextvars.bind_contextvars(
+            transport=flow.transport,
+            remote=flow.remote_text,
+            target=target.name if target else None,
+        )
+        started = time.monotonic()
+        stream: trio.abc.Stream | None = None
+        accepted: TlsAccepted | None = None
+        try:
+            with trio.fail_after(config.tls.handshake_timeout):
+                sock_stream = await trio.open_tcp_stream(flow.remote[0], flow.remote[1])
+            stream = sock_stream
+            if flow.transport == Transport.TLS:
+                accepted = await self._verify_target(sock_stream, target)
+                stream = accepted.stream
+        except (OSError, trio.TooSlowError, _OutboundRefused) as exc:
+            fields = exc.fields if isinstance(exc, _OutboundRefused) else {}
+            reason = _outbound_reason(exc)
+            seconds = round(time.monotonic() - started, 3)
+            log.warning("outbound_connection_failed", reason=reason, seconds=seconds, **fields)
+            self.pool.take_waiting(flow)
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            await self._dispatch(
+                self.core.transport_failed(flow, reason, trio.current_time()), None
+            )
+            return
+        local = sock_stream.socket.getsockname()[:2]
+        connection_id = next_connection_id()
+        structlog.contextvars.bind_contextvars(connection_id=connection_id)
+        connection = StreamConnection(
+            stream,
+            Flow(flow.transport, local, flow.remote, connection_id, flow.server_name),
+            target,
+            config.limits.send_queue_bytes,
+            verified=accepted is not None,
+            peer_cert=accepted.certificate if accepted else None,
+        )
+        self.pool.add(connection, outbound=True)
+        log.info("outbound_connection_opened", seconds=round(time.monotonic() - started, 3))
+        for waiting in self.pool.take_waiting(flow):
+            connection.queue(waiting)
+        try:
+            await self._run(connection, keepalive=True)
+        finally:
+            self.pool.remove(connection)
+            log.info(
+                "connection_closed", reason=connection.close_reason, messages=connection.messages_in
+            )
+            with trio.move_on_after(1, shield=True):
+                await connection.stream.aclose()
+            now = trio.current_time()
+            reason = connection.close_reason
+            await self._dispatch(
+                self.core.transport_failed(flow, reason, now)
+                + self.core.transport_failed(connection.flow, reason, now),
+                None,
+            )
+
+    async def _verify_target(
+        self, stream: trio.SocketStream, target: PeerSettings | None
+    ) -> TlsAccepted:
+        credentials = self.credentials.current
+        context = self.credentials.client_context
+        assert context is not None and target is not None  # TLS flows always name a peer
+        result = await tls_handshake(
+            stream,
+            context,
+            self._config().tls.handshake_timeout,
+            (),
+            credentials.revocation if credentials else None,
+            target=target,
+        )
+        if isinstance(result, TlsRefused):
+            cert_fields = (
+                result.certificate.log_fields("target_cert_") if result.certificate else {}
+            )
+            raise _OutboundRefused(result.reason, result.detail, cert_fields)
+        self.credentials.note_issuer(target.name, result.certificate.issuer)
+        log.info(
+            "tls_target_accepted",
+            target_fqdn=target.fqdn,
+            tls_version=result.tls_version,
+            cipher=result.cipher,
+            **result.certificate.log_fields("target_cert_"),
+        )
+        return result
+
+    # --- both ---------------------------------------------------------------------------
+    async def _run(self, connection: StreamConnection, *, keepalive: bool = False) -> None:
+        limits = self._config().limits
+        await connection.run(
+            self.core.limits,
+            limits.idle_timeout,
+            limits.send_timeout,
+            self._message,
+            self._framing_lost,
+            keepalive_interval=limits.keepalive_interval if keepalive else 0.0,
+        )
+
+    async def _message(self, connection: StreamConnection, data: bytes) -> None:
+        self.stats.count_message("in", connection.flow.transport, data)
+        tls_peer = connection.peer if connection.verified else None
+        try:
+            transmits = self.core.receive_stream_message(
+                data, connection.flow, tls_peer, trio.current_time(), connection.peer_cert
+            )
+        except Exception:
+            log.exception("internal_error")
+            return
+        await self._dispatch(transmits, connection)
+
+    async def _framing_lost(self, connection: StreamConnection, error: FramingError) -> None:
+        await self._dispatch(self.core.framing_lost(error, connection.flow), connection)
+
+
+class _OutboundRefused(SipServerError):
+    """The target's TLS handshake or certificate was refused (ends the connect attempt)."""
+
+    def __init__(self, reason: str, detail: str, fields: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.fields = reason, detail, fields
+
+
+def _outbound_reason(exc: BaseException) -> str:
+    if isinstance(exc, _OutboundRefused):
+        return f"{exc.reason}: {exc.detail}"
+    if isinstance(exc, trio.TooSlowError):
+        return "connect timeout"
+    causes: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        causes += list(exc.__cause__.exceptions)
+    if any(isinstance(c, OSError) and c.errno == errno.ECONNREFUSED for c in causes):
+        return "connection refused"
+    return f"connect failed: {exc}"

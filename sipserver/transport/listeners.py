@@ -1,0 +1,165 @@
+"""Opening and closing the listening sockets: UDP and TCP on the SIP port, TLS on the TLS
+port, on every configured address. Accept loops run under cancel scopes of their own, so
+a drain stops accepting while the connections already open carry on."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from sipserver.errors import SipServerError
+from sipserver.settings import ServerSettings
+from sipserver.sip.flow import Transport, format_address
+from sipserver.transport.udp import open_udp_socket
+
+log = structlog.get_logger("sipserver")
+
+UdpHandler = Callable[[trio.socket.SocketType, tuple[str, int]], Awaitable[None]]
+StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+class StartupError(SipServerError):
+    """The server cannot start: what failed and what to do about it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    transport: Transport
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{format_address((self.address, self.port))}"
+
+
+class Listeners:
+    def __init__(self) -> None:
+        self.open: list[Listener] = []
+        self.udp_sockets: dict[tuple[str, int], trio.socket.SocketType] = {}
+        self._accept_scopes: list[trio.CancelScope] = []
+        self._socket_listeners: list[trio.SocketListener] = []
+
+    @property
+    def sip_port(self) -> int | None:
+        return next((item.port for item in self.open if item.transport != Transport.TLS), None)
+
+    @property
+    def tls_port(self) -> int | None:
+        return next((item.port for item in self.open if item.transport == Transport.TLS), None)
+
+    async def start(
+        self,
+        nursery: trio.Nursery,
+        settings: ServerSettings,
+        serve_udp: UdpHandler,
+        serve_tcp: StreamHandler,
+        serve_tls: StreamHandler,
+    ) -> None:
+        sip_port, tls_port = settings.sip_port, settings.tls_port
+        for transport in Transport:
+            if transport not in settings.transports:
+                continue
+            for address in settings.addresses:
+                port = tls_port if transport == Transport.TLS else sip_port
+                try:
+                    if transport == Transport.UDP:
+                        bound = await self._open_udp(nursery, address, port, serve_udp)
+                    else:
+                        handler = serve_tls if transport == Transport.TLS else serve_tcp
+                        bound = await self._open_stream(nursery, transport, address, port, handler)
+                except OSError as exc:
+                    if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and address in (
+                        "::",
+                        "0.0.0.0",
+                    ):
+                        log.warning(
+                            "listener_unavailable",
+                            transport=transport,
+                            address=address,
+                            port=port,
+                            reason=exc.strerror,
+                        )
+                        continue
+                    raise StartupError(_bind_error(transport, address, port, exc)) from exc
+                # Port 0 picks a free port once; UDP and TCP then share it, like 5060 does.
+                if transport == Transport.TLS and tls_port == 0:
+                    tls_port = bound
+                elif transport != Transport.TLS and sip_port == 0:
+                    sip_port = bound
+        if not self.open:
+            raise StartupError("no listener could be opened")
+
+    async def _open_udp(
+        self, nursery: trio.Nursery, address: str, port: int, serve: UdpHandler
+    ) -> int:
+        sock = await open_udp_socket(address, port)
+        local = sock.getsockname()[:2]
+        self.udp_sockets[local] = sock
+        nursery.start_soon(serve, sock, local)
+        return self._opened(Transport.UDP, local)
+
+    async def _open_stream(
+        self,
+        nursery: trio.Nursery,
+        transport: Transport,
+        address: str,
+        port: int,
+        handler: StreamHandler,
+    ) -> int:
+        listeners = await trio.open_tcp_listeners(port, host=address, backlog=1024)
+        local = listeners[0].socket.getsockname()[:2]
+        self._socket_listeners.extend(listeners)
+        await nursery.start(self._accept, nursery, handler, listeners)
+        return self._opened(transport, local)
+
+    def _opened(self, transport: Transport, local: tuple[str, int]) -> int:
+        self.open.append(Listener(transport, local[0], local[1]))
+        log.info("listener_started", transport=transport, address=local[0], port=local[1])
+        return int(local[1])
+
+    async def _accept(
+        self,
+        connections: trio.Nursery,
+        handler: StreamHandler,
+        listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        scope = trio.CancelScope()
+        self._accept_scopes.append(scope)
+        with scope:
+            await trio.serve_listeners(
+                handler, listeners, handler_nursery=connections, task_status=task_status
+            )
+
+    async def stop_accepting(self) -> None:
+        """Close the TCP/TLS listening sockets; UDP keeps answering (drain's 503s)."""
+        for scope in self._accept_scopes:
+            scope.cancel()
+        for listener in self._socket_listeners:
+            with trio.move_on_after(1, shield=True):
+                await listener.aclose()
+
+    def udp_socket(self, local: tuple[str, int], remote_host: str) -> trio.socket.SocketType | None:
+        """The socket a datagram arrived on, else one of the right family."""
+        if sock := self.udp_sockets.get(local):
+            return sock
+        family = socket.AF_INET6 if ":" in remote_host else socket.AF_INET
+        return next((s for s in self.udp_sockets.values() if s.family == family), None)
+
+
+def _bind_error(transport: str, address: str, port: int, exc: OSError) -> str:
+    where = f"{transport} {format_address((address, port))}"
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied. Ports below 1024 need root or "
+            "CAP_NET_BIND_SERVICE; or choose others with --sip-port/--tls-port"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: address already in use (another SIP server running?)"
+    return f"cannot listen on {where}: {exc.strerror or exc}"

@@ -1,0 +1,90 @@
+"""The one table of TCP/TLS connections, inbound and outbound: each with the peer it
+belongs to and the certificate its far end presented; the caps on how many may be open;
+and what waits for an outbound connection being opened. The core asks it (as its
+`ConnectionDirectory`) for a connection to reuse and for a target's certificate."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sipserver.pki.certinfo import CertInfo
+from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.transport.limits import ConnectionTable
+from sipserver.transport.streams import StreamConnection
+
+OutboundKey = tuple[str, str, int]  # transport, host, port
+
+
+def outbound_key(flow: Flow) -> OutboundKey:
+    return (flow.transport, flow.remote[0], flow.remote[1])
+
+
+class ConnectionPool:
+    def __init__(self, max_total: int, max_per_address: int) -> None:
+        self.caps = ConnectionTable(max_total, max_per_address)
+        self._by_id: dict[int, StreamConnection] = {}
+        self._by_peer: dict[tuple[str, str], StreamConnection] = {}
+        self._outbound: dict[OutboundKey, StreamConnection] = {}
+        self._waiting: dict[OutboundKey, list[Transmit]] = {}
+        # The certificate each outbound target presented last, for call lines written after
+        # its connection closed.
+        self._target_certs: dict[OutboundKey, CertInfo] = {}
+
+    def set_caps(self, max_total: int, max_per_address: int) -> None:
+        self.caps.max_total, self.caps.max_per_address = max_total, max_per_address
+
+    # --- open connections ---------------------------------------------------------------
+    def add(self, connection: StreamConnection, *, outbound: bool = False) -> None:
+        self._by_id[connection.connection_id] = connection
+        if connection.peer is not None:
+            self._by_peer[(connection.peer.name, connection.flow.transport)] = connection
+        if outbound:
+            key = outbound_key(connection.flow)
+            self._outbound[key] = connection
+            if connection.peer_cert is not None:
+                self._target_certs[key] = connection.peer_cert
+
+    def remove(self, connection: StreamConnection) -> None:
+        self._by_id.pop(connection.connection_id, None)
+        if connection.peer is not None:
+            key = (connection.peer.name, connection.flow.transport)
+            if self._by_peer.get(key) is connection:
+                del self._by_peer[key]
+        key_out = outbound_key(connection.flow)
+        if self._outbound.get(key_out) is connection:
+            del self._outbound[key_out]
+
+    def get(self, connection_id: int) -> StreamConnection | None:
+        return self._by_id.get(connection_id)
+
+    def count_by_transport(self) -> Counter[str]:
+        return Counter(str(c.flow.transport) for c in self._by_id.values())
+
+    # --- what the core asks (ConnectionDirectory) -----------------------------------------
+    def flow_to(self, peer: str, transport: Transport) -> Flow | None:
+        connection = self._by_peer.get((peer, transport))
+        return connection.flow if connection is not None else None
+
+    def certificate_of(self, flow: Flow) -> CertInfo | None:
+        if flow.connection_id is not None and (connection := self._by_id.get(flow.connection_id)):
+            return connection.peer_cert
+        return self._target_certs.get(outbound_key(flow))
+
+    # --- outbound legs ------------------------------------------------------------------
+    def send_outbound(self, transmit: Transmit) -> bool:
+        """Queue on the open connection to the flow's far end, or hold it until one is
+        open. True when nobody is opening one yet: the caller must start that."""
+        key = outbound_key(transmit.flow)
+        connection = self._outbound.get(key)
+        if connection is not None:
+            connection.queue(transmit)
+            return False
+        if key in self._waiting:
+            self._waiting[key].append(transmit)
+            return False
+        self._waiting[key] = [transmit]
+        return True
+
+    def take_waiting(self, flow: Flow) -> list[Transmit]:
+        """What waited for the connection to `flow`: to send now, or to give up on."""
+        return self._waiting.pop(outbound_key(flow), [])
