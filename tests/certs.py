@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sipserver.pki.generate import ca_builder
+
 NOW = dt.datetime.now(dt.UTC)
 Key = ec.EllipticCurvePrivateKey
 
@@ -49,32 +51,9 @@ class Issued:
 def make_ca(name: str = "Test Root CA", *, not_after: dt.datetime | None = None) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=30))
-        .not_valid_after(not_after or NOW + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    not_after = not_after or NOW + dt.timedelta(days=3650)
+    builder = ca_builder(subject, key.public_key(), NOW - dt.timedelta(days=30), not_after, None)
+    cert = builder.sign(key, hashes.SHA256())
     return Issued(cert, key)
 
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sipserver.pki.generate import key_pem, sip_leaf_builder
+from sipserver.pki.generate import ca_builder, key_pem, sip_leaf_builder
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,34 +33,9 @@ def make_lab_pki(
         ]
     )
     start = now - dt.timedelta(minutes=5)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days + 365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = ca_builder(
+        ca_name, ca_key.public_key(), start, start + dt.timedelta(days=days + 365)
+    ).sign(ca_key, hashes.SHA256())
     leaves = []
     for fqdn in [server_fqdn, *peer_fqdns]:
         key = ec.generate_private_key(ec.SECP256R1())

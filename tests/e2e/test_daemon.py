@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import one_target_plan
 from tests.e2e.conftest import Pki, StartServer, free_port
 from tests.e2e.peers import (
     assert_callee_ok,
@@ -28,11 +29,7 @@ pytestmark = pytest.mark.e2e
 
 
 def plan(uas_port: int) -> str:
-    return (
-        f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
-        f'port = {uas_port}\ntransport = "udp"\nhealth_check = 0\n'
-        '[[dial_plan]]\nname = "main"\nsecurity = "unsecured"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
-    )
+    return one_target_plan("unsecured", uas_port, "udp")
 
 
 def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(

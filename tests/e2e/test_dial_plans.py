@@ -6,52 +6,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import dial_plan, peer
 from tests.e2e.conftest import Pki, RunningServer, StartServer
 from tests.e2e.peers import assert_sipp_ok, sipp_caller, stunnel_client
 from tests.e2e.sipp_scenarios import invite_expecting
 
 pytestmark = pytest.mark.e2e
 
-PLANS = """
-[[peer]]
-name = "pbx1"
-fqdn = "pbx1.example.test"
-kind = "pbx"
-addresses = ["192.0.2.20"]
-port = 5061
-health_check = 0
-
-[[peer]]
-name = "pbx2"
-fqdn = "pbx2.example.test"
-kind = "pbx"
-transport = "tcp"
-health_check = 0
-
-[[dial_plan]]
-name = "hq"
-security = "secured"
-numbers = ["+14255550100"]
-from = ["gw1"]
-action = "redirect"
-targets = ["pbx1"]
-
-[[dial_plan]]
-name = "branch"
-security = "sip-secured"
-numbers = ["+1425*"]
-from = ["gw1"]
-action = "redirect"
-targets = ["pbx1"]
-
-[[dial_plan]]
-name = "lobby"
-security = "unsecured"
-numbers = ["5xxx"]
-from = ["gw1"]
-action = "redirect"
-targets = ["pbx2"]
-"""
+PLANS = (
+    peer("pbx1", addresses=["192.0.2.20"], port=5061)
+    + peer("pbx2", addresses=[], transport="tcp")
+    + dial_plan("hq", "secured", ["pbx1"], numbers=["+14255550100"], action="redirect")
+    + dial_plan("branch", "sip-secured", ["pbx1"], numbers=["+1425*"], action="redirect")
+    + dial_plan("lobby", "unsecured", ["pbx2"], action="redirect")
+)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import dial_plan, peer
 from tests.e2e.conftest import Pki, StartServer, free_port
 from tests.e2e.peers import (
     assert_callee_ok,
@@ -22,11 +23,9 @@ pytestmark = pytest.mark.e2e
 
 
 def plan(security: str, targets: list[tuple[str, int, str]], action: str = "proxy") -> str:
-    peers = "".join(
-        f'[[peer]]\nname = "{name}"\nfqdn = "{name}.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
-        f'port = {port}\ntransport = "{transport}"\nhealth_check = 0\n\n'
-        for name, port, transport in targets
-    )
+    peers = "".join(peer(name, port=port, transport=transport) for name, port, transport in targets)
+    names = [name for name, _, _ in targets]
+    return peers + dial_plan("main", security, names, numbers=["5xxx", "+1425*"], action=action)
     names = ", ".join(f'"{name}"' for name, _, _ in targets)
     return (
         f'{peers}[[dial_plan]]\nname = "main"\nsecurity = "{security}"\nnumbers = ["5xxx", "+1425*"]\n'

@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 
 from tests.certs import make_leaf
+from tests.configs import one_target_plan
 from tests.e2e.conftest import SERVER_FQDN, Pki, StartServer, free_port
 from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
 from tests.e2e.sipp_scenarios import call_uac, call_uas
@@ -39,11 +40,7 @@ def test_reloading_certificates_and_config_under_call_load_loses_no_call(
     start_server: StartServer, pki: Pki, tmp_path: Path
 ) -> None:
     uas_port = free_port()
-    plan = (
-        f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
-        f'port = {uas_port}\ntransport = "udp"\nhealth_check = 0\n'
-        '[[dial_plan]]\nname = "main"\nsecurity = "unsecured"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
-    )
+    plan = one_target_plan("unsecured", uas_port, "udp")
     server = start_server(
         extra_config=plan, server_extra="watch_interval = 0.2\nreload_debounce = 0.2"
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import one_target_plan
 from tests.e2e.conftest import REPO, StartServer, free_port
 from tests.e2e.peers import assert_callee_ok, kamailio, sipp_callee, sipp_caller_command
 from tests.e2e.sipp_scenarios import call_uac, call_uas
@@ -25,11 +26,7 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     uas_port, balancer_port = free_port(), free_port()
-    plan = (
-        f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
-        f'port = {uas_port}\ntransport = "udp"\nhealth_check = 0\n'
-        '[[dial_plan]]\nname = "main"\nsecurity = "unsecured"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
-    )
+    plan = one_target_plan("unsecured", uas_port, "udp")
     first = start_server(extra_config=plan, server_extra=ADVERTISED)
     second = start_server(extra_config=plan, server_extra=ADVERTISED)
     (tmp_path / "dispatcher.list").write_text(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import one_target_plan
 from tests.e2e.conftest import Pki, StartServer, free_port, need
 from tests.e2e.peers import assert_callee_ok, sipp_callee, stunnel_server
 from tests.e2e.sipp_scenarios import call_uas
@@ -43,12 +44,7 @@ def test_baresip_calls_through_sipserver_over_mutual_tls(
     srtp = security == "secured"
     uas_port = free_port()
     with stunnel_server(pki, tmp_path, uas_port, "pbx1") as pbx_tls:
-        plan = (
-            f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
-            f'port = {pbx_tls}\ntransport = "tls"\nhealth_check = 0\n'
-            f'[[dial_plan]]\nname = "hq"\nsecurity = "{security}"\nnumbers = ["+1425*"]\nfrom = ["gw1"]\n'
-            'targets = ["pbx1"]\n'
-        )
+        plan = one_target_plan(security, pbx_tls, "tls", name="hq", numbers=["+1425*"])
         server = start_server(extra_config=plan, server_extra='advertised_host = "127.0.0.1"')
         folder = baresip_config(tmp_path / "baresip", pki, free_port(), server.tls_port, srtp)
         uas = call_uas(

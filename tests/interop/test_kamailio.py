@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import make_leaf
+from tests.configs import one_target_plan
 from tests.e2e.conftest import Pki, StartServer, free_port
 from tests.e2e.peers import assert_callee_ok, kamailio, sipp_callee, sipp_caller
 from tests.e2e.sipp_scenarios import call_uac, call_uas
@@ -21,12 +22,7 @@ def test_a_call_from_a_kamailio_gateway_to_a_kamailio_pbx(
     start_server: StartServer, pki: Pki, tmp_path: Path, security: str
 ) -> None:
     gw_udp, pbx_tls, callee_udp = free_port(), free_port(), free_port()
-    plan = (
-        f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
-        f'port = {pbx_tls}\ntransport = "tls"\nhealth_check = 0\n'
-        f'[[dial_plan]]\nname = "hq"\nsecurity = "{security}"\nnumbers = ["+1425*"]\nfrom = ["gw1"]\n'
-        'targets = ["pbx1"]\n'
-    )
+    plan = one_target_plan(security, pbx_tls, "tls", name="hq", numbers=["+1425*"])
     # Kamailio must reach our Record-Route host for ACK/BYE; it cannot resolve the test FQDN.
     server = start_server(extra_config=plan, server_extra='advertised_host = "127.0.0.1"')
     gw_cert, gw_key = pki.client_files("kamailio-gw1", pki.gw1)

@@ -10,26 +10,27 @@ from sipserver.settings import Config
 from sipserver.sip.flow import Flow
 from sipserver.sip.framing import FramingError
 from sipserver.sip.message import Response, parse_message
+from tests.configs import peer, table
 
-CONFIG = """
-[server]
-fqdn = "sip.example.test"
-addresses = ["127.0.0.1"]
-[tls]
-certificate_dir = "/nonexistent/server"
-trust_dir = "/nonexistent/trust"
-[[peer]]
-name = "gw1"
-fqdn = "gw1.example.test"
-addresses = ["192.0.2.10", "2001:db8::/64"]
-"""
+GATEWAY_ADDRESSES = ["192.0.2.10", "2001:db8::/64"]
+
+
+def config_text(addresses: list[str] = GATEWAY_ADDRESSES, **server: object) -> str:
+    return (
+        table("server", {"fqdn": "sip.example.test", "addresses": ["127.0.0.1"], **server})
+        + table(
+            "tls", {"certificate_dir": "/nonexistent/server", "trust_dir": "/nonexistent/trust"}
+        )
+        + peer("gw1", kind="gateway", addresses=addresses, health_check=None)
+    )
+
 
 GW = Flow("udp", ("127.0.0.1", 5060), ("192.0.2.10", 40000))
 STRANGER = Flow("udp", ("127.0.0.1", 5060), ("198.51.100.7", 40000))
 
 
-def config(server_extra: str = "") -> Config:
-    return parse_config(CONFIG.replace("[tls]", server_extra + "\n[tls]"))
+def config(**server: object) -> Config:
+    return parse_config(config_text(**server))
 
 
 def req(
@@ -106,7 +107,7 @@ def test_unknown_source_gets_403_with_a_warning_that_explains() -> None:
 
 
 def test_unknown_source_can_be_dropped() -> None:
-    core = SipCore(config('unknown_source = "drop"'))
+    core = SipCore(config(unknown_source="drop"))
     assert core.receive_datagram(req(), STRANGER, 0.0) == []
     assert core.receive_datagram(req(drop="Call-ID"), STRANGER, 0.0) == []
 
@@ -204,5 +205,5 @@ def test_lost_framing_answers_the_head_then_closes() -> None:
 def test_reconfigure_changes_who_is_known() -> None:
     core = SipCore(config())
     assert answer(core, req(), STRANGER).status == 403
-    core.configure(parse_config(CONFIG.replace('"192.0.2.10",', '"192.0.2.10", "198.51.100.7",')))
+    core.configure(parse_config(config_text([*GATEWAY_ADDRESSES, "198.51.100.7"])))
     assert answer(core, req(branch="z9hG4bK2"), STRANGER).status == 200

@@ -7,35 +7,18 @@ from sipserver.config import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.message import Request, Response, parse_message
+from tests.configs import dial_plan, peer, table
 
-CONFIG = parse_config("""
-[server]
-fqdn = "sip.example.test"
-sip_port = 5060
-tls_port = 5061
-[[peer]]
-name = "gw1"
-fqdn = "gw1.example.test"
-addresses = ["192.0.2.10"]
-[[peer]]
-name = "pbx1"
-fqdn = "pbx1.example.test"
-kind = "pbx"
-addresses = ["192.0.2.20"]
-transport = "udp"
-[[peer]]
-name = "pbx2"
-fqdn = "pbx2.example.test"
-kind = "pbx"
-addresses = ["192.0.2.21"]
-transport = "udp"
-[[dial_plan]]
-name = "lobby"
-security = "unsecured"
-numbers = ["5xxx"]
-from = ["gw1"]
-targets = ["pbx1", "pbx2"]
-""")
+PEERS = (
+    table("server", {"fqdn": "sip.example.test", "sip_port": 5060, "tls_port": 5061})
+    + peer("gw1", kind="gateway", addresses=["192.0.2.10"], health_check=None)
+    + peer("pbx1", addresses=["192.0.2.20"], transport="udp", health_check=None)
+)
+CONFIG = parse_config(
+    PEERS
+    + peer("pbx2", addresses=["192.0.2.21"], transport="udp", health_check=None)
+    + dial_plan("lobby", "unsecured", ["pbx1", "pbx2"])
+)
 CALLER = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.10", 5060))
 PBX1 = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.20", 5060))
 PBX2 = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.21", 5060))
@@ -195,34 +178,14 @@ def test_a_looping_request_gets_482() -> None:
 
 
 def test_health_checks_mark_a_silent_target_down_and_calls_skip_it() -> None:
-    config = parse_config("""
-[server]
-fqdn = "sip.example.test"
-[routing]
-down_after_failures = 2
-[[peer]]
-name = "gw1"
-fqdn = "gw1.example.test"
-addresses = ["192.0.2.10"]
-[[peer]]
-name = "pbx1"
-fqdn = "pbx1.example.test"
-addresses = ["192.0.2.20"]
-transport = "udp"
-health_check = 10.0
-[[peer]]
-name = "pbx2"
-fqdn = "pbx2.example.test"
-addresses = ["192.0.2.21"]
-transport = "udp"
-health_check = 0
-[[dial_plan]]
-name = "lobby"
-security = "unsecured"
-numbers = ["5xxx"]
-from = ["gw1"]
-targets = ["pbx1", "pbx2"]
-""")
+    config = parse_config(
+        table("server", {"fqdn": "sip.example.test"})
+        + table("routing", {"down_after_failures": 2})
+        + peer("gw1", kind="gateway", addresses=["192.0.2.10"], health_check=None)
+        + peer("pbx1", addresses=["192.0.2.20"], transport="udp", health_check=10.0)
+        + peer("pbx2", addresses=["192.0.2.21"], transport="udp", health_check=0)
+        + dial_plan("lobby", "unsecured", ["pbx1", "pbx2"])
+    )
     core = SipCore(config)
     assert core.next_deadline() is not None and core.next_deadline() <= 0.0  # due at once
     pings = core.handle_timers(0.0)

@@ -10,51 +10,25 @@ from sipserver.routing.dialplan import find_dial_plan, normalise_number, number_
 from sipserver.routing.router import Redirect, Reject, route
 from sipserver.sip.flow import Flow
 from sipserver.sip.message import Request, Response, parse_message
+from tests.configs import dial_plan, peer, table
 
-CONFIG = """
-[server]
-fqdn = "sip.example.test"
-[[peer]]
-name = "gw1"
-fqdn = "gw1.example.test"
-addresses = ["192.0.2.10"]
-[[peer]]
-name = "gw2"
-fqdn = "gw2.example.test"
-addresses = ["192.0.2.11"]
-[[peer]]
-name = "pbx1"
-fqdn = "pbx1.example.test"
-kind = "pbx"
-addresses = ["192.0.2.20"]
-port = 5071
-[[peer]]
-name = "pbx2"
-fqdn = "pbx2.example.test"
-kind = "pbx"
-transport = "tcp"
-[[dial_plan]]
-name = "hq"
-security = "secured"
-numbers = ["+14255550100", "4xxx"]
-from = ["gw1"]
-action = "redirect"
-targets = ["pbx1"]
-[[dial_plan]]
-name = "branch"
-security = "sip-secured"
-numbers = ["+1425*"]
-from = ["gw1", "gw2"]
-action = "redirect"
-targets = ["pbx1"]
-[[dial_plan]]
-name = "lobby"
-security = "unsecured"
-numbers = ["5xxx"]
-from = ["gw2"]
-action = "redirect"
-targets = ["pbx2", "pbx1"]
-"""
+CONFIG = (
+    table("server", {"fqdn": "sip.example.test"})
+    + peer("gw1", kind="gateway", addresses=["192.0.2.10"], health_check=None)
+    + peer("gw2", kind="gateway", addresses=["192.0.2.11"], health_check=None)
+    + peer("pbx1", addresses=["192.0.2.20"], port=5071, health_check=None)
+    + peer("pbx2", addresses=[], transport="tcp", health_check=None)
+    + dial_plan("hq", "secured", ["pbx1"], numbers=["+14255550100", "4xxx"], action="redirect")
+    + dial_plan(
+        "branch",
+        "sip-secured",
+        ["pbx1"],
+        numbers=["+1425*"],
+        from_=["gw1", "gw2"],
+        action="redirect",
+    )
+    + dial_plan("lobby", "unsecured", ["pbx2", "pbx1"], from_=["gw2"], action="redirect")
+)
 CONFIG_ = parse_config(CONFIG)
 SRTP = (
     b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"

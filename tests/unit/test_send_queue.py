@@ -1,54 +1,56 @@
 """A peer that stops reading: its own answers wait, other connections' traffic closes it.
-Real loopback sockets driven by trio."""
+The peer is a lockstep memory stream that never reads, so a send blocks for as long as
+the test says, whatever the kernel's buffers; time is trio's virtual clock."""
 
 from __future__ import annotations
 
 import trio
+import trio.testing
 
-from sipserver.sip.flow import Flow, Transmit
+from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import ParseLimits
 from sipserver.transport.streams import StreamConnection
 
-
-async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    client = await trio.open_tcp_stream("127.0.0.1", port)
-    server = await listeners[0].accept()
-    await listeners[0].aclose()
-    return server, client
+FLOW = Flow(Transport.TCP, ("127.0.0.1", 5060), ("192.0.2.1", 40000), connection_id=1)
+CHUNK = 16384
 
 
 async def _nothing(*_: object) -> None:
     return None
 
 
-async def test_traffic_for_a_peer_that_does_not_read_closes_it_past_the_byte_limit() -> None:
-    server, client = await _pair()
-    flow = Flow("tcp", ("127.0.0.1", 0), ("127.0.0.1", 1), 1)
-    connection = StreamConnection(server, flow, None, queue_limit=65536)
+def _stalled_peer() -> StreamConnection:
+    ours, _theirs = trio.testing.lockstep_stream_pair()
+    return StreamConnection(ours, FLOW, None, queue_limit=4 * CHUNK)  # type: ignore[arg-type]
+
+
+async def test_traffic_for_a_peer_that_does_not_read_closes_it_past_the_byte_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    connection = _stalled_peer()
+    queued = 0
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.run, ParseLimits(), 30.0, 30.0, _nothing, _nothing)
-        chunk = Transmit(flow, b"x" * 16384)
-        with trio.fail_after(10):
-            # The kernel buffers take a few MB first; keep queueing until we are over.
-            while connection.close_reason == "closed by peer":
-                connection.queue(chunk)
-                await trio.sleep(0)
+        nursery.start_soon(connection.run, ParseLimits(), 300.0, 300.0, _nothing, _nothing)
+        await trio.testing.wait_all_tasks_blocked()
+        while connection.close_reason == "closed by peer":
+            connection.queue(Transmit(FLOW, b"x" * CHUNK))
+            queued += 1
+            await trio.testing.wait_all_tasks_blocked()
     assert connection.close_reason.startswith(
-        "send queue over 65536 bytes (limits.send_queue_bytes)"
+        f"send queue over {4 * CHUNK} bytes (limits.send_queue_bytes)"
     )
-    await client.aclose()
+    # One chunk is stuck in the writer's send, four fill the queue, the sixth is refused.
+    assert queued == 6
+    assert trio.current_time() == 0  # closed at once, not after a timeout
 
 
-async def test_own_answers_wait_for_room_then_time_out() -> None:
-    server, client = await _pair()
-    flow = Flow("tcp", ("127.0.0.1", 0), ("127.0.0.1", 1), 1)
-    connection = StreamConnection(server, flow, None, queue_limit=65536)
+async def test_own_answers_wait_for_room_then_time_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    connection = _stalled_peer()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.run, ParseLimits(), 30.0, 30.0, _nothing, _nothing)
-        with trio.fail_after(20):
-            while connection.close_reason == "closed by peer":
-                await connection.send(Transmit(flow, b"y" * 16384), timeout=0.5)
+        nursery.start_soon(connection.run, ParseLimits(), 300.0, 300.0, _nothing, _nothing)
+        while connection.close_reason == "closed by peer":
+            await connection.send(Transmit(FLOW, b"y" * CHUNK), timeout=0.5)
     assert connection.close_reason == "send queue stayed full for 0.5 s (limits.send_timeout)"
-    await client.aclose()
+    assert trio.current_time() == 0.5
