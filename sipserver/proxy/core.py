@@ -9,7 +9,7 @@ socket, reads a clock or logs.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.answers import Responder
@@ -43,6 +43,15 @@ from sipserver.sip.uri import UriError, parse_uri
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
 ACCEPT = "application/sdp"
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags we honour in Require/Proxy-Require
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStatistics:
+    """What the core can tell /metrics and /healthz, as values."""
+
+    draining: bool
+    calls: dict[tuple[str, str, str], int]  # (dial plan, security, outcome) -> calls
+    targets_up: tuple[tuple[str, bool], ...]  # health-checked targets
 
 
 class SipCore:
@@ -103,6 +112,10 @@ class SipCore:
         events = self._events[:]
         self._events.clear()
         return events
+
+    def statistics(self) -> CoreStatistics:
+        targets = tuple((p.name, self.health.is_up(p)) for p in self.health_checks.targets)
+        return CoreStatistics(self.draining, dict(self.record.outcomes), targets)
 
     @property
     def health(self) -> HealthTable:

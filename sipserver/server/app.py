@@ -123,7 +123,7 @@ class Server:
 
     def snapshot(self) -> StatsSnapshot:
         """Everything /healthz and /metrics show, as values."""
-        core = self.core
+        core = self.core.statistics()
         return StatsSnapshot(
             taken_at=_now(),
             listeners=tuple(
@@ -134,8 +134,8 @@ class Server:
             connections=dict(self.pool.count_by_transport()),
             tls_handshakes=dict(self.stats.tls_handshakes),
             messages=dict(self.stats.messages),
-            calls=dict(core.record.outcomes),
-            targets_up=tuple((p.name, core.health.is_up(p)) for p in core.health_checks.targets),
+            calls=core.calls,
+            targets_up=core.targets_up,
             certificates=tuple(
                 CertificateState(role, info) for role, info in self.credentials.in_use()
             ),

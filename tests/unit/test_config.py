@@ -1,11 +1,17 @@
+"""Configuration files: loading, errors that name key and line, and the declaration of
+every key (sipserver/settings.py) kept in step with its documentation."""
+
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from sipserver.cli import main
 from sipserver.config import ConfigError, load_config, parse_config
+from sipserver.settings import SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,3 +104,25 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert f"{bad}:3: server.sip_port: must be an integer" in err
     assert main(["check-config", str(tmp_path / "missing.toml")]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def every_key() -> list[str]:
+    keys = []
+    for section, (cls, _) in SECTIONS.items():
+        for spec in dataclasses.fields(cls):
+            keys.append(f"{section}.{spec.metadata.get('key') or spec.name}")
+    return keys
+
+
+@pytest.mark.parametrize("key", every_key())
+def test_every_declared_key_is_documented_and_has_a_meaning(key: str) -> None:
+    """Keys are declared once, in sipserver/settings.py; the README table and the
+    commented example configuration must follow."""
+    section, name = key.split(".")
+    cls = SECTIONS[section][0]
+    spec = next(f for f in dataclasses.fields(cls) if (f.metadata.get("key") or f.name) == name)
+    assert spec.metadata.get("doc"), f"{key} has no doc in its declaration"
+    readme = (REPO / "README.md").read_text()
+    assert f"`{key}`" in readme or f"`[[{section}]] {name}`" in readme, f"{key} not in the README"
+    example = (REPO / "config" / "sipserver.toml").read_text()
+    assert re.search(rf"^#?\s*{re.escape(name)}\s*=", example, re.M), f"{key} not in the example"
