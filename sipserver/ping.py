@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from sipserver.errors import SipServerError
 from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.identity import covers
 from sipserver.sip.framing import PING, StreamFramer
@@ -19,7 +20,7 @@ from sipserver.sip.message import ParseError, Response, parse_message
 from sipserver.sip.uri import UriError, parse_uri
 
 
-class PingFailed(Exception):
+class PingFailed(SipServerError):
     """The one-line explanation of why the ping did not get an answer."""
 
 
