@@ -101,3 +101,13 @@ def rtt_percentiles(files: list[Path]) -> dict[str, float]:
         return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
 
     return {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time the process has used so far, summed over its threads, from the scheduler's
+    own accounting (/proc/PID/task/*/schedstat: the first field is nanoseconds on a CPU)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(stat.read_text().split()[0])
+    return total / 1e9

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Proxied call throughput: sipp caller -> sipserver -> sipp callee.
 
-For UDP, TCP and TLS (stunnel with client certificates on both legs, as in the e2e tests)
-it places calls (INVITE/100/180/200/ACK/BYE/200 through the proxy) at increasing rates for
---seconds per step and prints answered and failed calls and setup-time percentiles (INVITE
-sent to 200 received, as sipp measures it, whole milliseconds). "best" is the highest rate
+For UDP, TCP, TLS (stunnel with client certificates on both legs, as in the e2e tests)
+and mtls-tcp (the caller over one persistent mutual-TLS connection through stunnel, the
+callee over plain TCP: the scenario compared with Kamailio) it places calls (INVITE/100/180/200/ACK/BYE/200 through the proxy) at increasing rates for
+--seconds per step and prints answered and failed calls, setup-time percentiles (INVITE
+sent to 200 received, as sipp measures it, whole milliseconds) and the server's CPU
+milliseconds per answered call (from /proc/PID/task/*/schedstat). "best" is the highest rate
 with zero failed calls, the achieved rate within 10% of the target and p99 setup under
 --max-p99 ms. Bounded: len(rates) steps per transport.
 
@@ -22,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import free_port, rtt_percentiles, sipp_counts, start_server, stunnel
+from _common import cpu_seconds, free_port, rtt_percentiles, sipp_counts, start_server, stunnel
 
 from tests.certs import Issued, make_ca, make_leaf
 from tests.e2e.sipp_scenarios import call_uac, call_uas
@@ -38,13 +40,14 @@ def start_bench_server(
     (work / "trust").mkdir(exist_ok=True)
     (work / "trust" / "ca.crt").write_bytes(ca.cert_pem)
     security = "sip-secured" if transport == "tls" else "unsecured"
+    target_transport = "tcp" if transport == "mtls-tcp" else transport
     config = work / f"bench-{transport}.toml"
     config.write_text(
         '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\nsip_port = 0\ntls_port = 0\n'
         '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n'
         '[[peer]]\nname = "gw1"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
         f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
-        f'port = {target_port}\ntransport = "{transport}"\nhealth_check = 0\n'
+        f'port = {target_port}\ntransport = "{target_transport}"\nhealth_check = 0\n'
         f'[[dial_plan]]\nname = "bench"\nsecurity = "{security}"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
     )
     proc, ports = start_server(config, SERVER_LOG)
@@ -52,10 +55,16 @@ def start_bench_server(
 
 
 def step(
-    work: Path, transport: str, caller_port: int, callee_port: int, rate: int, seconds: float
+    work: Path,
+    transport: str,
+    caller_port: int,
+    callee_port: int,
+    rate: int,
+    seconds: float,
+    server_pid: int,
 ) -> dict[str, float]:
     calls = max(1, int(rate * seconds))
-    sipp_t = "u1" if transport == "udp" else "t1"
+    sipp_t = "u1" if transport == "udp" else "t1"  # t1: one TCP connection each way
     uac, uas = call_uac(work / "uac.xml"), call_uas(work / "uas.xml")
     for old in work.glob("uac_*_rtt.csv"):
         old.unlink()
@@ -81,6 +90,7 @@ def step(
         cwd=work,
     )
     started = time.monotonic()
+    cpu_before = cpu_seconds(server_pid)
     result = subprocess.run(
         [
             "sipp",
@@ -113,6 +123,7 @@ def step(
         timeout=seconds * 6 + 60,
     )
     elapsed = time.monotonic() - started
+    cpu = cpu_seconds(server_pid) - cpu_before
     callee.kill()
     callee.wait(10)
     answered, failed = sipp_counts(result.stdout, calls)
@@ -120,6 +131,7 @@ def step(
         "ok": answered,
         "failed": failed,
         "achieved": answered / elapsed,
+        "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
         **rtt_percentiles(list(work.glob("uac_*_rtt.csv"))),
     }
 
@@ -143,7 +155,7 @@ def main() -> int:
     rates = [int(r) for r in args.rates.split(",")]
     print(f"proxied calls, {args.seconds:g} s per step; setup time (INVITE -> 200) in ms")
     print(
-        f"{'transport':<9} {'rate':>5} {'answered':>9} {'failed':>7} {'calls/s':>8} {'p50':>7} {'p90':>7} {'p99':>7}"
+        f"{'transport':<9} {'rate':>5} {'answered':>9} {'failed':>7} {'calls/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'cpu ms':>7}"
     )
     ca = make_ca("bench CA")
     for transport in args.transports.split(","):
@@ -168,7 +180,7 @@ def main() -> int:
             proc, sip_port, tls_port = start_bench_server(work, ca, transport, target_port)
             stack.callback(lambda p=proc: (p.terminate(), p.wait(10)))
             caller_port = sip_port
-            if transport == "tls":
+            if transport in ("tls", "mtls-tcp"):
                 gw = make_leaf(ca, dns=["gw1.example.test"])
                 gw.write_combined(work / "gw.pem")
                 caller_port = free_port()
@@ -182,10 +194,13 @@ def main() -> int:
                 )
             best = None
             for rate in rates:
-                result = step(work, transport, caller_port, callee_port, rate, args.seconds)
+                result = step(
+                    work, transport, caller_port, callee_port, rate, args.seconds, proc.pid
+                )
                 print(
                     f"{transport:<9} {rate:>5} {result['ok']:>9} {result['failed']:>7} {result['achieved']:>8.1f} "
-                    f"{result['p50']:>7.1f} {result['p90']:>7.1f} {result['p99']:>7.1f}",
+                    f"{result['p50']:>7.1f} {result['p90']:>7.1f} {result['p99']:>7.1f} "
+                    f"{result['cpu_ms_per_call']:>7.2f}",
                     flush=True,
                 )
                 if (
@@ -198,7 +213,8 @@ def main() -> int:
             if best:
                 print(
                     f"best {transport}: {best[0]} calls/s with 0 failures "
-                    f"(setup p50 {best[1]['p50']:.0f} ms, p99 {best[1]['p99']:.0f} ms)",
+                    f"(setup p50 {best[1]['p50']:.0f} ms, p99 {best[1]['p99']:.0f} ms, "
+                    f"{best[1]['cpu_ms_per_call']:.2f} ms CPU per call)",
                     flush=True,
                 )
             else:

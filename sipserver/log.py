@@ -1,4 +1,7 @@
-"""structlog set-up: JSON lines for daemons and pipes, readable console output on a TTY."""
+"""structlog set-up: JSON lines (orjson, written as bytes) for daemons and pipes, readable
+console output on a TTY. Every string field is valid UTF-8 in the output: bytes a peer sent
+that do not decode are shown escaped, never as lone surrogates a strict JSON parser
+rejects."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import logging
 import sys
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
@@ -15,6 +19,12 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+_threshold = logging.INFO
+
+
+def enabled(level: str) -> bool:
+    """Would a line at this level be written? (So that callers can skip building it.)"""
+    return _LEVELS.get(level, logging.ERROR) >= _threshold
 
 
 def _tidy(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -24,17 +34,48 @@ def _tidy(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return head | rest
 
 
+def _text(value: str) -> str:
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = _text(value)
+        elif isinstance(value, list | tuple):
+            event[key] = [_text(item) if isinstance(item, str) else item for item in value]
+    return event
+
+
+def _json_bytes(event: EventDict, **_: Any) -> bytes:
+    return orjson.dumps(event, default=str)
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    global _threshold
     stream = stream or sys.stdout
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any
+    factory: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         exc: list[Any] = []
+        factory = structlog.WriteLoggerFactory(file=stream)
     else:
-        renderer = structlog.processors.JSONRenderer(sort_keys=False)
         exc = [structlog.processors.dict_tracebacks]
+        binary = getattr(stream, "buffer", None)
+        if binary is not None:
+            renderer = structlog.processors.JSONRenderer(serializer=_json_bytes)
+            factory = structlog.BytesLoggerFactory(file=binary)
+        else:  # a text-only stream (tests): same JSON, as text
+            renderer = structlog.processors.JSONRenderer(
+                serializer=lambda event, **kw: _json_bytes(event).decode()
+            )
+            factory = structlog.WriteLoggerFactory(file=stream)
+    _threshold = _LEVELS[level]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -42,9 +83,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _tidy,
             *exc,
+            _valid_utf8,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        wrapper_class=structlog.make_filtering_bound_logger(_threshold),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )

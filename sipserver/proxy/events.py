@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 from sipserver.pki.certinfo import CertInfo
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
@@ -19,7 +21,10 @@ class Event:
     call_id: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))
+        return {name: getattr(self, name) for name in names}
 
     @property
     def log_level(self) -> str:
@@ -170,6 +175,12 @@ class CallCompleted(Event):
     failed_attempts: list[str] | None
     our_thumbprint_sha1: str | None
     setup_ms: float
+
+    @property
+    def log_level(self) -> str:
+        # One line per call at info; a routed in-dialog request (ACK, BYE, re-INVITE) is
+        # a per-message detail.
+        return "debug" if self.dial_plan is None and self.status < 300 else "info"
 
     @property
     def log_name(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from sipserver.log import enabled
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.events import Event
 
@@ -15,10 +16,13 @@ log = structlog.get_logger("sipserver")
 
 
 def log_event(event: Event) -> None:
+    level = event.log_level
+    if not enabled(level):
+        return
     fields: dict[str, Any] = {}
     for key, value in event.fields().items():
         if isinstance(value, CertInfo):
             fields.update(value.log_fields(f"{key}_"))
         else:
             fields[key] = value
-    getattr(log, event.log_level)(event.log_name, **fields)
+    getattr(log, level)(event.log_name, **fields)

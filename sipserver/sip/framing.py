@@ -12,6 +12,7 @@ from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.message import ParseLimits
 
 _HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
+_CR_LF = (13, 10)
 _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*?)[ \t]*\r?$", re.I | re.M)
 
 
@@ -40,6 +41,7 @@ class StreamFramer:
     def __init__(self, limits: ParseLimits = ParseLimits()) -> None:
         self._limits = limits
         self._buffer = bytearray()
+        self._searched = 0  # how much of the buffer is known to hold no end of headers
 
     @property
     def buffered(self) -> int:
@@ -56,18 +58,22 @@ class StreamFramer:
 
     def _next(self) -> bytes | KeepAlivePing | None:
         buffer = self._buffer
-        while bytes(buffer[:1]) in (b"\r", b"\n"):
+        while buffer and buffer[0] in _CR_LF:
             if buffer.startswith(b"\r\n\r\n"):
                 del buffer[:4]
                 return PING
-            if bytes(buffer) in (b"\r", b"\r\n", b"\r\n\r"):
+            if len(buffer) < 4 and b"\r\n\r\n".startswith(buffer):
                 return None  # may still become a ping
             # A lone CRLF before a message is ignored (§7.5).
             del buffer[: 2 if buffer.startswith(b"\r\n") else 1]
+            self._searched = 0
         if not buffer:
             return None
-        match = _HEAD_END.search(buffer)
+        # Resume where the last search stopped (less the 3 bytes an end could straddle), so a
+        # header that arrives a byte at a time costs linear, not quadratic, time.
+        match = _HEAD_END.search(buffer, max(0, self._searched - 3))
         if match is None:
+            self._searched = len(buffer)
             if len(buffer) > self._limits.max_message_bytes:
                 raise FramingError("Message Too Large", 513)
             return None
@@ -83,8 +89,10 @@ class StreamFramer:
         total = match.end() + int(text)
         if total > self._limits.max_message_bytes:
             raise FramingError("Message Too Large", 513, head)
+        self._searched = match.start()  # the end of the headers is known: keep it
         if len(buffer) < total:
             return None
         message = bytes(buffer[:total])
         del buffer[:total]
+        self._searched = 0
         return message

@@ -143,6 +143,16 @@ def split_list(value: str) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
+@functools.lru_cache(maxsize=4096)
+def _split_list_tuple(value: str) -> tuple[str, ...]:
+    return tuple(split_list(value))
+
+
+def split_list_cached(value: str) -> list[str]:
+    """split_list, remembering recent values (a Via or Route set is split many times)."""
+    return list(_split_list_tuple(value))
+
+
 def split_outside_quotes(value: str, separator: str) -> list[str]:
     """Split at a separator character that is outside quoted strings and <...>.
     Raises ValueError for an unterminated quoted string."""

@@ -6,13 +6,21 @@ forwards headers it does not understand byte for byte.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from sipserver.sip.errors import RemoteProtocolError
-from sipserver.sip.headers import LIST_HEADERS, TOKEN_RE, canonical_name, header_key, split_list
+from sipserver.sip.headers import (
+    LIST_HEADERS,
+    TOKEN_RE,
+    canonical_name,
+    header_key,
+    split_list,
+    split_list_cached,
+)
 from sipserver.sip.uri import NameAddr, parse_name_addr
 from sipserver.sip.via import Via, parse_via
 
@@ -21,6 +29,7 @@ _LINE_SPLIT = re.compile(rb"\r\n|\n")
 _HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
 _STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) ?(.*)$")
 _REQUEST_LINE = re.compile(r"^(\S+) (\S+) SIP/(\d+\.\d+)$")
+_FOLD = re.compile(r"\r?\n[ \t]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,19 +39,25 @@ class ParseLimits:
     max_line_bytes: int = 8192
 
 
-class Header(NamedTuple):
+class _HeaderFields(NamedTuple):
+    name: str
+    value: str
+    raw: bytes | None  # the exact wire bytes (folding included), None once edited
+    key: str  # lower-case long name, for lookups (worked out once)
+
+
+class Header(_HeaderFields):
     """One header line. Immutable: edits replace it. A tuple of strings and bytes, so the
     garbage collector stops tracking it, which keeps full collections short while many
     transactions hold their messages."""
 
-    name: str
-    value: str
-    raw: bytes | None = None  # the exact wire bytes (folding included), None once edited
+    __slots__ = ()
 
-    @property
-    def key(self) -> str:
-        """Lower-case long name, for lookups."""
-        return header_key(self.name)
+    def __new__(cls, name: str, value: str, raw: bytes | None = None) -> Header:
+        return tuple.__new__(cls, (name, value, raw, header_key(name)))
+
+    def __getnewargs__(self) -> tuple[str, str, bytes | None]:
+        return (self.name, self.value, self.raw)
 
     def to_bytes(self) -> bytes:
         if self.raw is not None:
@@ -85,7 +100,7 @@ class Headers:
         for header in self._items:
             if header.key == key:
                 if key in LIST_HEADERS and not (key == "contact" and header.value.strip() == "*"):
-                    values.extend(split_list(header.value))
+                    values.extend(split_list_cached(header.value))
                 else:
                     values.append(header.value)
         return values
@@ -134,35 +149,36 @@ class Message:
     def call_id(self) -> str | None:
         return self.headers.get("Call-ID")
 
+    # Parsed values are shared between messages with the same header text (a message and its
+    # retransmissions, a request and its responses): they are immutable, so parsing each
+    # distinct text once is enough.
     @property
     def vias(self) -> list[Via]:
-        return [parse_via(value) for value in self.headers.get_all("Via")]
+        return [parse_via_cached(value) for value in self.headers.get_all("Via")]
 
     @property
     def top_via(self) -> Via | None:
-        values = self.headers.get_all("Via")
-        return parse_via(values[0]) if values else None
+        value = self.headers.get("Via")
+        if value is None:
+            return None
+        return parse_via_cached(split_list_cached(value)[0] if "," in value else value)
 
     @property
     def from_(self) -> NameAddr | None:
         value = self.headers.get("From")
-        return parse_name_addr(value) if value is not None else None
+        return parse_name_addr_cached(value) if value is not None else None
 
     @property
     def to(self) -> NameAddr | None:
         value = self.headers.get("To")
-        return parse_name_addr(value) if value is not None else None
+        return parse_name_addr_cached(value) if value is not None else None
 
     @property
     def cseq(self) -> tuple[int, str]:
         value = self.headers.get("CSeq")
         if value is None:
             raise RemoteProtocolError("Missing CSeq")
-        number, _, method = value.strip().partition(" ")
-        method = method.strip()
-        if not number.isdigit() or len(number) > 10 or int(number) >= 2**31 or not method:
-            raise RemoteProtocolError("Malformed CSeq")
-        return int(number), method
+        return _parse_cseq(value)
 
     def start_line(self) -> str:
         raise NotImplementedError
@@ -182,6 +198,25 @@ class Message:
         if not length_written:
             lines.append(f"Content-Length: {len(self.body)}".encode())
         return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_via_cached(text: str) -> Via:
+    return parse_via(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_name_addr_cached(text: str) -> NameAddr:
+    return parse_name_addr(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cseq(value: str) -> tuple[int, str]:
+    number, _, method = value.strip().partition(" ")
+    method = method.strip()
+    if not number.isdigit() or len(number) > 10 or int(number) >= 2**31 or not method:
+        raise RemoteProtocolError("Malformed CSeq")
+    return int(number), method
 
 
 def _content_length_of(header: Header) -> int | None:
@@ -248,34 +283,45 @@ def parse_message(
 
 def _parse_headers(lines: list[bytes], limits: ParseLimits) -> Headers:
     items: list[Header] = []
-    raw_lines: list[bytes] = []
-    for line in lines:
+    count = len(lines)
+    index = 0
+    while index < count:
+        line = lines[index]
+        index += 1
         if line[:1] in (b" ", b"\t"):
-            if not raw_lines:
-                raise ParseError("Header continuation without a header")
-            raw_lines.append(line)
-            continue
-        if raw_lines:
-            items.append(_make_header(raw_lines))
-        raw_lines = [line]
-        if len(items) >= limits.max_header_count:
+            raise ParseError("Header continuation without a header")
+        if index < count and lines[index][:1] in (b" ", b"\t"):
+            folded = [line]
+            while index < count and lines[index][:1] in (b" ", b"\t"):
+                folded.append(lines[index])
+                index += 1
+            items.append(_make_header(b"\r\n".join(folded)))
+        else:
+            items.append(_make_header(line))
+        if len(items) > limits.max_header_count:
             raise ParseError("Too many headers")
-    if raw_lines:
-        items.append(_make_header(raw_lines))
     return Headers(items)
 
 
-def _make_header(raw_lines: list[bytes]) -> Header:
-    raw = b"\r\n".join(raw_lines)
+_GOOD_NAMES: set[str] = set()  # header names already checked against the token rule
+
+
+def _make_header(raw: bytes) -> Header:
     text = raw.decode("utf-8", "surrogateescape")
     name, colon, value = text.partition(":")
     name = name.rstrip(" \t")
-    if not colon or not TOKEN_RE.match(name):
-        first = (text.splitlines() or [""])[0][:40]
-        raise ParseError(f"Malformed header line {first!r}")
-    # Unfold: any CRLF followed by whitespace is equivalent to one space (§7.3.1).
-    value = re.sub(r"\r?\n[ \t]+", " ", value).strip(" \t")
-    return Header(name, value, raw)
+    if name not in _GOOD_NAMES:
+        if not colon or not TOKEN_RE.match(name):
+            first = (text.splitlines() or [""])[0][:40]
+            raise ParseError(f"Malformed header line {first!r}")
+        if len(_GOOD_NAMES) < 1024:
+            _GOOD_NAMES.add(name)
+    elif not colon:
+        raise ParseError(f"Malformed header line {text[:40]!r}")
+    if "\n" in value:
+        # Unfold: any CRLF followed by whitespace is equivalent to one space (§7.3.1).
+        value = _FOLD.sub(" ", value)
+    return Header(name, value.strip(" \t"), raw)
 
 
 def _parse_start_line(line: str, headers: Headers) -> Message:

@@ -4,6 +4,7 @@ queue bounded in bytes, so a peer that stops reading only ever stalls itself."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -117,33 +118,35 @@ class StreamConnection:
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
     ) -> None:
         framer = StreamFramer(limits)
-        while True:
-            with trio.move_on_after(idle_timeout) as idle:
+        # One cancel scope for the whole connection, its deadline pushed on after each read:
+        # an idle peer is timed out without a new scope per read.
+        with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as idle:
+            while True:
                 try:
                     data = await self.stream.receive_some(65536)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self.close_reason = f"connection broken: {exc}"
                     return
-            if idle.cancelled_caught:
-                self.close_reason = f"idle for {idle_timeout:g} s (limits.idle_timeout)"
-                return
-            if not data:
-                return
-            try:
-                items = framer.feed(data)
-            except FramingError as exc:
-                self.close_reason = f"framing lost: {exc.reason}"
-                await on_framing_lost(self, exc)
-                await trio.sleep_forever()  # the writer sends the last answer, then closes
-            for item in items:
-                if item is PING:
-                    await self.send(
-                        Transmit(self.flow, b"\r\n"), send_timeout
-                    )  # RFC 5626 §3.5.1 pong
-                    continue
-                assert isinstance(item, bytes)
-                self.messages_in += 1
-                await on_message(self, item)
+                if not data:
+                    return
+                try:
+                    items = framer.feed(data)
+                except FramingError as exc:
+                    idle.deadline = math.inf
+                    self.close_reason = f"framing lost: {exc.reason}"
+                    await on_framing_lost(self, exc)
+                    await trio.sleep_forever()  # the writer sends the last answer, then closes
+                for item in items:
+                    if item is PING:
+                        # RFC 5626 §3.5.1 pong
+                        await self.send(Transmit(self.flow, b"\r\n"), send_timeout)
+                        continue
+                    assert isinstance(item, bytes)
+                    self.messages_in += 1
+                    await on_message(self, item)
+                idle.deadline = trio.current_time() + idle_timeout
+        if idle.cancelled_caught:
+            self.close_reason = f"idle for {idle_timeout:g} s (limits.idle_timeout)"
 
     async def _keepalive(self, interval: float) -> None:
         """RFC 5626 §3.5.1 pings on connections we opened, so NATs and firewalls keep them."""
@@ -152,7 +155,20 @@ class StreamConnection:
             self.queue(Transmit(self.flow, b"\r\n\r\n"))
 
     async def _writer(self, send_timeout: float) -> None:
-        async for data, close_after in self._queue:
+        """Send what is queued, everything that is waiting in one write: under load one
+        system call (and one TLS record flush) carries many messages."""
+        while True:
+            try:
+                batch = [await self._queue.receive()]
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            while not batch[-1][1]:  # nothing goes after a message that closes
+                try:
+                    batch.append(self._queue.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            data = b"".join(item[0] for item in batch)
+            close_after = batch[-1][1]
             self.queued_bytes -= len(data)
             if self.queued_bytes <= self.queue_limit // 2:
                 self._room.set()

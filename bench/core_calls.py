@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""The pure core alone: whole proxied calls (INVITE/100/180/200/ACK/BYE/200, caller over
+TLS, callee over TCP) fed through SipCore with no sockets, no trio and no logging. Prints
+the core's CPU microseconds per call; `--profile` prints where they go (cProfile).
+
+    python bench/core_calls.py [--calls 5000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from sipserver.config import parse_config  # noqa: E402
+from sipserver.proxy.core import SipCore  # noqa: E402
+from sipserver.sip.flow import Flow, Transmit, Transport  # noqa: E402
+from sipserver.sip.message import Request, parse_message  # noqa: E402
+
+CONFIG = """
+[server]
+fqdn = "sip.example.test"
+addresses = ["127.0.0.1"]
+[[peer]]
+name = "gw1"
+fqdn = "gw1.example.test"
+addresses = ["127.0.0.1"]
+[[peer]]
+name = "pbx1"
+fqdn = "pbx1.example.test"
+kind = "pbx"
+addresses = ["192.0.2.20"]
+port = 5070
+transport = "tcp"
+health_check = 0
+[[dial_plan]]
+name = "bench"
+security = "unsecured"
+numbers = ["5xxx"]
+from = ["gw1"]
+targets = ["pbx1"]
+"""
+CALLER = Flow(Transport.TLS, ("127.0.0.1", 5061), ("127.0.0.1", 40000), connection_id=1)
+CALLEE = Flow(Transport.TCP, ("127.0.0.1", 41000), ("192.0.2.20", 5070), connection_id=2)
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+def invite(n: int) -> bytes:
+    head = (
+        f"INVITE sip:5000@sip.example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/TLS 127.0.0.1:40000;branch=z9hG4bK-{n}-1;rport\r\n"
+        f"From: sipp <sip:sipp@127.0.0.1:40000>;tag={n}SIPpTag00\r\n"
+        f"To: <sip:5000@sip.example.test>\r\n"
+        f"Call-ID: {n}-bench@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: sip:sipp@127.0.0.1:40000;transport=tls\r\nMax-Forwards: 70\r\n"
+        f"Subject: Performance Test\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(SDP)}\r\n\r\n"
+    )
+    return head.encode() + SDP
+
+
+def answer(request: Request, status: int, reason: str, body: bytes = b"") -> bytes:
+    vias = "".join(f"Via: {v}\r\n" for v in request.headers.get_all("Via"))
+    rr = "".join(f"Record-Route: {v}\r\n" for v in request.headers.get_all("Record-Route"))
+    to = request.headers.get("To") or ""
+    to = to if ";tag=" in to else to + ";tag=callee1"
+    number, method = request.cseq
+    return (
+        f"SIP/2.0 {status} {reason}\r\n{vias}{rr}From: {request.headers.get('From')}\r\n"
+        f"To: {to}\r\nCall-ID: {request.call_id}\r\nCSeq: {number} {method}\r\n"
+        f"Contact: <sip:callee@192.0.2.20:5070;transport=tcp>\r\n"
+        f"{'Content-Type: application/sdp' + chr(13) + chr(10) if body else ''}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def to_callee(out: list[Transmit]) -> Request:
+    for item in out:
+        if item.flow.remote == CALLEE.remote:
+            message = parse_message(item.data)
+            assert isinstance(message, Request)
+            return message
+    raise AssertionError("nothing went to the callee")
+
+
+def one_call(core: SipCore, n: int, now: float) -> None:
+    out = core.receive_stream_message(invite(n), CALLER, None, now)
+    forwarded = to_callee(out)
+    core.receive_stream_message(answer(forwarded, 100, "Trying"), CALLEE, None, now)
+    core.receive_stream_message(answer(forwarded, 180, "Ringing"), CALLEE, None, now)
+    ok = core.receive_stream_message(answer(forwarded, 200, "OK", SDP), CALLEE, None, now)
+    reply = parse_message(next(t.data for t in ok if t.flow == CALLER))
+    route = "".join(f"Route: {v}\r\n" for v in reversed(reply.headers.get_all("Record-Route")))
+    tag = (reply.headers.get("To") or "").split("tag=")[1]
+    dialog = (
+        f"From: sipp <sip:sipp@127.0.0.1:40000>;tag={n}SIPpTag00\r\n"
+        f"To: <sip:5000@sip.example.test>;tag={tag}\r\nCall-ID: {n}-bench@127.0.0.1\r\n"
+        f"{route}Max-Forwards: 70\r\n"
+    )
+    ack = (
+        f"ACK sip:callee@192.0.2.20:5070;transport=tcp SIP/2.0\r\n"
+        f"Via: SIP/2.0/TLS 127.0.0.1:40000;branch=z9hG4bK-{n}-2;rport\r\n{dialog}"
+        f"CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    core.receive_stream_message(ack, CALLER, None, now)
+    bye = ack.replace(b"ACK sip:", b"BYE sip:").replace(b"CSeq: 1 ACK", b"CSeq: 2 BYE")
+    bye = bye.replace(f"-{n}-2;".encode(), f"-{n}-3;".encode())
+    out = core.receive_stream_message(bye, CALLER, None, now)
+    forwarded_bye = to_callee(out)
+    core.receive_stream_message(answer(forwarded_bye, 200, "OK"), CALLEE, None, now)
+    core.take_events()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    config = parse_config(CONFIG)
+    gw1 = config.peer("gw1")
+    core = SipCore(config)
+    # Calls arrive over TLS from gw1: the shell passes the verified peer.
+    receive = core.receive_stream_message
+    core.receive_stream_message = (  # type: ignore[method-assign]
+        lambda data, flow, peer, now, cert=None: receive(
+            data, flow, gw1 if flow is CALLER else peer, now, cert
+        )
+    )
+    for n in range(200):  # warm up
+        one_call(core, n, 0.0)
+    profiler = cProfile.Profile() if args.profile else None
+    started = time.process_time()
+    if profiler:
+        profiler.enable()
+    for n in range(1000, 1000 + args.calls):
+        one_call(core, n, n / 1000)
+    if profiler:
+        profiler.disable()
+    cpu = time.process_time() - started
+    print(f"{args.calls} calls through the core: {cpu * 1e6 / args.calls:.0f} µs CPU per call "
+          "(including building the test's own messages)")
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
