@@ -147,8 +147,10 @@ def main() -> int:
     if profiler:
         profiler.disable()
     cpu = time.process_time() - started
-    print(f"{args.calls} calls through the core: {cpu * 1e6 / args.calls:.0f} µs CPU per call "
-          "(including building the test's own messages)")
+    print(
+        f"{args.calls} calls through the core: {cpu * 1e6 / args.calls:.0f} µs CPU per call "
+        "(including building the test's own messages)"
+    )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -38,6 +39,9 @@ class CertInfo:
 
     def log_fields(self, prefix: str = "") -> dict[str, str]:
         """The fields every log event about a certificate carries."""
+        return dict(_log_fields(self, prefix))
+
+    def _fields(self, prefix: str) -> dict[str, str]:
         return {
             f"{prefix}subject": self.subject,
             f"{prefix}issuer": self.issuer,
@@ -109,3 +113,8 @@ def _sha256(der: bytes) -> str:
     digest = hashes.Hash(hashes.SHA256())
     digest.update(der)
     return digest.finalize().hex().upper()
+
+
+@functools.lru_cache(maxsize=512)
+def _log_fields(info: CertInfo, prefix: str) -> tuple[tuple[str, str], ...]:
+    return tuple(info._fields(prefix).items())

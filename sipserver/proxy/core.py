@@ -109,6 +109,8 @@ class SipCore:
 
     def take_events(self) -> list[Event]:
         """What happened since the last call, oldest first (the shell logs them)."""
+        if not self._events:
+            return []
         events = self._events[:]
         self._events.clear()
         return events

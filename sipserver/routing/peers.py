@@ -11,9 +11,21 @@ from sipserver.settings import PeerSettings
 class PeerTable:
     def __init__(self, peers: Sequence[PeerSettings]) -> None:
         self.peers = tuple(peers)
+        self._by_address: dict[str, PeerSettings | None] = {}
 
     def by_address(self, address: str) -> PeerSettings | None:
         """The first peer (in config order) whose addresses contain this source IP."""
+        try:
+            return self._by_address[address]
+        except KeyError:
+            pass
+        peer = self._lookup(address)
+        if len(self._by_address) >= 4096:  # sources are unbounded: keep the memo small
+            self._by_address.clear()
+        self._by_address[address] = peer
+        return peer
+
+    def _lookup(self, address: str) -> PeerSettings | None:
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:

@@ -19,13 +19,38 @@ class ServerStats:
     reloads: Counter[str] = field(default_factory=Counter)  # ok | failed
 
     def count_message(self, direction: str, transport: str, data: bytes) -> None:
+        """Labels come from closed sets (known methods or "other", status classes): nothing
+        a peer sends can create a new series."""
         if data.startswith(b"SIP/2.0 "):
-            self.messages[
-                (direction, transport, "response", data[8:11].decode("ascii", "replace"))
-            ] += 1
-        elif data.strip(b"\r\n"):
-            method = data.split(b" ", 1)[0][:20].decode("ascii", "replace")
-            self.messages[(direction, transport, "request", method)] += 1
+            label = _STATUS_CLASSES.get(data[8:9], "other")
+            self.messages[(direction, transport, "response", label)] += 1
+        elif data and data[0] not in _CR_LF:
+            space = data.find(b" ", 0, 20)
+            label = _METHODS.get(data[:space], "other") if space > 0 else "other"
+            self.messages[(direction, transport, "request", label)] += 1
+
+
+_CR_LF = (13, 10)
+_METHODS = {
+    name.encode(): name
+    for name in [
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "REFER",
+        "MESSAGE",
+        "UPDATE",
+    ]
+}
+_STATUS_CLASSES = {str(n).encode(): f"{n}xx" for n in range(1, 7)}
 
 
 @dataclass(frozen=True, slots=True)

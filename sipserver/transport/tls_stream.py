@@ -14,6 +14,7 @@ import trio
 from OpenSSL import SSL
 
 _CHUNK = 65536
+_OUT_CHUNK = 1 << 18  # larger than anything one send leaves in the BIO
 
 
 class TLSStream(trio.abc.Stream):
@@ -30,12 +31,14 @@ class TLSStream(trio.abc.Stream):
         async with self._write_lock:
             while True:
                 try:
-                    data = self.connection.bio_read(_CHUNK)
+                    data = self.connection.bio_read(_OUT_CHUNK)
                 except SSL.WantReadError:
                     return
                 if not data:
                     return
                 await self.transport.send_all(data)
+                if len(data) < _OUT_CHUNK:
+                    return  # the BIO is empty: no need to ask (and catch WantReadError)
 
     async def _fill(self) -> bool:
         data = await self.transport.receive_some(_CHUNK)

@@ -140,7 +140,7 @@ def test_healthz_and_metrics_after_real_traffic(
     )
     assert (
         lines[
-            'sipserver_messages_total{direction="out",kind="response",method_or_status="200",transport="udp"}'
+            'sipserver_messages_total{direction="out",kind="response",method_or_status="2xx",transport="udp"}'
         ]
         == 7
     )
