@@ -18,6 +18,7 @@ from sipserver.server.stats import ServerStats
 from sipserver.settings import Config, PeerSettings
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.sip.framing import FramingError
+from sipserver.transport.direct import PlainStream
 from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.streams import StreamConnection, next_connection_id
 from sipserver.transport.tls_handshake import TlsAccepted, TlsRefused, tls_handshake
@@ -92,7 +93,7 @@ class StreamService:
                 log.info("connection_opened")
                 peer = self.core.peers.by_address(remote[0])
                 queue = self._config().limits.send_queue_bytes
-                connection = StreamConnection(stream, flow, peer, queue)
+                connection = StreamConnection(PlainStream(stream), flow, peer, queue)
             self.pool.add(connection)
             await self._run(connection)
         except Exception:
@@ -204,7 +205,7 @@ class StreamService:
         connection_id = next_connection_id()
         structlog.contextvars.bind_contextvars(connection_id=connection_id)
         connection = StreamConnection(
-            stream,
+            stream if accepted is not None else PlainStream(sock_stream),
             Flow(flow.transport, local, flow.remote, connection_id, flow.server_name),
             target,
             config.limits.send_queue_bytes,

@@ -25,7 +25,7 @@ from sipserver.sip.uri import NameAddr, parse_name_addr
 from sipserver.sip.via import Via, parse_via
 
 SIP_VERSION = "SIP/2.0"
-_LINE_SPLIT = re.compile(rb"\r\n|\n")
+_LINE_SPLIT_TEXT = re.compile(r"\r\n|\n")
 _HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
 _STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) ?(.*)$")
 _REQUEST_LINE = re.compile(r"^(\S+) (\S+) SIP/(\d+\.\d+)$")
@@ -42,7 +42,7 @@ class ParseLimits:
 class _HeaderFields(NamedTuple):
     name: str
     value: str
-    raw: bytes | None  # the exact wire bytes (folding included), None once edited
+    raw: str | None  # the exact wire text (folding included), None once edited
     key: str  # lower-case long name, for lookups (worked out once)
 
 
@@ -53,16 +53,18 @@ class Header(_HeaderFields):
 
     __slots__ = ()
 
-    def __new__(cls, name: str, value: str, raw: bytes | None = None) -> Header:
+    def __new__(cls, name: str, value: str, raw: str | None = None) -> Header:
         return tuple.__new__(cls, (name, value, raw, header_key(name)))
 
-    def __getnewargs__(self) -> tuple[str, str, bytes | None]:
+    def __getnewargs__(self) -> tuple[str, str, str | None]:
         return (self.name, self.value, self.raw)
 
+    def text(self) -> str:
+        """The line as it goes on the wire (bytes a peer sent kept as surrogate escapes)."""
+        return self.raw if self.raw is not None else f"{self.name}: {self.value}"
+
     def to_bytes(self) -> bytes:
-        if self.raw is not None:
-            return self.raw
-        return f"{self.name}: {self.value}".encode("utf-8", "surrogateescape")
+        return self.text().encode("utf-8", "surrogateescape")
 
 
 class Headers:
@@ -184,7 +186,7 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        lines = [self.start_line().encode("utf-8", "surrogateescape")]
+        lines = [self.start_line()]
         length_written = False
         for header in self.headers:
             if header.key == "content-length":
@@ -192,12 +194,13 @@ class Message:
                     continue
                 length_written = True
                 if header.raw is None or _content_length_of(header) != len(self.body):
-                    lines.append(f"{header.name}: {len(self.body)}".encode())
+                    lines.append(f"{header.name}: {len(self.body)}")
                     continue
-            lines.append(header.to_bytes())
+            lines.append(header.text())
         if not length_written:
-            lines.append(f"Content-Length: {len(self.body)}".encode())
-        return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
+            lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
 
 
 @functools.lru_cache(maxsize=4096)
@@ -270,32 +273,36 @@ def parse_message(
     head, body = split_head(data)
     if not head:
         raise ParseError("Empty message")
-    lines = _LINE_SPLIT.split(head)
-    for line in lines:
-        if len(line) > limits.max_line_bytes:
-            raise ParseError("Header line too long")
-    start, header_lines = lines[0], lines[1:]
-    headers = _parse_headers(header_lines, limits)
-    message = _parse_start_line(start.decode("utf-8", "surrogateescape"), headers)
+    text = head.decode("utf-8", "surrogateescape")
+    if text.count("\n") == text.count("\r\n"):
+        lines = text.split("\r\n")
+    else:  # bare LF line ends (tolerated on input)
+        lines = _LINE_SPLIT_TEXT.split(text)
+    if len(head) > limits.max_line_bytes:
+        for line in lines:
+            if len(line.encode("utf-8", "surrogateescape")) > limits.max_line_bytes:
+                raise ParseError("Header line too long")
+    headers = _parse_headers(lines, limits)
+    message = _parse_start_line(lines[0], headers)
     message.body = _frame_body(headers, body, message, stream)
     return message
 
 
-def _parse_headers(lines: list[bytes], limits: ParseLimits) -> Headers:
+def _parse_headers(lines: list[str], limits: ParseLimits) -> Headers:
     items: list[Header] = []
     count = len(lines)
-    index = 0
+    index = 1  # lines[0] is the start line
     while index < count:
         line = lines[index]
         index += 1
-        if line[:1] in (b" ", b"\t"):
+        if line[:1] in (" ", "\t"):
             raise ParseError("Header continuation without a header")
-        if index < count and lines[index][:1] in (b" ", b"\t"):
+        if index < count and lines[index][:1] in (" ", "\t"):
             folded = [line]
-            while index < count and lines[index][:1] in (b" ", b"\t"):
+            while index < count and lines[index][:1] in (" ", "\t"):
                 folded.append(lines[index])
                 index += 1
-            items.append(_make_header(b"\r\n".join(folded)))
+            items.append(_make_header("\r\n".join(folded)))
         else:
             items.append(_make_header(line))
         if len(items) > limits.max_header_count:
@@ -306,18 +313,17 @@ def _parse_headers(lines: list[bytes], limits: ParseLimits) -> Headers:
 _GOOD_NAMES: set[str] = set()  # header names already checked against the token rule
 
 
-def _make_header(raw: bytes) -> Header:
-    text = raw.decode("utf-8", "surrogateescape")
-    name, colon, value = text.partition(":")
+def _make_header(raw: str) -> Header:
+    name, colon, value = raw.partition(":")
     name = name.rstrip(" \t")
     if name not in _GOOD_NAMES:
         if not colon or not TOKEN_RE.match(name):
-            first = (text.splitlines() or [""])[0][:40]
+            first = (raw.splitlines() or [""])[0][:40]
             raise ParseError(f"Malformed header line {first!r}")
         if len(_GOOD_NAMES) < 1024:
             _GOOD_NAMES.add(name)
     elif not colon:
-        raise ParseError(f"Malformed header line {text[:40]!r}")
+        raise ParseError(f"Malformed header line {raw[:40]!r}")
     if "\n" in value:
         # Unfold: any CRLF followed by whitespace is equivalent to one space (§7.3.1).
         value = _FOLD.sub(" ", value)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from sipserver.sip.errors import RemoteProtocolError
-from sipserver.sip.headers import header_key
-from sipserver.sip.message import Message, Request
-from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_name_addr, parse_uri
-from sipserver.sip.via import parse_via
+from sipserver.sip.message import Message, Request, parse_name_addr_cached, parse_via_cached
+from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_uri
 
 KNOWN_METHODS = frozenset(
     {
@@ -28,27 +24,38 @@ KNOWN_METHODS = frozenset(
         "UPDATE",
     }
 )
-_REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
+_REQUIRED = (
+    ("via", "Via"),
+    ("from", "From"),
+    ("to", "To"),
+    ("call-id", "Call-ID"),
+    ("cseq", "CSeq"),
+)
+_ONCE = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+_ENVELOPE = frozenset(key for key, _ in _REQUIRED)
 
 
 def check_envelope(message: Message) -> None:
     """The headers every message needs before any answer can be built or matched.
     Raises RemoteProtocolError whose reason names the problem (e.g. `Missing Call-ID`)."""
-    counts = Counter(header.key for header in message.headers)
-    for name in _REQUIRED:
-        if not counts[header_key(name)]:
+    counts: dict[str, int] = {}
+    for header in message.headers:
+        if header.key in _ENVELOPE:
+            counts[header.key] = counts.get(header.key, 0) + 1
+    for key, name in _REQUIRED:
+        if key not in counts:
             raise RemoteProtocolError(f"Missing {name}")
-    for name in ("From", "To", "Call-ID", "CSeq"):
-        if counts[header_key(name)] > 1:
+    for key, name in _ONCE:
+        if counts[key] > 1:
             raise RemoteProtocolError(f"Duplicate {name}")
     try:
         for value in message.headers.get_all("Via"):
-            parse_via(value)
+            parse_via_cached(value)
     except UriError as exc:
         raise RemoteProtocolError("Malformed Via") from exc
     for name in ("From", "To"):
         try:
-            parse_name_addr(message.headers.get(name) or "")
+            parse_name_addr_cached(message.headers.get(name) or "")
         except UriError as exc:
             raise RemoteProtocolError(f"Malformed {name}") from exc
     if not (message.call_id or "").strip():

@@ -15,6 +15,7 @@ from sipserver.settings import PeerSettings
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.message import ParseLimits
+from sipserver.transport.direct import DirectStream
 
 log = structlog.get_logger("sipserver")
 _connection_ids = itertools.count(1)
@@ -55,8 +56,21 @@ class StreamConnection:
         self.messages_in = 0
         self.close_reason = "closed by peer"
         self._cancel: trio.CancelScope | None = None
+        self._writer_busy = False  # a write is under way: new bytes must queue behind it
+        self._direct: DirectStream | None = stream if hasattr(stream, "send_nowait") else None  # type: ignore[assignment]
 
     def _put(self, transmit: Transmit) -> None:
+        if (
+            self.queued_bytes == 0
+            and not self._writer_busy
+            and transmit.data
+            and not transmit.close_after
+            and self._direct is not None
+            and self._direct.send_nowait(transmit.data)
+        ):
+            if self._direct.has_unsent:  # the kernel took only part: the writer sends the rest
+                self._send.send_nowait((b"", False))
+            return
         try:
             self._send.send_nowait((transmit.data, transmit.close_after))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -172,7 +186,8 @@ class StreamConnection:
             self.queued_bytes -= len(data)
             if self.queued_bytes <= self.queue_limit // 2:
                 self._room.set()
-            if data:
+            if data or (self._direct is not None and self._direct.has_unsent):
+                self._writer_busy = True
                 try:
                     with trio.fail_after(send_timeout):
                         await self.stream.send_all(data)
@@ -182,6 +197,8 @@ class StreamConnection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self.close(f"connection broken while sending: {exc}")
                     return
+                finally:
+                    self._writer_busy = False
             if close_after:
                 self.close(self.close_reason)
                 return

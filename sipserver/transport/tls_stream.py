@@ -12,9 +12,18 @@ import contextlib
 
 import trio
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+from sipserver.transport.direct import raw_socket, send_some
 
 _CHUNK = 65536
 _OUT_CHUNK = 1 << 18  # larger than anything one send leaves in the BIO
+
+
+def _bio_bytes(bio: object) -> int:
+    """Bytes held in a memory BIO (BIO_get_mem_data with no pointer just counts them)."""
+    return int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
 
 
 class TLSStream(trio.abc.Stream):
@@ -25,10 +34,62 @@ class TLSStream(trio.abc.Stream):
         # so bytes from concurrent senders (and from the reader's post-handshake
         # messages) reach the wire in the order OpenSSL produced them.
         self._write_lock = trio.Lock()
-        self._read_guard = trio.StrictFIFOLock()
+        self._receiving = False
+        self._raw = raw_socket(transport) if isinstance(transport, trio.SocketStream) else None
+        self._unsent = b""  # ciphertext taken by send_nowait, not yet in the kernel
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Encrypt and write `data` at once if no write is under way; True when it was
+        taken (any ciphertext the kernel did not take goes out first on the next flush)."""
+        if self._unsent or self._raw is None or self._write_lock.locked():
+            return False
+        try:
+            self._encrypt(data)
+        except SSL.Error:
+            return False  # the writer task meets the error and closes the connection
+        wire = b""
+        while True:
+            try:
+                chunk = self.connection.bio_read(_OUT_CHUNK)
+            except SSL.WantReadError:
+                break
+            wire += chunk
+            if len(chunk) < _OUT_CHUNK:
+                break
+        sent = send_some(self._raw, wire)
+        self._unsent = wire[sent:]
+        return True
+
+    @property
+    def has_unsent(self) -> bool:
+        return bool(self._unsent)
+
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            sent = self.connection.send(bytes(view[:16384]))
+            view = view[sent:]
+
+    def _readable(self) -> bool:
+        """OpenSSL holds decrypted bytes, or received bytes it has not decrypted yet."""
+        bio = getattr(self.connection, "_into_ssl", None)
+        return bio is None or self.connection.pending() > 0 or _bio_bytes(bio) > 0
+
+    def _pending_out(self) -> bool:
+        """Bytes waiting in OpenSSL's outgoing BIO (asked without raising WantReadError)."""
+        bio = getattr(self.connection, "_from_ssl", None)
+        return bio is None or _bio_bytes(bio) > 0
 
     async def _flush(self) -> None:
-        async with self._write_lock:
+        # Uncontended (the usual case) the lock is taken without a trip to the scheduler.
+        try:
+            self._write_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._write_lock.acquire()
+        try:
+            if self._unsent:
+                unsent, self._unsent = self._unsent, b""
+                await self.transport.send_all(unsent)
             while True:
                 try:
                     data = self.connection.bio_read(_OUT_CHUNK)
@@ -39,6 +100,8 @@ class TLSStream(trio.abc.Stream):
                 await self.transport.send_all(data)
                 if len(data) < _OUT_CHUNK:
                     return  # the BIO is empty: no need to ask (and catch WantReadError)
+        finally:
+            self._write_lock.release()
 
     async def _fill(self) -> bool:
         data = await self.transport.receive_some(_CHUNK)
@@ -69,30 +132,43 @@ class TLSStream(trio.abc.Stream):
             return
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        async with self._read_guard:
-            while True:
-                try:
-                    return self.connection.recv(max_bytes or _CHUNK)
-                except SSL.WantReadError:
-                    pass
-                except SSL.ZeroReturnError:
-                    return b""
-                except SSL.SysCallError as exc:
-                    if exc.args and exc.args[0] == -1:
-                        return b""  # EOF without close_notify: SIP framing is by Content-Length
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                except SSL.Error as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                await self._flush()
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            return await self._receive(max_bytes)
+        finally:
+            self._receiving = False
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
+        while True:
+            if not self._readable():
+                # Nothing decrypted and nothing to decrypt: read the socket first rather
+                # than let OpenSSL say so with an exception.
+                if self._pending_out():
+                    await self._flush()
                 if not await self._fill():
                     return b""
+            try:
+                return self.connection.recv(max_bytes or _CHUNK)
+            except SSL.WantReadError:
+                pass
+            except SSL.ZeroReturnError:
+                return b""
+            except SSL.SysCallError as exc:
+                if exc.args and exc.args[0] == -1:
+                    return b""  # EOF without close_notify: SIP framing is by Content-Length
+                raise trio.BrokenResourceError(str(exc)) from exc
+            except SSL.Error as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if self._pending_out():
+                await self._flush()  # e.g. a TLS 1.3 key update or session ticket
+            if not await self._fill():
+                return b""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                sent = self.connection.send(bytes(view[:16384]))
-                view = view[sent:]
+            self._encrypt(data)
         except SSL.Error as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
         await self._flush()
