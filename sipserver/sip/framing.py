@@ -13,7 +13,24 @@ from sipserver.sip.message import ParseLimits
 
 _HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
 _CR_LF = (13, 10)
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*?)[ \t]*\r?$", re.I | re.M)
+
+
+def content_lengths(head: bytes) -> set[bytes]:
+    """The values of every Content-Length (or compact `l`) header line in a message head.
+    One pass of C-level searches over the lowered head, not a regex per line."""
+    lowered = head.lower()
+    found: set[bytes] = set()
+    for marker in (b"\ncontent-length", b"\nl"):
+        start = lowered.find(marker)
+        while start != -1:
+            rest = start + len(marker)
+            end = lowered.find(b"\n", rest)
+            line = head[rest : len(head) if end == -1 else end].rstrip(b"\r")
+            name_rest = line.lstrip(b" \t")
+            if name_rest.startswith(b":"):
+                found.add(name_rest[1:].strip(b" \t"))
+            start = lowered.find(marker, rest)
+    return found
 
 
 class KeepAlivePing:
@@ -78,7 +95,7 @@ class StreamFramer:
                 raise FramingError("Message Too Large", 513)
             return None
         head = bytes(buffer[: match.start()])
-        lengths = {m.group(1) for m in _CONTENT_LENGTH.finditer(head)}
+        lengths = content_lengths(head)
         if not lengths:
             raise FramingError("Missing Content-Length", 400, head)
         if len(lengths) > 1:

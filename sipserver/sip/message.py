@@ -27,8 +27,7 @@ from sipserver.sip.via import Via, parse_via
 SIP_VERSION = "SIP/2.0"
 _LINE_SPLIT_TEXT = re.compile(r"\r\n|\n")
 _HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
-_STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) ?(.*)$")
-_REQUEST_LINE = re.compile(r"^(\S+) (\S+) SIP/(\d+\.\d+)$")
+_VERSION = re.compile(r"^\d+\.\d+$")
 _FOLD = re.compile(r"\r?\n[ \t]+")
 
 
@@ -203,14 +202,8 @@ class Message:
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
 
 
-@functools.lru_cache(maxsize=4096)
-def parse_via_cached(text: str) -> Via:
-    return parse_via(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_name_addr_cached(text: str) -> NameAddr:
-    return parse_name_addr(text)
+parse_via_cached = parse_via  # both parsers remember recent texts
+parse_name_addr_cached = parse_name_addr
 
 
 @functools.lru_cache(maxsize=1024)
@@ -332,25 +325,33 @@ def _make_header(raw: str) -> Header:
 
 def _parse_start_line(line: str, headers: Headers) -> Message:
     if line.startswith("SIP/"):
-        match = _STATUS_LINE.match(line)
-        if not match:
+        version, _, rest = line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not (len(code) == 3 and code.isascii() and code.isdigit()) or (
+            version != SIP_VERSION and not _VERSION.match(version[4:])
+        ):
             raise ParseError("Malformed Status-Line", partial=Response(headers))
-        if match.group(1) != "2.0":
+        if version != SIP_VERSION:
             raise ParseError("Version Not Supported", 505, partial=Response(headers))
-        status = int(match.group(2))
+        status = int(code)
         if not 100 <= status <= 699:
             raise ParseError("Status code out of range", partial=Response(headers))
-        return Response(headers, status=status, reason=match.group(3))
-    match = _REQUEST_LINE.match(line)
-    if not match:
+        return Response(headers, status=status, reason=reason)
+    parts = line.split(" ")
+    if (
+        len(parts) != 3
+        or len(line.split()) != 3  # no other whitespace anywhere
+        or not parts[2].startswith("SIP/")
+        or (parts[2] != SIP_VERSION and not _VERSION.match(parts[2][4:]))
+    ):
         method = line.split(" ", 1)[0]
         partial = Request(headers, method=method if TOKEN_RE.match(method) else "")
         raise ParseError("Malformed Request-Line", partial=partial)
-    method, uri, version = match.groups()
+    method, uri, version = parts
     if not TOKEN_RE.match(method):
         raise ParseError("Malformed method", partial=Request(headers))
     request = Request(headers, method=method, uri=uri)
-    if version != "2.0":
+    if version != SIP_VERSION:
         raise ParseError("Version Not Supported", 505, partial=request)
     return request
 

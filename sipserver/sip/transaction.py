@@ -74,6 +74,12 @@ class Action(enum.Enum):
 
 
 S, I, A = State, Input, Action  # noqa: E741 -- short names keep the tables readable
+# START_x and BACKOFF_x actions: (starting?, timer name), worked out once.
+_TIMER_ACTIONS = {
+    action: (action.name.startswith("START_"), action.value[-1])
+    for action in Action
+    if action.name.startswith(("START_", "BACKOFF_"))
+}
 Table = dict[tuple[State, Input], tuple[State, tuple[Action, ...]]]
 
 SERVER_INVITE: Table = {
@@ -240,15 +246,16 @@ class Transaction:
         handler = _ACTIONS.get(action)
         if handler is not None:
             return handler(self, message, event)
-        name = action.value[-1]
         if action is A.STOP_TIMERS:
             self._deadlines.clear()
-        elif action.name.startswith("START_"):
+            return []
+        starting, name = _TIMER_ACTIONS[action]
+        if starting:
             interval = self._initial_interval(name)
             if interval is not None:
                 self._intervals[name] = interval
                 self._deadlines[name] = now + interval
-        elif action.name.startswith("BACKOFF_"):
+        else:
             interval = self._intervals[name] * 2
             if name in ("E", "G"):
                 interval = min(interval, self.timers.t2)

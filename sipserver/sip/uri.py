@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
+@functools.lru_cache(maxsize=4096)  # results are immutable: each text is parsed once
 def parse_uri(text: str) -> SipUri:
     """Parse a sip: or sips: URI. Raises UriError for other schemes or bad syntax."""
     text = text.strip()
@@ -150,6 +152,7 @@ def _angle_outside_quotes(text: str) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     open_at = _angle_outside_quotes(text)

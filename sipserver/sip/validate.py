@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sipserver.sip.errors import RemoteProtocolError
-from sipserver.sip.message import Message, Request, parse_name_addr_cached, parse_via_cached
+from sipserver.sip.message import Message, Request, parse_name_addr_cached
 from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_uri
 
 KNOWN_METHODS = frozenset(
@@ -48,9 +48,10 @@ def check_envelope(message: Message) -> None:
     for key, name in _ONCE:
         if counts[key] > 1:
             raise RemoteProtocolError(f"Duplicate {name}")
+    # The top Via is what responses are routed and transactions matched by; the others are
+    # copied as they are (a response's are the next hops' business).
     try:
-        for value in message.headers.get_all("Via"):
-            parse_via_cached(value)
+        message.top_via  # noqa: B018 -- parses it
     except UriError as exc:
         raise RemoteProtocolError("Malformed Via") from exc
     for name in ("From", "To"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 from sipserver.sip.headers import Params, format_params, parse_params
@@ -43,6 +44,7 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
+@functools.lru_cache(maxsize=4096)  # results are immutable: each text is parsed once
 def parse_via(text: str) -> Via:
     """Parse one via-parm (one element of a comma-separated Via header)."""
     protocol, _, rest = text.strip().partition(" ")

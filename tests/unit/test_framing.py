@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sipserver.sip.framing import PING, FramingError, StreamFramer
+from sipserver.sip.framing import PING, FramingError, StreamFramer, content_lengths
 from sipserver.sip.message import ParseLimits
 
 
@@ -55,3 +55,18 @@ def test_a_lone_crlf_waits_for_more() -> None:
     framer = StreamFramer()
     assert framer.feed(b"\r\n") == []
     assert framer.feed(b"\r\n") == [PING]
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 12\r\nVia: x", {b"12"}),
+        (b"X\r\nl:5\r\nlx: 3\r\nContent-Length : 7 \r\ncontent-length:\t9", {b"5", b"7", b"9"}),
+        (b"X\r\nL: 1", {b"1"}),
+        (b"X\r\nContent-Lengthy: 4\r\nX-Content-Length: 5", set()),
+        (b"X\r\nContent-Length: 12 34", {b"12 34"}),  # then refused as malformed
+        (b"Content-Length: 3\r\nVia: x", set()),  # the start line is no header
+    ],
+)
+def test_content_length_values_are_found_in_any_spelling(head: bytes, expected: set[bytes]) -> None:
+    assert content_lengths(head) == expected
