@@ -30,7 +30,7 @@ def drain(stream: object, copy_to: Path | None = None) -> None:
     """Keep reading a child's output so its pipe never fills (optionally into a file)."""
 
     def run() -> None:
-        with open(copy_to or os.devnull, "a") as sink:
+        with open(copy_to or os.devnull, "a", buffering=1) as sink:
             for line in stream:  # type: ignore[attr-defined]
                 sink.write(line)
 

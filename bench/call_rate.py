@@ -30,6 +30,7 @@ from tests.certs import Issued, make_ca, make_leaf
 from tests.e2e.sipp_scenarios import call_uac, call_uas
 
 SERVER_LOG: Path | None = None  # --server-log: keep the server's JSON log there
+SHED_OK = False  # --overload: a 503 with Retry-After (load shed) ends a call well
 
 
 def start_bench_server(
@@ -54,6 +55,12 @@ def start_bench_server(
     return proc, ports["udp"], ports["tls"]
 
 
+def _routed() -> int:
+    if SERVER_LOG is None or not SERVER_LOG.exists():
+        return 0
+    return SERVER_LOG.read_text().count('"event":"call_routed"')
+
+
 def step(
     work: Path,
     transport: str,
@@ -65,7 +72,8 @@ def step(
 ) -> dict[str, float]:
     calls = max(1, int(rate * seconds))
     sipp_t = "u1" if transport == "udp" else "t1"  # t1: one TCP connection each way
-    uac, uas = call_uac(work / "uac.xml"), call_uas(work / "uas.xml")
+    uac = call_uac(work / "uac.xml", shed_retry_after=5 if SHED_OK else None)
+    uas = call_uas(work / "uas.xml")
     for old in work.glob("uac_*_rtt.csv"):
         old.unlink()
     callee = subprocess.Popen(
@@ -90,6 +98,7 @@ def step(
         cwd=work,
     )
     started = time.monotonic()
+    routed_before = _routed()
     cpu_before = cpu_seconds(server_pid)
     result = subprocess.run(
         [
@@ -127,8 +136,14 @@ def step(
     callee.kill()
     callee.wait(10)
     answered, failed = sipp_counts(result.stdout, calls)
+    shed = 0
+    if SHED_OK:  # sipp's successes include the shed calls: the server says which were routed
+        time.sleep(1)
+        routed = _routed() - routed_before
+        shed, answered = answered - routed, routed
     return {
         "ok": answered,
+        "shed": shed,
         "failed": failed,
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
@@ -145,9 +160,18 @@ def main() -> int:
     parser.add_argument("--transports", default="udp,tcp,tls")
     parser.add_argument("--max-p99", type=float, default=200.0)
     parser.add_argument("--server-log", type=Path, help="append the server's JSON log to this file")
+    parser.add_argument(
+        "--overload",
+        action="store_true",
+        help="count a 503 + Retry-After (the server shedding load) as a well-ended call; "
+        "answered calls are then the server's call_routed lines",
+    )
     args = parser.parse_args()
-    global SERVER_LOG
-    SERVER_LOG = args.server_log
+    global SERVER_LOG, SHED_OK
+    SHED_OK = args.overload
+    SERVER_LOG = args.server_log or (
+        Path(tempfile.mkdtemp()) / "server.log" if SHED_OK else None
+    )
     for tool in ("sipp", "stunnel4"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (apt-get install sip-tester stunnel4)", file=sys.stderr)
@@ -155,7 +179,7 @@ def main() -> int:
     rates = [int(r) for r in args.rates.split(",")]
     print(f"proxied calls, {args.seconds:g} s per step; setup time (INVITE -> 200) in ms")
     print(
-        f"{'transport':<9} {'rate':>5} {'answered':>9} {'failed':>7} {'calls/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'cpu ms':>7}"
+        f"{'transport':<9} {'rate':>5} {'answered':>9} {'shed':>5} {'failed':>7} {'calls/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'cpu ms':>7}"
     )
     ca = make_ca("bench CA")
     for transport in args.transports.split(","):
@@ -198,7 +222,8 @@ def main() -> int:
                     work, transport, caller_port, callee_port, rate, args.seconds, proc.pid
                 )
                 print(
-                    f"{transport:<9} {rate:>5} {result['ok']:>9} {result['failed']:>7} {result['achieved']:>8.1f} "
+                    f"{transport:<9} {rate:>5} {result['ok']:>9} {result['shed']:>5} {result['failed']:>7} "
+                    f"{result['achieved']:>8.1f} "
                     f"{result['p50']:>7.1f} {result['p90']:>7.1f} {result['p99']:>7.1f} "
                     f"{result['cpu_ms_per_call']:>7.2f}",
                     flush=True,

@@ -251,6 +251,19 @@ class LimitsSettings:
     send_queue_bytes: int = setting(
         1 << 20, "bytes queued for one peer before it counts as not reading", at_least(65536)
     )
+    overload_busy: float = setting(
+        0.98,
+        "share of the time the event loop may be busy (0-1) before new calls get 503; 0 = never",
+        lambda v: None if 0 <= v <= 1 else "must be between 0 (off) and 1",
+    )
+    overload_backlog_bytes: int = setting(
+        16384,
+        "unread bytes left after a read that mean we fall behind; 0 = busy alone decides",
+        not_negative,
+    )
+    overload_retry_after: int = setting(
+        5, "seconds, in the Retry-After of a 503 for a call shed in overload", not_negative
+    )
 
 
 @dataclass(frozen=True, slots=True)

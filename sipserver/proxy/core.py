@@ -18,6 +18,7 @@ from sipserver.proxy.connections import ConnectionDirectory, NoConnections
 from sipserver.proxy.events import (
     CallRedirected,
     CallRefused,
+    CallShed,
     Event,
     ResponseUnmatched,
 )
@@ -50,6 +51,8 @@ class CoreStatistics:
     """What the core can tell /metrics and /healthz, as values."""
 
     draining: bool
+    overloaded: bool
+    shed: int  # calls refused with 503 because of overload
     calls: dict[tuple[str, str, str], int]  # (dial plan, security, outcome) -> calls
     targets_up: tuple[tuple[str, bool], ...]  # health-checked targets
 
@@ -73,6 +76,10 @@ class SipCore:
         self.health_checks = HealthChecker(self.table, self._events, directory)
         self.intake = Intake(self.responder, self._events)
         self.draining = False
+        self.overloaded = False  # set by the shell while it cannot keep up
+        self.shed_ratio = 0.0  # the share of new calls refused with 503 while overloaded
+        self._shed_credit = 0.0
+        self.shed = 0  # calls refused because of overload, since start
         self.configure(config)
 
     # --- the shell's controls -----------------------------------------------------------
@@ -99,6 +106,18 @@ class SipCore:
         self._bound_ports = (sip_port, tls_port)
         self.configure(self.config)
 
+    def set_overloaded(self, overloaded: bool, shed_ratio: float = 1.0) -> None:
+        """While overloaded, refuse `shed_ratio` of new calls (spread evenly) with 503."""
+        self.overloaded = overloaded
+        self.shed_ratio = min(1.0, max(0.0, shed_ratio)) if overloaded else 0.0
+
+    def _shed_this_one(self) -> bool:
+        self._shed_credit += self.shed_ratio
+        if self._shed_credit >= 1.0:
+            self._shed_credit -= 1.0
+            return True
+        return False
+
     def start_drain(self) -> None:
         """From now on new calls get 503 + Retry-After; calls in flight finish."""
         self.draining = True
@@ -117,7 +136,9 @@ class SipCore:
 
     def statistics(self) -> CoreStatistics:
         targets = tuple((p.name, self.health.is_up(p)) for p in self.health_checks.targets)
-        return CoreStatistics(self.draining, dict(self.record.outcomes), targets)
+        return CoreStatistics(
+            self.draining, self.overloaded, self.shed, dict(self.record.outcomes), targets
+        )
 
     @property
     def health(self) -> HealthTable:
@@ -242,6 +263,13 @@ class SipCore:
             return self._cancel(tx, request, now)
         to = request.to
         in_dialog = to is not None and bool(to.tag)
+        if (
+            self.overloaded
+            and not in_dialog
+            and request.method == "INVITE"
+            and self._shed_this_one()
+        ):
+            return self._shed(tx, now)
         if self.draining and not in_dialog:
             return self.responder.answer(
                 tx,
@@ -263,6 +291,22 @@ class SipCore:
         if in_dialog:
             return self._in_dialog(tx, request, now)
         return self._route(tx, request, now)
+
+    def _shed(self, tx: ServerTransaction, now: float) -> list[Transmit]:
+        """Overloaded: a new call is refused at once, so the calls already admitted keep
+        the CPU they need (RFC 3261 §21.5.4: 503 with Retry-After)."""
+        self.shed += 1
+        self.record.count(None, "shed_503")
+        retry = str(self.config.limits.overload_retry_after)
+        return self.responder.answer(
+            tx,
+            503,
+            "Service Unavailable",
+            now,
+            headers=(("Retry-After", retry), self.responder.warning("Server overloaded")),
+            log_reason="server overloaded",
+            event=CallShed,
+        )
 
     def _refuse(
         self, tx: ServerTransaction, exc: RemoteProtocolError, now: float

@@ -144,6 +144,18 @@ class CallRedirected(Answered):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CallShed(Answered):
+    """A new call refused with 503 because the server is overloaded. At debug level: the
+    shell logs when overload starts and ends, with how many calls were shed."""
+
+    name = "call_shed"
+
+    @property
+    def log_level(self) -> str:
+        return "debug"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallFailed(Answered):
     """A call we were proxying ended with our own final answer (no target, cancelled...)."""
 

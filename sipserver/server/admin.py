@@ -78,6 +78,21 @@ class _Collector(Collector):
                 round(cert.info.days_left(snap.taken_at), 3),
             )
         yield days
+        overloaded = GaugeMetricFamily(
+            "sipserver_overloaded", "1 while new calls are refused with 503 because of load"
+        )
+        overloaded.add_metric([], 1 if snap.overloaded else 0)
+        yield overloaded
+        busy = GaugeMetricFamily(
+            "sipserver_event_loop_busy_ratio", "Share of the last window the event loop worked"
+        )
+        busy.add_metric([], snap.busy)
+        yield busy
+        shed = CounterMetricFamily(
+            "sipserver_calls_shed", "New calls refused with 503 because of overload"
+        )
+        shed.add_metric([], snap.calls_shed)
+        yield shed
         reloads = CounterMetricFamily(
             "sipserver_reloads", "Configuration reloads by result", labels=["result"]
         )
@@ -109,6 +124,9 @@ def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
         "problems": problems,
         "listeners": list(snap.listeners),
         "certificate": certificate,
+        # Shedding load is the server working as designed: still healthy, but say so.
+        "overloaded": snap.overloaded,
+        "calls_shed": snap.calls_shed,
     }
     return (200 if not problems else 503), body
 

@@ -22,11 +22,13 @@ from sipserver.server.admin import serve_admin
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
 from sipserver.server.event_log import log_event
+from sipserver.server.overload import OverloadGuard
 from sipserver.server.reload import Reloader
 from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
 from sipserver.server.streams import StreamService
 from sipserver.settings import Config
 from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.transport.direct import unread_bytes
 from sipserver.transport.listeners import Listener, Listeners, StartupError
 from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.streams import StreamConnection
@@ -57,8 +59,15 @@ class Server:
             config_path, overrides, lambda: self.config, self._apply, self.credentials, self.stats
         )
         self.drain = Drain(self.core, self.listeners)
+        self.overload = OverloadGuard(self.core, lambda: self.config)
         self.streams = StreamService(
-            lambda: self.config, self.core, self.pool, self.credentials, self.stats, self.dispatch
+            lambda: self.config,
+            self.core,
+            self.pool,
+            self.credentials,
+            self.stats,
+            self.dispatch,
+            self.overload.note_backlog,
         )
         self._timer_wakeup = trio.Event()
         self._timer_armed_for: float | None = None  # the deadline the timer task sleeps until
@@ -92,6 +101,7 @@ class Server:
                 # made after server_ready can be missed.
                 nursery.start_soon(self.reloader.watch, self.reloader.watched_files())
             nursery.start_soon(self._certificate_watch)
+            nursery.start_soon(self.overload.run)
             if handle_signals:
                 await nursery.start(
                     serve_signals,
@@ -130,6 +140,9 @@ class Server:
                 f"{item.transport}:{item.address}:{item.port}" for item in self.listeners.open
             ),
             draining=core.draining,
+            overloaded=core.overloaded,
+            calls_shed=core.shed,
+            busy=round(self.overload.busy, 3),
             tls_expected=Transport.TLS in self.config.server.transports,
             connections=dict(self.pool.count_by_transport()),
             tls_handshakes=dict(self.stats.tls_handshakes),
@@ -215,6 +228,7 @@ class Server:
 
     # --- UDP ---------------------------------------------------------------------------
     async def _serve_udp(self, sock: trio.socket.SocketType, local: tuple[str, int]) -> None:
+        raw = getattr(sock, "_sock", None)
         while True:
             limit = self.config.limits.max_message_bytes
             try:
@@ -222,6 +236,8 @@ class Server:
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("udp_receive_error", reason=exc.strerror)
                 continue
+            if waiting := unread_bytes(raw):  # datagrams waiting: are we falling behind?
+                self.overload.note_backlog(waiting)
             flow = Flow(Transport.UDP, local, (address[0], address[1]))
             if len(data) > limit:
                 log.warning(

@@ -64,6 +64,9 @@ class StatsSnapshot:
     taken_at: dt.datetime
     listeners: tuple[str, ...]
     draining: bool
+    overloaded: bool  # new calls are refused with 503 (server/overload.py)
+    calls_shed: int
+    busy: float  # share of the last window the event loop was at work
     tls_expected: bool  # a TLS listener is configured, so a certificate must be in use
     connections: dict[str, int]  # transport -> open
     tls_handshakes: dict[tuple[str, str], int]

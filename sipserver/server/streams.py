@@ -36,7 +36,9 @@ class StreamService:
         credentials: Credentials,
         stats: ServerStats,
         dispatch: Dispatch,
+        on_backlog: Callable[[int], None] | None = None,
     ) -> None:
+        self._on_backlog = on_backlog
         self._config = config
         self.core = core
         self.pool = pool
@@ -272,6 +274,7 @@ class StreamService:
             self._message,
             self._framing_lost,
             keepalive_interval=limits.keepalive_interval if keepalive else 0.0,
+            on_backlog=self._on_backlog,
         )
 
     async def _message(self, connection: StreamConnection, data: bytes) -> None:

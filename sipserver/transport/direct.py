@@ -5,7 +5,10 @@ load this saves a wake-up of the writer for every message sent."""
 
 from __future__ import annotations
 
+import array
+import fcntl
 import socket
+import termios
 from typing import Protocol
 
 import trio
@@ -16,6 +19,8 @@ class DirectStream(Protocol):
 
     def send_nowait(self, data: bytes) -> bool: ...
 
+    def unread(self) -> int: ...
+
     @property
     def has_unsent(self) -> bool: ...
 
@@ -24,6 +29,18 @@ def raw_socket(stream: trio.SocketStream) -> socket.socket | None:
     """The non-blocking stdlib socket under a trio SocketStream (None if trio hides it)."""
     sock = getattr(stream.socket, "_sock", None)
     return sock if isinstance(sock, socket.socket) else None
+
+
+def unread_bytes(sock: socket.socket | None) -> int:
+    """Bytes the kernel holds for us that we have not read yet (FIONREAD): a backlog."""
+    if sock is None:
+        return 0
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count, True)
+    except OSError:
+        return 0
+    return count[0]
 
 
 def send_some(sock: socket.socket | None, data: bytes) -> int:
@@ -57,6 +74,9 @@ class PlainStream(trio.abc.Stream):
     @property
     def has_unsent(self) -> bool:
         return bool(self._unsent)
+
+    def unread(self) -> int:
+        return unread_bytes(self._raw)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._unsent:

@@ -56,6 +56,7 @@ class StreamConnection:
         self.messages_in = 0
         self.close_reason = "closed by peer"
         self._cancel: trio.CancelScope | None = None
+        self._on_backlog: Callable[[int], None] | None = None
         self._writer_busy = False  # a write is under way: new bytes must queue behind it
         self._direct: DirectStream | None = stream if hasattr(stream, "send_nowait") else None  # type: ignore[assignment]
 
@@ -114,7 +115,9 @@ class StreamConnection:
         on_message: Callable[[StreamConnection, bytes], Awaitable[None]],
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
         keepalive_interval: float = 0.0,
+        on_backlog: Callable[[int], None] | None = None,
     ) -> None:
+        self._on_backlog = on_backlog
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
             nursery.start_soon(self._writer, send_timeout)
@@ -143,6 +146,12 @@ class StreamConnection:
                     return
                 if not data:
                     return
+                if self._on_backlog is not None and self._direct is not None:
+                    # Bytes still waiting after this read: the peer sends faster than we
+                    # handle (what the overload guard listens for).
+                    waiting = self._direct.unread()
+                    if waiting:
+                        self._on_backlog(waiting)
                 try:
                     items = framer.feed(data)
                 except FramingError as exc:

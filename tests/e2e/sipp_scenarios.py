@@ -99,9 +99,11 @@ def call_uac(
     extra: str = "",
     checks_on_200: dict[str, str] | None = None,
     cancel: bool = False,
+    shed_retry_after: int | None = None,
 ) -> Path:
     """INVITE, provisional(s), then either 200/ACK/BYE/200 or (cancel=True) CANCEL after
-    the 180, 200 for the CANCEL, 487 and its ACK."""
+    the 180, 200 for the CANCEL, 487 and its ACK. With `shed_retry_after`, a 503 carrying
+    that Retry-After (an overloaded server shedding the call) also ends the call well."""
     actions, uses = _checks(checks_on_200, "ok")
     invite = _invite(proto, crypto, extra)
     if cancel:
@@ -141,6 +143,32 @@ def call_uac(
 """
         )
     else:
+        shed = ""
+        if shed_retry_after is not None:
+            invite += f"""  <recv response="503" optional="true" next="shed">
+    <action><ereg regexp="^ *{shed_retry_after}$" search_in="hdr" header="Retry-After:"
+      check_it="true" assign_to="retry"/></action>
+  </recv>
+"""
+            shed = """  <nop next="end"/>
+  <label id="shed"/>
+  <send>
+    <![CDATA[
+
+      ACK sip:[service]@sip.example.test SIP/2.0
+      [last_Via:]
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <nop><action><log message="shed, Retry-After [$retry]"/></action></nop>
+  <label id="end"/>
+"""
         body = (
             invite
             + f"""  <recv response="180" optional="true"/>
@@ -180,6 +208,7 @@ def call_uac(
   <recv response="200" crlf="true"/>
   <nop><action><log message="checked {uses}"/></action></nop>
 """
+            + shed
         )
     path.write_text(
         f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="call">\n{body}</scenario>\n'

@@ -26,11 +26,6 @@ def plan(security: str, targets: list[tuple[str, int, str]], action: str = "prox
     peers = "".join(peer(name, port=port, transport=transport) for name, port, transport in targets)
     names = [name for name, _, _ in targets]
     return peers + dial_plan("main", security, names, numbers=["5xxx", "+1425*"], action=action)
-    names = ", ".join(f'"{name}"' for name, _, _ in targets)
-    return (
-        f'{peers}[[dial_plan]]\nname = "main"\nsecurity = "{security}"\nnumbers = ["5xxx", "+1425*"]\n'
-        f'from = ["gw1"]\naction = "{action}"\ntargets = [{names}]\n'
-    )
 
 
 def test_unsecured_call_over_udp_completes_with_bye_through_record_route(

@@ -222,3 +222,29 @@ def test_relay_memory_for_2xx_retransmissions_is_bounded_in_time() -> None:
     )  # a later 2xx prunes expired entries
     assert list(core.forwarder.answered) == [forwarded2.top_via.branch]  # type: ignore[union-attr]
     assert core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 41.0) == []
+
+
+def test_overloaded_core_sheds_new_calls_but_keeps_admitted_ones_and_dialogs() -> None:
+    core, out = start()  # a call admitted before the overload
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    core.set_overloaded(True)
+    # The admitted call is answered and hung up through us as usual.
+    ok = core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 0.2)
+    assert [m.status for m in to(ok, CALLER.remote) if isinstance(m, Response)] == [200]
+    # A new call gets 503 with Retry-After and a Warning at once; nothing goes to a target.
+    second = core.receive_datagram(invite().replace(b"caller1", b"caller2"), CALLER, 0.3)
+    replies = to(second, CALLER.remote)
+    assert [m.status for m in replies if isinstance(m, Response)] == [503]
+    assert replies[0].headers.get("Retry-After") == "5"
+    assert "Server overloaded" in (replies[0].headers.get("Warning") or "")
+    assert to(second, ("192.0.2.20", 5060)) == []
+    stats = core.statistics()
+    assert stats.overloaded and stats.shed == 1
+    assert stats.calls[("", "", "shed_503")] == 1
+    # Over again: new calls are routed.
+    core.set_overloaded(False)
+    third = core.receive_datagram(invite().replace(b"caller1", b"caller3"), CALLER, 0.4)
+    assert [m.method for m in to(third, ("192.0.2.20", 5060)) if isinstance(m, Request)] == [
+        "INVITE"
+    ]
