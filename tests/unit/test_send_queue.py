@@ -54,3 +54,29 @@ async def test_own_answers_wait_for_room_then_time_out(
             await connection.send(Transmit(FLOW, b"y" * CHUNK), timeout=0.5)
     assert connection.close_reason == "send queue stayed full for 0.5 s (limits.send_timeout)"
     assert trio.current_time() == 0.5
+
+
+async def test_direct_writes_and_the_writer_keep_the_order_of_messages() -> None:
+    """Messages go straight to the kernel while it has room, the rest through the writer
+    task; whatever the split, the peer reads them in the order they were queued."""
+    import socket
+
+    from sipserver.transport.direct import PlainStream
+
+    ours, theirs = trio.socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # force partial writes
+    stream = PlainStream(trio.SocketStream(ours))
+    connection = StreamConnection(stream, FLOW, None, queue_limit=1 << 22)
+    messages = [f"message {n:05d} ".encode() * 40 for n in range(300)]
+    received = bytearray()
+    peer = trio.SocketStream(theirs)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run, ParseLimits(), 300.0, 300.0, _nothing, _nothing)
+        await trio.testing.wait_all_tasks_blocked()
+        for data in messages:
+            connection.queue(Transmit(FLOW, data))
+        with trio.fail_after(10):
+            while len(received) < sum(map(len, messages)):
+                received += await peer.receive_some(65536)
+        nursery.cancel_scope.cancel()
+    assert bytes(received) == b"".join(messages)
