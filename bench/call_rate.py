@@ -169,9 +169,7 @@ def main() -> int:
     args = parser.parse_args()
     global SERVER_LOG, SHED_OK
     SHED_OK = args.overload
-    SERVER_LOG = args.server_log or (
-        Path(tempfile.mkdtemp()) / "server.log" if SHED_OK else None
-    )
+    SERVER_LOG = args.server_log or (Path(tempfile.mkdtemp()) / "server.log" if SHED_OK else None)
     for tool in ("sipp", "stunnel4"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (apt-get install sip-tester stunnel4)", file=sys.stderr)

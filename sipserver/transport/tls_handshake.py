@@ -143,6 +143,7 @@ async def tls_handshake(
             return TlsRefused("target_refused_our_certificate", refused.detail)
         return refused
 
+    connection.set_app_data(None)  # the verify record served the handshake: let it go
     leaf = connection.get_peer_certificate(as_cryptography=True)
     if leaf is None:  # inbound, VERIFY_FAIL_IF_NO_PEER_CERT prevents this; refuse anyway
         if outbound:
