@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--hold", type=float, default=10.0, help="seconds of keep-alives")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections * 2 + 100), hard))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
