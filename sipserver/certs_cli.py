@@ -1,4 +1,4 @@
-"""`sipserver certs show | export | lab-pki`."""
+"""`sipserver certs show | peers | export | lab-pki`."""
 
 from __future__ import annotations
 
@@ -159,4 +159,56 @@ def lab_pki(out: Path, server: str, peers: list[str]) -> int:
               as its certificate, and peers/<fqdn>/ca.crt in its trust store.
   peers:      {", ".join(peers) or "(none)"}
   keep ca/ca.key away from the lab machines: it can sign certificates every peer trusts.""")
+    return 0
+
+
+def peer_rows(config: Config, now: dt.datetime) -> list[dict[str, Any]]:
+    """One row per allow-listed peer, in config order: its last certificate or never seen."""
+    from sipserver.server.peer_watch import load_book
+
+    book = load_book(config.tls.peer_table)
+    rows: list[dict[str, Any]] = []
+    for peer in config.peers:
+        record = book.records.get(peer.name)
+        if record is None or record.fqdn != peer.fqdn:
+            rows.append({"peer": peer.name, "fqdn": peer.fqdn, "status": "never seen"})
+            continue
+        days = record.days_left(now)
+        warn = config.tls.peer_expiry_warning_days
+        status = "expired" if days <= 0 else "expiring" if days <= warn else "ok"
+        rows.append(
+            {
+                "peer": peer.name,
+                "fqdn": peer.fqdn,
+                "status": status,
+                "days_left": round(days, 1),
+                **record.to_json(),
+            }
+        )
+    return rows
+
+
+def peers(config: Config, as_json: bool) -> int:
+    now = dt.datetime.now(dt.UTC)
+    rows = peer_rows(config, now)
+    if as_json:
+        print(
+            json.dumps(
+                {"config": config.source, "table": str(config.tls.peer_table), "peers": rows},
+                indent=2,
+            )
+        )
+        return 0
+    print(f"config {config.source}; peer table {config.tls.peer_table}")
+    for row in rows:
+        if row["status"] == "never seen":
+            print(f"{row['peer']} ({row['fqdn']}): never seen")
+            continue
+        print(
+            f"{row['peer']} ({row['fqdn']}): {row['status']}, {row['days_left']} days left "
+            f"(until {row['not_after']}{', trust anchor first' if row['anchor_not_after'] and row['anchor_not_after'] < row['not_after'] else ''})\n"
+            f"  subject {row['subject']}; issuer {row['issuer']}; serial {row['serial']}\n"
+            f"  SHA-1 {row['thumbprint_sha1']}; matched {row['matched']}; {row['direction']}\n"
+            f"  first seen {row['first_seen']}, last seen {row['last_seen']}"
+        )
     return 0

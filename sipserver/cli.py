@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--config", "-c", type=Path)
     export.add_argument("--der", action="store_true", help="DER instead of PEM")
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    peers = certs_sub.add_parser(
+        "peers", help="every allow-listed peer's last certificate, days to expiry, last seen"
+    )
+    peers.add_argument("--config", "-c", type=Path)
+    peers.add_argument("--json", action="store_true")
     lab = certs_sub.add_parser(
         "lab-pki", help="a CA, a server certificate and one per peer, for an interop lab"
     )
@@ -171,6 +176,8 @@ def _certs(args: argparse.Namespace) -> int:
         return 2
     if args.certs_command == "show":
         return certs_cli.show(config, args.json)
+    if args.certs_command == "peers":
+        return certs_cli.peers(config, args.json)
     return certs_cli.export(config, args.der, args.out)
 
 

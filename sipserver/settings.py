@@ -234,6 +234,12 @@ class TlsSettings:
     certificate_check_interval: float = setting(
         3600.0, "seconds between expiry checks and re-selection", positive
     )
+    peer_expiry_warning_days: int = setting(
+        30, "days before a peer certificate's expiry that warnings start", at_least(1)
+    )
+    peer_table: Path = setting(
+        Path("peers.json"), "the peers' last certificates (default: <state dir>/peers.json)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

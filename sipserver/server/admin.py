@@ -78,6 +78,14 @@ class _Collector(Collector):
                 round(cert.info.days_left(snap.taken_at), 3),
             )
         yield days
+        peer_days = GaugeMetricFamily(
+            "sipserver_peer_certificate_days_to_expiry",
+            "Days until the last certificate a peer presented (or its trust anchor) expires",
+            labels=["peer"],
+        )
+        for peer, days_left in snap.peer_days_left:
+            peer_days.add_metric([peer], days_left)
+        yield peer_days
         overloaded = GaugeMetricFamily(
             "sipserver_overloaded", "1 while new calls are refused with 503 because of load"
         )
@@ -127,6 +135,8 @@ def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
         # Shedding load is the server working as designed: still healthy, but say so.
         "overloaded": snap.overloaded,
         "calls_shed": snap.calls_shed,
+        # A peer certificate about to expire is the peer's problem to fix: still 200.
+        "peers_expiring": list(snap.peers_expiring),
     }
     return (200 if not problems else 503), body
 

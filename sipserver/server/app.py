@@ -23,6 +23,7 @@ from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
 from sipserver.server.event_log import log_event
 from sipserver.server.overload import OverloadGuard
+from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.reload import Reloader
 from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
 from sipserver.server.streams import StreamService
@@ -60,6 +61,7 @@ class Server:
         )
         self.drain = Drain(self.core, self.listeners)
         self.overload = OverloadGuard(self.core, lambda: self.config)
+        self.peer_watch = PeerWatch(lambda: self.config, self.credentials)
         self.streams = StreamService(
             lambda: self.config,
             self.core,
@@ -67,6 +69,7 @@ class Server:
             self.credentials,
             self.stats,
             self.dispatch,
+            self.peer_watch,
             self.overload.note_backlog,
         )
         self._timer_wakeup = trio.Event()
@@ -86,6 +89,17 @@ class Server:
                 self.credentials.install(self.credentials.prepare(cfg, _now()), cfg)
             except CertificateSetupError as exc:
                 raise StartupError(str(exc)) from exc
+        self.peer_watch.load()
+        try:
+            await self._serve(task_status, handle_signals)
+        finally:
+            self.peer_watch.save(_now())
+        log.info("server_stopped")
+
+    async def _serve(
+        self, task_status: trio.TaskStatus[list[Listener]], handle_signals: bool
+    ) -> None:
+        cfg = self.config
         async with trio.open_nursery() as nursery:
             self.streams.nursery = nursery
             await self.listeners.start(
@@ -120,7 +134,6 @@ class Server:
             if admin is not None:
                 await nursery.start(serve_admin, self.snapshot, admin[0], admin[1])
             task_status.started(list(self.listeners.open))
-        log.info("server_stopped")
 
     def _apply(self, new: Config, credentials: ServerCredentials | None) -> None:
         """Swap in a validated configuration (and its certificates) at once."""
@@ -134,8 +147,9 @@ class Server:
     def snapshot(self) -> StatsSnapshot:
         """Everything /healthz and /metrics show, as values."""
         core = self.core.statistics()
+        now = _now()
         return StatsSnapshot(
-            taken_at=_now(),
+            taken_at=now,
             listeners=tuple(
                 f"{item.transport}:{item.address}:{item.port}" for item in self.listeners.open
             ),
@@ -153,6 +167,8 @@ class Server:
                 CertificateState(role, info) for role, info in self.credentials.in_use()
             ),
             reloads=dict(self.stats.reloads),
+            peer_days_left=tuple(self.peer_watch.days_left(now)),
+            peers_expiring=tuple(self.peer_watch.expiring(now)),
         )
 
     # --- time ---------------------------------------------------------------------------
@@ -175,6 +191,7 @@ class Server:
         still-valid certificate when one is there."""
         while True:
             self.credentials.check(self.config, _now())
+            self.peer_watch.check(_now())
             await trio.sleep(self.config.tls.certificate_check_interval)
 
     # --- sending --------------------------------------------------------------------------

@@ -57,6 +57,15 @@ class Credentials:
     def note_issuer(self, peer: str, issuer: str) -> None:
         self._peers_by_issuer.setdefault(issuer, set()).add(peer)
 
+    def anchor_named(self, subject: str) -> CertInfo | None:
+        """The trust anchor with this subject (a peer's issuer), if we hold it."""
+        if self.current is None:
+            return None
+        return next(
+            (info for info in map(describe, self.current.trust_anchors) if info.subject == subject),
+            None,
+        )
+
     def in_use(self) -> list[tuple[str, CertInfo]]:
         """(role, certificate) for our certificate and each trust anchor."""
         if self.current is None:

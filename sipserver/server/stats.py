@@ -75,3 +75,5 @@ class StatsSnapshot:
     targets_up: tuple[tuple[str, bool], ...]
     certificates: tuple[CertificateState, ...]
     reloads: dict[str, int]
+    peer_days_left: tuple[tuple[str, float], ...] = ()  # allow-listed peers' certificates
+    peers_expiring: tuple[str, ...] = ()  # within tls.peer_expiry_warning_days

@@ -4,6 +4,7 @@ message to the core. Each connection lives in the connection pool while it is op
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ import trio
 from sipserver.errors import SipServerError
 from sipserver.proxy.core import SipCore
 from sipserver.server.credentials import Credentials
+from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.stats import ServerStats
 from sipserver.settings import Config, PeerSettings
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
@@ -24,6 +26,12 @@ from sipserver.transport.streams import StreamConnection, next_connection_id
 from sipserver.transport.tls_handshake import TlsAccepted, TlsRefused, tls_handshake
 
 log = structlog.get_logger("sipserver")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 Dispatch = Callable[[list[Transmit], StreamConnection | None], Awaitable[None]]
 
 
@@ -36,8 +44,10 @@ class StreamService:
         credentials: Credentials,
         stats: ServerStats,
         dispatch: Dispatch,
+        peer_watch: PeerWatch,
         on_backlog: Callable[[int], None] | None = None,
     ) -> None:
+        self.peer_watch = peer_watch
         self._on_backlog = on_backlog
         self._config = config
         self.core = core
@@ -137,6 +147,7 @@ class StreamService:
         self.stats.tls_handshakes[outcome] += 1
         if isinstance(result, TlsRefused):
             cert_fields = result.certificate.log_fields("peer_cert_") if result.certificate else {}
+            self.peer_watch.refused(result.certificate, result.reason, _now())
             log.warning(
                 "tls_peer_refused",
                 reason=result.reason,
@@ -157,6 +168,9 @@ class StreamService:
             our_thumbprint_sha1=ours.thumbprint_sha1,
         )
         self.credentials.note_issuer(result.peer.name, result.certificate.issuer)
+        self.peer_watch.observed(
+            result.peer, result.certificate, result.identity_source, "inbound", _now()
+        )
         log.info(
             "tls_peer_accepted",
             identity_source=result.identity_source,
@@ -255,6 +269,9 @@ class StreamService:
             )
             raise _OutboundRefused(result.reason, result.detail, cert_fields)
         self.credentials.note_issuer(target.name, result.certificate.issuer)
+        self.peer_watch.observed(
+            target, result.certificate, result.identity_source, "outbound", _now()
+        )
         log.info(
             "tls_target_accepted",
             target_fqdn=target.fqdn,
