@@ -91,6 +91,10 @@ def test_an_expiring_gateway_certificate_is_warned_about_and_its_renewal_is_noti
     assert gw1["status"] == "ok" and gw1["serial"] == format(renewed.cert.serial_number, "X")
     assert gw1["direction"] == "inbound" and gw1["matched"] == "san_dns gw1.example.test"
     assert 399 < gw1["days_left"] <= 400
+    # A server started again on that table knows the peer at once.
+    table = server.workdir / "peers.json"
+    again = start_server(tls_extra=f'peer_table = "{table}"')
+    assert again.wait_for("peer_table_loaded")["peers"] == 1
 
 
 def test_a_target_pbx_certificate_is_known_from_its_health_check_before_any_call(
