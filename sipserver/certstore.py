@@ -150,14 +150,14 @@ def load_crls(folder: Path) -> list[LoadedCrl]:
 def write_generated(folder: Path, fqdn: str, now: dt.datetime, key_type: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     generated = generate_self_signed(fqdn, now, key_type=key_type)
-    stem = folder / f"selfsigned-{fqdn}"
-    key_path = stem.with_suffix(".key")
+    # Names are built whole: Path.with_suffix would take an FQDN's last label for a suffix.
+    key_path = folder / f"selfsigned-{fqdn}.key"
     # The key is created 0600 from the start: never world-readable, not even briefly.
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(generated.private_key_pem)
     os.chmod(key_path, 0o600)
-    cert_path = stem.with_suffix(".crt")
+    cert_path = folder / f"selfsigned-{fqdn}.crt"
     cert_path.write_bytes(generated.certificate_pem)
     return cert_path
 

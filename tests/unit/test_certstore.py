@@ -3,6 +3,7 @@ from a file or the environment, and the reasons files are skipped."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sipserver.certstore import (
     load_candidates,
     pkcs12_password,
     prepare_credentials,
+    write_generated,
 )
 from sipserver.config import parse_config
 from tests.certs import NOW, make_ca, make_leaf
@@ -99,3 +101,19 @@ def test_each_skipped_certificate_is_reported_once_across_reloads(tmp_path: Path
     skipped = [e for e in logs if e["event"] == "server_certificate_skipped"]
     assert len(skipped) == 1 and skipped[0]["path"].endswith("wrong-name.crt")
     assert len([e for e in logs if e["event"] == "server_certificate_selected"]) == 3
+
+
+def test_generated_certificates_keep_the_whole_fqdn_in_their_file_names(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    first = write_generated(tmp_path, "sip.example.test", now, "ec-p256")
+    second = write_generated(tmp_path, "sip.example.org", now, "ec-p256")
+    assert first.name == "selfsigned-sip.example.test.crt"
+    assert second.name == "selfsigned-sip.example.org.crt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "selfsigned-sip.example.org.crt",
+        "selfsigned-sip.example.org.key",
+        "selfsigned-sip.example.test.crt",
+        "selfsigned-sip.example.test.key",
+    ]
+    candidates, unreadable = load_candidates(tmp_path)
+    assert not unreadable and all(c.key is not None for c in candidates)

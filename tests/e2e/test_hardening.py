@@ -1,0 +1,50 @@
+"""What an outside probe found, kept fixed: attacker bytes never become metric series, and
+bytes that are not UTF-8 never make a log line that a strict JSON parser rejects."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import urllib.request
+
+import orjson
+import pytest
+
+from tests.e2e.conftest import StartServer
+from tests.e2e.sip_client import options, udp_exchange
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_garbage_flood_creates_no_metric_series_and_the_server_still_answers(
+    start_server: StartServer,
+) -> None:
+    server = start_server(extra_config='\n[admin]\naddress = "127.0.0.1:0"\n')
+    port = server.sip_port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for n in range(2000):  # every datagram starts with different "method" bytes
+            sock.sendto(os.urandom(8) + f"{n} sip:x SIP/2.0\r\n\r\n".encode(), ("127.0.0.1", port))
+    reply = udp_exchange("127.0.0.1", port, options("127.0.0.1", port))
+    assert reply.startswith(b"SIP/2.0 200 OK")
+    admin = server.wait_for("admin_listener_started")["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    series = [line for line in metrics.splitlines() if line.startswith("sipserver_messages_total")]
+    labels = {re.search(r'method_or_status="([^"]*)"', line).group(1) for line in series}  # type: ignore[union-attr]
+    assert labels <= {"OPTIONS", "other", "2xx", "4xx"}, labels
+    assert len(series) <= 8
+
+
+def test_header_bytes_that_are_not_utf8_are_logged_as_valid_utf8(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    port = server.sip_port
+    message = options("127.0.0.1", port).replace(b"@test\r\n", b"@te\xff\xfest\r\n", 1)
+    reply = udp_exchange("127.0.0.1", port, message)
+    assert reply.startswith(b"SIP/2.0 200 OK")
+    answered = server.wait_for("sip_request_answered", method="OPTIONS")
+    assert answered["call_id"].endswith("@te\\xff\\xfest")
+    for line in server.raw:  # orjson is strict: lone surrogates and bad UTF-8 are errors
+        orjson.loads(line)
