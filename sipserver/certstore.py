@@ -182,7 +182,9 @@ def prepare_credentials(
     for bad_path, reason in unreadable:
         if (bad_path, "", reason) not in reported:
             reported.add((bad_path, "", reason))
-            log.warning("server_certificate_skipped", path=bad_path, reason=reason)
+            # A certificate that was put there on purpose and cannot be opened (a wrong
+            # PKCS#12 password, most often) is an error, not a quiet fallback.
+            log.error("server_certificate_unreadable", path=bad_path, reason=reason)
     selection = choose_certificate(candidates, config.server.fqdn, now)
     for skipped in selection.skipped:
         key = (skipped.candidate.path, skipped.candidate.info.thumbprint_sha1, skipped.reason)

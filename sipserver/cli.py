@@ -146,11 +146,39 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folder_problems(config: Config) -> list[str]:
+    """What would make the server fall back silently at run time: a certificate or trust
+    folder that does not exist (the default state folders are created on first run), or a
+    certificate file, PKCS#12 included, that cannot be opened."""
+    from sipserver.certstore import CertificateSetupError, load_candidates, pkcs12_password
+    from sipserver.config.host import HostDefaults
+
+    state = HostDefaults.of_this_host().state_dir
+    problems = []
+    for key, folder, default in (
+        ("tls.certificate_dir", config.tls.certificate_dir, state / "certs" / "server"),
+        ("tls.trust_dir", config.tls.trust_dir, state / "certs" / "trust"),
+    ):
+        if not folder.is_dir() and folder != default:
+            problems.append(f"{key}: folder {folder} does not exist")
+    try:
+        _, unreadable = load_candidates(config.tls.certificate_dir, pkcs12_password(config))
+    except CertificateSetupError as exc:
+        return [*problems, str(exc)]
+    problems += [f"tls.certificate_dir: {path}: {why}" for path, why in unreadable]
+    return problems
+
+
 def _check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.path)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    problems = _folder_problems(config)
+    if problems:
+        for problem in problems:
+            print(f"error: {args.path}: {problem}", file=sys.stderr)
         return 1
     print(
         f"{args.path}: OK — fqdn {config.server.fqdn}, {len(config.peers)} peer(s), {len(config.dial_plans)} dial plan(s), "

@@ -117,3 +117,43 @@ def test_generated_certificates_keep_the_whole_fqdn_in_their_file_names(tmp_path
     ]
     candidates, unreadable = load_candidates(tmp_path)
     assert not unreadable and all(c.key is not None for c in candidates)
+
+
+def test_a_pkcs12_with_a_wrong_password_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    certs, trust = tmp_path / "server", tmp_path / "trust"
+    certs.mkdir()
+    trust.mkdir()
+    _p12(certs / "server.pfx", b"right")
+    (tmp_path / "password").write_text("wrong\n")
+    config = parse_config(
+        f'[server]\nfqdn = "sip.example.test"\n[tls]\ncertificate_dir = "{certs}"\n'
+        f'trust_dir = "{trust}"\npkcs12_password_file = "{tmp_path / "password"}"\n'
+    )
+    with capture_logs() as logs:
+        prepare_credentials(config, NOW, set())
+    errors = [e for e in logs if e["event"] == "server_certificate_unreadable"]
+    assert errors and errors[0]["log_level"] == "error"
+    assert errors[0]["path"].endswith("server.pfx") and "PKCS#12" in errors[0]["reason"]
+
+
+def test_check_config_fails_on_missing_folders_and_unreadable_certificates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sipserver.cli import main
+
+    config = tmp_path / "sipserver.toml"
+    config.write_text(
+        '[server]\nfqdn = "sip.example.test"\n[tls]\ncertificate_dir = "missing-certs"\n'
+        'trust_dir = "missing-trust"\n'
+    )
+    assert main(["check-config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "tls.certificate_dir: folder" in err and "missing-certs does not exist" in err
+    assert "tls.trust_dir: folder" in err
+    (tmp_path / "missing-certs").mkdir()
+    (tmp_path / "missing-trust").mkdir()
+    _p12(tmp_path / "missing-certs" / "server.pfx", b"s3cret")
+    assert main(["check-config", str(config)]) == 1
+    assert "server.pfx: PKCS#12 cannot be opened" in capsys.readouterr().err

@@ -126,3 +126,8 @@ def test_every_declared_key_is_documented_and_has_a_meaning(key: str) -> None:
     assert f"`{key}`" in readme or f"`[[{section}]] {name}`" in readme, f"{key} not in the README"
     example = (REPO / "config" / "sipserver.toml").read_text()
     assert re.search(rf"^#?\s*{re.escape(name)}\s*=", example, re.M), f"{key} not in the example"
+
+
+def test_the_documented_example_passes_check_config_in_a_fresh_clone() -> None:
+    """config/sipserver.toml says to check it with check-config: that must succeed."""
+    assert main(["check-config", str(REPO / "config" / "sipserver.toml")]) == 0
