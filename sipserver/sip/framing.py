@@ -59,6 +59,7 @@ class StreamFramer:
         self._limits = limits
         self._buffer = bytearray()
         self._searched = 0  # how much of the buffer is known to hold no end of headers
+        self._lines = 0  # line ends in the searched part of a head still arriving
 
     @property
     def buffered(self) -> int:
@@ -83,13 +84,15 @@ class StreamFramer:
                 return None  # may still become a ping
             # A lone CRLF before a message is ignored (§7.5).
             del buffer[: 2 if buffer.startswith(b"\r\n") else 1]
-            self._searched = 0
+            self._searched = self._lines = 0
         if not buffer:
             return None
         # Resume where the last search stopped (less the 3 bytes an end could straddle), so a
         # header that arrives a byte at a time costs linear, not quadratic, time.
-        match = _HEAD_END.search(buffer, max(0, self._searched - 3))
+        start = max(0, self._searched - 3)
+        match = _HEAD_END.search(buffer, start)
         if match is None:
+            self._check_partial_head(buffer)
             self._searched = len(buffer)
             if len(buffer) > self._limits.max_message_bytes:
                 raise FramingError("Message Too Large", 513)
@@ -111,5 +114,17 @@ class StreamFramer:
             return None
         message = bytes(buffer[:total])
         del buffer[:total]
-        self._searched = 0
+        self._searched = self._lines = 0
         return message
+
+    def _check_partial_head(self, buffer: bytearray) -> None:
+        """Limits enforced while a head is still arriving: a line longer than
+        max_line_bytes, or more lines than max_header_count, fail at once instead of being
+        held until the message size limit. The complete lines go with the error so that a
+        400 can still be routed back."""
+        self._lines += buffer.count(b"\n", self._searched)
+        line_start = buffer.rfind(b"\n") + 1
+        if len(buffer) - line_start > self._limits.max_line_bytes:
+            raise FramingError("Header line too long", 400, bytes(buffer[:line_start]).rstrip())
+        if self._lines > self._limits.max_header_count + 1:
+            raise FramingError("Too many headers", 400, bytes(buffer[:line_start]).rstrip())

@@ -70,3 +70,23 @@ def test_a_lone_crlf_waits_for_more() -> None:
 )
 def test_content_length_values_are_found_in_any_spelling(head: bytes, expected: set[bytes]) -> None:
     assert content_lengths(head) == expected
+
+
+def test_a_long_line_trickled_byte_by_byte_fails_at_the_line_limit_not_the_size_limit() -> None:
+    framer = StreamFramer(ParseLimits(max_message_bytes=65535, max_line_bytes=8192))
+    head = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.1;branch=z9hG4bK1\r\nX-Long: "
+    fed = 0
+    with pytest.raises(FramingError) as caught:
+        for byte in head + b"a" * 70000:
+            framer.feed(bytes([byte]))
+            fed += 1
+    assert caught.value.reason == "Header line too long" and caught.value.status == 400
+    assert fed < len(head) + 8192 + 16  # failed as the line passed the limit
+    assert caught.value.head is not None and b"Via: SIP/2.0/TCP" in caught.value.head
+
+
+def test_too_many_header_lines_fail_while_the_head_is_still_arriving() -> None:
+    framer = StreamFramer(ParseLimits(max_header_count=8))
+    with pytest.raises(FramingError) as caught:
+        framer.feed(b"INVITE sip:a@b SIP/2.0\r\n" + b"X-A: 1\r\n" * 20)
+    assert caught.value.reason == "Too many headers"
