@@ -36,6 +36,7 @@ class ProxyCall:
     cancelled: bool = False
     cancel_sent: bool = False
     done: bool = False
+    security: str | None = None  # the dial plan's mode (for in-dialog requests: our Route's)
 
 
 @dataclass(eq=False, slots=True)

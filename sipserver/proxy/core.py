@@ -15,6 +15,7 @@ from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord
 from sipserver.proxy.connections import ConnectionDirectory, NoConnections
+from sipserver.proxy.dialogs import DialogRouter
 from sipserver.proxy.events import (
     CallRedirected,
     CallRefused,
@@ -75,6 +76,7 @@ class SipCore:
         self.forwarder = Forwarder(self.table, self.responder, self.record, self._events, directory)
         self.health_checks = HealthChecker(self.table, self._events, directory)
         self.intake = Intake(self.responder, self._events)
+        self.dialogs = DialogRouter(self.responder, self.forwarder)
         self.draining = False
         self.overloaded = False  # set by the shell while it cannot keep up
         self.shed_ratio = 0.0  # the share of new calls refused with 503 while overloaded
@@ -98,6 +100,7 @@ class SipCore:
         self.timers = self._fixed_timers or config.timers
         self.responder.agent = self.us.agent
         self.intake.configure(config, self.limits)
+        self.dialogs.configure(self.peers, self.us)
         self.health_checks.configure(config, self.us, self.timers)
         self.forwarder.configure(config, self.us, self.timers, self.health_checks.health)
 
@@ -247,7 +250,7 @@ class SipCore:
                 return []
             return self.intake.unknown_source(request, flow, reply_to)
         if request.method == "ACK":
-            return self._forward_ack(request)
+            return self.dialogs.ack(request)
         context = ServerContext(
             key, flow, reply_to, peer, request.method, request.call_id, request, cert
         )
@@ -289,7 +292,7 @@ class SipCore:
             why = "our Via is already in the request"
             return self.responder.answer(tx, 482, "Loop Detected", now, log_reason=why)
         if in_dialog:
-            return self._in_dialog(tx, request, now)
+            return self.dialogs.request(tx, request, now)
         return self._route(tx, request, now)
 
     def _shed(self, tx: ServerTransaction, now: float) -> list[Transmit]:
@@ -407,33 +410,6 @@ class SipCore:
             )
         )
         return []
-
-    def _in_dialog(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
-        """A request inside a dialog: follow the Route set we recorded (§16.4, §16.12)."""
-        request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
-        if hop is None or not ours:
-            return self.responder.answer(
-                tx,
-                404,
-                "Not Found",
-                now,
-                headers=(self.responder.warning("In-dialog request without our Route"),),
-                log_reason="in-dialog request without our Route",
-            )
-        tx.context.request = request
-        peer = self.peers.by_name(hop.peer) if hop.peer else None
-        first_hop = (hop.uri, hop.transport, peer)
-        return self.forwarder.start_call(tx, request, None, (), now, first_hop=first_hop)
-
-    def _forward_ack(self, request: Request) -> list[Transmit]:
-        """ACK for a 2xx: a new transaction-less request, relayed along the Route set."""
-        to = request.to
-        if to is None or not to.tag:
-            return []
-        request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
-        if hop is None or not ours:
-            return []
-        return self.forwarder.forward_ack(request, hop)
 
     def _addressed_to_us(self, request: Request, flow: Flow) -> bool:
         """A Request-URI with one of our names, or with no user part: nothing could be

@@ -227,7 +227,7 @@ class MediaAnswerViolation(Event):
 
     name = "security_violation_media_answer"
     level = "error"
-    dial_plan: str
+    dial_plan: str | None  # None in-dialog (the mode came from our Record-Route)
     status: int
     target: str | None
     problems: list[str]

@@ -78,8 +78,10 @@ class Forwarder:
         targets: Sequence[PeerSettings],
         now: float,
         first_hop: tuple[SipUri, Transport, PeerSettings | None] | None = None,
+        security: str | None = None,
     ) -> list[Transmit]:
         call = ProxyCall(tx, request, tx.context, plan, list(targets), now)
+        call.security = plan.security if plan is not None else security
         self.calls[tx.context.key] = call
         out: list[Transmit] = []
         if request.method == "INVITE":
@@ -156,9 +158,12 @@ class Forwarder:
         if call.plan is not None and call.request.method in INVITE_LIKE:
             # Always two entries (RFC 5658 style): each names its leg's transport and peer, so
             # in-dialog requests return over the same secured legs to the same peers.
+            held = call.plan.security if call.plan.security == Security.SECURED else None
             record_route = (
-                self.us.hop(transport, target.name if target else None),
-                self.us.hop(inbound.flow.transport, inbound.peer.name if inbound.peer else None),
+                self.us.hop(transport, target.name if target else None, held),
+                self.us.hop(
+                    inbound.flow.transport, inbound.peer.name if inbound.peer else None, held
+                ),
             )
         identity = self.config.routing.identity_header
         return proxy_ops.forward_request(
@@ -401,7 +406,7 @@ class Forwarder:
     # --- security -----------------------------------------------------------------------
     def _check_answer_media(self, call: ProxyCall, response: Response) -> None:
         plan = call.plan
-        if plan is None or plan.security != Security.SECURED or not response.body:
+        if call.security != Security.SECURED or not response.body:
             return
         try:
             problems = srtp_violations(parse_sdp(response.body))
@@ -411,7 +416,7 @@ class Forwarder:
             self.events.append(
                 MediaAnswerViolation(
                     call_id=call.request.call_id,
-                    dial_plan=plan.name,
+                    dial_plan=plan.name if plan else None,
                     status=response.status,
                     target=call.target.name if call.target else None,
                     problems=problems,

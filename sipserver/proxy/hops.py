@@ -39,8 +39,10 @@ class OurAddress:
         ports = {Transport.UDP: sip_port, Transport.TCP: sip_port, Transport.TLS: tls_port}
         return OurAddress(self.agent, self.host, ports, self.names)
 
-    def hop(self, transport: Transport, peer: str | None = None) -> proxy_ops.Hop:
-        return proxy_ops.Hop(self.host, self.ports[transport], transport, peer)
+    def hop(
+        self, transport: Transport, peer: str | None = None, security: str | None = None
+    ) -> proxy_ops.Hop:
+        return proxy_ops.Hop(self.host, self.ports[transport], transport, peer, security)
 
     def via(self, transport: Transport, branch: str, *, alias: bool = True) -> Via:
         params: dict[str, str | None] = {"branch": branch, "rport": None}

@@ -70,7 +70,7 @@ def route(
             plan,
         )
     if plan.security == "secured" and request.method == "INVITE":
-        problem = _media_problem(request)
+        problem = media_problem(request)
         if problem:
             return Reject(
                 488,
@@ -97,12 +97,13 @@ def route(
     return Proxy(plan, every, number)
 
 
-def _media_problem(request: Request) -> str | None:
+def media_problem(request: Request) -> str | None:
+    """Why this offer breaks a secured dial plan (no SDP, no SRTP on a stream), or None."""
     content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if not request.body:
-        return "the INVITE carries no SDP offer"
+        return f"the {request.method} carries no SDP offer"
     if content_type != "application/sdp":
-        return f"the INVITE body is {content_type or 'untyped'}, not an SDP offer"
+        return f"the {request.method} body is {content_type or 'untyped'}, not an SDP offer"
     try:
         sdp = parse_sdp(request.body)
     except SdpError as exc:

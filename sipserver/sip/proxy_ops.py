@@ -24,11 +24,15 @@ class Hop:
     port: int
     transport: str  # udp | tcp | tls
     peer: str | None = None  # the allow-listed peer on this leg, so in-dialog requests find it
+    # The dial plan's mode when in-dialog requests must be held to it too (secured: SRTP
+    # offers only). Carried in our Record-Route, so it needs no state of ours.
+    security: str | None = None
 
     def uri(self) -> str:
         peer = f";peer={self.peer}" if self.peer else ""
+        security = f";sec={self.security}" if self.security else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"<sip:{host}:{self.port};transport={self.transport};lr{peer}>"
+        return f"<sip:{host}:{self.port};transport={self.transport};lr{peer}{security}>"
 
 
 def branch_for(request: Request, attempt: int) -> str:
@@ -125,6 +129,7 @@ class NextHop:
     uri: SipUri
     transport: Transport  # what the route we popped says to use; else the URI's transport
     peer: str | None  # the peer our popped route names
+    security: str | None = None  # the dial plan mode our popped route carries (sec=)
 
 
 def pop_our_routes(
@@ -136,6 +141,7 @@ def pop_our_routes(
     routes = request.headers.get_all("Route")
     popped_transport: str | None = None
     popped_peer: str | None = None
+    popped_security: str | None = None
     popped = 0
     while popped < len(routes) and popped < 2:
         try:
@@ -146,6 +152,7 @@ def pop_our_routes(
             break
         popped_transport = uri.transport or popped_transport
         popped_peer = uri.params.get("peer") or popped_peer
+        popped_security = uri.params.get("sec") or popped_security
         popped += 1
     if popped:
         headers = request.headers.copy()
@@ -162,7 +169,7 @@ def pop_our_routes(
         transport = Transport((popped_transport or target.transport or "udp").lower())
     except ValueError:
         return request, None, bool(popped)  # a transport we do not speak
-    return request, NextHop(target, transport, popped_peer), bool(popped)
+    return request, NextHop(target, transport, popped_peer, popped_security), bool(popped)
 
 
 def build_options(

@@ -209,3 +209,44 @@ def test_dial_plan_errors_name_the_key(
     with pytest.raises(ConfigError) as info:
         parse_config(CONFIG.replace(original, replacement))
     assert info.value.key == key and fragment in info.value.message and info.value.line is not None
+
+
+def test_a_secured_call_keeps_srtp_in_dialog_re_invite_without_it_gets_488() -> None:
+    config = parse_config(
+        table("server", {"fqdn": "sip.example.test"})
+        + peer("gw1", kind="gateway", addresses=["192.0.2.10"], health_check=None)
+        + peer("pbx1", addresses=["192.0.2.20"], port=5071, health_check=0)
+        + dial_plan("hq", "secured", ["pbx1"], numbers=["+1425*"])
+    )
+    core = SipCore(config)
+    caller = Flow("tls", ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=1)
+    out = core.receive_stream_message(
+        invite("+14255550100", SRTP).to_bytes(), caller, config.peer("gw1"), 0.0
+    )
+    forwarded = next(parse_message(t.data) for t in out if t.flow.remote == ("192.0.2.20", 5071))
+    assert isinstance(forwarded, Request)
+    routes = forwarded.headers.get_all("Record-Route")
+    assert all(";sec=secured" in r for r in routes)
+
+    # The caller's re-INVITE inside the dialog, along the recorded route.
+    def reinvite(body: bytes, branch: str) -> bytes:
+        lines = [
+            "INVITE sip:callee@192.0.2.20:5071;transport=tls SIP/2.0",
+            f"Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK{branch}",
+            "From: <sip:a@gw1.example.test>;tag=1",
+            "To: <sip:+14255550100@sip.example.test>;tag=callee",
+            "Call-ID: r1",
+            "CSeq: 2 INVITE",
+            "Max-Forwards: 70",
+            *(f"Route: {r}" for r in reversed(routes)),
+            "Content-Type: application/sdp",
+        ]
+        return ("\r\n".join(lines) + f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+    plain = core.receive_stream_message(reinvite(RTP, "re1"), caller, config.peer("gw1"), 1.0)
+    refused = parse_message(plain[-1].data)
+    assert isinstance(refused, Response) and refused.status == 488
+    assert "requires SRTP in-dialog" in (refused.headers.get("Warning") or "")
+    assert all(t.flow.remote != ("192.0.2.20", 5071) for t in plain)
+    srtp = core.receive_stream_message(reinvite(SRTP, "re2"), caller, config.peer("gw1"), 2.0)
+    assert any(t.flow.remote == ("192.0.2.20", 5071) for t in srtp)

@@ -1,0 +1,70 @@
+"""Requests inside a dialog: they follow the Route set we recorded (§16.4, §16.12) back over
+the same legs to the same peers, and a secured call's offers stay SRTP (our Record-Route
+carries the dial plan's mode, so this needs no state)."""
+
+from __future__ import annotations
+
+from sipserver.proxy.answers import Responder
+from sipserver.proxy.events import CallRefused
+from sipserver.proxy.forwarder import Forwarder
+from sipserver.proxy.hops import OurAddress
+from sipserver.routing import router
+from sipserver.routing.peers import PeerTable
+from sipserver.settings import Security
+from sipserver.sip import proxy_ops
+from sipserver.sip.flow import Transmit
+from sipserver.sip.message import Request
+from sipserver.sip.transaction import ServerTransaction
+
+
+class DialogRouter:
+    def __init__(self, responder: Responder, forwarder: Forwarder) -> None:
+        self.responder = responder
+        self.forwarder = forwarder
+
+    def configure(self, peers: PeerTable, us: OurAddress) -> None:
+        self.peers, self.us = peers, us
+
+    def request(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
+        """A request inside a dialog: follow the Route set we recorded (§16.4, §16.12)."""
+        request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
+        if hop is None or not ours:
+            return self.responder.answer(
+                tx,
+                404,
+                "Not Found",
+                now,
+                headers=(self.responder.warning("In-dialog request without our Route"),),
+                log_reason="in-dialog request without our Route",
+            )
+        tx.context.request = request
+        if hop.security == Security.SECURED and request.method in ("INVITE", "UPDATE"):
+            problem = router.media_problem(request) if request.body else None
+            if problem is not None:
+                why = f"The call is secured and requires SRTP in-dialog too: {problem}"
+                return self.responder.answer(
+                    tx,
+                    488,
+                    "Not Acceptable Here",
+                    now,
+                    headers=(self.responder.warning(why),),
+                    log_reason=why,
+                    event=CallRefused,
+                    refusal="call_refused_insecure_media",
+                    security=hop.security,
+                )
+        peer = self.peers.by_name(hop.peer) if hop.peer else None
+        first_hop = (hop.uri, hop.transport, peer)
+        return self.forwarder.start_call(
+            tx, request, None, (), now, first_hop=first_hop, security=hop.security
+        )
+
+    def ack(self, request: Request) -> list[Transmit]:
+        """ACK for a 2xx: a new transaction-less request, relayed along the Route set."""
+        to = request.to
+        if to is None or not to.tag:
+            return []
+        request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
+        if hop is None or not ours:
+            return []
+        return self.forwarder.forward_ack(request, hop)
