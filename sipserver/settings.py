@@ -276,6 +276,11 @@ class LimitsSettings:
 class LogSettings:
     level: LogLevel = setting(LogLevel.INFO, "lowest level written")
     format: LogFormat = setting(LogFormat.AUTO, "json, console, or auto (console on a TTY)")
+    repeat_interval: float = setting(
+        10.0,
+        "seconds over which the same refusal from one address is counted into one line; 0 = all",
+        not_negative,
+    )
 
 
 @dataclass(frozen=True, slots=True)

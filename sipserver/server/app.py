@@ -25,6 +25,7 @@ from sipserver.server.event_log import log_event
 from sipserver.server.overload import OverloadGuard
 from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.reload import Reloader
+from sipserver.server.repeats import RepeatFilter
 from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
 from sipserver.server.streams import StreamService
 from sipserver.settings import Config
@@ -52,6 +53,7 @@ class Server:
         self.config = config
         self.stats = ServerStats()
         limits = config.limits
+        self.repeats = RepeatFilter()
         self.pool = ConnectionPool(limits.max_connections, limits.max_connections_per_address)
         self.core = SipCore(config, connections=self.pool)
         self.listeners = Listeners()
@@ -70,6 +72,7 @@ class Server:
             self.stats,
             self.dispatch,
             self.peer_watch,
+            self.repeats,
             self.overload.note_backlog,
         )
         self._timer_wakeup = trio.Event()
@@ -116,6 +119,7 @@ class Server:
                 nursery.start_soon(self.reloader.watch, self.reloader.watched_files())
             nursery.start_soon(self._certificate_watch)
             nursery.start_soon(self.overload.run)
+            nursery.start_soon(self._repeat_summaries)
             if handle_signals:
                 await nursery.start(
                     serve_signals,
@@ -183,6 +187,12 @@ class Server:
             self._timer_wakeup = trio.Event()
             await self.dispatch(self.core.handle_timers(trio.current_time()))
 
+    async def _repeat_summaries(self) -> None:
+        while True:
+            interval = self.config.log.repeat_interval
+            await trio.sleep(interval if interval > 0 else 10.0)
+            self.repeats.flush(trio.current_time(), interval)
+
     def _wake_timer(self) -> None:
         self._timer_wakeup.set()
 
@@ -201,8 +211,11 @@ class Server:
         """Log what the core says happened and send what it produced. Answers to `origin`
         (the connection whose reader is calling) wait for queue room; anything for other
         connections never waits."""
-        for event in self.core.take_events():
-            log_event(event)
+        events = self.core.take_events()
+        if events:
+            now, interval = trio.current_time(), self.config.log.repeat_interval
+            for event in events:
+                log_event(event, self.repeats, now, interval)
         for transmit in transmits:
             flow = transmit.flow
             if transmit.data:

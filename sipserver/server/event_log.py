@@ -10,15 +10,26 @@ import structlog
 
 from sipserver.log import enabled
 from sipserver.pki.certinfo import CertInfo
-from sipserver.proxy.events import Event
+from sipserver.proxy.events import Event, MessageMalformed, UnknownSourceRefused
+from sipserver.server.repeats import RepeatFilter
 
 log = structlog.get_logger("sipserver")
 
 
-def log_event(event: Event) -> None:
+# Events that a source can repeat without end: summarised per address and reason.
+REPEATABLE = (MessageMalformed, UnknownSourceRefused)
+
+
+def log_event(
+    event: Event, repeats: RepeatFilter | None = None, now: float = 0.0, interval: float = 0.0
+) -> None:
     level = event.log_level
     if not enabled(level):
         return
+    if repeats is not None and isinstance(event, REPEATABLE):
+        name = event.log_name
+        if not repeats.first(name, event.remote, event.reason, now, interval):
+            return
     fields: dict[str, Any] = {}
     for key, value in event.fields().items():
         if isinstance(value, CertInfo):

@@ -16,6 +16,7 @@ from sipserver.errors import SipServerError
 from sipserver.proxy.core import SipCore
 from sipserver.server.credentials import Credentials
 from sipserver.server.peer_watch import PeerWatch
+from sipserver.server.repeats import RepeatFilter
 from sipserver.server.stats import ServerStats
 from sipserver.settings import Config, PeerSettings
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
@@ -45,9 +46,11 @@ class StreamService:
         stats: ServerStats,
         dispatch: Dispatch,
         peer_watch: PeerWatch,
+        repeats: RepeatFilter,
         on_backlog: Callable[[int], None] | None = None,
     ) -> None:
         self.peer_watch = peer_watch
+        self.repeats = repeats
         self._on_backlog = on_backlog
         self._config = config
         self.core = core
@@ -73,12 +76,13 @@ class StreamService:
             return
         refusal = self.pool.caps.admit(remote[0])
         if refusal is not None:
-            log.warning(
-                "connection_refused",
-                transport=transport,
-                remote=format_address(remote),
-                reason=refusal,
-            )
+            if self._first("connection_refused", remote, refusal):
+                log.warning(
+                    "connection_refused",
+                    transport=transport,
+                    remote=format_address(remote),
+                    reason=refusal,
+                )
             await trio.aclose_forcefully(stream)
             return
         connection_id = next_connection_id()
@@ -90,7 +94,7 @@ class StreamService:
         flow = Flow(transport, local, remote, connection_id)
         try:
             if transport == Transport.TLS:
-                accepted = await self._accept_tls(stream)
+                accepted = await self._accept_tls(stream, remote)
                 if accepted is None:
                     return
                 connection = StreamConnection(
@@ -129,7 +133,13 @@ class StreamService:
             else:
                 await trio.aclose_forcefully(stream)
 
-    async def _accept_tls(self, stream: trio.SocketStream) -> TlsAccepted | None:
+    def _first(self, event: str, remote: tuple[str, int], reason: str) -> bool:
+        interval = self._config().log.repeat_interval
+        return self.repeats.first(event, remote[0], reason, trio.current_time(), interval)
+
+    async def _accept_tls(
+        self, stream: trio.SocketStream, remote: tuple[str, int]
+    ) -> TlsAccepted | None:
         credentials = self.credentials.current
         assert self.credentials.server_context is not None and credentials is not None
         ours = credentials.certificate.info
@@ -148,13 +158,14 @@ class StreamService:
         if isinstance(result, TlsRefused):
             cert_fields = result.certificate.log_fields("peer_cert_") if result.certificate else {}
             self.peer_watch.refused(result.certificate, result.reason, _now())
-            log.warning(
-                "tls_peer_refused",
-                reason=result.reason,
-                detail=result.detail,
-                **result.fields,
-                **cert_fields,
-            )
+            if self._first("tls_peer_refused", remote, result.reason):
+                log.warning(
+                    "tls_peer_refused",
+                    reason=result.reason,
+                    detail=result.detail,
+                    **result.fields,
+                    **cert_fields,
+                )
             if result.stream is not None:
                 with trio.move_on_after(1, shield=True):
                     await result.stream.aclose()

@@ -80,6 +80,7 @@ handshake_timeout = {handshake_timeout}
 
 [log]
 level = "debug"
+{log_extra}
 
 [[peer]]
 name = "gw1"
@@ -191,6 +192,8 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         *,
         server_extra: str = "",
         limits: str = "",
+        # Tests count refusals one by one unless they test the summaries.
+        log_extra: str = "repeat_interval = 0",
         handshake_timeout: float = 3.0,
         peer_addresses: str = '"127.0.0.1", "::1"',
         with_certificate: bool = True,
@@ -215,6 +218,7 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
                 handshake_timeout=handshake_timeout,
                 tls_extra=tls_extra,
                 limits=limits,
+                log_extra=log_extra,
                 peer_addresses=peer_addresses,
             )
             + extra_config

@@ -48,3 +48,29 @@ def test_header_bytes_that_are_not_utf8_are_logged_as_valid_utf8(
     assert answered["call_id"].endswith("@te\\xff\\xfest")
     for line in server.raw:  # orjson is strict: lone surrogates and bad UTF-8 are errors
         orjson.loads(line)
+
+
+def test_a_refusal_storm_costs_a_few_log_lines_with_the_count(start_server: StartServer) -> None:
+    server = start_server(log_extra="repeat_interval = 1.0")
+    port = server.sip_port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        for _ in range(300):  # malformed (no Call-ID), answered 400, from one address
+            sock.sendto(options("127.0.0.1", port, drop="Call-ID"), ("127.0.0.1", port))
+            sock.recvfrom(65535)
+    summary = server.wait_for("refusals_repeated", refusal="sip_request_malformed", timeout=10)
+    assert summary["source"] == "127.0.0.1" and summary["reason"] == "Missing Call-ID"
+
+    def accounted() -> int:
+        """Refusals logged one by one plus those counted into summaries."""
+        logged = [
+            e for e in server.events("sip_request_malformed") if e["reason"] == "Missing Call-ID"
+        ]
+        counted = [
+            e for e in server.events("refusals_repeated") if e["reason"] == "Missing Call-ID"
+        ]
+        return len(logged) + sum(e["count"] for e in counted)
+
+    server.wait_until(lambda _: accounted() == 300, 10, "all 300 refusals accounted for")
+    logged = [e for e in server.events("sip_request_malformed") if e["reason"] == "Missing Call-ID"]
+    assert 1 <= len(logged) <= 5  # one per second of the storm at most
