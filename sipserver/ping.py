@@ -32,6 +32,7 @@ class PingResult:
     certificate: CertInfo | None = None
     server: str | None = None
     notes: list[str] = field(default_factory=list)
+    warning: str | None = None  # the response's Warning header: why it was refused
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,9 @@ def _exchange(
     timeout: float,
     certificate: CertInfo | None,
 ) -> PingResult:
-    sock.sendall(_options(target, sock.getsockname()[:2]))
     framer = StreamFramer()
     try:
+        sock.sendall(_options(target, sock.getsockname()[:2]))
         while True:
             chunk = sock.recv(65536)
             if not chunk:
@@ -165,6 +166,11 @@ def _exchange(
         raise PingFailed(f"no answer within {timeout:g} s") from exc
     except ssl.SSLError as exc:
         raise PingFailed(_explain_tls(exc)) from exc
+    except OSError as exc:  # reset, broken pipe: the far end dropped us
+        raise PingFailed(
+            f"the far end reset the connection ({exc.strerror or exc}): it may refuse this "
+            "address or be at its connection limit (check its log)"
+        ) from exc
 
 
 def _ping_tls(
@@ -197,6 +203,11 @@ def _ping_tls(
         raise PingFailed(_explain_tls(exc)) from exc
     except TimeoutError as exc:
         raise PingFailed(f"TLS handshake did not finish within {timeout:g} s") from exc
+    except OSError as exc:
+        raise PingFailed(
+            f"the server dropped the connection during the TLS handshake ({exc.strerror or exc}): "
+            "it may be at its connection limit or refuse this address (check its log)"
+        ) from exc
     with tls:
         der = tls.getpeercert(binary_form=True)
         info = describe(x509.load_der_x509_certificate(der)) if der else None
@@ -225,7 +236,20 @@ def _explain_tls(exc: ssl.SSLError) -> str:
         return "the server refused our client certificate: it is revoked"
     if "wrong version number" in text:
         return "the far end does not speak TLS on that port (plain SIP?)"
-    return f"TLS failed: {exc}"
+    if "unsupported certificate" in text:
+        return (
+            "the server refused our client certificate as unsupported: a client certificate "
+            "needs the clientAuth extended key usage (ours may be serverAuth only)"
+        )
+    if "unexpected eof" in text or "eof occurred" in text:
+        return (
+            "the server closed the connection during the TLS handshake without saying why: it "
+            "may be at its connection limit or refuse this address (check its log for "
+            "connection_refused)"
+        )
+    if "protocol version" in text:
+        return "no TLS version in common with the server (it needs TLS 1.2 or newer)"
+    return f"the TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
 
 
 def _result(response: Response, started: float) -> PingResult:
@@ -234,6 +258,7 @@ def _result(response: Response, started: float) -> PingResult:
         response.reason,
         (time.monotonic() - started) * 1000,
         server=response.headers.get("Server") or response.headers.get("User-Agent"),
+        warning=response.headers.get("Warning"),
     )
 
 
@@ -253,5 +278,7 @@ def describe_result(target: Target, result: PingResult) -> list[str]:
             f"  valid until          {c.not_after.isoformat()} "
             f"({c.days_left(dt.datetime.now(dt.UTC)):.0f} days)",
         ]
+    if result.warning:
+        lines.append(f"  warning: {result.warning}")  # the server's reason, e.g. for a 403
     lines += [f"  note: {note}" for note in result.notes]
     return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -60,6 +61,8 @@ def test_ping_success_over_udp_and_mutual_tls_shows_the_certificate(
         ("not-allowed", "not on its allow-list"),
         ("refused", "connection refused"),
         ("silent", "no answer within 1 s"),
+        ("reset", "the far end reset the connection"),
+        ("server-auth-only", "needs the clientAuth extended key usage"),
     ],
 )
 def test_ping_explains_each_failure_in_one_line(
@@ -71,6 +74,10 @@ def test_ping_explains_each_failure_in_one_line(
     other_ca = tmp_path / "other-ca.crt"
     other_ca.write_bytes(make_leaf(None, dns=["x.test"]).cert_pem)
     stranger = str(pki.combined("stranger", make_leaf(pki.ca, dns=["gw9.example.test"])))
+    server_only = make_leaf(
+        pki.ca, dns=["gw1.example.test"], ekus=[x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    )
+    server_auth_only = str(pki.combined("server-only", server_only))
     args = {
         "no-client-cert": ["--tls", "--ca", ca, "--server-name", SERVER_FQDN],
         "untrusted": ["--tls", "--cert", gw1, "--ca", str(other_ca), "--server-name", SERVER_FQDN],
@@ -78,12 +85,39 @@ def test_ping_explains_each_failure_in_one_line(
         "not-allowed": ["--tls", "--cert", stranger, "--ca", ca, "--server-name", SERVER_FQDN],
         "refused": ["--tcp"],
         "silent": ["--tcp"],
+        "reset": ["--tcp"],
+        "server-auth-only": [
+            "--tls",
+            "--cert",
+            server_auth_only,
+            "--ca",
+            ca,
+            "--server-name",
+            SERVER_FQDN,
+        ],
     }[case]
     import socket
+    import struct
+    import threading
 
     silent = socket.create_server(("127.0.0.1", 0))  # accepts TCP (in the kernel) but never answers
-    targets = {"refused": "sip:127.0.0.1:9", "silent": f"sip:127.0.0.1:{silent.getsockname()[1]}"}
-    with silent:
+    resetting = socket.create_server(("127.0.0.1", 0))
+
+    def reset_each() -> None:  # accept, then close with RST (SO_LINGER 0)
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = resetting.accept()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.recv(1)
+                conn.close()
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    targets = {
+        "refused": "sip:127.0.0.1:9",
+        "silent": f"sip:127.0.0.1:{silent.getsockname()[1]}",
+        "reset": f"sip:127.0.0.1:{resetting.getsockname()[1]}",
+    }
+    with silent, resetting:
         result = cli(
             "ping",
             targets.get(case, f"sip:127.0.0.1:{port}"),
@@ -146,3 +180,22 @@ def test_certs_show_export_and_lab_pki(tmp_path: Path) -> None:
         (lab / "peers" / "gw1.example.test" / "gw1.example.test.crt").read_bytes()
     )
     assert peer.issuer == exported.issuer
+
+
+def test_ping_shows_why_a_request_was_refused_and_survives_a_closed_pipe(
+    start_server: StartServer,
+) -> None:
+    server = start_server(peer_addresses='"192.0.2.99"')  # we are not a peer: 403 + Warning
+    result = cli("ping", f"sip:127.0.0.1:{server.sip_port}")
+    assert result.returncode == 1
+    assert "403 Forbidden" in result.stdout
+    assert "warning: 399" in result.stdout and "not an address of any configured" in result.stdout
+    piped = subprocess.run(
+        f"{sys.executable} -m sipserver ping sip:127.0.0.1:{server.sip_port} --count 3 | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
