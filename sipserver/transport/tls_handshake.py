@@ -92,6 +92,7 @@ def _classify_failure(exc: BaseException, record_errors: list[Any], called: bool
         )
     if (
         "unsupported protocol" in lowered
+        or "version too low" in lowered  # an SSLv3 (or TLS 1.0/1.1) ClientHello
         or "no shared cipher" in lowered
         or "no suitable" in lowered
     ):

@@ -3,6 +3,7 @@ bytes that are not UTF-8 never make a log line that a strict JSON parser rejects
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -74,3 +75,24 @@ def test_a_refusal_storm_costs_a_few_log_lines_with_the_count(start_server: Star
     server.wait_until(lambda _: accounted() == 300, 10, "all 300 refusals accounted for")
     logged = [e for e in server.events("sip_request_malformed") if e["reason"] == "Missing Call-ID"]
     assert 1 <= len(logged) <= 5  # one per second of the storm at most
+
+
+def test_an_sslv3_client_hello_is_refused_as_tls_parameters(start_server: StartServer) -> None:
+    server = start_server()
+    hello_body = (
+        b"\x03\x00"
+        + os.urandom(32)
+        + b"\x00"
+        + b"\x00\x06"
+        + bytes.fromhex("002f0035000a")
+        + b"\x01\x00"
+    )
+    handshake = b"\x01" + len(hello_body).to_bytes(3, "big") + hello_body
+    record = b"\x16\x03\x00" + len(handshake).to_bytes(2, "big") + handshake
+    with socket.create_connection(("127.0.0.1", server.tls_port), timeout=5) as sock:
+        sock.sendall(record)
+        with contextlib.suppress(OSError):
+            sock.recv(1024)
+    refused = server.wait_for("tls_peer_refused")
+    assert refused["reason"] == "tls_parameters_refused"
+    assert "version too low" in refused["detail"]
