@@ -274,7 +274,7 @@ def parse_message(
     if len(head) > limits.max_line_bytes:
         for line in lines:
             if len(line.encode("utf-8", "surrogateescape")) > limits.max_line_bytes:
-                raise ParseError("Header line too long")
+                raise ParseError("Header line too long", partial=_partial(lines, limits))
     headers = _parse_headers(lines, limits)
     message = _parse_start_line(lines[0], headers)
     message.body = _frame_body(headers, body, message, stream)
@@ -299,8 +299,20 @@ def _parse_headers(lines: list[str], limits: ParseLimits) -> Headers:
         else:
             items.append(_make_header(line))
         if len(items) > limits.max_header_count:
-            raise ParseError("Too many headers")
+            raise ParseError("Too many headers", partial=_partial(lines, limits))
     return Headers(items)
+
+
+def _partial(lines: list[str], limits: ParseLimits) -> Message | None:
+    """What a refused message still tells (its Via, From, To, Call-ID and CSeq among the
+    lines within the limits), so that its 400 can be routed back. None if even that fails."""
+    short = [line for line in lines[1 : limits.max_header_count + 1]]
+    kept = [line for line in short if len(line) <= limits.max_line_bytes and line[:1] not in " \t"]
+    try:
+        headers = Headers([_make_header(line) for line in kept])
+        return _parse_start_line(lines[0], headers)
+    except ParseError as exc:
+        return exc.partial
 
 
 _GOOD_NAMES: set[str] = set()  # header names already checked against the token rule

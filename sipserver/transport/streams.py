@@ -20,6 +20,7 @@ from sipserver.transport.direct import DirectStream
 log = structlog.get_logger("sipserver")
 _connection_ids = itertools.count(1)
 DEFAULT_SEND_QUEUE_BYTES = 1 << 20
+FINISH_LINGER = 1.0  # seconds a closing stream keeps reading so its last answer is delivered
 
 
 def next_connection_id() -> int:
@@ -171,6 +172,20 @@ class StreamConnection:
         if idle.cancelled_caught:
             self.close_reason = f"idle for {idle_timeout:g} s (limits.idle_timeout)"
 
+    async def _finish(self) -> None:
+        """After the last answer on a stream whose framing is lost: say we are done (FIN, or
+        TLS close_notify) and read what the peer still sends for a moment. Closing with
+        unread bytes would make the kernel send a reset, which can destroy that answer."""
+        with trio.move_on_after(FINISH_LINGER):
+            try:
+                send_eof = getattr(self.stream, "send_eof", None)
+                if send_eof is not None:
+                    await send_eof()
+                while await self.stream.receive_some(65536):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+
     async def _keepalive(self, interval: float) -> None:
         """RFC 5626 §3.5.1 pings on connections we opened, so NATs and firewalls keep them."""
         while True:
@@ -209,5 +224,6 @@ class StreamConnection:
                 finally:
                     self._writer_busy = False
             if close_after:
+                await self._finish()
                 self.close(self.close_reason)
                 return

@@ -178,6 +178,17 @@ class TLSStream(trio.abc.Stream):
             raise trio.BrokenResourceError(str(exc)) from exc
         await self._flush()
 
+    async def send_eof(self) -> None:
+        """TLS close_notify, then FIN: we will send nothing more."""
+        try:
+            self.connection.shutdown()
+        except SSL.Error:
+            return
+        await self._flush()
+        send_eof = getattr(self.transport, "send_eof", None)
+        if send_eof is not None:
+            await send_eof()
+
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.e2e.conftest import StartServer
-from tests.e2e.sip_client import options, udp_exchange
+from tests.e2e.sip_client import options, read_response, status_line, udp_exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -96,3 +96,46 @@ def test_an_sslv3_client_hello_is_refused_as_tls_parameters(start_server: StartS
     refused = server.wait_for("tls_peer_refused")
     assert refused["reason"] == "tls_parameters_refused"
     assert "version too low" in refused["detail"]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ("X-Long: " + "a" * 9000 + "\r\n", "Header line too long"),
+        ("".join(f"X-H{n}: {n}\r\n" for n in range(300)), "Too many headers"),
+    ],
+)
+def test_oversized_lines_and_too_many_headers_get_their_400(
+    start_server: StartServer, transport: str, extra: str, reason: str
+) -> None:
+    server = start_server()
+    port = server.sip_port
+    message = options("127.0.0.1", port, transport.upper(), extra=extra)
+    if transport == "udp":
+        reply = udp_exchange("127.0.0.1", port, message)
+    else:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(message)
+            reply = read_response(sock)
+    assert status_line(reply) == f"SIP/2.0 400 {reason}"
+
+
+def test_a_70_kb_message_over_tcp_gets_its_513_before_the_connection_closes(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    port = server.sip_port
+    body = b"x" * 70000
+    message = (
+        options("127.0.0.1", port, "TCP").replace(
+            b"Content-Length: 0\r\n\r\n", f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        + body
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(message)
+        reply = read_response(sock)
+        assert status_line(reply) == "SIP/2.0 513 Message Too Large"
+        sock.settimeout(5)
+        assert sock.recv(1024) == b""  # then an orderly close (FIN), not a reset
