@@ -249,6 +249,14 @@ class LimitsSettings:
     max_line_bytes: int = setting(8192, "longest header line", at_least(256))
     max_connections: int = setting(10000, "TCP/TLS connections in all", at_least(1))
     max_connections_per_address: int = setting(200, "connections from one address", at_least(1))
+    max_unverified_connections: int = setting(
+        1000,
+        "connections with no proven peer yet (TCP from an unknown address, TLS in handshake)",
+        at_least(1),
+    )
+    unverified_idle_timeout: float = setting(
+        10.0, "seconds a TCP connection from an address of no peer may stay silent", positive
+    )
     idle_timeout: float = setting(300.0, "seconds a silent connection is kept", positive)
     send_timeout: float = setting(10.0, "seconds a blocked send may take", positive)
     keepalive_interval: float = setting(

@@ -104,7 +104,8 @@ class Intake:
         response = self.responder.response(
             request, 403, "Forbidden", (self.responder.warning(text),)
         )
-        return [Transmit(reply_to, response.to_bytes())]
+        # A stranger's connection carries nothing we will serve: answer, then close it.
+        return [Transmit(reply_to, response.to_bytes(), close_after=flow.reliable)]
 
 
 def stamp_via(request: Request, flow: Flow) -> Via | None:

@@ -54,7 +54,11 @@ class Server:
         self.stats = ServerStats()
         limits = config.limits
         self.repeats = RepeatFilter()
-        self.pool = ConnectionPool(limits.max_connections, limits.max_connections_per_address)
+        self.pool = ConnectionPool(
+            limits.max_connections,
+            limits.max_connections_per_address,
+            limits.max_unverified_connections,
+        )
         self.core = SipCore(config, connections=self.pool)
         self.listeners = Listeners()
         self.credentials = Credentials(on_change=self.core.use_certificate)
@@ -143,7 +147,12 @@ class Server:
         """Swap in a validated configuration (and its certificates) at once."""
         self.config = new
         self.core.configure(new)
-        self.pool.set_caps(new.limits.max_connections, new.limits.max_connections_per_address)
+        limits = new.limits
+        self.pool.set_caps(
+            limits.max_connections,
+            limits.max_connections_per_address,
+            limits.max_unverified_connections,
+        )
         if credentials is not None:
             self.credentials.install(credentials, new)
         self._wake_timer()  # health-check targets and their deadlines may have changed

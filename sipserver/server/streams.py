@@ -22,6 +22,7 @@ from sipserver.settings import Config, PeerSettings
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.sip.framing import FramingError
 from sipserver.transport.direct import PlainStream
+from sipserver.transport.limits import Budget
 from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.streams import StreamConnection, next_connection_id
 from sipserver.transport.tls_handshake import TlsAccepted, TlsRefused, tls_handshake
@@ -74,16 +75,15 @@ class StreamService:
         except OSError:
             await trio.aclose_forcefully(stream)
             return
-        refusal = self.pool.caps.admit(remote[0])
+        # Plain TCP from a peer's address is that peer at once; anything else (TLS before
+        # its handshake, TCP from an address of no peer) is held in the strangers' budget.
+        known = None if transport == Transport.TLS else self.core.peers.by_address(remote[0])
+        budget: Budget = (
+            "handshake" if transport == Transport.TLS else "peer" if known else "stranger"
+        )
+        refusal = self.pool.caps.admit(remote[0], budget)
         if refusal is not None:
-            if self._first("connection_refused", remote, refusal):
-                log.warning(
-                    "connection_refused",
-                    transport=transport,
-                    remote=format_address(remote),
-                    reason=refusal,
-                )
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, transport, remote, refusal)
             return
         connection_id = next_connection_id()
         structlog.contextvars.bind_contextvars(
@@ -97,6 +97,11 @@ class StreamService:
                 accepted = await self._accept_tls(stream, remote)
                 if accepted is None:
                     return
+                refusal = self.pool.caps.promote()
+                if refusal is not None:
+                    await self._refuse(accepted.stream, transport, remote, refusal)
+                    return
+                budget = "peer"
                 connection = StreamConnection(
                     accepted.stream,
                     flow,
@@ -106,16 +111,15 @@ class StreamService:
                     peer_cert=accepted.certificate,
                 )
             else:
-                log.info("connection_opened")
-                peer = self.core.peers.by_address(remote[0])
+                log.info("connection_opened", peer=known.name if known else None)
                 queue = self._config().limits.send_queue_bytes
-                connection = StreamConnection(PlainStream(stream), flow, peer, queue)
+                connection = StreamConnection(PlainStream(stream), flow, known, queue)
             self.pool.add(connection)
-            await self._run(connection)
+            await self._run(connection, unverified=budget == "stranger")
         except Exception:
             log.exception("internal_error")
         finally:
-            self.pool.caps.release(remote[0])
+            self.pool.caps.release(remote[0], budget)
             if connection is not None:
                 self.pool.remove(connection)
                 with trio.move_on_after(1, shield=True):
@@ -132,6 +136,15 @@ class StreamService:
                     await connection.stream.aclose()
             else:
                 await trio.aclose_forcefully(stream)
+
+    async def _refuse(
+        self, stream: trio.abc.Stream, transport: Transport, remote: tuple[str, int], why: str
+    ) -> None:
+        if self._first("connection_refused", remote, why):
+            log.warning(
+                "connection_refused", transport=transport, remote=format_address(remote), reason=why
+            )
+        await trio.aclose_forcefully(stream)
 
     def _first(self, event: str, remote: tuple[str, int], reason: str) -> bool:
         interval = self._config().log.repeat_interval
@@ -293,11 +306,13 @@ class StreamService:
         return result
 
     # --- both ---------------------------------------------------------------------------
-    async def _run(self, connection: StreamConnection, *, keepalive: bool = False) -> None:
+    async def _run(
+        self, connection: StreamConnection, *, keepalive: bool = False, unverified: bool = False
+    ) -> None:
         limits = self._config().limits
         await connection.run(
             self.core.limits,
-            limits.idle_timeout,
+            limits.unverified_idle_timeout if unverified else limits.idle_timeout,
             limits.send_timeout,
             self._message,
             self._framing_lost,

@@ -62,6 +62,14 @@ class Listeners:
         serve_tls: StreamHandler,
     ) -> None:
         sip_port, tls_port = settings.sip_port, settings.tls_port
+        if (
+            sip_port == 0
+            and Transport.UDP in settings.transports
+            and Transport.TCP in settings.transports
+        ):
+            # Port 0: one number free for UDP and TCP on every address, found before any
+            # listener opens, so TCP never finds the number UDP got already taken.
+            sip_port = _port_free_for_both(settings.addresses) or 0
         for transport in Transport:
             if transport not in settings.transports:
                 continue
@@ -151,6 +159,30 @@ class Listeners:
             return sock
         family = socket.AF_INET6 if ":" in remote_host else socket.AF_INET
         return next((s for s in self.udp_sockets.values() if s.family == family), None)
+
+
+def _port_free_for_both(addresses: tuple[str, ...], attempts: int = 50) -> int | None:
+    """A port number that UDP and TCP can both bind on all these addresses right now."""
+    for _ in range(attempts):
+        probes: list[socket.socket] = []
+        try:
+            port = 0
+            for address in addresses:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    probe = socket.socket(family, kind)
+                    probes.append(probe)
+                    if family == socket.AF_INET6:
+                        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    probe.bind((address, port))
+                    port = probe.getsockname()[1]
+            return port
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    return None
 
 
 def _bind_error(transport: str, address: str, port: int, exc: OSError) -> str:

@@ -20,8 +20,8 @@ def outbound_key(flow: Flow) -> OutboundKey:
 
 
 class ConnectionPool:
-    def __init__(self, max_total: int, max_per_address: int) -> None:
-        self.caps = ConnectionTable(max_total, max_per_address)
+    def __init__(self, max_total: int, max_per_address: int, max_unverified: int = 1000) -> None:
+        self.caps = ConnectionTable(max_total, max_per_address, max_unverified)
         self._by_id: dict[int, StreamConnection] = {}
         self._by_peer: dict[tuple[str, str], StreamConnection] = {}
         self._outbound: dict[OutboundKey, StreamConnection] = {}
@@ -30,8 +30,9 @@ class ConnectionPool:
         # its connection closed.
         self._target_certs: dict[OutboundKey, CertInfo] = {}
 
-    def set_caps(self, max_total: int, max_per_address: int) -> None:
+    def set_caps(self, max_total: int, max_per_address: int, max_unverified: int) -> None:
         self.caps.max_total, self.caps.max_per_address = max_total, max_per_address
+        self.caps.max_unverified = max_unverified
 
     # --- open connections ---------------------------------------------------------------
     def add(self, connection: StreamConnection, *, outbound: bool = False) -> None:

@@ -12,8 +12,9 @@ import urllib.request
 import orjson
 import pytest
 
-from tests.e2e.conftest import StartServer
+from tests.e2e.conftest import Pki, StartServer
 from tests.e2e.sip_client import options, read_response, status_line, udp_exchange
+from tests.e2e.test_tls import client_context, tls_options
 
 pytestmark = pytest.mark.e2e
 
@@ -139,3 +140,43 @@ def test_a_70_kb_message_over_tcp_gets_its_513_before_the_connection_closes(
         assert status_line(reply) == "SIP/2.0 513 Message Too Large"
         sock.settimeout(5)
         assert sock.recv(1024) == b""  # then an orderly close (FIN), not a reset
+
+
+def test_strangers_holding_connections_never_lock_an_allow_listed_peer_out(
+    start_server: StartServer, pki: Pki
+) -> None:
+    # 127.0.0.1 is no peer's address here: plain TCP from it is a stranger.
+    server = start_server(
+        peer_addresses='"192.0.2.99"',
+        limits="max_connections = 5\nmax_unverified_connections = 10\nunverified_idle_timeout = 30",
+    )
+    held = [socket.create_connection(("127.0.0.1", server.sip_port)) for _ in range(10)]
+    try:
+        server.wait_count("connection_opened", 10)
+        extra = socket.create_connection(("127.0.0.1", server.sip_port))
+        extra.settimeout(5)
+        assert extra.recv(100) == b""  # refused: the strangers' budget is full
+        extra.close()
+        refused = server.wait_for("connection_refused")
+        assert "limits.max_unverified_connections" in refused["reason"]
+        # An allow-listed gateway over mutual TLS still gets in and is answered.
+        reply = tls_options(server, client_context(pki, pki.gw1, "gw1"))
+        assert status_line(reply) == "SIP/2.0 200 OK"
+        # A stranger that sends a request gets its 403 and then the connection closes.
+        stranger = held[0]
+        stranger.sendall(options("127.0.0.1", server.sip_port, "TCP"))
+        assert status_line(read_response(stranger)) == "SIP/2.0 403 Forbidden"
+        stranger.settimeout(5)
+        assert stranger.recv(100) == b""
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_silent_stranger_is_dropped_after_the_short_idle_limit(start_server: StartServer) -> None:
+    server = start_server(peer_addresses='"192.0.2.99"', limits="unverified_idle_timeout = 0.5")
+    with socket.create_connection(("127.0.0.1", server.sip_port)) as sock:
+        sock.settimeout(5)
+        assert sock.recv(100) == b""
+    closed = server.wait_for("connection_closed")
+    assert "idle for 0.5 s" in closed["reason"]
