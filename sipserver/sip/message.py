@@ -155,6 +155,8 @@ class Message:
     # distinct text once is enough.
     @property
     def vias(self) -> list[Via]:
+        """Every Via, parsed (raises UriError if one cannot be; only the top one is checked
+        when a message arrives)."""
         return [parse_via_cached(value) for value in self.headers.get_all("Via")]
 
     @property

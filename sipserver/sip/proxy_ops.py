@@ -11,7 +11,7 @@ from sipserver.sip.flow import Transport
 from sipserver.sip.headers import split_list
 from sipserver.sip.message import Header, Headers, Request, Response
 from sipserver.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
-from sipserver.sip.via import BRANCH_COOKIE, Via
+from sipserver.sip.via import BRANCH_COOKIE, Via, parse_via
 
 BRANCH_PREFIX = BRANCH_COOKIE + "-sips"  # marks the Vias we add, for loop detection
 
@@ -51,7 +51,11 @@ def _uri_hash(uri: str) -> str:
 def is_loop(request: Request, our_host: str) -> bool:
     """One of our Vias is in the request and it was forwarded for this same Request-URI."""
     mark = _uri_hash(request.uri)
-    for via in request.vias:
+    for value in request.headers.get_all("Via"):
+        try:
+            via = parse_via(value)
+        except UriError:
+            continue  # only the top Via is checked on arrival; a bad lower one is not ours
         branch = via.branch or ""
         if (
             via.host == our_host

@@ -180,3 +180,45 @@ def test_a_silent_stranger_is_dropped_after_the_short_idle_limit(start_server: S
         assert sock.recv(100) == b""
     closed = server.wait_for("connection_closed")
     assert "idle for 0.5 s" in closed["reason"]
+
+
+def test_hundreds_of_malformed_requests_leave_the_server_answering(
+    start_server: StartServer,
+) -> None:
+    """PROTOS-style, end to end: mutated INVITEs over UDP and one TCP connection (each
+    answered, dropped or the connection closed), then valid requests are still answered."""
+    import random
+
+    server = start_server()
+    port = server.sip_port
+    valid = options("127.0.0.1", port, method="INVITE", uri="sip:+14255550100@sip.example.test")
+    rng = random.Random(7)
+
+    def mutated() -> bytes:
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            data[at : at + rng.randint(0, 3)] = bytes(
+                rng.randrange(256) for _ in range(rng.randint(0, 3))
+            )
+        return bytes(data)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(300):
+            sock.sendto(mutated(), ("127.0.0.1", port))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as tcp,
+        contextlib.suppress(OSError),
+    ):
+        for _ in range(100):
+            tcp.sendall(mutated())
+    for transport in ("UDP", "TCP"):
+        probe = options("127.0.0.1", port, transport)
+        if transport == "UDP":
+            reply = udp_exchange("127.0.0.1", port, probe)
+        else:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(probe)
+                reply = read_response(sock)
+        assert status_line(reply) == "SIP/2.0 200 OK"
+    assert server.process.poll() is None and not server.events("internal_error")

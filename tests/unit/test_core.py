@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipserver.config import parse_config
 from sipserver.proxy.core import SipCore
@@ -207,3 +209,43 @@ def test_reconfigure_changes_who_is_known() -> None:
     assert answer(core, req(), STRANGER).status == 403
     core.configure(parse_config(config_text([*GATEWAY_ADDRESSES, "198.51.100.7"])))
     assert answer(core, req(branch="z9hG4bK2"), STRANGER).status == 200
+
+
+VALID = (
+    b"INVITE sip:+14255550100@sip.example.test SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKfuzz;rport\r\n"
+    b"From: <sip:gw1@gw1.example.test>;tag=a\r\nTo: <sip:+14255550100@sip.example.test>\r\n"
+    b"Call-ID: fuzz@gw1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+    b"Content-Type: application/sdp\r\nContent-Length: 10\r\n\r\nv=0\r\nm=x\r\n"
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(VALID) - 1), st.binary(min_size=0, max_size=4)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from(["udp", "tcp"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_mutated_messages_never_escape_the_core_as_anything_but_answers(
+    edits: list[tuple[int, bytes]], transport: str
+) -> None:
+    """PROTOS-style: bytes replaced, inserted or cut anywhere in a valid INVITE. The core
+    answers, drops or routes; it never raises."""
+    data = bytearray(VALID)
+    for position, replacement in edits:
+        position = min(position, len(data))
+        data[position : position + len(replacement) or position + 1] = replacement
+    core = SipCore(config())
+    flow = Flow(transport, ("127.0.0.1", 5060), ("192.0.2.10", 40000), connection_id=1)
+    if transport == "udp":
+        out = core.receive_datagram(bytes(data), flow, 0.0)
+    else:
+        out = core.receive_stream_message(bytes(data), flow, None, 0.0)
+    for transmit in out:
+        assert transmit.data == b"" or transmit.data.startswith(
+            (b"SIP/2.0 ", b"INVITE ", b"CANCEL ")
+        )
+    core.handle_timers(40.0)  # and its timers run without error too
