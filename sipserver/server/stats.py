@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sipserver.pki.certinfo import CertInfo
+from sipserver.sip.validate import KNOWN_METHODS
 
 
 @dataclass
@@ -31,25 +32,7 @@ class ServerStats:
 
 
 _CR_LF = (13, 10)
-_METHODS = {
-    name.encode(): name
-    for name in [
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "PRACK",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "PUBLISH",
-        "INFO",
-        "REFER",
-        "MESSAGE",
-        "UPDATE",
-    ]
-}
+_METHODS = {name.encode(): name for name in KNOWN_METHODS}
 _STATUS_CLASSES = {str(n).encode(): f"{n}xx" for n in range(1, 7)}
 
 

@@ -30,6 +30,24 @@ def _sdp(proto: str, crypto: bool) -> str:
 """
 
 
+# The ACK for a non-2xx final response: the same hop, so the same Via (§17.1.1.3).
+_ACK_FOR_FINAL = """  <send>
+    <![CDATA[
+
+      ACK sip:[service]@sip.example.test SIP/2.0
+      [last_Via:]
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
 def _invite(proto: str, crypto: bool, extra: str = "") -> str:
     """The INVITE with an SDP offer that every caller scenario starts with."""
     return f"""  <send retrans="500">
@@ -69,21 +87,7 @@ def invite_expecting(
 {_invite(proto, crypto)}  <recv response="{status}">
     <action>{actions}</action>
   </recv>
-  <send>
-    <![CDATA[
-
-      ACK sip:[service]@sip.example.test SIP/2.0
-      [last_Via:]
-      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <!-- keep the call open long enough to see a retransmitted final, which would be unexpected -->
+{_ACK_FOR_FINAL}  <!-- keep the call open long enough to see a retransmitted final, which would be unexpected -->
   <pause milliseconds="600"/>
   <nop><action><log message="checked {uses}"/></action></nop>
 </scenario>
@@ -150,25 +154,15 @@ def call_uac(
       check_it="true" assign_to="retry"/></action>
   </recv>
 """
-            shed = """  <nop next="end"/>
+            shed = (
+                """  <nop next="end"/>
   <label id="shed"/>
-  <send>
-    <![CDATA[
-
-      ACK sip:[service]@sip.example.test SIP/2.0
-      [last_Via:]
-      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <nop><action><log message="shed, Retry-After [$retry]"/></action></nop>
+"""
+                + _ACK_FOR_FINAL
+                + """  <nop><action><log message="shed, Retry-After [$retry]"/></action></nop>
   <label id="end"/>
 """
+            )
         body = (
             invite
             + f"""  <recv response="180" optional="true"/>
