@@ -111,3 +111,11 @@ def cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += int(stat.read_text().split()[0])
     return total / 1e9
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident memory (VmRSS), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0

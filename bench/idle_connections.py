@@ -17,16 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import start_server
+from _common import rss_kib, start_server
 
 from tests.certs import make_ca, make_leaf
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main() -> int:

@@ -16,17 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import free_port
+from _common import free_port, rss_kib
 from options_rate import SCENARIO, start_bench_server
 
 from tests.certs import make_ca, make_leaf
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main() -> int:

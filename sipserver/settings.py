@@ -70,7 +70,6 @@ class KeyType(enum.StrEnum):
     RSA_2048 = "rsa-2048"
 
 
-SECURITY_MODES = tuple(mode.value for mode in Security)
 DEFAULT_SIP_PORT = 5060
 DEFAULT_TLS_PORT = 5061
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

@@ -4,6 +4,7 @@ path and, where the file has it, the line."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from importlib import resources
@@ -68,16 +69,12 @@ def parse_config(
     for index, plan in enumerate(plans):
         _check_plan(reader, index, plan, {peer.name: peer for peer in peers})
     server = sections.pop("server")
-    server = type(server)(**{**_as_dict(server), "fqdn": server.fqdn.lower().rstrip(".")})
+    server = dataclasses.replace(server, fqdn=server.fqdn.lower().rstrip("."))
     return Config(server=server, peers=peers, dial_plans=plans, source=source, **sections)
 
 
-def _as_dict(settings: Any) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
-
-
 def _normalised(peer: PeerSettings) -> PeerSettings:
-    return PeerSettings(**{**_as_dict(peer), "fqdn": peer.fqdn.lower().rstrip(".")})
+    return dataclasses.replace(peer, fqdn=peer.fqdn.lower().rstrip("."))
 
 
 def _unique_names(reader: Reader, table: str, items: tuple[Any, ...]) -> None:

@@ -10,7 +10,7 @@ from sipserver.proxy.forwarder import Forwarder
 from sipserver.proxy.hops import OurAddress
 from sipserver.routing import router
 from sipserver.routing.peers import PeerTable
-from sipserver.settings import Security
+from sipserver.settings import PeerSettings, Security
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Transmit
 from sipserver.sip.message import Request
@@ -53,8 +53,7 @@ class DialogRouter:
                     refusal="call_refused_insecure_media",
                     security=hop.security,
                 )
-        peer = self.peers.by_name(hop.peer) if hop.peer else None
-        first_hop = (hop.uri, hop.transport, peer)
+        first_hop = (hop.uri, hop.transport, self._peer(hop))
         return self.forwarder.start_call(
             tx, request, None, (), now, first_hop=first_hop, security=hop.security
         )
@@ -67,4 +66,8 @@ class DialogRouter:
         request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
         if hop is None or not ours:
             return []
-        return self.forwarder.forward_ack(request, hop)
+        return self.forwarder.forward_ack(request, hop, self._peer(hop))
+
+    def _peer(self, hop: proxy_ops.NextHop) -> PeerSettings | None:
+        """The allow-listed peer our popped Route named, if any."""
+        return self.peers.by_name(hop.peer) if hop.peer else None

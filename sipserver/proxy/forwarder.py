@@ -185,9 +185,10 @@ class Forwarder:
             return f"{inbound.peer.fqdn};transport=tls;cert-sha256={cert}"
         return f"{inbound.peer.fqdn};transport={flow.transport};source={flow.remote[0]}"
 
-    def forward_ack(self, request: Request, hop: proxy_ops.NextHop) -> list[Transmit]:
+    def forward_ack(
+        self, request: Request, hop: proxy_ops.NextHop, peer: PeerSettings | None
+    ) -> list[Transmit]:
         """ACK for a 2xx: a new transaction-less request, relayed along the Route set."""
-        peer = self.config_peer(hop.peer)
         target_flow = self.flow_for(hop.uri, hop.transport, peer)
         if target_flow is None:
             return []
@@ -197,9 +198,6 @@ class Forwarder:
             request, request_uri=request.uri, via=via, strip=(identity,)
         )
         return [Transmit(target_flow, forwarded.to_bytes())]
-
-    def config_peer(self, name: str | None) -> PeerSettings | None:
-        return next((p for p in self.config.peers if p.name == name), None) if name else None
 
     def _exhausted(self, call: ProxyCall, now: float) -> list[Transmit]:
         tried = "; ".join(call.attempts) or "no target"

@@ -30,7 +30,7 @@ from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
 from sipserver.server.streams import StreamService
 from sipserver.settings import Config
 from sipserver.sip.flow import Flow, Transmit, Transport
-from sipserver.transport.direct import unread_bytes
+from sipserver.transport.direct import raw_socket, unread_bytes
 from sipserver.transport.listeners import Listener, Listeners, StartupError
 from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.streams import StreamConnection
@@ -77,7 +77,7 @@ class Server:
             self.dispatch,
             self.peer_watch,
             self.repeats,
-            self.overload.note_backlog,
+            self.overload,
         )
         self._timer_wakeup = trio.Event()
         self._timer_armed_for: float | None = None  # the deadline the timer task sleeps until
@@ -267,7 +267,7 @@ class Server:
 
     # --- UDP ---------------------------------------------------------------------------
     async def _serve_udp(self, sock: trio.socket.SocketType, local: tuple[str, int]) -> None:
-        raw = getattr(sock, "_sock", None)
+        raw = raw_socket(sock)
         while True:
             limit = self.config.limits.max_message_bytes
             try:
@@ -275,8 +275,8 @@ class Server:
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("udp_receive_error", reason=exc.strerror)
                 continue
-            if waiting := unread_bytes(raw):  # datagrams waiting: are we falling behind?
-                self.overload.note_backlog(waiting)
+            if self.overload.active and (waiting := unread_bytes(raw)):
+                self.overload.note_backlog(waiting)  # datagrams waiting: falling behind?
             flow = Flow(Transport.UDP, local, (address[0], address[1]))
             if len(data) > limit:
                 log.warning(

@@ -29,6 +29,7 @@ log = structlog.get_logger("sipserver")
 class Credentials:
     def __init__(self, on_change: Callable[[CertInfo], None]) -> None:
         self.current: ServerCredentials | None = None
+        self.anchors: tuple[CertInfo, ...] = ()  # the trust anchors, described once
         self.server_context: SSL.Context | None = None
         self.client_context: SSL.Context | None = None
         self._on_change = on_change
@@ -52,6 +53,7 @@ class Credentials:
         )
         # New connections use these; established ones keep theirs.
         self.current, self.server_context, self.client_context = credentials, server, client
+        self.anchors = tuple(describe(anchor) for anchor in credentials.trust_anchors)
         self._on_change(credentials.certificate.info)
 
     def note_issuer(self, peer: str, issuer: str) -> None:
@@ -59,18 +61,13 @@ class Credentials:
 
     def anchor_named(self, subject: str) -> CertInfo | None:
         """The trust anchor with this subject (a peer's issuer), if we hold it."""
-        if self.current is None:
-            return None
-        return next(
-            (info for info in map(describe, self.current.trust_anchors) if info.subject == subject),
-            None,
-        )
+        return next((info for info in self.anchors if info.subject == subject), None)
 
     def in_use(self) -> list[tuple[str, CertInfo]]:
         """(role, certificate) for our certificate and each trust anchor."""
         if self.current is None:
             return []
-        anchors = [("trust_anchor", describe(a)) for a in self.current.trust_anchors]
+        anchors = [("trust_anchor", info) for info in self.anchors]
         return [("server", self.current.certificate.info), *anchors]
 
     def check(self, config: Config, now: dt.datetime) -> None:
@@ -94,8 +91,8 @@ class Credentials:
                     path=ours.path,
                     **ours.info.log_fields(),
                 )
-        for anchor in self.current.trust_anchors:
-            self._check_anchor(describe(anchor), now)
+        for info in self.anchors:
+            self._check_anchor(info, now)
         self._reselect(config, now)
 
     def _check_anchor(self, info: CertInfo, now: dt.datetime) -> None:

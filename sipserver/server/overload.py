@@ -47,6 +47,9 @@ class OverloadGuard:
         self._config = config
         self.load = LoopLoad()
         self.backlogs = 0  # reads that left a backlog, since start
+        # Whether reads should measure their backlog: only once the loop is half as busy
+        # as the limit (a system call per read is not free).
+        self.active = False
         self.busy = 0.0  # share of the last window the loop was at work
         self._started_at = 0.0
         self._shed_at_start = 0
@@ -71,6 +74,7 @@ class OverloadGuard:
                 self.busy = max(0.0, 1.0 - (self.load.waited - waited) / elapsed)
                 limits = self._config().limits
                 limit = limits.overload_busy
+                self.active = limit > 0 and (self.core.overloaded or self.busy >= limit / 2)
                 backlog_seen = limits.overload_backlog_bytes == 0 or self.backlogs > backlogs
                 behind = limit > 0 and self.busy >= limit and backlog_seen
                 leave = limit - min(LEAVE_MARGIN, limit / 2)

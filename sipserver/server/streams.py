@@ -21,7 +21,7 @@ from sipserver.server.stats import ServerStats
 from sipserver.settings import Config, PeerSettings
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.sip.framing import FramingError
-from sipserver.transport.direct import PlainStream
+from sipserver.transport.direct import BacklogWatch, PlainStream
 from sipserver.transport.limits import Budget
 from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.streams import StreamConnection, next_connection_id
@@ -48,11 +48,11 @@ class StreamService:
         dispatch: Dispatch,
         peer_watch: PeerWatch,
         repeats: RepeatFilter,
-        on_backlog: Callable[[int], None] | None = None,
+        backlog: BacklogWatch | None = None,
     ) -> None:
         self.peer_watch = peer_watch
         self.repeats = repeats
-        self._on_backlog = on_backlog
+        self._backlog = backlog
         self._config = config
         self.core = core
         self.pool = pool
@@ -317,7 +317,7 @@ class StreamService:
             self._message,
             self._framing_lost,
             keepalive_interval=limits.keepalive_interval if keepalive else 0.0,
-            on_backlog=self._on_backlog,
+            backlog=self._backlog,
         )
 
     async def _message(self, connection: StreamConnection, data: bytes) -> None:

@@ -157,24 +157,24 @@ class Message:
     def vias(self) -> list[Via]:
         """Every Via, parsed (raises UriError if one cannot be; only the top one is checked
         when a message arrives)."""
-        return [parse_via_cached(value) for value in self.headers.get_all("Via")]
+        return [parse_via(value) for value in self.headers.get_all("Via")]
 
     @property
     def top_via(self) -> Via | None:
         value = self.headers.get("Via")
         if value is None:
             return None
-        return parse_via_cached(split_list_cached(value)[0] if "," in value else value)
+        return parse_via(split_list_cached(value)[0] if "," in value else value)
 
     @property
     def from_(self) -> NameAddr | None:
         value = self.headers.get("From")
-        return parse_name_addr_cached(value) if value is not None else None
+        return parse_name_addr(value) if value is not None else None
 
     @property
     def to(self) -> NameAddr | None:
         value = self.headers.get("To")
-        return parse_name_addr_cached(value) if value is not None else None
+        return parse_name_addr(value) if value is not None else None
 
     @property
     def cseq(self) -> tuple[int, str]:
@@ -202,10 +202,6 @@ class Message:
             lines.append(f"Content-Length: {len(self.body)}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
-
-
-parse_via_cached = parse_via  # both parsers remember recent texts
-parse_name_addr_cached = parse_name_addr
 
 
 @functools.lru_cache(maxsize=1024)

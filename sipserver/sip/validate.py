@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sipserver.sip.errors import RemoteProtocolError
-from sipserver.sip.message import Message, Request, parse_name_addr_cached
-from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_uri
+from sipserver.sip.message import Message, Request
+from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_name_addr, parse_uri
 
 KNOWN_METHODS = frozenset(
     {
@@ -56,7 +56,7 @@ def check_envelope(message: Message) -> None:
         raise RemoteProtocolError("Malformed Via") from exc
     for name in ("From", "To"):
         try:
-            parse_name_addr_cached(message.headers.get(name) or "")
+            parse_name_addr(message.headers.get(name) or "")
         except UriError as exc:
             raise RemoteProtocolError(f"Malformed {name}") from exc
     if not (message.call_id or "").strip():

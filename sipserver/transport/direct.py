@@ -25,9 +25,19 @@ class DirectStream(Protocol):
     def has_unsent(self) -> bool: ...
 
 
-def raw_socket(stream: trio.SocketStream) -> socket.socket | None:
-    """The non-blocking stdlib socket under a trio SocketStream (None if trio hides it)."""
-    sock = getattr(stream.socket, "_sock", None)
+class BacklogWatch(Protocol):
+    """Who wants to hear of unread backlogs (the overload guard), and whether it does now:
+    the FIONREAD per read is only paid while the loop is busy enough to matter."""
+
+    active: bool
+
+    def note_backlog(self, unread: int) -> None: ...
+
+
+def raw_socket(stream: trio.SocketStream | trio.socket.SocketType) -> socket.socket | None:
+    """The non-blocking stdlib socket under a trio stream or socket (None if trio hides it)."""
+    trio_socket = stream.socket if isinstance(stream, trio.SocketStream) else stream
+    sock = getattr(trio_socket, "_sock", None)
     return sock if isinstance(sock, socket.socket) else None
 
 

@@ -15,7 +15,7 @@ from sipserver.settings import PeerSettings
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.message import ParseLimits
-from sipserver.transport.direct import DirectStream
+from sipserver.transport.direct import BacklogWatch, DirectStream
 
 log = structlog.get_logger("sipserver")
 _connection_ids = itertools.count(1)
@@ -57,7 +57,7 @@ class StreamConnection:
         self.messages_in = 0
         self.close_reason = "closed by peer"
         self._cancel: trio.CancelScope | None = None
-        self._on_backlog: Callable[[int], None] | None = None
+        self._backlog: BacklogWatch | None = None
         self._writer_busy = False  # a write is under way: new bytes must queue behind it
         self._direct: DirectStream | None = stream if hasattr(stream, "send_nowait") else None  # type: ignore[assignment]
 
@@ -116,9 +116,9 @@ class StreamConnection:
         on_message: Callable[[StreamConnection, bytes], Awaitable[None]],
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
         keepalive_interval: float = 0.0,
-        on_backlog: Callable[[int], None] | None = None,
+        backlog: BacklogWatch | None = None,
     ) -> None:
-        self._on_backlog = on_backlog
+        self._backlog = backlog
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
             nursery.start_soon(self._writer, send_timeout)
@@ -147,12 +147,12 @@ class StreamConnection:
                     return
                 if not data:
                     return
-                if self._on_backlog is not None and self._direct is not None:
+                if self._backlog is not None and self._backlog.active and self._direct:
                     # Bytes still waiting after this read: the peer sends faster than we
                     # handle (what the overload guard listens for).
                     waiting = self._direct.unread()
                     if waiting:
-                        self._on_backlog(waiting)
+                        self._backlog.note_backlog(waiting)
                 try:
                     items = framer.feed(data)
                 except FramingError as exc:

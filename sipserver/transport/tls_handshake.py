@@ -159,10 +159,11 @@ async def tls_handshake(
     if revoked is not None:
         when = revoked.revoked_at.date().isoformat()
         why = f" ({revoked.reason})" if revoked.reason else ""
-        whose = "the target's certificate (serial" if outbound else "serial"
+        serial = f"serial {revoked.serial}"
+        which = f"the target's certificate ({serial})" if outbound else serial
         return TlsRefused(
             "certificate_revoked",
-            f"{whose} {revoked.serial}{')' if outbound else ''} was revoked on {when}{why} "
+            f"{which} was revoked on {when}{why} "
             f"by the CRL {revoked.crl_path} of {revoked.crl_issuer}",
             info,
             {"crl": revoked.crl_path, "revoked_at": revoked.revoked_at.isoformat()},

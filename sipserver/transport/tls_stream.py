@@ -47,15 +47,7 @@ class TLSStream(trio.abc.Stream):
             self._encrypt(data)
         except SSL.Error:
             return False  # the writer task meets the error and closes the connection
-        wire = b""
-        while True:
-            try:
-                chunk = self.connection.bio_read(_OUT_CHUNK)
-            except SSL.WantReadError:
-                break
-            wire += chunk
-            if len(chunk) < _OUT_CHUNK:
-                break
+        wire = self._ciphertext()
         sent = send_some(self._raw, wire)
         self._unsent = wire[sent:]
         return True
@@ -85,6 +77,18 @@ class TLSStream(trio.abc.Stream):
         bio = getattr(self.connection, "_from_ssl", None)
         return bio is None or _bio_bytes(bio) > 0
 
+    def _ciphertext(self) -> bytes:
+        """Everything OpenSSL has written to its outgoing BIO."""
+        out = b""
+        while True:
+            try:
+                chunk = self.connection.bio_read(_OUT_CHUNK)
+            except SSL.WantReadError:
+                return out
+            out += chunk
+            if len(chunk) < _OUT_CHUNK:
+                return out  # the BIO is empty: no need to ask (and catch WantReadError)
+
     async def _flush(self) -> None:
         # Uncontended (the usual case) the lock is taken without a trip to the scheduler.
         try:
@@ -92,19 +96,9 @@ class TLSStream(trio.abc.Stream):
         except trio.WouldBlock:
             await self._write_lock.acquire()
         try:
-            if self._unsent:
-                unsent, self._unsent = self._unsent, b""
-                await self.transport.send_all(unsent)
-            while True:
-                try:
-                    data = self.connection.bio_read(_OUT_CHUNK)
-                except SSL.WantReadError:
-                    return
-                if not data:
-                    return
-                await self.transport.send_all(data)
-                if len(data) < _OUT_CHUNK:
-                    return  # the BIO is empty: no need to ask (and catch WantReadError)
+            wire, self._unsent = self._unsent + self._ciphertext(), b""
+            if wire:
+                await self.transport.send_all(wire)
         finally:
             self._write_lock.release()
 
