@@ -89,5 +89,6 @@ class Responder:
                 )
             elif isinstance(item, Terminated):
                 self.table.server.pop(context.key, None)
-        self.table.schedule(tx)
+        if not self.table.settle(tx):
+            self.table.schedule(tx)
         return out

@@ -43,8 +43,11 @@ class ProxyCall:
 class ClientContext:
     call: ProxyCall | None
     flow: Flow
-    kind: str  # "forward" | "cancel" | "health"
+    kind: str  # "forward" | "cancel" | "health" | "accepted"
     peer: PeerSettings | None = None  # the pinged target, for "health"
+    # For "accepted" (an INVITE answered with 2xx, the call let go): where 2xx
+    # retransmissions are relayed.
+    answered: ServerTransaction | None = None
 
 
 class CallRecord:

@@ -39,7 +39,12 @@ from sipserver.sip.framing import FramingError
 from sipserver.sip.matching import server_key
 from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
 from sipserver.sip.timers import TimerValues
-from sipserver.sip.transaction import ClientTransaction, ServerTransaction, State
+from sipserver.sip.transaction import (
+    ClientTransaction,
+    RequestReceived,
+    ServerTransaction,
+    State,
+)
 from sipserver.sip.uri import UriError, parse_uri
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
@@ -193,6 +198,7 @@ class SipCore:
         return min(deadlines) if deadlines else None
 
     def handle_timers(self, now: float) -> list[Transmit]:
+        self.table.forget_settled(now)
         out: list[Transmit] = []
         for tx in self.table.due(now):
             if isinstance(tx, ServerTransaction):
@@ -205,7 +211,7 @@ class SipCore:
 
     @property
     def transaction_count(self) -> int:
-        return len(self.table.server)
+        return len(self.table.server) + len(self.table.settled)
 
     # --- the pipeline -----------------------------------------------------------------
     def _receive(
@@ -243,8 +249,15 @@ class SipCore:
         key = server_key(request, via)
         reply_to = response_flow(via, flow)
         existing = self.table.server.get(key)
+        if existing is None and (settled := self.table.settled.get(key)) is not None:
+            return [Transmit(settled.reply_to, settled.data)]  # a retransmission (Timer J)
         if existing is not None:
-            return self.responder.drive(existing, existing.receive_request(request, now))
+            outputs = existing.receive_request(request, now)
+            out = self.responder.drive(existing, outputs)
+            for item in outputs:
+                if isinstance(item, RequestReceived):  # an ACK for a 2xx that reused the branch
+                    out += self.dialogs.ack(item.request)
+            return out
         if peer is None:
             if request.method == "ACK":
                 return []

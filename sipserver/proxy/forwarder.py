@@ -1,10 +1,10 @@
 """The transaction-stateful proxy (RFC 3261 §16): forwards calls to dial-plan targets with
 failover, routes in-dialog requests along the Record-Route set, relays CANCEL and 2xx
-retransmissions, and records one CallCompleted per routed request."""
+retransmissions (through both transactions' Accepted state, RFC 6026), answers 408 when
+Timer C ends a call that rings too long, and records one CallCompleted per routed request."""
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Sequence
 
 from sipserver.proxy.answers import Headers, Responder
@@ -59,9 +59,6 @@ class Forwarder:
         self.events = events
         self.connections = connections
         self.calls: dict[tuple[str, ...], ProxyCall] = {}  # by server transaction key
-        # Where to relay retransmitted 2xx to INVITE once the transactions are gone.
-        self.answered: dict[str, Flow] = {}
-        self._answered_expiry: collections.deque[tuple[float, str]] = collections.deque()
         self.our_thumbprint_sha1: str | None = None
 
     def configure(
@@ -282,11 +279,6 @@ class Forwarder:
             return None
         tx = self.table.client.get(key)
         if tx is None:
-            branch = key[0]
-            if 200 <= response.status < 300 and key[1] == "INVITE" and branch in self.answered:
-                # A retransmitted 2xx after our transactions ended: relay it statelessly.
-                relayed = proxy_ops.strip_top_via(response).to_bytes()
-                return [Transmit(self.answered[branch], relayed)]
             return None
         return self.drive(tx, tx.receive_response(response, now), now)
 
@@ -299,6 +291,10 @@ class Forwarder:
                 out.append(Transmit(context.flow, item.data))
             elif isinstance(item, Terminated):
                 self.table.forget_client(tx)
+                if call is not None:  # its deadline may linger in the heap: keep no call
+                    tx.context = ClientContext(None, context.flow, context.kind)
+            elif isinstance(item, ResponseReceived) and context.answered is not None:
+                out += self._relay_late_2xx(context.answered, item.response, now)
             elif call is None or context.kind != "forward":
                 continue
             elif isinstance(item, ResponseReceived):
@@ -311,6 +307,8 @@ class Forwarder:
     def _on_response(
         self, call: ProxyCall, tx: ClientTransaction, response: Response, now: float
     ) -> list[Transmit]:
+        if call.done and 200 <= response.status < 300:
+            return self._relay_late_2xx(call.server_tx, response, now)
         if call.client_tx is not tx or call.done or response.status == 100:
             return []
         if response.status == 503 and call.targets and not call.cancelled:
@@ -325,20 +323,27 @@ class Forwarder:
             return out
         if response.status < 300:
             self._check_answer_media(call, response)
-            if call.request.method == "INVITE":
-                via = tx.request.top_via
-                self._remember_answer(via.branch or "" if via else "", call.inbound.reply_to, now)
+            if tx.state is State.ACCEPTED:
+                # Only the way back is kept for the 2xx retransmissions of Accepted; the
+                # call itself (requests, targets) can go.
+                tx.context = ClientContext(
+                    None, tx.context.flow, "accepted", answered=call.server_tx
+                )
         call.done = True
         self.calls.pop(call.inbound.key, None)
         self._complete(call, upstream.status, now)
         return self.responder.send(call.server_tx, upstream, now)
 
-    def _remember_answer(self, branch: str, reply_to: Flow, now: float) -> None:
-        """Keep where a 2xx went for 64*T1, the time a UAS retransmits it (§13.3.1.4)."""
-        while self._answered_expiry and self._answered_expiry[0][0] <= now:
-            self.answered.pop(self._answered_expiry.popleft()[1], None)
-        self.answered[branch] = reply_to
-        self._answered_expiry.append((now + 64 * self.timers.t1, branch))
+    def _relay_late_2xx(
+        self, server_tx: ServerTransaction, response: Response, now: float
+    ) -> list[Transmit]:
+        """A 2xx after the call was settled: a retransmission of the answer, or an answer
+        that crossed our CANCEL or 408. §16.7 step 5: a 2xx always goes upstream; through
+        the Accepted server transaction while it lasts, else straight to the caller."""
+        upstream = proxy_ops.strip_top_via(response)
+        if server_tx.state is State.ACCEPTED:
+            return self.responder.send(server_tx, upstream, now)
+        return [Transmit(server_tx.context.reply_to, upstream.to_bytes())]
 
     def _on_timeout(
         self, call: ProxyCall, tx: ClientTransaction, timer: str, now: float
@@ -346,7 +351,13 @@ class Forwarder:
         if call.client_tx is not tx or call.done:
             return []
         if timer == "C":
-            return self._send_cancel(call, now) if not call.cancel_sent else []
+            # §16.8: still ringing after Timer C. The callee is cancelled and the caller
+            # told at once, rather than kept waiting for a 487 that may never come.
+            cancel = self._send_cancel(call, now) if not call.cancel_sent else []
+            name = call.target.name if call.target else "the target"
+            why = f"No answer from {name} within {self.timers.timer_c:g} s (Timer C); cancelled"
+            call.attempts.append(f"{name}: no answer within Timer C")
+            return cancel + self.fail(call.server_tx, 408, "Request Timeout", why, now)
         return self._attempt_failed(call, "timeout", now)
 
     def _attempt_failed(self, call: ProxyCall, reason: str, now: float) -> list[Transmit]:
@@ -384,7 +395,7 @@ class Forwarder:
         return self._send_cancel(call, now)
 
     def _send_cancel(self, call: ProxyCall, now: float) -> list[Transmit]:
-        if call.client_tx is None or call.target_flow is None:
+        if call.client_tx is None or call.client_tx.request is None or call.target_flow is None:
             return []
         call.cancel_sent = True
         cancel = proxy_ops.build_cancel(call.client_tx.request)

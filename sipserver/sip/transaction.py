@@ -1,147 +1,36 @@
 """RFC 3261 §17 transactions as data-driven state machines with explicit time.
 
-Rule (after h11's _state.py): every state transition lives in the tables below. A
-transaction never reads a clock and never does I/O: callers pass `now`, ask for
-`deadline`, call `handle_timer(now)` when it passes, and send what comes back.
+Rule (after h11's _state.py): every state transition lives in a table
+(transaction_tables.py). A transaction never reads a clock and never does I/O: callers
+pass `now`, ask for `deadline`, call `handle_timer(now)` when it passes, and send what
+comes back.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sipserver.sip.errors import LocalProtocolError
+from sipserver.sip.matching import client_key
 from sipserver.sip.message import Header, Headers, Request, Response
 from sipserver.sip.timers import TimerValues
+from sipserver.sip.transaction_tables import (
+    CLIENT_INVITE,
+    CLIENT_NON_INVITE,
+    SERVER_INVITE,
+    SERVER_NON_INVITE,
+    TIMER_ACTIONS,
+    Action,
+    Input,
+    State,
+    Table,
+)
 
-
-class State(enum.Enum):
-    CALLING = "calling"
-    TRYING = "trying"
-    PROCEEDING = "proceeding"
-    COMPLETED = "completed"
-    CONFIRMED = "confirmed"
-    TERMINATED = "terminated"
-
-
-class Input(enum.Enum):
-    REQUEST = "request"  # a retransmission of the transaction's request
-    ACK = "ack"
-    SEND_1XX = "send_1xx"
-    SEND_2XX = "send_2xx"
-    SEND_FINAL = "send_3xx_6xx"
-    RECV_1XX = "recv_1xx"
-    RECV_2XX = "recv_2xx"
-    RECV_FINAL = "recv_3xx_6xx"
-    TIMER_A = "A"
-    TIMER_B = "B"
-    TIMER_C = "C"
-    TIMER_D = "D"
-    TIMER_E = "E"
-    TIMER_F = "F"
-    TIMER_G = "G"
-    TIMER_H = "H"
-    TIMER_I = "I"
-    TIMER_J = "J"
-    TIMER_K = "K"
-
-
-class Action(enum.Enum):
-    SEND = "send"  # send the response given with the input
-    RESEND_RESPONSE = "resend_response"
-    RESEND_REQUEST = "resend_request"
-    SEND_ACK = "send_ack"
-    PASS_UP = "pass_up"  # give the received response to the transaction user
-    TIMEOUT = "timeout"  # tell the transaction user the transaction timed out
-    START_A = "start_A"
-    START_B = "start_B"
-    START_C = "start_C"
-    START_D = "start_D"
-    START_E = "start_E"
-    START_F = "start_F"
-    START_G = "start_G"
-    START_H = "start_H"
-    START_I = "start_I"
-    START_J = "start_J"
-    START_K = "start_K"
-    BACKOFF_A = "backoff_A"
-    BACKOFF_E = "backoff_E"
-    BACKOFF_G = "backoff_G"
-    STOP_TIMERS = "stop_timers"
-
-
-S, I, A = State, Input, Action  # noqa: E741 -- short names keep the tables readable
-# START_x and BACKOFF_x actions: (starting?, timer name), worked out once.
-_TIMER_ACTIONS = {
-    action: (action.name.startswith("START_"), action.value[-1])
-    for action in Action
-    if action.name.startswith(("START_", "BACKOFF_"))
-}
-Table = dict[tuple[State, Input], tuple[State, tuple[Action, ...]]]
-
-SERVER_INVITE: Table = {
-    (S.PROCEEDING, I.REQUEST): (S.PROCEEDING, (A.RESEND_RESPONSE,)),
-    (S.PROCEEDING, I.SEND_1XX): (S.PROCEEDING, (A.SEND,)),
-    (S.PROCEEDING, I.SEND_2XX): (S.TERMINATED, (A.SEND,)),
-    (S.PROCEEDING, I.SEND_FINAL): (S.COMPLETED, (A.SEND, A.START_G, A.START_H)),
-    (S.COMPLETED, I.REQUEST): (S.COMPLETED, (A.RESEND_RESPONSE,)),
-    (S.COMPLETED, I.TIMER_G): (S.COMPLETED, (A.RESEND_RESPONSE, A.BACKOFF_G)),
-    (S.COMPLETED, I.TIMER_H): (S.TERMINATED, (A.STOP_TIMERS, A.TIMEOUT)),
-    (S.COMPLETED, I.ACK): (S.CONFIRMED, (A.STOP_TIMERS, A.START_I)),
-    (S.CONFIRMED, I.ACK): (S.CONFIRMED, ()),
-    (S.CONFIRMED, I.REQUEST): (S.CONFIRMED, ()),
-    (S.CONFIRMED, I.TIMER_I): (S.TERMINATED, ()),
-}
-
-SERVER_NON_INVITE: Table = {
-    (S.TRYING, I.REQUEST): (S.TRYING, ()),
-    (S.TRYING, I.SEND_1XX): (S.PROCEEDING, (A.SEND,)),
-    (S.TRYING, I.SEND_2XX): (S.COMPLETED, (A.SEND, A.START_J)),
-    (S.TRYING, I.SEND_FINAL): (S.COMPLETED, (A.SEND, A.START_J)),
-    (S.PROCEEDING, I.REQUEST): (S.PROCEEDING, (A.RESEND_RESPONSE,)),
-    (S.PROCEEDING, I.SEND_1XX): (S.PROCEEDING, (A.SEND,)),
-    (S.PROCEEDING, I.SEND_2XX): (S.COMPLETED, (A.SEND, A.START_J)),
-    (S.PROCEEDING, I.SEND_FINAL): (S.COMPLETED, (A.SEND, A.START_J)),
-    (S.COMPLETED, I.REQUEST): (S.COMPLETED, (A.RESEND_RESPONSE,)),
-    (S.COMPLETED, I.TIMER_J): (S.TERMINATED, ()),
-}
-
-CLIENT_INVITE: Table = {
-    (S.CALLING, I.TIMER_A): (S.CALLING, (A.RESEND_REQUEST, A.BACKOFF_A)),
-    (S.CALLING, I.TIMER_B): (S.TERMINATED, (A.STOP_TIMERS, A.TIMEOUT)),
-    (S.CALLING, I.RECV_1XX): (S.PROCEEDING, (A.STOP_TIMERS, A.START_C, A.PASS_UP)),
-    (S.CALLING, I.RECV_2XX): (S.TERMINATED, (A.STOP_TIMERS, A.PASS_UP)),
-    (S.CALLING, I.RECV_FINAL): (S.COMPLETED, (A.STOP_TIMERS, A.SEND_ACK, A.PASS_UP, A.START_D)),
-    (S.PROCEEDING, I.RECV_1XX): (S.PROCEEDING, (A.START_C, A.PASS_UP)),
-    (S.PROCEEDING, I.RECV_2XX): (S.TERMINATED, (A.STOP_TIMERS, A.PASS_UP)),
-    (S.PROCEEDING, I.RECV_FINAL): (S.COMPLETED, (A.STOP_TIMERS, A.SEND_ACK, A.PASS_UP, A.START_D)),
-    # Timer C (§16.6 step 11) is the proxy's: the transaction stays, the proxy CANCELs.
-    (S.PROCEEDING, I.TIMER_C): (S.PROCEEDING, (A.TIMEOUT,)),
-    (S.COMPLETED, I.RECV_FINAL): (S.COMPLETED, (A.SEND_ACK,)),
-    (S.COMPLETED, I.RECV_1XX): (S.COMPLETED, ()),
-    (S.COMPLETED, I.RECV_2XX): (S.COMPLETED, ()),
-    (S.COMPLETED, I.TIMER_D): (S.TERMINATED, ()),
-}
-
-CLIENT_NON_INVITE: Table = {
-    (S.TRYING, I.TIMER_E): (S.TRYING, (A.RESEND_REQUEST, A.BACKOFF_E)),
-    (S.TRYING, I.TIMER_F): (S.TERMINATED, (A.STOP_TIMERS, A.TIMEOUT)),
-    (S.TRYING, I.RECV_1XX): (S.PROCEEDING, (A.PASS_UP,)),
-    (S.TRYING, I.RECV_2XX): (S.COMPLETED, (A.STOP_TIMERS, A.PASS_UP, A.START_K)),
-    (S.TRYING, I.RECV_FINAL): (S.COMPLETED, (A.STOP_TIMERS, A.PASS_UP, A.START_K)),
-    (S.PROCEEDING, I.TIMER_E): (S.PROCEEDING, (A.RESEND_REQUEST, A.BACKOFF_E)),
-    (S.PROCEEDING, I.TIMER_F): (S.TERMINATED, (A.STOP_TIMERS, A.TIMEOUT)),
-    (S.PROCEEDING, I.RECV_1XX): (S.PROCEEDING, (A.PASS_UP,)),
-    (S.PROCEEDING, I.RECV_2XX): (S.COMPLETED, (A.STOP_TIMERS, A.PASS_UP, A.START_K)),
-    (S.PROCEEDING, I.RECV_FINAL): (S.COMPLETED, (A.STOP_TIMERS, A.PASS_UP, A.START_K)),
-    (S.COMPLETED, I.RECV_1XX): (S.COMPLETED, ()),
-    (S.COMPLETED, I.RECV_2XX): (S.COMPLETED, ()),
-    (S.COMPLETED, I.RECV_FINAL): (S.COMPLETED, ()),
-    (S.COMPLETED, I.TIMER_K): (S.TERMINATED, ()),
-}
+A, I = Action, Input  # noqa: E741 -- as in the tables
+__all__ = ["State"]  # callers see the states through this module
 
 
 # --- what a transaction hands back --------------------------------------------------
@@ -164,6 +53,13 @@ class ResponseReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """An ACK that matched an Accepted INVITE transaction, for the transaction user."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
 class TimedOut:
     timer: str  # "B", "C", "F" or "H"
 
@@ -173,7 +69,7 @@ class Terminated:
     pass
 
 
-Output = SendMessage | ResponseReceived | TimedOut | Terminated
+Output = SendMessage | ResponseReceived | RequestReceived | TimedOut | Terminated
 
 
 class InvalidTransition(LocalProtocolError):
@@ -197,6 +93,7 @@ class Transaction:
     id: int = field(default_factory=lambda: next(_ids))
     last_response_data: bytes | None = None
     last_status: int | None = None
+    scheduled: float | None = None  # the deadline its owner last queued a wake-up for
     _deadlines: dict[str, float] = field(default_factory=dict)
     _intervals: dict[str, float] = field(default_factory=dict)
 
@@ -249,7 +146,7 @@ class Transaction:
         if action is A.STOP_TIMERS:
             self._deadlines.clear()
             return []
-        starting, name = _TIMER_ACTIONS[action]
+        starting, name = TIMER_ACTIONS[action]
         if starting:
             interval = self._initial_interval(name)
             if interval is not None:
@@ -269,7 +166,7 @@ class Transaction:
         retransmit = {"A": t.t1, "E": t.t1, "G": t.t1}
         if name in retransmit:
             return None if self.reliable else retransmit[name]
-        if name in ("B", "F", "H"):
+        if name in ("B", "F", "H", "L", "M"):
             return 64 * t.t1
         if name == "C":
             return t.timer_c
@@ -285,7 +182,9 @@ class Transaction:
 def _send(tx: Transaction, message: Request | Response | None, event: Input) -> list[Output]:
     assert isinstance(message, Response)
     out = SendMessage.of(message)
-    tx.last_response_data, tx.last_status = out.data, message.status
+    tx.last_status = message.status
+    # Accepted never resends on its own: no bytes kept for the 64*T1 it lasts.
+    tx.last_response_data = None if tx.state is State.ACCEPTED else out.data
     return [out]
 
 
@@ -304,10 +203,13 @@ def _resend_request(
 
 def _send_ack(tx: Transaction, message: Request | Response | None, event: Input) -> list[Output]:
     assert isinstance(message, Response) and isinstance(tx, ClientTransaction)
+    assert tx.request is not None, "a non-2xx final is ACKed before Accepted"
     return [SendMessage.of(build_ack_for_non_2xx(tx.request, message))]
 
 
 def _pass_up(tx: Transaction, message: Request | Response | None, event: Input) -> list[Output]:
+    if isinstance(message, Request):
+        return [RequestReceived(message)]
     assert isinstance(message, Response)
     return [ResponseReceived(message)]
 
@@ -373,8 +275,11 @@ class ServerTransaction(Transaction):
 
 @dataclass(eq=False, kw_only=True)
 class ClientTransaction(Transaction):
-    request: Request
-    request_data: bytes  # serialised once, for Timer A/E retransmissions
+    key: tuple[str, str]  # what responses are matched on (§17.1.3)
+    # The request, and its bytes for Timer A/E retransmissions; both let go in Accepted,
+    # where nothing is resent or ACKed, so the 64*T1 that state lasts costs little.
+    request: Request | None
+    request_data: bytes
 
     @classmethod
     def create(
@@ -393,6 +298,7 @@ class ClientTransaction(Transaction):
             reliable=reliable,
             timers=timers,
             context=context,
+            key=client_key(request),
             request=request,
             request_data=first.data,
             table=CLIENT_INVITE if invite else CLIENT_NON_INVITE,
@@ -403,7 +309,10 @@ class ClientTransaction(Transaction):
         return tx, [first]
 
     def receive_response(self, response: Response, now: float) -> list[Output]:
-        return self._apply(_response_input(response.status, sending=False), now, response)
+        out = self._apply(_response_input(response.status, sending=False), now, response)
+        if self.state in (State.ACCEPTED, State.TERMINATED):
+            self.request, self.request_data = None, b""
+        return out
 
 
 def build_ack_for_non_2xx(request: Request, response: Response) -> Request:

@@ -53,6 +53,11 @@ def answer(request: Request, status: int, reason: str = "X", extra: str = "") ->
     ).encode()
 
 
+def forwarding(core: SipCore) -> int:
+    """Client transactions of calls (health-check pings aside)."""
+    return sum(1 for tx in core.table.client.values() if tx.context.kind != "health")
+
+
 def start() -> tuple[SipCore, list[Transmit]]:
     core = SipCore(CONFIG)
     return core, core.receive_datagram(invite(), CALLER, 0.0)
@@ -208,20 +213,92 @@ def test_health_checks_mark_a_silent_target_down_and_calls_skip_it() -> None:
     assert [e.fields()["state"] for e in changes] == ["down", "up"]
 
 
-def test_relay_memory_for_2xx_retransmissions_is_bounded_in_time() -> None:
+def test_2xx_retransmissions_pass_through_both_accepted_transactions_until_64_t1() -> None:
+    """RFC 6026: the answer and its retransmissions go upstream through the transactions'
+    Accepted state (no side table); INVITE retransmissions are absorbed; after 64*T1 both
+    transactions are gone and a stray 2xx is only logged."""
     core, out = start()
     (forwarded,) = to(out, ("192.0.2.20", 5060))
     assert isinstance(forwarded, Request)
-    core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 0.2)
-    assert len(core.forwarder.answered) == 1
-    second = core.receive_datagram(invite().replace(b"caller1", b"caller2"), CALLER, 40.0)
-    (forwarded2,) = to(second, ("192.0.2.20", 5060))
-    assert isinstance(forwarded2, Request)
-    core.receive_datagram(
-        answer(forwarded2, 200, "OK"), PBX1, 40.1
-    )  # a later 2xx prunes expired entries
-    assert list(core.forwarder.answered) == [forwarded2.top_via.branch]  # type: ignore[union-attr]
-    assert core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 41.0) == []
+    ok = answer(forwarded, 200, "OK")
+    first = core.receive_datagram(ok, PBX1, 0.2)
+    assert [m.status for m in to(first, CALLER.remote) if isinstance(m, Response)] == [200]
+    assert core.receive_datagram(invite(), CALLER, 0.3) == []  # absorbed, not re-forwarded
+    again = core.receive_datagram(ok, PBX1, 1.2)  # the callee retransmits its 200
+    assert [m.status for m in to(again, CALLER.remote) if isinstance(m, Response)] == [200]
+    assert core.transaction_count == 1 and forwarding(core) == 1  # Accepted on both sides
+    core.handle_timers(32.3)  # Timer L and Timer M (64*T1 = 32 s)
+    assert core.transaction_count == 0 and forwarding(core) == 0
+    core.take_events()
+    assert core.receive_datagram(ok, PBX1, 33.0) == []
+    assert [e.log_name for e in core.take_events()] == ["sip_response_unmatched"]
+
+
+def test_an_ack_that_reuses_the_invite_branch_is_routed_as_the_ack_for_the_2xx() -> None:
+    """Some UAs send the ACK for a 2xx with the INVITE's branch: it matches the Accepted
+    transaction, which hands it up to be relayed along the Route set (RFC 6026 §7.1)."""
+    core, out = start()
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    ok = core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 0.2)
+    (answered,) = to(ok, CALLER.remote)
+    assert isinstance(answered, Response)
+    routes = "".join(f"Route: {v}\r\n" for v in reversed(answered.headers.get_all("Record-Route")))
+    ack = (
+        "ACK sip:b@192.0.2.20:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcaller1\r\n"
+        f"{routes}From: <sip:a@gw1.example.test>;tag=ft\r\nTo: <sip:5000@sip.example.test>;tag=callee\r\n"
+        "Call-ID: call-1\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    relayed = to(core.receive_datagram(ack, CALLER, 0.3), ("192.0.2.20", 5060))
+    assert [m.method for m in relayed if isinstance(m, Request)] == ["ACK"]
+
+
+def test_timer_c_on_a_ringing_call_cancels_the_callee_and_answers_408() -> None:
+    """§16.8: a call still ringing when Timer C fires is cancelled downstream and the caller
+    gets 408 at once with a Warning saying why; the late 487 is ACKed and absorbed."""
+    core, out = start()
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    core.receive_datagram(answer(forwarded, 180, "Ringing"), PBX1, 1.0)
+    (ringing,) = [tx for tx in core.table.client.values() if tx.context.kind == "forward"]
+    assert ringing.deadline == 181.0  # Timer C, 180 s after the last provisional
+    fired = core.handle_timers(181.0)
+    upstream = [m for m in to(fired, CALLER.remote) if isinstance(m, Response)]
+    assert [m.status for m in upstream] == [408]
+    warning = upstream[0].headers.get("Warning") or ""
+    assert "No answer from pbx1 within 180 s (Timer C)" in warning
+    downstream = [m for m in to(fired, ("192.0.2.20", 5060)) if isinstance(m, Request)]
+    assert [m.method for m in downstream if m.method != "OPTIONS"] == ["CANCEL"]  # no pings
+    call = next(e for e in core.take_events() if e.log_name == "call_ended")
+    assert call.fields()["status"] == 408
+    late = core.receive_datagram(answer(forwarded, 487, "Request Terminated"), PBX1, 181.2)
+    assert to(late, CALLER.remote) == []
+    assert [m.method for m in to(late, ("192.0.2.20", 5060)) if isinstance(m, Request)] == ["ACK"]
+
+
+def test_timer_c_gives_up_on_a_callee_that_never_answers_the_cancel() -> None:
+    core, out = start()
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    core.receive_datagram(answer(forwarded, 180, "Ringing"), PBX1, 1.0)
+    core.handle_timers(181.0)
+    ack = invite().replace(b"INVITE sip", b"ACK sip").replace(b"1 INVITE", b"1 ACK")
+    core.receive_datagram(ack, CALLER, 181.1)  # the caller ACKs our 408
+    deadline = core.next_deadline()
+    while deadline is not None and deadline < 400:
+        core.handle_timers(deadline)
+        deadline = core.next_deadline()
+    assert core.transaction_count == 0 and forwarding(core) == 0 and not core.forwarder.calls
+
+
+def test_a_2xx_that_crosses_our_408_still_reaches_the_caller() -> None:
+    core, out = start()
+    (forwarded,) = to(out, ("192.0.2.20", 5060))
+    assert isinstance(forwarded, Request)
+    core.receive_datagram(answer(forwarded, 180, "Ringing"), PBX1, 1.0)
+    core.handle_timers(181.0)
+    crossed = core.receive_datagram(answer(forwarded, 200, "OK"), PBX1, 181.1)
+    assert [m.status for m in to(crossed, CALLER.remote) if isinstance(m, Response)] == [200]
 
 
 def test_overloaded_core_sheds_new_calls_but_keeps_admitted_ones_and_dialogs() -> None:

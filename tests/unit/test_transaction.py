@@ -9,6 +9,7 @@ from sipserver.sip.message import Request, Response, parse_message
 from sipserver.sip.transaction import (
     ClientTransaction,
     InvalidTransition,
+    RequestReceived,
     ResponseReceived,
     SendMessage,
     ServerTransaction,
@@ -136,14 +137,49 @@ def test_server_invite_timer_h_without_ack() -> None:
     assert tx.handle_timer(32.0) == [TimedOut("H"), Terminated()]
 
 
-def test_server_invite_2xx_terminates_at_once() -> None:
+@pytest.mark.parametrize("reliable", [False, True])
+def test_server_invite_2xx_is_accepted_until_timer_l(reliable: bool) -> None:
+    """RFC 6026 §7.1: after a 2xx, INVITE retransmissions are absorbed (the UAS core, not
+    the transaction, retransmits 2xx), further 2xx are sent, a matching ACK is handed up,
+    and Timer L (64*T1, on every transport) ends the transaction."""
     req = request()
-    tx = ServerTransaction.create(req.method, reliable=False, now=0.0)
+    tx = ServerTransaction.create(req.method, reliable=reliable, now=0.0)
     trying = response(req, 100)
     assert sent(tx.send_response(trying, 0.0)) == [trying.to_bytes()]
     assert sent(tx.receive_request(req, 0.05)) == [trying.to_bytes()]
-    out = tx.send_response(response(req, 200), 0.1)
-    assert isinstance(out[-1], Terminated)
+    ok = response(req, 200)
+    assert sent(tx.send_response(ok, 0.1)) == [ok.to_bytes()]
+    assert tx.state is State.ACCEPTED and tx.deadline == pytest.approx(32.1)
+    assert tx.receive_request(req, 0.2) == []
+    assert sent(tx.send_response(ok, 0.6)) == [ok.to_bytes()]
+    ack = request("ACK")
+    assert tx.receive_request(ack, 0.7) == [RequestReceived(ack)]
+    with pytest.raises(InvalidTransition):
+        tx.send_response(response(req, 486), 0.8)
+    assert fire_all(tx, 40.0) == [(pytest.approx(32.1), Terminated())]
+
+
+@pytest.mark.parametrize("reliable", [False, True])
+def test_client_invite_2xx_is_accepted_and_retransmissions_passed_up_until_timer_m(
+    reliable: bool,
+) -> None:
+    req = request()
+    tx, _ = ClientTransaction.create(req, reliable=reliable, now=0.0)
+    ok = response(req, 200)
+    assert tx.receive_response(ok, 0.1) == [ResponseReceived(ok)]
+    assert tx.state is State.ACCEPTED and tx.deadline == pytest.approx(32.1)
+    assert tx.receive_response(ok, 1.1) == [ResponseReceived(ok)]
+    assert tx.receive_response(response(req, 180), 1.2) == []
+    assert fire_all(tx, 40.0) == [(pytest.approx(32.1), Terminated())]
+
+
+def test_timer_c_restarts_timer_b_and_a_silent_callee_ends_the_transaction() -> None:
+    req = request()
+    tx, _ = ClientTransaction.create(req, reliable=True, now=0.0)
+    tx.receive_response(response(req, 180), 1.0)
+    assert tx.handle_timer(181.0) == [TimedOut("C")]
+    assert tx.state is State.PROCEEDING and tx.deadline == pytest.approx(213.0)
+    assert fire_all(tx, 300.0) == [(pytest.approx(213.0), Terminated())]
 
 
 def test_server_non_invite_absorbs_in_trying_and_resends_when_completed() -> None:
