@@ -67,6 +67,7 @@ def make_leaf(
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
     ekus: list[x509.ObjectIdentifier] | None = None,
+    serial: int | None = None,
 ) -> Issued:
     """A leaf certificate; issuer None makes it self-signed."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -76,7 +77,7 @@ def make_leaf(
         .subject_name(subject)
         .issuer_name(issuer.cert.subject if issuer else subject)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial or x509.random_serial_number())
         .not_valid_before(not_before or NOW - dt.timedelta(days=1))
         .not_valid_after(not_after or NOW + dt.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

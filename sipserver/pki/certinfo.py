@@ -94,7 +94,7 @@ def describe(cert: x509.Certificate) -> CertInfo:
     return CertInfo(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
-        serial=format(cert.serial_number, "X"),
+        serial=serial_hex(cert.serial_number),
         thumbprint_sha1=cert.fingerprint(hashes.SHA1()).hex().upper(),
         thumbprint_sha256=_sha256(der),
         not_before=cert.not_valid_before_utc,
@@ -107,6 +107,13 @@ def describe(cert: x509.Certificate) -> CertInfo:
         ekus=ekus,
         self_signed=cert.issuer == cert.subject,
     )
+
+
+def serial_hex(serial: int) -> str:
+    """A serial number as whole bytes in upper-case hex (`0123…`, never `123…`): the form
+    openssl, Windows and CA records show, so admins can compare it character for character."""
+    text = format(serial, "X")
+    return text if len(text) % 2 == 0 else "0" + text
 
 
 def _sha256(der: bytes) -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from sipserver.pki.certinfo import serial_hex
+
 
 @dataclass(frozen=True, slots=True)
 class LoadedCrl:
@@ -75,7 +77,7 @@ class RevocationChecker:
                 except x509.ExtensionNotFound:
                     reason = None
                 return Revoked(
-                    format(cert.serial_number, "X"),
+                    serial_hex(cert.serial_number),
                     entry.revocation_date_utc,
                     reason,
                     item.path,

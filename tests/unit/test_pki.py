@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 from dataclasses import dataclass
 
+import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sipserver.pki.certinfo import describe
@@ -33,6 +35,20 @@ def test_certinfo_has_admin_friendly_thumbprints_and_serial() -> None:
     assert int(info.serial, 16) == leaf.cert.serial_number
     assert info.issuer == "CN=Test Root CA" and not info.self_signed
     assert info.ekus == ("serverAuth", "clientAuth")
+
+
+@pytest.mark.parametrize("serial", [0x0123456789ABCDEF0123, 0x80FF, 0x0F, 0x7A])
+def test_serials_are_whole_bytes_of_hex_as_openssl_prints_them(serial: int) -> None:
+    leaf = make_leaf(make_ca("CA"), dns=["gw1.example.test"], serial=serial)
+    shown = subprocess.run(
+        ["openssl", "x509", "-noout", "-serial"],
+        input=leaf.cert_pem,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    info = describe(leaf.cert)
+    assert shown.strip() == f"serial={info.serial}"
+    assert len(info.serial) % 2 == 0 and int(info.serial, 16) == serial
 
 
 def test_sip_uri_san_wins_over_dns_san() -> None:
