@@ -34,14 +34,20 @@ def _verify_callback(
     connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
 ) -> bool:
     record = connection.get_app_data()
-    if isinstance(record, VerifyRecord):
-        record.called = True
-        as_crypto = cert.to_cryptography()
-        if depth == 0:
-            record.leaf = as_crypto
-        if not ok:
-            record.errors.append((errno, depth, as_crypto))
-    # Keep OpenSSL's verdict: a bad chain fails the handshake with the right alert.
+    if not isinstance(record, VerifyRecord):
+        return bool(ok)
+    record.called = True
+    as_crypto = cert.to_cryptography()
+    if not ok:
+        record.errors.append((errno, depth, as_crypto))
+        if depth > 0:
+            # A chain that fails above the leaf (an untrusted CA the peer sent along) would
+            # stop here, and the refusal could only describe that CA. Walk on down to the
+            # leaf, which then fails the handshake with OpenSSL's error kept.
+            return True
+    if depth == 0:
+        record.leaf = as_crypto
+        return bool(ok) and not record.errors
     return bool(ok)
 
 

@@ -5,7 +5,7 @@ refused and which certificate it presented."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -16,7 +16,11 @@ from sipserver.pki.identity import match_peer
 from sipserver.pki.revocation import RevocationChecker
 from sipserver.pki.verify_errors import describe_verify_error
 from sipserver.settings import PeerSettings
-from sipserver.transport.tls_context import new_client_connection, new_server_connection
+from sipserver.transport.tls_context import (
+    VerifyRecord,
+    new_client_connection,
+    new_server_connection,
+)
 from sipserver.transport.tls_stream import TLSStream
 
 
@@ -49,21 +53,9 @@ def _openssl_reasons(exc: BaseException) -> list[str]:
     return reasons or [str(exc)]
 
 
-def _classify_failure(exc: BaseException, record_errors: list[Any], called: bool) -> TlsRefused:
-    if record_errors:
-        code, depth, cert = record_errors[0]
-        reason, text = describe_verify_error(code)
-        info = describe(cert)
-        return TlsRefused(
-            reason,
-            text,
-            info,
-            {
-                "verify_error": code,
-                "verify_depth": depth,
-                "presented_names": list(info.presented_names),
-            },
-        )
+def _classify_failure(exc: BaseException, record: VerifyRecord, called: bool) -> TlsRefused:
+    if record.errors:
+        return _chain_refused(record)
     reasons = _openssl_reasons(exc)
     joined = "; ".join(reasons)
     lowered = joined.lower()
@@ -103,6 +95,24 @@ def _classify_failure(exc: BaseException, record_errors: list[Any], called: bool
     return TlsRefused("handshake_failed", joined)
 
 
+def _chain_refused(record: VerifyRecord) -> TlsRefused:
+    """The chain did not verify: describe the peer's own (leaf) certificate, and name the
+    certificate where verification failed when that was one of its issuers."""
+    code, depth, failed_at = record.errors[0]
+    reason, text = describe_verify_error(code)
+    info = describe(record.leaf or failed_at)
+    fields: dict[str, Any] = {
+        "verify_error": code,
+        "verify_depth": depth,
+        "presented_names": list(info.presented_names),
+    }
+    if depth > 0 and record.leaf is not None:
+        issuer = failed_at.subject.rfc4514_string()
+        fields["untrusted_issuer"] = issuer
+        text = f"{text} (the chain ends in {issuer}, sent by the peer)"
+    return TlsRefused(reason, text, info, fields)
+
+
 async def tls_handshake(
     transport: trio.abc.Stream,
     context: SSL.Context,
@@ -135,7 +145,7 @@ async def tls_handshake(
             return TlsRefused(
                 "handshake_aborted", f"the peer closed the connection during the handshake ({exc})"
             )
-        refused = _classify_failure(exc, record.errors, record.called or outbound)
+        refused = _classify_failure(exc, record, record.called or outbound)
         if (
             outbound
             and refused.reason == "handshake_failed"
@@ -145,6 +155,8 @@ async def tls_handshake(
         return refused
 
     connection.set_app_data(None)  # the verify record served the handshake: let it go
+    if record.errors:  # never reached: the leaf fails the handshake; refuse all the same
+        return replace(_chain_refused(record), stream=stream)
     leaf = connection.get_peer_certificate(as_cryptography=True)
     if leaf is None:  # inbound, VERIFY_FAIL_IF_NO_PEER_CERT prevents this; refuse anyway
         if outbound:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from sipserver.pki.certinfo import serial_hex
 from tests.certs import make_leaf
 from tests.e2e.conftest import REPO, SERVER_FQDN, Pki, StartServer
 
@@ -175,7 +176,7 @@ def test_certs_show_export_and_lab_pki(tmp_path: Path) -> None:
         cli("certs", "export", "--config", str(config), "--der", "--out", str(out)).returncode == 0
     )
     exported = x509.load_der_x509_certificate(out.read_bytes())
-    assert format(exported.serial_number, "X") == rows[0]["serial"]
+    assert serial_hex(exported.serial_number) == rows[0]["serial"]
     peer = x509.load_pem_x509_certificate(
         (lab / "peers" / "gw1.example.test" / "gw1.example.test.crt").read_bytes()
     )

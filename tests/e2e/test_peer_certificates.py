@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sipserver.pki.certinfo import serial_hex
 from tests.certs import NOW, make_leaf
 from tests.configs import dial_plan, peer
 from tests.e2e.conftest import REPO, Pki, StartServer, free_port
@@ -36,7 +37,7 @@ def test_an_expiring_gateway_certificate_is_warned_about_and_its_renewal_is_noti
     assert status_line(tls_options(server, client_context(pki, old, "gw1-old"))) == "SIP/2.0 200 OK"
     warning = server.wait_for("peer_certificate_expiring", peer="gw1")
     assert warning["days_left"] == 10 and warning["expires_by"] == "certificate"
-    assert warning["serial"] == format(old.cert.serial_number, "X")
+    assert warning["serial"] == serial_hex(old.cert.serial_number)
 
     admin = server.wait_for("admin_listener_started")["port"]
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
@@ -53,8 +54,8 @@ def test_an_expiring_gateway_certificate_is_warned_about_and_its_renewal_is_noti
     reply = tls_options(server, client_context(pki, renewed, "gw1-new"))
     assert status_line(reply) == "SIP/2.0 200 OK"
     changed = server.wait_for("peer_certificate_changed", peer="gw1")
-    assert changed["old_serial"] == format(old.cert.serial_number, "X")
-    assert changed["new_serial"] == format(renewed.cert.serial_number, "X")
+    assert changed["old_serial"] == serial_hex(old.cert.serial_number)
+    assert changed["new_serial"] == serial_hex(renewed.cert.serial_number)
     assert changed["issuer_changed"] is False
 
     # A gateway that keeps trying with an expired certificate: an error that says so.
@@ -88,7 +89,7 @@ def test_an_expiring_gateway_certificate_is_warned_about_and_its_renewal_is_noti
     assert shown.returncode == 0, shown.stderr
     rows = {row["peer"]: row for row in json.loads(shown.stdout)["peers"]}
     gw1 = rows["gw1"]
-    assert gw1["status"] == "ok" and gw1["serial"] == format(renewed.cert.serial_number, "X")
+    assert gw1["status"] == "ok" and gw1["serial"] == serial_hex(renewed.cert.serial_number)
     assert gw1["direction"] == "inbound" and gw1["matched"] == "san_dns gw1.example.test"
     assert 399 < gw1["days_left"] <= 400
     # A server started again on that table knows the peer at once.

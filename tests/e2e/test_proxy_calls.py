@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sipserver.pki.certinfo import serial_hex
 from tests.configs import dial_plan, peer
 from tests.e2e.conftest import Pki, StartServer, free_port
 from tests.e2e.peers import (
@@ -131,7 +132,7 @@ def test_secured_modes_run_mutual_tls_on_both_legs(
     assert target["target_cert_issuer"] == "CN=sipserver test CA"
     routed = server.wait_for("call_routed", dial_plan="main")
     assert routed["security"] == security and routed["target_transport"] == "tls"
-    assert routed["peer_cert_serial"] == format(pki.gw1.cert.serial_number, "X")
+    assert routed["peer_cert_serial"] == serial_hex(pki.gw1.cert.serial_number)
     assert routed["peer_cert_issuer"] == routed["target_cert_issuer"] == "CN=sipserver test CA"
     assert routed["target_cert_subject"] == "CN=pbx1.example.test"
     assert (

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from sipserver.pki.certinfo import serial_hex
 from tests.e2e.conftest import REPO, Pki, StartServer
 from tests.e2e.sip_client import options, status_line, udp_exchange
 
@@ -57,7 +58,7 @@ def test_selected_certificate_event_has_every_field_in_admin_form(
     assert HEX_UPPER.match(event["serial"]) and HEX_UPPER.match(event["thumbprint_sha1"])
     assert len(event["thumbprint_sha256"]) == 64 and HEX_UPPER.match(event["thumbprint_sha256"])
     assert event["issuer"] == "CN=sipserver test CA"
-    assert event["serial"] == format(pki.server.cert.serial_number, "X")
+    assert event["serial"] == serial_hex(pki.server.cert.serial_number)
 
 
 def test_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sipserver.pki.certinfo import serial_hex
 from tests.certs import NOW, Issued, make_ca, make_leaf
 from tests.e2e.conftest import (
     SCENARIOS,
@@ -64,7 +65,7 @@ def test_allow_listed_peer_gets_200_over_mutual_tls(
     assert accepted["peer_fqdn"] == "gw1.example.test"
     assert accepted["identity_source"] == "san_dns"
     assert accepted["peer_cert_issuer"] == "CN=sipserver test CA"
-    assert accepted["peer_cert_serial"] == format(gw1.serial_number, "X")
+    assert accepted["peer_cert_serial"] == serial_hex(gw1.serial_number)
     assert len(accepted["peer_cert_thumbprint_sha1"]) == 40
     selected = server.wait_for("server_certificate_selected")
     assert accepted["our_thumbprint_sha1"] == selected["thumbprint_sha1"]
@@ -109,6 +110,27 @@ def test_untrusted_ca_is_refused_naming_the_certificate(
     assert "trust_dir" in str(event["detail"])
 
 
+def test_a_refused_chain_names_the_peers_own_certificate_and_the_untrusted_issuer(
+    start_server: StartServer, pki: Pki
+) -> None:
+    """Most TLS stacks send their leaf and its CA: the refusal must still describe the
+    leaf (whose it is), and name the issuer that was not trusted separately."""
+    server = start_server()
+    other_ca = make_ca("Other Untrusted CA")
+    leaf = make_leaf(other_ca, dns=["gw1.example.test"])
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.load_cert_chain(
+        str(leaf.write_combined(pki.root / "clients" / "chain.pem", [other_ca]))
+    )
+    assert tls_options(server, context) == b""
+    event = refused(server, "untrusted_chain")
+    assert event["peer_cert_subject"] == "CN=gw1.example.test"
+    assert event["presented_names"] == ["gw1.example.test"]
+    assert event["peer_cert_serial"] == serial_hex(leaf.cert.serial_number)
+    assert event["untrusted_issuer"] == "CN=Other Untrusted CA"
+    assert "CN=Other Untrusted CA" in str(event["detail"]), event["detail"]
+
+
 def test_self_signed_client_is_refused(start_server: StartServer, pki: Pki) -> None:
     server = start_server()
     selfie = make_leaf(None, dns=["gw1.example.test"])
@@ -126,7 +148,7 @@ def test_expired_certificate_is_refused(start_server: StartServer, pki: Pki) -> 
     )
     assert tls_options(server, client_context(pki, old, "old")) == b""
     event = refused(server, "certificate_expired")
-    assert event["peer_cert_serial"] == format(old.cert.serial_number, "X")
+    assert event["peer_cert_serial"] == serial_hex(old.cert.serial_number)
 
 
 def test_not_yet_valid_certificate_is_refused(start_server: StartServer, pki: Pki) -> None:
@@ -211,7 +233,7 @@ def test_sipp_through_stunnel_with_a_client_certificate_gets_200(
         )
         assert result.returncode == 0, result.stdout[-2000:]
     accepted = server.wait_for("tls_peer_accepted", peer="gw1")
-    assert accepted["peer_cert_serial"] == format(pki.gw1.cert.serial_number, "X")
+    assert accepted["peer_cert_serial"] == serial_hex(pki.gw1.cert.serial_number)
     assert len(server.wait_count("sip_request_answered", 20, transport="tls", status=200)) == 20
 
 
@@ -229,7 +251,7 @@ def test_revoked_certificate_is_refused_naming_serial_and_crl(
     server.wait_for("crl_loaded", path=str(trust / "ca.crl"))
     assert tls_options(server, client_context(pki, revoked, "revoked")) == b""
     event = refused(server, "certificate_revoked")
-    serial = format(revoked.cert.serial_number, "X")
+    serial = serial_hex(revoked.cert.serial_number)
     assert f"serial {serial} was revoked" in str(event["detail"]) and event["crl"] == str(
         trust / "ca.crl"
     )

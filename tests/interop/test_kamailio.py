@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sipserver.pki.certinfo import serial_hex
 from tests.certs import make_leaf
 from tests.configs import one_target_plan
 from tests.e2e.conftest import Pki, StartServer, free_port
@@ -55,7 +56,7 @@ def test_a_call_from_a_kamailio_gateway_to_a_kamailio_pbx(
             assert result.returncode == 0, result.stdout[-2000:] + running.tail()
             assert_callee_ok(callee)
         accepted = server.wait_for("tls_peer_accepted", peer="gw1")
-        assert accepted["peer_cert_serial"] == format(pki.gw1.cert.serial_number, "X")
+        assert accepted["peer_cert_serial"] == serial_hex(pki.gw1.cert.serial_number)
         assert (
             server.wait_for("tls_target_accepted", target="pbx1")["target_cert_subject"]
             == "CN=pbx1.example.test"

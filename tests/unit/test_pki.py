@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from sipserver.pki.certinfo import describe
+from sipserver.pki.certinfo import describe, serial_hex
 from sipserver.pki.generate import generate_self_signed
 from sipserver.pki.identity import covers, match_peer, sip_identities
 from sipserver.pki.select import Candidate, choose_certificate
@@ -179,7 +179,7 @@ def test_revocation_checks_only_issuers_with_a_verified_crl() -> None:
     )
     assert [p.path for p in checker.problems] == ["forged.crl"]  # no anchor named Other CA
     revoked = checker.check(bad.cert)
-    assert revoked is not None and revoked.serial == format(bad.cert.serial_number, "X")
+    assert revoked is not None and revoked.serial == serial_hex(bad.cert.serial_number)
     assert revoked.reason == "key_compromise" and revoked.crl_path == "ca.crl"
     assert checker.check(good.cert) is None
     assert (
