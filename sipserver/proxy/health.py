@@ -27,6 +27,16 @@ from sipserver.sip.transaction import (
 )
 
 
+def _same_place(old: PeerSettings, new: PeerSettings) -> bool:
+    """Whether what a health check found about `old` still says something about `new`."""
+    return (old.fqdn, old.addresses, old.send_port, old.transport) == (
+        new.fqdn,
+        new.addresses,
+        new.send_port,
+        new.transport,
+    )
+
+
 class HealthChecker:
     def __init__(
         self, table: TransactionTable, events: list[Event], connections: ConnectionDirectory
@@ -41,15 +51,45 @@ class HealthChecker:
         self._numbers = itertools.count(1)
 
     def configure(self, config: Config, us: OurAddress, timers: TimerValues) -> None:
-        """New targets are due at once; known ones keep their state and schedule."""
-        previous = self.health
+        """Targets checked as before keep their state and schedule. A target whose checks
+        are now off is up; one whose address, port or transport changed (or that is new)
+        starts fresh and is pinged at once."""
+        previous, before = self.health, {p.name: p for p in self.targets}
         self.health = HealthTable(config.routing.down_after_failures)
-        self.health.carry_over(previous)
         self.us, self.timers = us, timers
         target_names = {name for plan in config.dial_plans for name in plan.targets}
         self.targets = tuple(
             p for p in config.peers if p.name in target_names and p.health_check > 0
         )
+        checked = {p.name: p for p in self.targets}
+        keep = {
+            name for name, p in checked.items() if name in before and _same_place(before[name], p)
+        }
+        self.health.carry_over(previous, keep)
+        for tx in list(self.table.client.values()):
+            peer = tx.context.peer
+            if tx.context.kind == "health" and peer is not None and peer.name not in keep:
+                tx.abandon()  # its answer would say nothing about the target as it is now
+                self.table.forget_client(tx)
+                self.pinging.discard(peer.name)
+        for name, state in previous.snapshot().items():
+            if name in keep:
+                continue
+            self.next_ping.pop(name, None)
+            if not state.up:
+                why = (
+                    "its address, port or transport changed"
+                    if name in checked
+                    else "its health checks are off"
+                )
+                self.events.append(
+                    TargetHealthChanged(
+                        target=name,
+                        target_fqdn=before[name].fqdn if name in before else "",
+                        state="up",
+                        reason=f"configuration reloaded: {why}",
+                    )
+                )
 
     def next_deadline(self) -> float | None:
         due = [

@@ -39,9 +39,10 @@ class HealthTable:
             return False
         return None
 
-    def carry_over(self, previous: HealthTable) -> None:
-        """Keep what we know about targets across a configuration reload."""
-        self._state = dict(previous._state)
+    def carry_over(self, previous: HealthTable, keep: set[str]) -> None:
+        """Keep what we know about these targets across a configuration reload; every other
+        target starts fresh (up)."""
+        self._state = {name: state for name, state in previous._state.items() if name in keep}
 
     def snapshot(self) -> dict[str, TargetHealth]:
         return dict(self._state)

@@ -105,6 +105,11 @@ class Transaction:
     def terminated(self) -> bool:
         return self.state is State.TERMINATED
 
+    def abandon(self) -> None:
+        """The transaction user gave up on it: no more timers, nothing more passed up."""
+        self.state = State.TERMINATED
+        self._deadlines.clear()
+
     def handle_timer(self, now: float) -> list[Output]:
         """Fire every timer that is due, earliest first."""
         out: list[Output] = []

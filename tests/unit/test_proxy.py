@@ -325,3 +325,47 @@ def test_overloaded_core_sheds_new_calls_but_keeps_admitted_ones_and_dialogs() -
     assert [m.method for m in to(third, ("192.0.2.20", 5060)) if isinstance(m, Request)] == [
         "INVITE"
     ]
+
+
+def down_pbx1(health_check: float = 10.0) -> tuple[SipCore, str]:
+    """A core whose pbx1 was marked down by its health checks."""
+    text = (
+        table("server", {"fqdn": "sip.example.test"})
+        + table("routing", {"down_after_failures": 1})
+        + peer("gw1", kind="gateway", addresses=["192.0.2.10"], health_check=None)
+        + peer("pbx1", addresses=["192.0.2.20"], transport="udp", health_check=health_check)
+        + dial_plan("lobby", "unsecured", ["pbx1"])
+    )
+    core = SipCore(parse_config(text))
+    core.handle_timers(0.0)
+    core.handle_timers(32.0)  # Timer F: no answer, down
+    assert not core.health.is_up(core.config.peer("pbx1"))
+    refused = to(core.receive_datagram(invite(), CALLER, 33.0), CALLER.remote)
+    assert [m.status for m in refused if isinstance(m, Response)] == [503]
+    core.take_events()
+    return core, text
+
+
+def test_a_reload_that_turns_health_checks_off_brings_the_target_back() -> None:
+    core, text = down_pbx1()
+    core.configure(parse_config(text.replace("health_check = 10.0", "health_check = 0")))
+    assert core.health.is_up(core.config.peer("pbx1"))
+    (change,) = [e.fields() for e in core.take_events() if e.log_name == "target_health_changed"]
+    assert change["state"] == "up" and "health checks are off" in change["reason"]
+    call = core.receive_datagram(invite().replace(b"caller1", b"caller2"), CALLER, 34.0)
+    assert [m.method for m in to(call, ("192.0.2.20", 5060)) if isinstance(m, Request)] == [
+        "INVITE"
+    ]
+
+
+def test_a_reload_that_moves_the_target_checks_it_afresh_and_an_unchanged_one_stays_down() -> None:
+    core, text = down_pbx1()
+    core.configure(parse_config(text))  # the same file again
+    assert not core.health.is_up(core.config.peer("pbx1"))
+    moved = text.replace('addresses = ["192.0.2.20"]', 'addresses = ["192.0.2.30"]')
+    assert moved != text
+    core.configure(parse_config(moved))
+    assert core.health.is_up(core.config.peer("pbx1"))
+    assert core.next_deadline() == float("-inf")  # pinged at once at its new address
+    pings = [t for t in core.handle_timers(34.0) if parse(t).cseq[1] == "OPTIONS"]
+    assert [t.flow.remote for t in pings] == [("192.0.2.30", 5060)]  # the old one abandoned
