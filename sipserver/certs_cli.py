@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sipserver.certstore import CertificateSetupError, load_candidates, pkcs12_password
 from sipserver.pki.lab import make_lab_pki
-from sipserver.pki.select import choose_certificate
+from sipserver.pki.select import choose_certificate, rank_reason
 from sipserver.settings import Config
 
 
@@ -22,12 +22,16 @@ def _rows(config: Config, now: dt.datetime) -> list[dict[str, Any]]:
     candidates, unreadable = load_candidates(config.tls.certificate_dir, pkcs12_password(config))
     selection = choose_certificate(candidates, config.server.fqdn, now)
     rows: list[dict[str, Any]] = []
-    for rank, candidate in enumerate(selection.ranked, start=1):
+    for index, candidate in enumerate(selection.ranked):
         rows.append(
-            {"status": "in use" if rank == 1 else f"usable (rank {rank})", "candidate": candidate}
+            {
+                "status": "in use" if index == 0 else f"usable (rank {index + 1})",
+                "why": rank_reason(selection.ranked, index, now),
+                "candidate": candidate,
+            }
         )
     for skipped in selection.skipped:
-        rows.append({"status": f"not usable: {skipped.reason}", "candidate": skipped.candidate})
+        rows.append({"status": "not usable", "why": skipped.reason, "candidate": skipped.candidate})
     out = []
     for row in rows:
         c = row["candidate"]
@@ -35,6 +39,7 @@ def _rows(config: Config, now: dt.datetime) -> list[dict[str, Any]]:
         out.append(
             {
                 "status": row["status"],
+                "why": row["why"],
                 "path": c.path,
                 "subject": info.subject,
                 "issuer": info.issuer,
@@ -49,8 +54,14 @@ def _rows(config: Config, now: dt.datetime) -> list[dict[str, Any]]:
                 "self_signed": info.self_signed,
             }
         )
-    out += [{"status": f"not usable: {why}", "path": path} for path, why in unreadable]
+    out += [{"status": "not usable", "why": why, "path": path} for path, why in unreadable]
     return out
+
+
+def _source(config: Config) -> str:
+    if config.source == "<embedded default>":
+        return "the embedded default (no --config given); its folders are under the state folder"
+    return str(Path(config.source).resolve())
 
 
 def show(config: Config, as_json: bool) -> int:
@@ -63,21 +74,27 @@ def show(config: Config, as_json: bool) -> int:
         print(
             json.dumps(
                 {
+                    "config": config.source,
                     "fqdn": config.server.fqdn,
                     "folder": str(config.tls.certificate_dir),
+                    "trust_dir": str(config.tls.trust_dir),
                     "certificates": rows,
                 },
                 indent=2,
             )
         )
         return 0
+    print(f"configuration: {_source(config)}")
+    print(f"trust anchors: {config.tls.trust_dir}")
     print(
-        f"certificates in {config.tls.certificate_dir} for {config.server.fqdn}, in selection order:"
+        f"certificates in {config.tls.certificate_dir} for {config.server.fqdn}, "
+        "in selection order, and why:"
     )
     if not rows:
         print("  (none: sipserver run will generate a self-signed certificate)")
     for row in rows:
         print(f"\n  [{row['status']}] {row['path']}")
+        print(f"    {'why':<8} {row['why']}")
         for label, key in (
             ("subject", "subject"),
             ("issuer", "issuer"),
@@ -199,7 +216,8 @@ def peers(config: Config, as_json: bool) -> int:
             )
         )
         return 0
-    print(f"config {config.source}; peer table {config.tls.peer_table}")
+    print(f"configuration: {_source(config)}")
+    print(f"peer table: {config.tls.peer_table}")
     for row in rows:
         if row["status"] == "never seen":
             print(f"{row['peer']} ({row['fqdn']}): never seen")

@@ -74,6 +74,31 @@ def unusable_reason(candidate: Candidate, fqdn: str, now: dt.datetime) -> str | 
     return None
 
 
+def _both_ekus(info: CertInfo) -> bool:
+    """Good for both ends of a mutual-TLS leg: serverAuth and clientAuth, or no EKU at all."""
+    return not info.ekus or ("serverAuth" in info.ekus and "clientAuth" in info.ekus)
+
+
+def rank_reason(ranked: Sequence[Candidate], index: int, now: dt.datetime) -> str:
+    """Why the usable certificate at `index` of `ranked` sits where it does, in words."""
+    info = ranked[index].info
+    kind = "self-signed" if info.self_signed else "CA-issued"
+    ekus = "serverAuth and clientAuth" if info.ekus else "no EKU restriction"
+    if not _both_ekus(info):
+        ekus = "serverAuth without clientAuth"
+    words = f"{kind}, {ekus}, {info.days_left(now):.0f} days left"
+    if index == 0:
+        return words + ("; ranked first" if len(ranked) > 1 else "")
+    first = ranked[0].info
+    if info.self_signed and not first.self_signed:
+        behind = "CA-issued certificates come before self-signed ones"
+    elif _both_ekus(first) and not _both_ekus(info):
+        behind = "certificates that can also be a client certificate come first"
+    else:
+        behind = "the one ranked first stays valid longer"
+    return f"{words}; after rank 1: {behind}"
+
+
 def choose_certificate(candidates: Sequence[Candidate], fqdn: str, now: dt.datetime) -> Selection:
     skipped: list[Skipped] = []
     usable: list[Candidate] = []
@@ -85,8 +110,7 @@ def choose_certificate(candidates: Sequence[Candidate], fqdn: str, now: dt.datet
             skipped.append(Skipped(candidate, reason))
 
     def rank(c: Candidate) -> tuple[bool, bool, float]:
-        both = "serverAuth" in c.info.ekus and "clientAuth" in c.info.ekus
-        return (c.info.self_signed, not (both or not c.info.ekus), -c.info.days_left(now))
+        return (c.info.self_signed, not _both_ekus(c.info), -c.info.days_left(now))
 
     ranked = sorted(usable, key=rank)
     if not ranked:

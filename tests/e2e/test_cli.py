@@ -158,19 +158,26 @@ def test_certs_show_export_and_lab_pki(tmp_path: Path) -> None:
     make_leaf(None, dns=["other.example.test"]).write_pair(
         lab / "sipserver" / "server", "wrong-name"
     )
+    make_leaf(None, dns=["sip.example.test"]).write_pair(lab / "sipserver" / "server", "selfie")
     shown = cli("certs", "show", "--config", str(config), "--json")
     assert shown.returncode == 0
-    rows = json.loads(shown.stdout)["certificates"]
-    assert [r["status"] for r in rows] == [
-        "in use",
-        "not usable: no SAN covers the server FQDN sip.example.test",
+    listing = json.loads(shown.stdout)
+    assert listing["config"] == str(config)
+    rows = listing["certificates"]
+    assert [(r["status"], r["why"].split(";")[-1].strip()) for r in rows] == [
+        ("in use", "ranked first"),
+        ("usable (rank 2)", "after rank 1: CA-issued certificates come before self-signed ones"),
+        ("not usable", "no SAN covers the server FQDN sip.example.test"),
     ]
+    assert rows[0]["why"].startswith("CA-issued, serverAuth and clientAuth, ")
     assert rows[0]["issuer"] == "CN=sipserver lab CA,O=sipserver lab" and rows[0]["ekus"] == [
         "serverAuth",
         "clientAuth",
     ]
     table = cli("certs", "show", "--config", str(config))
     assert "[in use]" in table.stdout and rows[0]["thumbprint_sha1"] in table.stdout
+    assert f"configuration: {config.resolve()}" in table.stdout
+    assert f"    why      {rows[1]['why']}" in table.stdout
     out = tmp_path / "ours.der"
     assert (
         cli("certs", "export", "--config", str(config), "--der", "--out", str(out)).returncode == 0
