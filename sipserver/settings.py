@@ -40,6 +40,7 @@ class PeerKind(enum.StrEnum):
 class Action(enum.StrEnum):
     PROXY = "proxy"
     REDIRECT = "redirect"
+    ANSWER = "answer"  # sipserver answers the call itself (an echo-test number for interop)
 
 
 class UnknownSource(enum.StrEnum):
@@ -322,8 +323,14 @@ class DialPlanSettings:
     from_peers: tuple[str, ...] = setting(
         ..., "the peers whose calls belong here", some, key="from"
     )
-    targets: tuple[str, ...] = setting(..., "peer names, tried in order", some)
-    action: Action = setting(Action.PROXY, "proxy or redirect")
+    targets: tuple[str, ...] = setting((), "peer names, tried in order (none for answer)")
+    action: Action = setting(Action.PROXY, "proxy, redirect, or answer (sipserver answers)")
+    answer_after: float = setting(
+        1.0, "answer: seconds of ringing (180) before the 200 OK", not_negative
+    )
+    answer_hangup_after: float = setting(
+        0.0, "answer: seconds after the answer when we hang up (0 = the caller does)", not_negative
+    )
 
     @property
     def requires_tls(self) -> bool:

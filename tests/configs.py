@@ -57,6 +57,7 @@ def dial_plan(
     numbers: Iterable[str] = ("5xxx",),
     from_: Iterable[str] = ("gw1",),
     action: str | None = None,
+    **more: Any,
 ) -> str:
     values = {
         "name": name,
@@ -64,9 +65,17 @@ def dial_plan(
         "numbers": list(numbers),
         "from": list(from_),
         "action": action,
-        "targets": list(targets),
+        "targets": list(targets) or None,
+        **more,
     }
     return table("dial_plan", values, array=True)
+
+
+def answer_plan(
+    security: str, *, name: str = "echo", numbers: Iterable[str] = ("5xxx",), **more: Any
+) -> str:
+    """A dial plan from gw1 that sipserver answers itself."""
+    return dial_plan(name, security, [], numbers=numbers, action="answer", **more)
 
 
 def one_target_plan(

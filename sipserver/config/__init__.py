@@ -14,7 +14,7 @@ from typing import Any
 from sipserver.config.host import HostDefaults
 from sipserver.config.reader import Reader
 from sipserver.errors import ConfigError
-from sipserver.settings import SECTIONS, Config, DialPlanSettings, PeerSettings
+from sipserver.settings import SECTIONS, Action, Config, DialPlanSettings, PeerSettings
 from sipserver.sip.flow import Transport
 
 __all__ = ["ConfigError", "HostDefaults", "load_config", "parse_config"]
@@ -97,6 +97,15 @@ def _check_plan(
         unknown = next((name for name in names if name not in peers), None)
         if unknown is not None:
             raise reader.error((*key, field_key), f"unknown peer {unknown!r} (peers: {known})")
+    if plan.action is Action.ANSWER and plan.targets:
+        raise reader.error(
+            (*key, "targets"), 'action = "answer" answers the call here: list no targets'
+        )
+    if plan.action is not Action.ANSWER and not plan.targets:
+        raise reader.error(
+            (*key, "targets"),
+            'must list at least one peer (or set action = "answer" to answer calls here)',
+        )
     if plan.requires_tls:
         for target in plan.targets:
             if peers[target].transport is not Transport.TLS:

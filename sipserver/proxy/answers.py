@@ -24,9 +24,9 @@ class Responder:
         self.agent = agent  # our FQDN, the agent of our Warning headers
 
     def response(
-        self, request: Request, status: int, reason: str, headers: Headers = ()
+        self, request: Request, status: int, reason: str, headers: Headers = (), body: bytes = b""
     ) -> Response:
-        response = make_response(request, status, reason, headers)
+        response = make_response(request, status, reason, headers, body)
         response.headers.add("Server", SERVER_NAME)
         return response
 
@@ -48,6 +48,7 @@ class Responder:
         now: float,
         *,
         headers: Headers = (),
+        body: bytes = b"",
         log_reason: str | None = None,
         event: type[Answered] = Answered,
         **event_fields: Any,
@@ -70,7 +71,8 @@ class Responder:
             )
         )
         self.table.server.setdefault(context.key, tx)
-        return self.send(tx, self.response(context.request, status, reason, headers), now)
+        response = self.response(context.request, status, reason, headers, body)
+        return self.send(tx, response, now)
 
     def drive(self, tx: ServerTransaction, outputs: Sequence[Output]) -> list[Transmit]:
         context: ServerContext = tx.context

@@ -9,9 +9,11 @@ socket, reads a clock or logs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sipserver.pki.certinfo import CertInfo
+from sipserver.proxy.answering import AnsweringTarget, repeatable_bytes
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord
 from sipserver.proxy.connections import ConnectionDirectory, NoConnections
@@ -45,7 +47,6 @@ from sipserver.sip.transaction import (
     ServerTransaction,
     State,
 )
-from sipserver.sip.uri import UriError, parse_uri
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
 ACCEPT = "application/sdp"
@@ -69,7 +70,10 @@ class SipCore:
         config: Config,
         timers: TimerValues | None = None,
         connections: ConnectionDirectory | None = None,
+        entropy: Callable[[int], bytes] | None = None,
     ) -> None:
+        """`entropy(n)` gives n random bytes (the shell passes os.urandom); the default is
+        repeatable, for tests."""
         self._fixed_timers = timers
         self._bound_ports: tuple[int, int] | None = None
         self._events: list[Event] = []
@@ -82,6 +86,9 @@ class SipCore:
         self.health_checks = HealthChecker(self.table, self._events, directory)
         self.intake = Intake(self.responder, self._events)
         self.dialogs = DialogRouter(self.responder, self.forwarder)
+        self.answering = AnsweringTarget(
+            self.table, self.responder, self.record, self._events, entropy or repeatable_bytes()
+        )
         self.draining = False
         self.overloaded = False  # set by the shell while it cannot keep up
         self.shed_ratio = 0.0  # the share of new calls refused with 503 while overloaded
@@ -108,6 +115,7 @@ class SipCore:
         self.dialogs.configure(self.peers, self.us)
         self.health_checks.configure(config, self.us, self.timers)
         self.forwarder.configure(config, self.us, self.timers, self.health_checks.health)
+        self.answering.configure(self.us, self.timers)
 
     def set_ports(self, sip_port: int, tls_port: int) -> None:
         """The ports actually bound (config may say 0), for our Via and Record-Route."""
@@ -133,6 +141,7 @@ class SipCore:
     def use_certificate(self, info: CertInfo) -> None:
         """Our certificate in use, named in the call line of every call that uses TLS."""
         self.forwarder.our_thumbprint_sha1 = info.thumbprint_sha1
+        self.answering.our_thumbprint_sha1 = info.thumbprint_sha1
 
     def take_events(self) -> list[Event]:
         """What happened since the last call, oldest first (the shell logs them)."""
@@ -186,16 +195,17 @@ class SipCore:
     def busy(self) -> int:
         """What a drain waits for: transactions without their final response, and answered
         calls whose BYE has not passed yet."""
-        return self.table.pending_server() + self.forwarder.busy() + len(self.record.open_dialogs)
+        calls = self.forwarder.busy() + self.answering.busy() + len(self.record.open_dialogs)
+        return self.table.pending_server() + calls
 
     # --- time ---------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        deadlines = [
-            d
-            for d in (self.table.next_deadline(), self.health_checks.next_deadline())
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        deadlines = (
+            self.table.next_deadline(),
+            self.health_checks.next_deadline(),
+            self.answering.next_deadline(),
+        )
+        return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timers(self, now: float) -> list[Transmit]:
         self.table.forget_settled(now)
@@ -207,7 +217,7 @@ class SipCore:
                 out += self.health_checks.drive(tx, tx.handle_timer(now))
             elif isinstance(tx, ClientTransaction):
                 out += self.forwarder.drive(tx, tx.handle_timer(now), now)
-        return out + self.health_checks.due(now)
+        return out + self.health_checks.due(now) + self.answering.due(now)
 
     @property
     def transaction_count(self) -> int:
@@ -263,6 +273,10 @@ class SipCore:
                 return []
             return self.intake.unknown_source(request, flow, reply_to)
         if request.method == "ACK":
+            answered = self.answering.dialog_of(request)
+            if answered is not None:
+                self.answering.ack(answered)
+                return []
             return self.dialogs.ack(request)
         context = ServerContext(
             key, flow, reply_to, peer, request.method, request.call_id, request, cert
@@ -299,12 +313,15 @@ class SipCore:
                 log_reason="server is shutting down",
             )
         self.table.server[key] = tx
-        if request.method == "OPTIONS" and self._addressed_to_us(request, flow):
+        if request.method == "OPTIONS" and self.us.pinged(request, flow):
             return self._options(tx, request, now)
         if proxy_ops.is_loop(request, self.us.host):
             why = "our Via is already in the request"
             return self.responder.answer(tx, 482, "Loop Detected", now, log_reason=why)
         if in_dialog:
+            answered = self.answering.dialog_of(request)
+            if answered is not None:
+                return self.answering.request(tx, request, answered, now)
             return self.dialogs.request(tx, request, now)
         return self._route(tx, request, now)
 
@@ -374,6 +391,8 @@ class SipCore:
             )
         if isinstance(decision, router.Proxy):
             return self.forwarder.start_call(tx, request, decision.plan, decision.targets, now)
+        if isinstance(decision, router.Answer):
+            return self.answering.start(tx, request, decision.plan, decision.number, now)
         self.record.count(decision.plan, "redirected")
         return self.responder.answer(
             tx,
@@ -402,6 +421,7 @@ class SipCore:
             return self.responder.answer(
                 tx, 481, "Call/Transaction Does Not Exist", now, log_reason=why
             )
+        self.answering.cancelled(invite_key, now)
         out = self.responder.answer(tx, 200, "OK", now)
         return out + self.responder.answer(
             invite, 487, "Request Terminated", now, log_reason="cancelled"
@@ -423,12 +443,3 @@ class SipCore:
             )
         )
         return []
-
-    def _addressed_to_us(self, request: Request, flow: Flow) -> bool:
-        """A Request-URI with one of our names, or with no user part: nothing could be
-        routed on without a number, so an OPTIONS like that is a ping of this hop."""
-        try:
-            uri = parse_uri(request.uri)
-        except UriError:
-            return False
-        return uri.user is None or uri.host in self.us.names or uri.host == flow.local[0]

@@ -254,3 +254,33 @@ class TargetHealthChecked(Event):
     target: str
     ok: bool
     reason: str
+
+
+# --- the answering target -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallAnswered(Event):
+    """The answering target took a call (a dial plan with action = "answer"): who called,
+    over what, with which certificates, and what the media answer holds."""
+
+    name = "call_answered"
+    dial_plan: str
+    security: str
+    number: str
+    peer: str | None
+    peer_fqdn: str | None
+    transport: str
+    remote: str
+    peer_cert: CertInfo | None
+    our_thumbprint_sha1: str | None
+    media: list[str]
+    setup_ms: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnsweredCallEnded(Event):
+    """A call of the answering target is over, and why."""
+
+    name = "answered_call_ended"
+    dial_plan: str
+    ended_by: str  # caller_bye | hangup_timer | no_ack | cancelled
+    duration_s: float | None  # from the answer; None when it never was answered

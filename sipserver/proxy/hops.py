@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from sipserver.settings import Config
 from sipserver.sip import proxy_ops
-from sipserver.sip.flow import Transport
-from sipserver.sip.uri import SipUri
+from sipserver.sip.flow import Flow, Transport
+from sipserver.sip.message import Request
+from sipserver.sip.uri import SipUri, UriError, parse_uri
 from sipserver.sip.via import Via
 
 
@@ -49,6 +50,15 @@ class OurAddress:
         if alias and transport.reliable:
             params["alias"] = None  # RFC 5923: this connection may carry requests back to us
         return Via(transport.upper(), self.host, self.ports[transport], params)
+
+    def pinged(self, request: Request, flow: Flow) -> bool:
+        """Whether an OPTIONS is for this hop: a Request-URI with one of our names, or with
+        no user part (nothing could be routed on without a number)."""
+        try:
+            uri = parse_uri(request.uri)
+        except UriError:
+            return False
+        return uri.user is None or uri.host in self.names or uri.host == flow.local[0]
 
     def is_ours(self, uri: SipUri) -> bool:
         return uri.host in self.names and (uri.port is None or uri.port in self.ports.values())

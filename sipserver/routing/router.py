@@ -41,7 +41,15 @@ class Proxy:
     number: str
 
 
-Decision = Reject | Redirect | Proxy
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The dial plan's action is answer: the server answers the call itself."""
+
+    plan: DialPlanSettings
+    number: str
+
+
+Decision = Reject | Redirect | Proxy | Answer
 
 
 def route(
@@ -79,6 +87,8 @@ def route(
                 "call_refused_insecure_media",
                 plan,
             )
+    if plan.action == "answer":
+        return Answer(plan, number)
     every = tuple(config.peer(name) for name in plan.targets)
     targets = tuple(target for target in every if is_up(target))
     if not targets:

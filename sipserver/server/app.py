@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Server:
             limits.max_connections_per_address,
             limits.max_unverified_connections,
         )
-        self.core = SipCore(config, connections=self.pool)
+        self.core = SipCore(config, connections=self.pool, entropy=os.urandom)
         self.listeners = Listeners()
         self.credentials = Credentials(on_change=self.core.use_certificate)
         self.reloader = Reloader(
