@@ -196,6 +196,6 @@ def test_no_ack_within_64_t1_ends_the_call_with_a_bye() -> None:
     while deadline is not None and deadline <= 40.0:
         sent += core.handle_timers(deadline)
         deadline = core.next_deadline()
-    assert [r.method for r in requests(sent)] == ["BYE"]
+    assert {r.method for r in requests(sent)} == {"BYE"}  # and Timer E resends it
     (ended,) = [e.fields() for e in core.take_events() if e.log_name == "answered_call_ended"]
     assert ended["ended_by"] == "no_ack" and ended["duration_s"] == 32.0
