@@ -309,3 +309,49 @@ def call_uas(
         f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="callee">\n{body}</scenario>\n'
     )
     return path
+
+
+def call_uac_answered_then_hung_up(
+    path: Path, *, proto: str = "RTP/AVP", crypto: bool = False, answer_body: str = "."
+) -> Path:
+    """INVITE, 180, 200 (whose SDP must match `answer_body`), ACK; then the far end hangs
+    up: BYE received and answered 200."""
+    path.write_text(f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="answered, then hung up by the far end">
+{_invite(proto, crypto)}  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true">
+    <action><ereg regexp="{escape(answer_body)}" search_in="body" check_it="true" assign_to="sdp"/></action>
+  </recv>
+  <send>
+    <![CDATA[
+
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      [routes]
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <nop><action><log message="answer [$sdp]"/></action></nop>
+</scenario>
+""")
+    return path
