@@ -153,7 +153,8 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         path.write_bytes(data)
 
 
-def lab_pki(out: Path, server: str, peers: list[str]) -> int:
+def write_lab_pki(out: Path, server: str, peers: list[str]) -> None:
+    """A lab CA, our certificate and one per peer, laid out as a lab config expects."""
     ca, leaves = make_lab_pki(server, peers, dt.datetime.now(dt.UTC))
     _write(out / "ca" / "ca.crt", ca.cert_pem)
     _write(out / "ca" / "ca.key", ca.key_pem, private=True)
@@ -167,15 +168,24 @@ def lab_pki(out: Path, server: str, peers: list[str]) -> int:
         _write(folder / f"{pair.name}.key", pair.key_pem, private=True)
         _write(folder / f"{pair.name}.pem", pair.cert_pem + pair.key_pem, private=True)
         _write(folder / "ca.crt", ca.cert_pem)
+
+
+def lab_pki(out: Path, server: str, peers: list[str]) -> int:
+    write_lab_pki(out, server, peers)
     print(f"""lab PKI written to {out}
 
-  sipserver:  [tls] certificate_dir = "{out / "sipserver" / "server"}"
-              [tls] trust_dir       = "{out / "sipserver" / "trust"}"
-              [server] fqdn = "{server}"  and one [[peer]] per FQDN below
+  sipserver:  a config file in {out} (paths in it are relative to the file) says
+                [server] fqdn = "{server}"
+                [tls] certificate_dir = "sipserver/server"
+                      trust_dir       = "sipserver/trust"
+              and one [[peer]] per FQDN below; from anywhere else use
+                certificate_dir = "{(out / "sipserver" / "server").resolve()}"
+                trust_dir       = "{(out / "sipserver" / "trust").resolve()}"
   each peer:  peers/<fqdn>/<fqdn>.crt + .key (or .pem: both in one file, e.g. for stunnel or baresip)
               as its certificate, and peers/<fqdn>/ca.crt in its trust store.
   peers:      {", ".join(peers) or "(none)"}
-  keep ca/ca.key away from the lab machines: it can sign certificates every peer trusts.""")
+  keep ca/ca.key away from the lab machines: it can sign certificates every peer trusts.
+  a whole lab (config, baresip, stunnel, sipp) in one step: sipserver lab --out DIR""")
     return 0
 
 

@@ -76,6 +76,20 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--server", required=True, help="our FQDN")
     lab.add_argument("--peer", action="append", default=[], help="a peer FQDN (repeatable)")
 
+    lab_cmd = sub.add_parser(
+        "lab",
+        help="write a complete interop lab: PKI, config with answering numbers, "
+        "baresip, stunnel and sipp set-ups",
+    )
+    lab_cmd.add_argument("--out", type=Path, required=True, help="folder to write the lab into")
+    lab_cmd.add_argument("--fqdn", default="sip.example.test", help="our FQDN in the lab")
+    lab_cmd.add_argument("--sip-port", type=int, default=5060)
+    lab_cmd.add_argument("--tls-port", type=int, default=5061)
+    lab_cmd.add_argument("--phone-port", type=int, default=5080, help="baresip's SIP port")
+    lab_cmd.add_argument(
+        "--tunnel-port", type=int, default=5090, help="stunnel's plain-TCP port (as gw1)"
+    )
+
     ping = sub.add_parser("ping", help="send OPTIONS and report status, round trip and certificate")
     ping.add_argument("uri", help="sip:HOST[:PORT] (sips: or --tls for TLS)")
     ping.add_argument("--tls", action="store_true", help="over TLS (default port 5061)")
@@ -189,6 +203,22 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from sipserver.lab import NUMBERS, LabPorts, write_lab
+
+    if not is_fqdn(args.fqdn):
+        print(f"error: {args.fqdn!r} is not a valid FQDN", file=sys.stderr)
+        return 2
+    ports = LabPorts(args.sip_port, args.tls_port, args.phone_port, args.tunnel_port)
+    steps = write_lab(args.out, args.fqdn.lower(), ports)
+    numbers = ", ".join(f"{number} {mode}" for mode, number in NUMBERS.items())
+    print(f"lab written to {args.out.resolve()}; answering numbers: {numbers}\n")
+    for number, step in enumerate(steps, start=1):
+        print(f"  {number}. {step}")
+    print("\n(run 1 in one terminal, then any of the others in another; docs/interop.md explains)")
+    return 0
+
+
 def _certs(args: argparse.Namespace) -> int:
     from sipserver import certs_cli
 
@@ -260,6 +290,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "certs":
         return _certs(args)
+    if args.command == "lab":
+        return _lab(args)
     if args.command == "ping":
         return _ping(args)
     return _check_config(args)

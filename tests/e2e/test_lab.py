@@ -1,0 +1,204 @@
+"""`sipserver lab` end to end, as a newcomer would use it: generate the lab, start the server
+on the generated configuration, call the secured number with the generated baresip set-up
+(mutual TLS, SRTP) and the other numbers with the generated sipp scenarios, over stunnel
+with the generated configuration and over UDP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO, RunningServer, free_port, need
+from tests.e2e.peers import assert_sipp_ok
+
+pytestmark = pytest.mark.e2e
+
+
+@contextlib.contextmanager
+def lab_server(lab: Path) -> Iterator[RunningServer]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sipserver",
+            "run",
+            "--config",
+            str(lab / "sipserver.toml"),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=lab,
+    )
+    server = RunningServer(process, lab)
+    try:
+        server.wait_for("server_ready", timeout=20)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def generated_stunnel(conf: Path) -> Iterator[None]:
+    tunnel = subprocess.Popen(
+        [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert tunnel.stdout is not None
+        for line in tunnel.stdout:
+            if "Configuration successful" in line:
+                break
+        else:
+            pytest.fail("stunnel did not start with the generated configuration")
+        threading.Thread(target=lambda: [None for _ in tunnel.stdout], daemon=True).start()  # type: ignore[union-attr]
+        yield
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)
+
+
+def sipp(
+    scenario: Path, number: str, transport: str, target: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            need("sipp"),
+            "-sf",
+            str(scenario),
+            "-s",
+            number,
+            "-t",
+            transport,
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=scenario.parent,
+    )
+
+
+def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    sip, tls, phone, tunnel = (free_port() for _ in range(4))
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sipserver",
+            "lab",
+            "--out",
+            str(lab),
+            "--sip-port",
+            str(sip),
+            "--tls-port",
+            str(tls),
+            "--phone-port",
+            str(phone),
+            "--tunnel-port",
+            str(tunnel),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    assert f"sipserver run --config {lab.resolve() / 'sipserver.toml'}" in made.stdout
+    assert f"baresip -f {lab.resolve() / 'baresip'}" in made.stdout
+    # The generated callee needs a proxying plan: what a user adds to reach their own PBX.
+    callee_port = free_port()
+    with (lab / "sipserver.toml").open("a") as config:
+        config.write(
+            f'\n[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\n'
+            f'addresses = ["127.0.0.1"]\nport = {callee_port}\ntransport = "udp"\nhealth_check = 0\n'
+            '\n[[dial_plan]]\nname = "to-pbx"\nsecurity = "unsecured"\nnumbers = ["8000"]\n'
+            'from = ["gw1"]\ntargets = ["pbx1"]\n'
+        )
+    with lab_server(lab) as server:
+        # 1. The softphone, exactly as generated, calls the secured number: SRTP end to end.
+        phone_run = subprocess.run(
+            [
+                need("baresip"),
+                "-f",
+                str(lab / "baresip"),
+                "-e",
+                "/dial sip:7002@sip.example.test",
+                "-t",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        answered = server.wait_for("call_answered", number="7002")
+        assert answered["peer"] == "phone1" and answered["transport"] == "tls"
+        assert answered["media"] == ["audio RTP/SAVP with SDES keys"]
+        assert answered["peer_cert_subject"] == "CN=phone1.example.test"
+        assert "SRTP is Enabled" in phone_run.stdout + phone_run.stderr
+        assert "Call established" in phone_run.stdout + phone_run.stderr
+        ended = server.wait_for("answered_call_ended", dial_plan="echo-secured")
+        assert ended["ended_by"] == "caller_bye" and ended["duration_s"] >= 1.0  # stayed up
+        # 2. sipp as gw1 through the generated stunnel, to the sip-secured number.
+        with generated_stunnel(lab / "stunnel" / "gw1.conf"):
+            assert_sipp_ok(sipp(lab / "sipp" / "caller.xml", "7001", "t1", f"127.0.0.1:{tunnel}"))
+            srtp = sipp(lab / "sipp" / "caller-srtp.xml", "7002", "t1", f"127.0.0.1:{tunnel}")
+            assert_sipp_ok(srtp)
+        tunnelled = server.wait_for("call_answered", number="7001")
+        assert tunnelled["peer"] == "gw1" and tunnelled["transport"] == "tls"
+        secured = server.wait_for("call_answered", number="7002", peer="gw1")
+        assert secured["media"] == ["audio RTP/SAVP with SDES keys"]
+        # 3. sipp as gw1 over UDP, to the unsecured number.
+        assert_sipp_ok(sipp(lab / "sipp" / "caller.xml", "7000", "u1", f"127.0.0.1:{sip}"))
+        assert server.wait_for("call_answered", number="7000")["transport"] == "udp"
+        # 4. The generated callee behind the proxy: ACK and BYE come back through its
+        # copied Record-Route.
+        callee = subprocess.Popen(
+            [
+                need("sipp"),
+                "-sf",
+                str(lab / "sipp" / "callee.xml"),
+                "-t",
+                "u1",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(callee_port),
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "30s",
+                "-timeout_error",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=lab / "sipp",
+        )
+        try:
+            assert_sipp_ok(sipp(lab / "sipp" / "caller.xml", "8000", "u1", f"127.0.0.1:{sip}"))
+            assert callee.wait(30) == 0, callee.stdout.read() if callee.stdout else ""
+        finally:
+            if callee.poll() is None:
+                callee.kill()
+        routed = server.wait_for("call_routed", dial_plan="to-pbx")  # the BYE: the callee's exit
+        assert routed["status"] == 200 and routed["target"] == "pbx1"
