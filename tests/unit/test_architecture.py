@@ -48,7 +48,7 @@ LAYERS = [
     ("sipserver.config", "sipserver.certstore", "sipserver.log"),
     ("sipserver.transport",),
     ("sipserver.server",),
-    ("sipserver.ping", "sipserver.certs_cli"),
+    ("sipserver.ping", "sipserver.certs_cli", "sipserver.lab"),
     ("sipserver.cli", "sipserver.__main__"),
 ]
 
