@@ -25,6 +25,8 @@ def sipp_caller_command(
         transport,
         "-i",
         "127.0.0.1",
+        "-p",  # sipp's own port: its default, 5060, is taken when callers run in parallel
+        str(free_port()),
         "-s",
         number,
         "-m",

@@ -40,6 +40,11 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
         "!DISPATCHER_LIST!/etc/kamailio/dispatcher.list!g",
         f"!DISPATCHER_LIST!{tmp_path / 'dispatcher.list'}!g",
     )
+    # Kamailio's UDP workers share one socket: on a busy machine one can forward a 180 after
+    # another forwarded the 200 behind it, and sipp's strict scenario aborts on a 180 after
+    # the 200 (a phone ignores it). One worker keeps the order this test checks.
+    assert "children=2" in config
+    config = config.replace("children=2", "children=1")
     (tmp_path / "kamailio.cfg").write_text(config)
     with kamailio(tmp_path / "kamailio.cfg") as balancer:
         # Kamailio is up when its probes reach both instances.
@@ -75,7 +80,7 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
             out, _ = caller.communicate(timeout=120)
             callee.kill()
         failed = int(re.findall(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", out)[-1])
-        assert failed <= 1, out[-2000:] + balancer.tail(10)
+        assert failed <= 1, out[-4000:] + balancer.tail(10)
         second.wait_until(
             lambda _: (
                 len(first.events("call_routed")) + len(second.events("call_routed"))
@@ -97,6 +102,6 @@ def test_calls_spread_over_two_instances_and_survive_stopping_one(
                 timeout=120,
                 cwd=tmp_path,
             )
-            assert result.returncode == 0, result.stdout[-2000:] + balancer.tail(10)
+            assert result.returncode == 0, result.stdout[-4000:] + balancer.tail(10)
             assert_callee_ok(callee)
         assert len(second.wait_count("call_routed", on_second + 20)) == on_second + 20
