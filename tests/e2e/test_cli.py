@@ -49,7 +49,7 @@ def test_ping_success_over_udp_and_mutual_tls_shows_the_certificate(
         SERVER_FQDN,
     )
     assert tls.returncode == 0, tls.stdout + tls.stderr
-    assert f"serial               {format(pki.server.cert.serial_number, 'X')}" in tls.stdout
+    assert f"serial               {serial_hex(pki.server.cert.serial_number)}" in tls.stdout
     assert "issuer               CN=sipserver test CA" in tls.stdout
 
 

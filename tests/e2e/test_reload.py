@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from sipserver.pki.certinfo import serial_hex
 from tests.certs import make_leaf
 from tests.configs import one_target_plan
 from tests.e2e.conftest import SERVER_FQDN, Pki, StartServer, free_port
@@ -81,4 +82,4 @@ def test_reloading_certificates_and_config_under_call_load_loses_no_call(
     assert len(server.wait_count("call_routed", CALLS)) == CALLS
     assert server.events("config_reload_failed") == []
     selected = {e["serial"] for e in server.events("server_certificate_selected")}
-    assert {format(s, "X") for s in serials} <= selected
+    assert {serial_hex(s) for s in serials} <= selected

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sipserver.pki.certinfo import serial_hex
 from tests.configs import one_target_plan
 from tests.e2e.conftest import Pki, StartServer, free_port, need
 from tests.e2e.peers import assert_callee_ok, sipp_callee, stunnel_server
@@ -70,7 +71,7 @@ def test_baresip_calls_through_sipserver_over_mutual_tls(
     assert (
         routed["status"] == 200 and routed["transport"] == "tls" and routed["security"] == security
     ), phone.stdout
-    assert routed["peer"] == "gw1" and routed["peer_cert_serial"] == format(
-        pki.gw1.cert.serial_number, "X"
+    assert routed["peer"] == "gw1" and routed["peer_cert_serial"] == serial_hex(
+        pki.gw1.cert.serial_number
     )
     assert server.wait_for("in_dialog_request_routed", method="BYE")["status"] == 200
