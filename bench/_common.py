@@ -119,3 +119,81 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+# Where a sample's time goes, by the first frame (leaf upwards) whose file matches.
+AREAS = (
+    (
+        "sipserver core (sip/, proxy/, routing/)",
+        ("sipserver/sip/", "sipserver/proxy/", "sipserver/routing/"),
+    ),
+    ("sipserver shell (server/, transport/)", ("sipserver/server/", "sipserver/transport/")),
+    ("logging (structlog, orjson, log.py)", ("structlog/", "sipserver/log.py", "orjson")),
+    ("pyOpenSSL / cffi", ("OpenSSL/", "cffi")),
+    ("trio runtime", ("trio/",)),
+)
+
+
+def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """Sample the server with py-spy for `seconds` (raw collapsed stacks into `out`), or
+    None when py-spy is not installed (pip install py-spy)."""
+    import shutil
+
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return None
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(max(1, int(seconds))),
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+            "-r",
+            "200",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def profile_summary(raw: Path, top: int = 15) -> str:
+    """Share of samples by area, and the functions with the most samples of their own."""
+    areas: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        leaf = frames[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + count
+        area = "other (interpreter, stdlib)"
+        for frame in reversed(frames):
+            match = next((name for name, keys in AREAS if any(k in frame for k in keys)), None)
+            if match:
+                area = match
+                break
+        areas[area] = areas.get(area, 0) + count
+    if not total:
+        return "no samples"
+    lines = [f"{total} samples"]
+    lines += [
+        f"  {share * 100 / total:5.1f}%  {name}"
+        for name, share in sorted(areas.items(), key=lambda i: -i[1])
+    ]
+    lines.append("  own time, top functions:")
+    lines += [
+        f"  {n * 100 / total:5.1f}%  {leaf}"
+        for leaf, n in sorted(leaves.items(), key=lambda i: -i[1])[:top]
+    ]
+    return "\n".join(lines)

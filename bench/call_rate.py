@@ -24,13 +24,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_seconds, free_port, rtt_percentiles, sipp_counts, start_server, stunnel
+from _common import (
+    cpu_seconds,
+    free_port,
+    profile,
+    profile_summary,
+    rtt_percentiles,
+    sipp_counts,
+    start_server,
+    stunnel,
+)
 
 from tests.certs import Issued, make_ca, make_leaf
 from tests.e2e.sipp_scenarios import call_uac, call_uas
 
 SERVER_LOG: Path | None = None  # --server-log: keep the server's JSON log there
 SHED_OK = False  # --overload: a 503 with Retry-After (load shed) ends a call well
+PROFILE: Path | None = None  # --profile: py-spy the server during each step into this folder
 
 
 def start_bench_server(
@@ -100,6 +110,8 @@ def step(
     started = time.monotonic()
     routed_before = _routed()
     cpu_before = cpu_seconds(server_pid)
+    raw = PROFILE / f"{transport}-{rate}.txt" if PROFILE else None
+    spy = profile(server_pid, seconds, raw) if raw else None
     result = subprocess.run(
         [
             "sipp",
@@ -133,6 +145,10 @@ def step(
     )
     elapsed = time.monotonic() - started
     cpu = cpu_seconds(server_pid) - cpu_before
+    if spy is not None and raw is not None:
+        spy.wait(30)
+        if raw.exists():
+            print(f"profile of {transport} at {rate}/s ({raw}):\n{profile_summary(raw)}")
     callee.kill()
     callee.wait(10)
     answered, failed = sipp_counts(result.stdout, calls)
@@ -161,14 +177,23 @@ def main() -> int:
     parser.add_argument("--max-p99", type=float, default=200.0)
     parser.add_argument("--server-log", type=Path, help="append the server's JSON log to this file")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample the server with py-spy during each step (raw stacks in this folder) "
+        "and print where its time goes",
+    )
+    parser.add_argument(
         "--overload",
         action="store_true",
         help="count a 503 + Retry-After (the server shedding load) as a well-ended call; "
         "answered calls are then the server's call_routed lines",
     )
     args = parser.parse_args()
-    global SERVER_LOG, SHED_OK
+    global SERVER_LOG, SHED_OK, PROFILE
     SHED_OK = args.overload
+    PROFILE = args.profile
+    if PROFILE:
+        PROFILE.mkdir(parents=True, exist_ok=True)
     SERVER_LOG = args.server_log or (Path(tempfile.mkdtemp()) / "server.log" if SHED_OK else None)
     for tool in ("sipp", "stunnel4"):
         if shutil.which(tool) is None:
