@@ -113,6 +113,21 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def cpu_seconds_tree(pid: int) -> float:
+    """cpu_seconds of the process and of every process below it (Kamailio's workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu_seconds(current)
+        todo += children.get(current, [])
+    return total
+
+
 def rss_kib(pid: int) -> int:
     """The process's resident memory (VmRSS), KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 from _common import (
-    cpu_seconds,
+    cpu_seconds_tree,
     free_port,
     profile,
     profile_summary,
@@ -63,6 +65,48 @@ def start_bench_server(
     )
     proc, ports = start_server(config, SERVER_LOG)
     return proc, ports["udp"], ports["tls"]
+
+
+def start_kamailio(
+    work: Path, ca: Issued, transport: str, target_port: int
+) -> tuple[subprocess.Popen[str], int, int]:
+    """Kamailio in sipserver's place (--proxy kamailio), for the same calls side by side."""
+    server = make_leaf(ca, dns=["sip.example.test"])
+    server.write_pair(work / "server", "sip")
+    (work / "trust").mkdir(exist_ok=True)
+    (work / "trust" / "ca.crt").write_bytes(ca.cert_pem)
+    (work / "tls.cfg").write_text(
+        "[server:default]\nmethod = TLSv1.2+\nverify_certificate = yes\n"
+        f"require_certificate = yes\ncertificate = {work / 'server' / 'sip.crt'}\n"
+        f"private_key = {work / 'server' / 'sip.key'}\nca_list = {work / 'trust' / 'ca.crt'}\n"
+        "[client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\n"
+        f"ca_list = {work / 'trust' / 'ca.crt'}\n"
+    )
+    sip_port, tls_port = free_port(), free_port()
+    callee_transport = "udp" if transport == "udp" else "tls" if transport == "tls" else "tcp"
+    config = (Path(__file__).parent / "kamailio.cfg").read_text()
+    for name, value in (
+        ("SIP_PORT", sip_port),
+        ("TLS_PORT", tls_port),
+        ("CALLEE", target_port),
+        ("CALLEE_TRANSPORT", callee_transport),
+        ("TLS_CFG", work / "tls.cfg"),
+    ):
+        config = re.sub(rf'#!substdef "!{name}![^!]*!g"', f'#!substdef "!{name}!{value}!g"', config)
+    (work / "kamailio.cfg").write_text(config)
+    proc = subprocess.Popen(
+        ["kamailio", "-DD", "-E", "-f", str(work / "kamailio.cfg"), "-m", "256", "-M", "32"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", tls_port), 0.2):
+            return proc, sip_port, tls_port
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("kamailio did not start (kamailio -c -f bench/kamailio.cfg says why)")
 
 
 def _routed() -> int:
@@ -109,7 +153,7 @@ def step(
     )
     started = time.monotonic()
     routed_before = _routed()
-    cpu_before = cpu_seconds(server_pid)
+    cpu_before = cpu_seconds_tree(server_pid)
     raw = PROFILE / f"{transport}-{rate}.txt" if PROFILE else None
     spy = profile(server_pid, seconds, raw) if raw else None
     result = subprocess.run(
@@ -144,7 +188,7 @@ def step(
         timeout=seconds * 6 + 60,
     )
     elapsed = time.monotonic() - started
-    cpu = cpu_seconds(server_pid) - cpu_before
+    cpu = cpu_seconds_tree(server_pid) - cpu_before
     if spy is not None and raw is not None:
         spy.wait(30)
         if raw.exists():
@@ -177,6 +221,12 @@ def main() -> int:
     parser.add_argument("--max-p99", type=float, default=200.0)
     parser.add_argument("--server-log", type=Path, help="append the server's JSON log to this file")
     parser.add_argument(
+        "--proxy",
+        choices=("sipserver", "kamailio"),
+        default="sipserver",
+        help="the proxy under test: kamailio runs bench/kamailio.cfg in its place, same calls",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="sample the server with py-spy during each step (raw stacks in this folder) "
@@ -200,7 +250,10 @@ def main() -> int:
             print(f"{tool} is not installed (apt-get install sip-tester stunnel4)", file=sys.stderr)
             return 2
     rates = [int(r) for r in args.rates.split(",")]
-    print(f"proxied calls, {args.seconds:g} s per step; setup time (INVITE -> 200) in ms")
+    print(
+        f"calls proxied by {args.proxy}, {args.seconds:g} s per step; "
+        "setup time (INVITE -> 200) in ms; cpu ms = the proxy's CPU (all its processes) per call"
+    )
     print(
         f"{'transport':<9} {'rate':>5} {'answered':>9} {'shed':>5} {'failed':>7} {'calls/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'cpu ms':>7}"
     )
@@ -224,7 +277,8 @@ def main() -> int:
                         "verifyChain = yes\nrequireCert = yes\n",
                     )
                 )
-            proc, sip_port, tls_port = start_bench_server(work, ca, transport, target_port)
+            start = start_kamailio if args.proxy == "kamailio" else start_bench_server
+            proc, sip_port, tls_port = start(work, ca, transport, target_port)
             stack.callback(lambda p=proc: (p.terminate(), p.wait(10)))
             caller_port = sip_port
             if transport in ("tls", "mtls-tcp"):
