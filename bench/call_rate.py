@@ -45,13 +45,17 @@ SHED_OK = False  # --overload: a 503 with Retry-After (load shed) ends a call we
 PROFILE: Path | None = None  # --profile: py-spy the server during each step into this folder
 
 
+def _write_pki(work: Path, ca: Issued) -> None:
+    """The proxy's certificate (server/sip.crt + .key) and the CA it trusts (trust/ca.crt)."""
+    make_leaf(ca, dns=["sip.example.test"]).write_pair(work / "server", "sip")
+    (work / "trust").mkdir(exist_ok=True)
+    (work / "trust" / "ca.crt").write_bytes(ca.cert_pem)
+
+
 def start_bench_server(
     work: Path, ca: Issued, transport: str, target_port: int
 ) -> tuple[subprocess.Popen[str], int, int]:
-    server = make_leaf(ca, dns=["sip.example.test"])
-    server.write_pair(work / "server", "sip")
-    (work / "trust").mkdir(exist_ok=True)
-    (work / "trust" / "ca.crt").write_bytes(ca.cert_pem)
+    _write_pki(work, ca)
     security = "sip-secured" if transport == "tls" else "unsecured"
     target_transport = "tcp" if transport == "mtls-tcp" else transport
     config = work / f"bench-{transport}.toml"
@@ -71,10 +75,7 @@ def start_kamailio(
     work: Path, ca: Issued, transport: str, target_port: int
 ) -> tuple[subprocess.Popen[str], int, int]:
     """Kamailio in sipserver's place (--proxy kamailio), for the same calls side by side."""
-    server = make_leaf(ca, dns=["sip.example.test"])
-    server.write_pair(work / "server", "sip")
-    (work / "trust").mkdir(exist_ok=True)
-    (work / "trust" / "ca.crt").write_bytes(ca.cert_pem)
+    _write_pki(work, ca)
     (work / "tls.cfg").write_text(
         "[server:default]\nmethod = TLSv1.2+\nverify_certificate = yes\n"
         f"require_certificate = yes\ncertificate = {work / 'server' / 'sip.crt'}\n"

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord, ClientContext
-from sipserver.proxy.events import AnsweredCallEnded, CallAnswered, CallRefused, Event
+from sipserver.proxy.events import AnsweredCallEnded, CallAnswered, Event
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.routing import router
-from sipserver.settings import DialPlanSettings, Security
+from sipserver.settings import DialPlanSettings
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.message import Request, make_request
 from sipserver.sip.responses import local_tag
@@ -162,20 +162,10 @@ class AnsweringTarget:
                 entropy=self.entropy,
             )
         except (SdpError, NoAcceptableMedia) as exc:
-            why = (
-                f"The answering target of dial plan {call.plan.name} cannot accept the offer: {exc}"
-            )
-            return self.responder.answer(
-                tx,
-                488,
-                "Not Acceptable Here",
-                now,
-                headers=(self.responder.warning(why),),
-                log_reason=why,
-                event=CallRefused,
-                refusal="call_refused_media",
-                dial_plan=call.plan.name,
-                security=call.plan.security,
+            plan = call.plan
+            why = f"The answering target of dial plan {plan.name} cannot accept the offer: {exc}"
+            return self.responder.refuse_media(
+                tx, why, now, "call_refused_media", dial_plan=plan.name, security=plan.security
             )
 
     def _answer(self, call: AnsweredCall, now: float) -> list[Transmit]:
@@ -237,21 +227,10 @@ class AnsweringTarget:
             return self.responder.answer(tx, 200, "OK", now)
         if request.method not in ("INVITE", "UPDATE") or not request.body:
             return self.responder.answer(tx, 200, "OK", now)
-        if call.plan.security == Security.SECURED:
-            problem = router.media_problem(request)
-            if problem is not None:
-                why = f"The call is secured and requires SRTP in-dialog too: {problem}"
-                return self.responder.answer(
-                    tx,
-                    488,
-                    "Not Acceptable Here",
-                    now,
-                    headers=(self.responder.warning(why),),
-                    log_reason=why,
-                    event=CallRefused,
-                    refusal="call_refused_insecure_media",
-                    security=call.plan.security,
-                )
+        why = router.in_dialog_media_problem(request, call.plan.security)
+        if why is not None:
+            refusal = "call_refused_insecure_media"
+            return self.responder.refuse_media(tx, why, now, refusal, security=call.plan.security)
         answer = self._sdp_answer(tx, request, call, now)
         if isinstance(answer, list):
             return answer

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sipserver import SERVER_NAME
-from sipserver.proxy.events import Answered, Event, TransactionTimedOut
+from sipserver.proxy.events import Answered, CallRefused, Event, TransactionTimedOut
 from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.sip.flow import Transmit
 from sipserver.sip.message import Request, Response
@@ -73,6 +73,22 @@ class Responder:
         self.table.server.setdefault(context.key, tx)
         response = self.response(context.request, status, reason, headers, body)
         return self.send(tx, response, now)
+
+    def refuse_media(
+        self, tx: ServerTransaction, why: str, now: float, refusal: str, **fields: Any
+    ) -> list[Transmit]:
+        """488 for an SDP offer we will not take, with the Warning and log line saying why."""
+        return self.answer(
+            tx,
+            488,
+            "Not Acceptable Here",
+            now,
+            headers=(self.warning(why),),
+            log_reason=why,
+            event=CallRefused,
+            refusal=refusal,
+            **fields,
+        )
 
     def drive(self, tx: ServerTransaction, outputs: Sequence[Output]) -> list[Transmit]:
         context: ServerContext = tx.context

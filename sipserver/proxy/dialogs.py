@@ -5,12 +5,11 @@ carries the dial plan's mode, so this needs no state)."""
 from __future__ import annotations
 
 from sipserver.proxy.answers import Responder
-from sipserver.proxy.events import CallRefused
 from sipserver.proxy.forwarder import Forwarder
 from sipserver.proxy.hops import OurAddress
 from sipserver.routing import router
 from sipserver.routing.peers import PeerTable
-from sipserver.settings import PeerSettings, Security
+from sipserver.settings import PeerSettings
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Transmit
 from sipserver.sip.message import Request
@@ -38,21 +37,10 @@ class DialogRouter:
                 log_reason="in-dialog request without our Route",
             )
         tx.context.request = request
-        if hop.security == Security.SECURED and request.method in ("INVITE", "UPDATE"):
-            problem = router.media_problem(request) if request.body else None
-            if problem is not None:
-                why = f"The call is secured and requires SRTP in-dialog too: {problem}"
-                return self.responder.answer(
-                    tx,
-                    488,
-                    "Not Acceptable Here",
-                    now,
-                    headers=(self.responder.warning(why),),
-                    log_reason=why,
-                    event=CallRefused,
-                    refusal="call_refused_insecure_media",
-                    security=hop.security,
-                )
+        why = router.in_dialog_media_problem(request, hop.security)
+        if why is not None:
+            refusal = "call_refused_insecure_media"
+            return self.responder.refuse_media(tx, why, now, refusal, security=hop.security)
         first_hop = (hop.uri, hop.transport, self._peer(hop))
         return self.forwarder.start_call(
             tx, request, None, (), now, first_hop=first_hop, security=hop.security

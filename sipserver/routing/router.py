@@ -124,6 +124,15 @@ def media_problem(request: Request) -> str | None:
     return "; ".join(problems) if problems else None
 
 
+def in_dialog_media_problem(request: Request, security: str | None) -> str | None:
+    """Why a re-INVITE's or UPDATE's offer breaks a secured call, or None (no offer in it is
+    fine: the offer then comes with the answer)."""
+    if security != "secured" or request.method not in ("INVITE", "UPDATE") or not request.body:
+        return None
+    problem = media_problem(request)
+    return f"The call is secured and requires SRTP in-dialog too: {problem}" if problem else None
+
+
 def redirect_contact(user: str, target: PeerSettings, plan: DialPlanSettings, scheme: str) -> str:
     """Where a redirected call goes: the target by FQDN and port; over TLS (and sips: if the
     caller used sips:) when the dial plan is secured, like Exchange UM's redirect to its

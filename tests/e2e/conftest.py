@@ -184,6 +184,32 @@ class RunningServer:
 StartServer = Callable[..., RunningServer]
 
 
+def run_server(
+    config: Path, workdir: Path, args: list[str] | None = None, state: Path | None = None
+) -> RunningServer:
+    """`sipserver run` on this checkout (not a stale installed copy), logging JSON; returns
+    once it is ready."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    if state is not None:
+        env["SIPSERVER_STATE_DIR"] = str(state)
+    command = [sys.executable, "-m", "sipserver", "run", "--config", str(config)]
+    process = subprocess.Popen(
+        [*command, "--log-format", "json", *(args or [])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=workdir,
+    )
+    server = RunningServer(process, workdir)
+    try:
+        server.wait_for("server_ready", timeout=20)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 @pytest.fixture
 def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
     servers: list[RunningServer] = []
@@ -226,33 +252,8 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         config = workdir / "sipserver.toml"
         workdir.mkdir(parents=True, exist_ok=True)
         config.write_text(text)
-        env = {
-            **os.environ,
-            "SIPSERVER_STATE_DIR": str(workdir / "state"),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(REPO),
-        }  # always test this checkout, not a stale installed copy
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sipserver",
-                "run",
-                "--config",
-                str(config),
-                "--log-format",
-                "json",
-                *(args or []),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=workdir,
-        )
-        server = RunningServer(process, workdir)
+        server = run_server(config, workdir, args, state=workdir / "state")
         servers.append(server)
-        server.wait_for("server_ready", timeout=20)
         return server
 
     yield start

@@ -104,6 +104,14 @@ def stunnel(workdir: Path, service: str) -> Iterator[None]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / f"stunnel-{free_port()}.conf"
     conf.write_text(f"foreground = yes\npid =\ndebug = 5\n[sip]\n{service}")
+    with stunnel_with(conf):
+        yield
+
+
+@contextlib.contextmanager
+def stunnel_with(conf: Path) -> Iterator[None]:
+    """stunnel4 on a configuration file that keeps it in the foreground; returns once it is
+    listening."""
     tunnel = subprocess.Popen(
         [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -113,7 +121,7 @@ def stunnel(workdir: Path, service: str) -> Iterator[None]:
             if "Configuration successful" in line:
                 break
         else:
-            pytest.fail("stunnel did not start")
+            pytest.fail(f"stunnel did not start with {conf}")
         threading.Thread(target=lambda: [None for _ in tunnel.stdout], daemon=True).start()  # type: ignore[union-attr]
         yield
     finally:

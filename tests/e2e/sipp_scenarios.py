@@ -48,6 +48,25 @@ _ACK_FOR_FINAL = """  <send>
 """
 
 
+# The ACK for a 2xx: its own transaction, along the Route set the 2xx recorded (§13.2.2.4).
+_ACK_FOR_2XX = """  <send>
+    <![CDATA[
+
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      [routes]
+      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
 def _invite(proto: str, crypto: bool, extra: str = "") -> str:
     """The INVITE with an SDP offer that every caller scenario starts with."""
     return f"""  <send retrans="500">
@@ -169,22 +188,7 @@ def call_uac(
   <recv response="200" rrs="true" rtd="true">
     <action>{actions}</action>
   </recv>
-  <send>
-    <![CDATA[
-
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      [routes]
-      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <send retrans="500">
+{_ACK_FOR_2XX}  <send retrans="500">
     <![CDATA[
 
       BYE [next_url] SIP/2.0
@@ -322,22 +326,7 @@ def call_uac_answered_then_hung_up(
   <recv response="200" rrs="true">
     <action><ereg regexp="{escape(answer_body)}" search_in="body" check_it="true" assign_to="sdp"/></action>
   </recv>
-  <send>
-    <![CDATA[
-
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      [routes]
-      From: <sip:caller@gw1.example.test>;tag=[pid]T[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="BYE"/>
+{_ACK_FOR_2XX}  <recv request="BYE"/>
   <send>
     <![CDATA[
 

@@ -9,63 +9,24 @@ import contextlib
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO, RunningServer, free_port, need
-from tests.e2e.peers import assert_sipp_ok
+from tests.e2e.conftest import REPO, RunningServer, free_port, need, run_server
+from tests.e2e.peers import assert_sipp_ok, stunnel_with
 
 pytestmark = pytest.mark.e2e
 
 
 @contextlib.contextmanager
 def lab_server(lab: Path) -> Iterator[RunningServer]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sipserver",
-            "run",
-            "--config",
-            str(lab / "sipserver.toml"),
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=lab,
-    )
-    server = RunningServer(process, lab)
+    server = run_server(lab / "sipserver.toml", lab)
     try:
-        server.wait_for("server_ready", timeout=20)
         yield server
     finally:
         server.stop()
-
-
-@contextlib.contextmanager
-def generated_stunnel(conf: Path) -> Iterator[None]:
-    tunnel = subprocess.Popen(
-        [need("stunnel4"), str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert tunnel.stdout is not None
-        for line in tunnel.stdout:
-            if "Configuration successful" in line:
-                break
-        else:
-            pytest.fail("stunnel did not start with the generated configuration")
-        threading.Thread(target=lambda: [None for _ in tunnel.stdout], daemon=True).start()  # type: ignore[union-attr]
-        yield
-    finally:
-        tunnel.terminate()
-        tunnel.wait(10)
 
 
 def sipp(
@@ -158,7 +119,7 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
         ended = server.wait_for("answered_call_ended", dial_plan="echo-secured")
         assert ended["ended_by"] == "caller_bye" and ended["duration_s"] >= 1.0  # stayed up
         # 2. sipp as gw1 through the generated stunnel, to the sip-secured number.
-        with generated_stunnel(lab / "stunnel" / "gw1.conf"):
+        with stunnel_with(lab / "stunnel" / "gw1.conf"):
             assert_sipp_ok(sipp(lab / "sipp" / "caller.xml", "7001", "t1", f"127.0.0.1:{tunnel}"))
             srtp = sipp(lab / "sipp" / "caller-srtp.xml", "7002", "t1", f"127.0.0.1:{tunnel}")
             assert_sipp_ok(srtp)
