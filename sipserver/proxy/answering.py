@@ -8,6 +8,7 @@ media is ever sent: the SDP points at the discard port."""
 from __future__ import annotations
 
 import hashlib
+import heapq
 import ipaddress
 import itertools
 from collections.abc import Callable
@@ -30,6 +31,9 @@ from sipserver.sip.transaction import ClientTransaction, SendMessage, ServerTran
 from sipserver.sip.uri import UriError, parse_name_addr
 
 SDP = (("Content-Type", "application/sdp"),)
+# An answered call the caller never hangs up (and no answer_hangup_after) ends after a day,
+# so that forgotten calls cannot pile up.
+LONGEST_CALL = 86400.0
 
 
 def repeatable_bytes() -> Callable[[int], bytes]:
@@ -69,8 +73,19 @@ class AnsweredCall:
     resend_interval: float = 0.0
     give_up_at: float | None = None  # no ACK by then: BYE (RFC 3261 §13.3.1.4)
     hangup_at: float | None = None
+    hangup_reason: str = "hangup_timer"
+    scheduled: float | None = None  # the wake-up queued for it
     local_cseq: int = 0
     sdp_version: int = 0
+
+    @property
+    def deadline(self) -> float | None:
+        due = [
+            d
+            for d in (self.answer_at, self.resend_at, self.give_up_at, self.hangup_at)
+            if d is not None
+        ]
+        return min(due) if due else None
 
     @property
     def flow(self) -> Flow:
@@ -93,6 +108,8 @@ class AnsweringTarget:
         self.calls: dict[tuple[str, str], AnsweredCall] = {}  # by (Call-ID, our tag)
         self.ringing: dict[tuple[str, ...], AnsweredCall] = {}  # by INVITE server key
         self.our_thumbprint_sha1: str | None = None
+        self._wakeups: list[tuple[float, int, AnsweredCall]] = []
+        self._seq = itertools.count()
 
     def configure(self, us: OurAddress, timers: TimerValues) -> None:
         self.us, self.timers = us, timers
@@ -145,7 +162,9 @@ class AnsweringTarget:
         call.answer_at, call.prepared = now + plan.answer_after, answer
         ringing = self.responder.response(request, 180, "Ringing", self._contact(call))
         out = self.responder.send(tx, ringing, now)
-        return out + (self._answer(call, now) if plan.answer_after == 0 else [])
+        out += self._answer(call, now) if plan.answer_after == 0 else []
+        self._schedule(call)
+        return out
 
     def _sdp_answer(
         self, tx: ServerTransaction, request: Request, call: AnsweredCall, now: float
@@ -176,6 +195,8 @@ class AnsweringTarget:
         call.answer_at, call.answered_at = None, now
         if call.plan.answer_hangup_after > 0:
             call.hangup_at = now + call.plan.answer_hangup_after
+        else:
+            call.hangup_at, call.hangup_reason = now + LONGEST_CALL, "longest_call"
         ok = self.responder.response(invite, 200, "OK", (*self._contact(call), *SDP), body)
         out = self.responder.send(tx, ok, now)
         call.invite_tx = call.invite = call.prepared = None
@@ -218,6 +239,7 @@ class AnsweringTarget:
 
     def ack(self, call: AnsweredCall) -> None:
         call.ok_data = call.resend_at = call.give_up_at = None
+        self._schedule(call)
 
     def request(
         self, tx: ServerTransaction, request: Request, call: AnsweredCall, now: float
@@ -238,6 +260,7 @@ class AnsweringTarget:
         out = self.responder.answer(tx, 200, "OK", now, headers=headers, body=answer[0])
         if request.method == "INVITE":
             self._expect_ack(call, out[0].data if out else None, now)
+            self._schedule(call)
         return out
 
     def cancelled(self, invite_key: tuple[str, ...], now: float) -> None:
@@ -260,18 +283,35 @@ class AnsweringTarget:
         )
 
     # --- time ---------------------------------------------------------------------------
+    def _schedule(self, call: AnsweredCall) -> None:
+        deadline = call.deadline
+        if deadline is None or deadline == call.scheduled:
+            return
+        call.scheduled = deadline
+        heapq.heappush(self._wakeups, (deadline, next(self._seq), call))
+        if len(self._wakeups) > 2 * len(self.calls) + 256:
+            # Ended calls and moved deadlines: drop them rather than hold calls for a day.
+            self._wakeups = [entry for entry in self._wakeups if self._current(entry)]
+            heapq.heapify(self._wakeups)
+
+    def _current(self, entry: tuple[float, int, AnsweredCall]) -> bool:
+        due, _, call = entry
+        alive = self.calls.get((call.call_id, call.our_tag)) is call
+        return alive and call.scheduled == due and call.deadline == due
+
     def next_deadline(self) -> float | None:
-        due = [
-            d
-            for call in self.calls.values()
-            for d in (call.answer_at, call.resend_at, call.give_up_at, call.hangup_at)
-            if d is not None
-        ]
-        return min(due) if due else None
+        while self._wakeups and not self._current(self._wakeups[0]):
+            heapq.heappop(self._wakeups)
+        return self._wakeups[0][0] if self._wakeups else None
 
     def due(self, now: float) -> list[Transmit]:
         out: list[Transmit] = []
-        for call in list(self.calls.values()):
+        while self._wakeups and self._wakeups[0][0] <= now:
+            entry = heapq.heappop(self._wakeups)
+            if not self._current(entry):
+                continue
+            call = entry[2]
+            call.scheduled = None
             if call.answer_at is not None and call.answer_at <= now:
                 out += self._answer(call, now)
             elif call.give_up_at is not None and call.give_up_at <= now:
@@ -281,7 +321,9 @@ class AnsweringTarget:
                 call.resend_at = now + call.resend_interval
                 out.append(Transmit(call.flow, call.ok_data))
             elif call.hangup_at is not None and call.hangup_at <= now:
-                out += self._hang_up(call, "hangup_timer", now)
+                out += self._hang_up(call, call.hangup_reason, now)
+            if (call.call_id, call.our_tag) in self.calls:
+                self._schedule(call)
         return out
 
     def _hang_up(self, call: AnsweredCall, ended_by: str, now: float) -> list[Transmit]:

@@ -282,5 +282,5 @@ class AnsweredCallEnded(Event):
 
     name = "answered_call_ended"
     dial_plan: str
-    ended_by: str  # caller_bye | hangup_timer | no_ack | cancelled
+    ended_by: str  # caller_bye | hangup_timer | longest_call | no_ack | cancelled
     duration_s: float | None  # from the answer; None when it never was answered

@@ -199,3 +199,19 @@ def test_no_ack_within_64_t1_ends_the_call_with_a_bye() -> None:
     assert {r.method for r in requests(sent)} == {"BYE"}  # and Timer E resends it
     (ended,) = [e.fields() for e in core.take_events() if e.log_name == "answered_call_ended"]
     assert ended["ended_by"] == "no_ack" and ended["duration_s"] == 32.0
+
+
+def test_a_call_nobody_hangs_up_ends_after_a_day_and_many_calls_cost_no_scan() -> None:
+    core = core_for("unsecured", answer_after=0)
+    for n in range(300):
+        raw = invite(branch=f"z9hG4bKn{n}").replace(b"call-1", f"call-{n}".encode())
+        tag = replies(core.receive_datagram(raw, UDP, 0.0))[-1].to.tag  # type: ignore[union-attr]
+        ack = invite(b"", method="ACK", to_tag=tag, branch=f"z9hG4bKa{n}")  # type: ignore[arg-type]
+        core.receive_datagram(ack.replace(b"call-1", f"call-{n}".encode()), UDP, 0.1)
+    assert len(core.answering.calls) == 300
+    assert len(core.answering._wakeups) <= 2 * 300 + 256  # ended and moved wake-ups dropped
+    core.take_events()
+    core.handle_timers(86400.0)
+    ended = [e.fields() for e in core.take_events() if e.log_name == "answered_call_ended"]
+    assert len(ended) == 300 and {e["ended_by"] for e in ended} == {"longest_call"}
+    assert not core.answering.calls
