@@ -245,8 +245,14 @@ class AnsweringTarget:
         self, tx: ServerTransaction, request: Request, call: AnsweredCall, now: float
     ) -> list[Transmit]:
         if request.method == "BYE":
+            out = self.responder.answer(tx, 200, "OK", now)
+            if call.invite_tx is not None:  # a BYE in the early dialog ends the ringing too
+                why = "the caller sent BYE before the answer"
+                out += self.responder.answer(
+                    call.invite_tx, 487, "Request Terminated", now, log_reason=why
+                )
             self._end(call, "caller_bye", now)
-            return self.responder.answer(tx, 200, "OK", now)
+            return out
         if request.method not in ("INVITE", "UPDATE") or not request.body:
             return self.responder.answer(tx, 200, "OK", now)
         why = router.in_dialog_media_problem(request, call.plan.security)

@@ -215,3 +215,14 @@ def test_a_call_nobody_hangs_up_ends_after_a_day_and_many_calls_cost_no_scan() -
     ended = [e.fields() for e in core.take_events() if e.log_name == "answered_call_ended"]
     assert len(ended) == 300 and {e["ended_by"] for e in ended} == {"longest_call"}
     assert not core.answering.calls
+
+
+def test_a_bye_in_the_early_dialog_ends_the_ringing_invite_with_487() -> None:
+    core = core_for("unsecured", answer_after=30.0)
+    (ringing,) = replies(core.receive_datagram(invite(), UDP, 0.0))
+    tag = ringing.to.tag  # type: ignore[union-attr]
+    bye = invite(b"", method="BYE", to_tag=tag, cseq=2, branch="z9hG4bKbye")  # type: ignore[arg-type]
+    out = replies(core.receive_datagram(bye, UDP, 1.0))
+    assert sorted((r.status, r.cseq[1]) for r in out) == [(200, "BYE"), (487, "INVITE")]
+    assert core.busy() == 0 and not core.answering.calls
+    assert [r for r in replies(core.handle_timers(30.0)) if r.status == 200] == []
