@@ -247,9 +247,9 @@ class AnsweringTarget:
         if request.method == "BYE":
             out = self.responder.answer(tx, 200, "OK", now)
             if call.invite_tx is not None:  # a BYE in the early dialog ends the ringing too
-                why = "the caller sent BYE before the answer"
+                early = "the caller sent BYE before the answer"
                 out += self.responder.answer(
-                    call.invite_tx, 487, "Request Terminated", now, log_reason=why
+                    call.invite_tx, 487, "Request Terminated", now, log_reason=early
                 )
             self._end(call, "caller_bye", now)
             return out
