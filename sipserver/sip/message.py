@@ -295,7 +295,13 @@ def _parse_headers(lines: list[str], limits: ParseLimits) -> Headers:
                 index += 1
             items.append(_make_header("\r\n".join(folded)))
         else:
-            items.append(_make_header(line))
+            header = _SEEN_LINES.get(line)
+            if header is None:
+                header = _make_header(line)
+                if len(_SEEN_LINES) >= _SEEN_LINES_MAX:
+                    _SEEN_LINES.clear()
+                _SEEN_LINES[line] = header
+            items.append(header)
         if len(items) > limits.max_header_count:
             raise ParseError("Too many headers", partial=_partial(lines, limits))
     return Headers(items)
@@ -314,6 +320,10 @@ def _partial(lines: list[str], limits: ParseLimits) -> Message | None:
 
 
 _GOOD_NAMES: set[str] = set()  # header names already checked against the token rule
+# Header lines already parsed, by their text: a call's messages repeat most of their lines
+# (From, To, Call-ID, Contact, Max-Forwards, Content-Type …), and a Header is immutable.
+_SEEN_LINES: dict[str, Header] = {}
+_SEEN_LINES_MAX = 4096
 
 
 def _make_header(raw: str) -> Header:
