@@ -8,7 +8,6 @@ media is ever sent: the SDP points at the discard port."""
 from __future__ import annotations
 
 import hashlib
-import heapq
 import ipaddress
 import itertools
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from sipserver.proxy.calls import CallRecord, ClientContext
 from sipserver.proxy.events import AnsweredCallEnded, CallAnswered, Event
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.transactions import ServerContext, TransactionTable
+from sipserver.proxy.wakeups import WakeUps
 from sipserver.routing import router
 from sipserver.settings import DialPlanSettings
 from sipserver.sip.flow import Flow, Transmit
@@ -108,8 +108,10 @@ class AnsweringTarget:
         self.calls: dict[tuple[str, str], AnsweredCall] = {}  # by (Call-ID, our tag)
         self.ringing: dict[tuple[str, ...], AnsweredCall] = {}  # by INVITE server key
         self.our_thumbprint_sha1: str | None = None
-        self._wakeups: list[tuple[float, int, AnsweredCall]] = []
-        self._seq = itertools.count()
+        self.wakeups: WakeUps[AnsweredCall] = WakeUps(
+            lambda call: self.calls.get((call.call_id, call.our_tag)) is call,
+            lambda: len(self.calls),
+        )
 
     def configure(self, us: OurAddress, timers: TimerValues) -> None:
         self.us, self.timers = us, timers
@@ -163,7 +165,7 @@ class AnsweringTarget:
         ringing = self.responder.response(request, 180, "Ringing", self._contact(call))
         out = self.responder.send(tx, ringing, now)
         out += self._answer(call, now) if plan.answer_after == 0 else []
-        self._schedule(call)
+        self.wakeups.schedule(call)
         return out
 
     def _sdp_answer(
@@ -232,14 +234,16 @@ class AnsweringTarget:
 
     # --- the dialog ---------------------------------------------------------------------
     def dialog_of(self, request: Request) -> AnsweredCall | None:
+        if not self.calls:  # every ACK and in-dialog request asks: usually there are none
+            return None
         to = request.to
-        if to is None or not to.tag or not self.calls:
+        if to is None or not to.tag:
             return None
         return self.calls.get((request.call_id or "", to.tag))
 
     def ack(self, call: AnsweredCall) -> None:
         call.ok_data = call.resend_at = call.give_up_at = None
-        self._schedule(call)
+        self.wakeups.schedule(call)
 
     def request(
         self, tx: ServerTransaction, request: Request, call: AnsweredCall, now: float
@@ -266,7 +270,7 @@ class AnsweringTarget:
         out = self.responder.answer(tx, 200, "OK", now, headers=headers, body=answer[0])
         if request.method == "INVITE":
             self._expect_ack(call, out[0].data if out else None, now)
-            self._schedule(call)
+            self.wakeups.schedule(call)
         return out
 
     def cancelled(self, invite_key: tuple[str, ...], now: float) -> None:
@@ -289,47 +293,24 @@ class AnsweringTarget:
         )
 
     # --- time ---------------------------------------------------------------------------
-    def _schedule(self, call: AnsweredCall) -> None:
-        deadline = call.deadline
-        if deadline is None or deadline == call.scheduled:
-            return
-        call.scheduled = deadline
-        heapq.heappush(self._wakeups, (deadline, next(self._seq), call))
-        if len(self._wakeups) > 2 * len(self.calls) + 256:
-            # Ended calls and moved deadlines: drop them rather than hold calls for a day.
-            self._wakeups = [entry for entry in self._wakeups if self._current(entry)]
-            heapq.heapify(self._wakeups)
-
-    def _current(self, entry: tuple[float, int, AnsweredCall]) -> bool:
-        due, _, call = entry
-        alive = self.calls.get((call.call_id, call.our_tag)) is call
-        return alive and call.scheduled == due and call.deadline == due
-
     def next_deadline(self) -> float | None:
-        while self._wakeups and not self._current(self._wakeups[0]):
-            heapq.heappop(self._wakeups)
-        return self._wakeups[0][0] if self._wakeups else None
+        return self.wakeups.next_deadline()
 
     def due(self, now: float) -> list[Transmit]:
         out: list[Transmit] = []
-        while self._wakeups and self._wakeups[0][0] <= now:
-            entry = heapq.heappop(self._wakeups)
-            if not self._current(entry):
-                continue
-            call = entry[2]
-            call.scheduled = None
+        for call in self.wakeups.due(now):
             if call.answer_at is not None and call.answer_at <= now:
                 out += self._answer(call, now)
             elif call.give_up_at is not None and call.give_up_at <= now:
                 out += self._hang_up(call, "no_ack", now)
-            elif call.resend_at is not None and call.resend_at <= now and call.ok_data:
+            elif call.resend_at is not None and call.resend_at <= now:
                 call.resend_interval = min(call.resend_interval * 2, self.timers.t2)
                 call.resend_at = now + call.resend_interval
-                out.append(Transmit(call.flow, call.ok_data))
+                if call.ok_data:
+                    out.append(Transmit(call.flow, call.ok_data))
             elif call.hangup_at is not None and call.hangup_at <= now:
                 out += self._hang_up(call, call.hangup_reason, now)
-            if (call.call_id, call.our_tag) in self.calls:
-                self._schedule(call)
+            self.wakeups.schedule(call)
         return out
 
     def _hang_up(self, call: AnsweredCall, ended_by: str, now: float) -> list[Transmit]:

@@ -4,12 +4,11 @@ to wake next and which transactions are due; it never decides what a timeout mea
 from __future__ import annotations
 
 import collections
-import heapq
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sipserver.pki.certinfo import CertInfo
+from sipserver.proxy.wakeups import WakeUps
 from sipserver.settings import PeerSettings
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow
@@ -49,8 +48,9 @@ class TransactionTable:
         self.client: dict[tuple[str, str], ClientTransaction] = {}
         self.settled: dict[tuple[str, ...], SettledAnswer] = {}
         self._settled_expiry: collections.deque[tuple[float, tuple[str, ...]]] = collections.deque()
-        self._deadlines: list[tuple[float, int, Transaction]] = []
-        self._seq = itertools.count()
+        self.wakeups: WakeUps[Transaction] = WakeUps(
+            lambda tx: not tx.terminated, lambda: len(self.server) + len(self.client)
+        )
 
     def add_client(self, tx: ClientTransaction) -> None:
         self.client[tx.key] = tx
@@ -70,24 +70,7 @@ class TransactionTable:
         return [t for t in self.client.values() if not t.terminated and t.context.flow == flow]
 
     def schedule(self, tx: Transaction) -> None:
-        deadline = tx.deadline
-        if tx.terminated or deadline is None or deadline == tx.scheduled:
-            return
-        tx.scheduled = deadline
-        heapq.heappush(self._deadlines, (deadline, next(self._seq), tx))
-        if len(self._deadlines) > 2 * (len(self.server) + len(self.client)) + 1024:
-            self._compact()
-
-    def _compact(self) -> None:
-        """Drop the entries of ended transactions and of deadlines that moved. Left in the
-        heap they would keep every call they reach alive until their old deadline passed
-        (Timer C's is three minutes away)."""
-        self._deadlines = [
-            entry
-            for entry in self._deadlines
-            if not entry[2].terminated and entry[2].deadline == entry[0]
-        ]
-        heapq.heapify(self._deadlines)
+        self.wakeups.schedule(tx)
 
     def settle(self, tx: ServerTransaction) -> bool:
         """Swap a non-INVITE UDP transaction that has answered (and waits out Timer J) for
@@ -114,32 +97,15 @@ class TransactionTable:
             self.settled.pop(self._settled_expiry.popleft()[1], None)
 
     def next_deadline(self) -> float | None:
-        if self._settled_expiry:
-            first = self._settled_expiry[0][0]
-            pending = self._next_transaction_deadline()
-            return first if pending is None else min(first, pending)
-        return self._next_transaction_deadline()
-
-    def _next_transaction_deadline(self) -> float | None:
-        while self._deadlines:
-            if not self._current(self._deadlines[0]):
-                heapq.heappop(self._deadlines)
-                continue
-            return self._deadlines[0][0]
-        return None
+        pending = self.wakeups.next_deadline()
+        if not self._settled_expiry:
+            return pending
+        first = self._settled_expiry[0][0]
+        return first if pending is None else min(first, pending)
 
     def due(self, now: float) -> Iterator[Transaction]:
         """The transactions whose deadline has passed, each once, earliest first."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            entry = heapq.heappop(self._deadlines)
-            if self._current(entry):
-                entry[2].scheduled = None
-                yield entry[2]
-
-    @staticmethod
-    def _current(entry: tuple[float, int, Transaction]) -> bool:
-        due, _, tx = entry
-        return not tx.terminated and tx.deadline == due and tx.scheduled == due
+        return self.wakeups.due(now)
 
     def pending_server(self) -> int:
         """Server transactions still waiting for their final response."""

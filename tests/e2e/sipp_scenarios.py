@@ -67,6 +67,24 @@ _ACK_FOR_2XX = """  <send>
 """
 
 
+# The far end hangs up: its BYE, answered 200.
+_BYE_ANSWERED = """  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
 def _invite(proto: str, crypto: bool, extra: str = "") -> str:
     """The INVITE with an SDP offer that every caller scenario starts with."""
     return f"""  <send retrans="500">
@@ -291,21 +309,7 @@ def call_uas(
     ]]>
   </send>
   <recv request="ACK" crlf="true"/>
-  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-"""
+{_BYE_ANSWERED}"""
     body += f"""  <nop><action><log message="checked {uses}"/></action></nop>
   <pause milliseconds="300"/>
 """
@@ -326,21 +330,7 @@ def call_uac_answered_then_hung_up(
   <recv response="200" rrs="true">
     <action><ereg regexp="{escape(answer_body)}" search_in="body" check_it="true" assign_to="sdp"/></action>
   </recv>
-{_ACK_FOR_2XX}  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <nop><action><log message="answer [$sdp]"/></action></nop>
+{_ACK_FOR_2XX}{_BYE_ANSWERED}  <nop><action><log message="answer [$sdp]"/></action></nop>
 </scenario>
 """)
     return path

@@ -209,7 +209,7 @@ def test_a_call_nobody_hangs_up_ends_after_a_day_and_many_calls_cost_no_scan() -
         ack = invite(b"", method="ACK", to_tag=tag, branch=f"z9hG4bKa{n}")  # type: ignore[arg-type]
         core.receive_datagram(ack.replace(b"call-1", f"call-{n}".encode()), UDP, 0.1)
     assert len(core.answering.calls) == 300
-    assert len(core.answering._wakeups) <= 2 * 300 + 256  # ended and moved wake-ups dropped
+    assert len(core.answering.wakeups) <= 2 * 300 + 256  # ended and moved wake-ups dropped
     core.take_events()
     core.handle_timers(86400.0)
     ended = [e.fields() for e in core.take_events() if e.log_name == "answered_call_ended"]
