@@ -35,6 +35,7 @@ class Security(enum.StrEnum):
 class PeerKind(enum.StrEnum):
     GATEWAY = "gateway"
     PBX = "pbx"
+    SOFTPHONE = "softphone"  # registers its numbers; reached over the flow it registered on
 
 
 class Action(enum.StrEnum):
@@ -75,6 +76,7 @@ DEFAULT_SIP_PORT = 5060
 DEFAULT_TLS_PORT = 5061
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _NUMBER_PATTERN = re.compile(r"^\+?[0-9xX]*\*?$")
+_NUMBER = re.compile(r"^\+?[0-9]+$")
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -169,6 +171,13 @@ def number_patterns(values: tuple[str, ...]) -> str | None:
                 "x for one digit, a trailing * for any rest)"
             )
     return None if values else "must list at least one number pattern"
+
+
+def numbers(values: tuple[str, ...]) -> str | None:
+    bad = next((v for v in values if not _NUMBER.match(v)), None)
+    if bad is not None:
+        return f"{bad!r} is not a number (digits, with an optional leading +)"
+    return None
 
 
 def setting(
@@ -295,7 +304,10 @@ class LogSettings:
 class PeerSettings:
     name: str = setting(..., "the peer's name in dial plans and logs", not_empty)
     fqdn: str = setting(..., "the name its certificate must carry (RFC 5922)", fqdn)
-    kind: PeerKind = setting(PeerKind.GATEWAY, "gateway or pbx")
+    kind: PeerKind = setting(PeerKind.GATEWAY, "gateway, pbx or softphone")
+    numbers: tuple[str, ...] = setting(
+        (), "softphone: the numbers (AOR user parts) it may register", numbers
+    )
     addresses: tuple[IPNetwork, ...] = setting((), "source addresses on the plain SIP port")
     allow_wildcard: bool = setting(False, "accept a wildcard certificate for fqdn")
     port: int | None = setting(
@@ -305,6 +317,10 @@ class PeerSettings:
     health_check: float = setting(
         30.0, "seconds between OPTIONS pings; 0 turns them off", off_or_seconds
     )
+
+    @property
+    def is_softphone(self) -> bool:
+        return self.kind is PeerKind.SOFTPHONE
 
     @property
     def send_port(self) -> int:
@@ -351,6 +367,25 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrarSettings:
+    min_expires: int = setting(
+        60, "shortest registration accepted (shorter: 423 Interval Too Brief)", at_least(1)
+    )
+    max_expires: int = setting(3600, "longest registration granted (longer is cut)", at_least(1))
+    default_expires: int = setting(
+        3600, "a registration that asks for no expiry gets this", at_least(1)
+    )
+    flow_timer: int = setting(
+        120,
+        "RFC 5626 Flow-Timer: seconds within which an outbound softphone sends a keep-alive",
+        at_least(10),
+    )
+    max_bindings: int = setting(
+        10, "contacts one number may have registered at once (more: 403)", at_least(1)
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AdminSettings:
     address: str | None = setting(
         None, '"127.0.0.1:9060": /healthz and /metrics; unset = off', ip_and_port
@@ -375,6 +410,7 @@ class Config:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     timers: TimerValues = field(default_factory=TimerValues)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     source: str = "<embedded default>"
 
     def peer(self, name: str) -> PeerSettings:
@@ -392,4 +428,5 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "routing": (RoutingSettings, False),
     "timers": (TimerValues, False),
     "admin": (AdminSettings, False),
+    "registrar": (RegistrarSettings, False),
 }

@@ -65,9 +65,17 @@ def parse_config(
     peers = tuple(_normalised(peer) for peer in sections.pop("peer"))
     plans = sections.pop("dial_plan")
     _unique_names(reader, "peer", peers)
+    for index, peer in enumerate(peers):
+        _check_peer(reader, index, peer)
     _unique_names(reader, "dial_plan", plans)
     for index, plan in enumerate(plans):
         _check_plan(reader, index, plan, {peer.name: peer for peer in peers})
+    registrar = sections["registrar"]
+    if registrar.min_expires > registrar.max_expires:
+        raise reader.error(
+            ("registrar", "min_expires"),
+            f"{registrar.min_expires} is more than max_expires ({registrar.max_expires})",
+        )
     server = sections.pop("server")
     server = dataclasses.replace(server, fqdn=server.fqdn.lower().rstrip("."))
     return Config(server=server, peers=peers, dial_plans=plans, source=source, **sections)
@@ -88,6 +96,18 @@ def _unique_names(reader: Reader, table: str, items: tuple[Any, ...]) -> None:
         seen[item.name] = index
 
 
+def _check_peer(reader: Reader, index: int, peer: PeerSettings) -> None:
+    if peer.is_softphone and not peer.numbers:
+        raise reader.error(
+            ("peer", index, "numbers"), "a softphone must list the numbers it may register"
+        )
+    if peer.numbers and not peer.is_softphone:
+        raise reader.error(
+            ("peer", index, "numbers"),
+            f'only a softphone registers numbers; this peer is kind = "{peer.kind.value}"',
+        )
+
+
 def _check_plan(
     reader: Reader, index: int, plan: DialPlanSettings, peers: dict[str, PeerSettings]
 ) -> None:
@@ -106,8 +126,15 @@ def _check_plan(
             (*key, "targets"),
             'must list at least one peer (or set action = "answer" to answer calls here)',
         )
+    if plan.action is Action.REDIRECT and any(peers[t].is_softphone for t in plan.targets):
+        raise reader.error(
+            (*key, "targets"),
+            "a softphone is reached over its own flow: it cannot be redirected to",
+        )
     if plan.requires_tls:
         for target in plan.targets:
+            if peers[target].is_softphone:
+                continue  # reached over the flow it registered on: checked per call
             if peers[target].transport is not Transport.TLS:
                 raise reader.error(
                     (*key, "targets"),

@@ -7,11 +7,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sipserver.pki.certinfo import CertInfo
-from sipserver.proxy.events import CallCompleted
+from sipserver.proxy.events import CallCompleted, MediaAnswerViolation
 from sipserver.proxy.transactions import ServerContext
-from sipserver.settings import DialPlanSettings, PeerSettings
+from sipserver.settings import DialPlanSettings, PeerSettings, Security
 from sipserver.sip.flow import Flow, Transport
-from sipserver.sip.message import Request
+from sipserver.sip.message import Request, Response
+from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
 from sipserver.sip.transaction import ClientTransaction, ServerTransaction
 
 FORGET_DIALOGS_AFTER = 86400.0  # seconds: a BYE that never came through us
@@ -37,6 +38,65 @@ class ProxyCall:
     cancel_sent: bool = False
     done: bool = False
     security: str | None = None  # the dial plan's mode (for in-dialog requests: our Route's)
+    number: str | None = None  # the number dialled, as the dial plan matched it
+    branches: list[Branch] | None = None  # parallel branches (a softphone's bindings)
+
+
+def identity_value(call: ProxyCall) -> str:
+    """Who the caller is, as we verified it, for the identity header we add."""
+    inbound = call.inbound
+    assert inbound.peer is not None
+    flow = inbound.flow
+    if flow.transport == Transport.TLS and inbound.peer_cert:
+        cert = inbound.peer_cert.thumbprint_sha256
+        return f"{inbound.peer.fqdn};transport=tls;cert-sha256={cert}"
+    return f"{inbound.peer.fqdn};transport={flow.transport};source={flow.remote[0]}"
+
+
+def answer_media_violation(call: ProxyCall, response: Response) -> MediaAnswerViolation | None:
+    """A secured call's answer that offers media without SRTP (the offer was checked)."""
+    if call.security != Security.SECURED or not response.body:
+        return None
+    try:
+        problems = srtp_violations(parse_sdp(response.body))
+    except SdpError as exc:
+        problems = [f"malformed SDP answer ({exc})"]
+    if not problems:
+        return None
+    return MediaAnswerViolation(
+        call_id=call.request.call_id,
+        dial_plan=call.plan.name if call.plan else None,
+        status=response.status,
+        target=call.target.name if call.target else None,
+        problems=problems,
+    )
+
+
+@dataclass(eq=False, slots=True)
+class Branch:
+    """One leg of a call forked in parallel to a softphone's registered flows."""
+
+    tx: ClientTransaction
+    target: PeerSettings
+    flow: Flow
+    provisional: bool = False
+    cancel_sent: bool = False
+    final: int | None = None  # its final status (ours when it failed without one)
+    response: Response | None = None  # the final non-2xx response it received
+    failure: str | None = None  # why it failed without a final response
+
+    @property
+    def pending(self) -> bool:
+        return self.final is None
+
+
+def best_response(branches: list[Branch]) -> Branch | None:
+    """RFC 3261 §16.7 step 6: a 6xx if any, else the lowest class, of the responses the
+    branches received; None when none received one."""
+    answered = [b for b in branches if b.response is not None]
+    if not answered:
+        return None
+    return min(answered, key=lambda b: ((b.final or 0) < 600, b.final or 0))
 
 
 @dataclass(eq=False, slots=True)

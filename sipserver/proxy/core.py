@@ -21,7 +21,6 @@ from sipserver.proxy.dialogs import DialogRouter
 from sipserver.proxy.events import (
     CallRedirected,
     CallRefused,
-    CallShed,
     Event,
     ResponseUnmatched,
 )
@@ -29,6 +28,8 @@ from sipserver.proxy.forwarder import Forwarder
 from sipserver.proxy.health import HealthChecker
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.intake import Intake, response_flow, stamp_via
+from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.shedding import LoadShedder
 from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.routing import router
 from sipserver.routing.health import HealthTable
@@ -48,7 +49,10 @@ from sipserver.sip.transaction import (
     State,
 )
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
+ALLOW = (
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE, "
+    "REGISTER"
+)
 ACCEPT = "application/sdp"
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags we honour in Require/Proxy-Require
 
@@ -61,6 +65,8 @@ class CoreStatistics:
     overloaded: bool
     shed: int  # calls refused with 503 because of overload
     calls: dict[tuple[str, str, str], int]  # (dial plan, security, outcome) -> calls
+    registrations: dict[str, int]  # change (added, refreshed, ...) -> how many
+    bindings: dict[str, int]  # transport -> softphone bindings now
     targets_up: tuple[tuple[str, bool], ...]  # health-checked targets
 
 
@@ -82,7 +88,10 @@ class SipCore:
         self.us = OurAddress.of(config)
         self.responder = Responder(self.table, self._events, self.us.agent)
         directory = connections or NoConnections()
-        self.forwarder = Forwarder(self.table, self.responder, self.record, self._events, directory)
+        self.registrar = Registrar(self.responder, self._events)
+        self.forwarder = Forwarder(
+            self.table, self.responder, self.record, self._events, directory, self.registrar
+        )
         self.health_checks = HealthChecker(self.table, self._events, directory)
         self.intake = Intake(self.responder, self._events)
         self.dialogs = DialogRouter(self.responder, self.forwarder)
@@ -90,10 +99,7 @@ class SipCore:
             self.table, self.responder, self.record, self._events, entropy or repeatable_bytes()
         )
         self.draining = False
-        self.overloaded = False  # set by the shell while it cannot keep up
-        self.shed_ratio = 0.0  # the share of new calls refused with 503 while overloaded
-        self._shed_credit = 0.0
-        self.shed = 0  # calls refused because of overload, since start
+        self.shedder = LoadShedder(self.responder, self.record)
         self.configure(config)
 
     # --- the shell's controls -----------------------------------------------------------
@@ -116,6 +122,7 @@ class SipCore:
         self.health_checks.configure(config, self.us, self.timers)
         self.forwarder.configure(config, self.us, self.timers, self.health_checks.health)
         self.answering.configure(self.us, self.timers)
+        self.registrar.configure(config, self.us)
 
     def set_ports(self, sip_port: int, tls_port: int) -> None:
         """The ports actually bound (config may say 0), for our Via and Record-Route."""
@@ -124,15 +131,15 @@ class SipCore:
 
     def set_overloaded(self, overloaded: bool, shed_ratio: float = 1.0) -> None:
         """While overloaded, refuse `shed_ratio` of new calls (spread evenly) with 503."""
-        self.overloaded = overloaded
-        self.shed_ratio = min(1.0, max(0.0, shed_ratio)) if overloaded else 0.0
+        self.shedder.set(overloaded, shed_ratio)
 
-    def _shed_this_one(self) -> bool:
-        self._shed_credit += self.shed_ratio
-        if self._shed_credit >= 1.0:
-            self._shed_credit -= 1.0
-            return True
-        return False
+    @property
+    def overloaded(self) -> bool:
+        return self.shedder.overloaded
+
+    @property
+    def shed(self) -> int:
+        return self.shedder.shed
 
     def start_drain(self) -> None:
         """From now on new calls get 503 + Retry-After; calls in flight finish."""
@@ -154,7 +161,13 @@ class SipCore:
     def statistics(self) -> CoreStatistics:
         targets = tuple((p.name, self.health.is_up(p)) for p in self.health_checks.targets)
         return CoreStatistics(
-            self.draining, self.overloaded, self.shed, dict(self.record.outcomes), targets
+            self.draining,
+            self.overloaded,
+            self.shed,
+            dict(self.record.outcomes),
+            dict(self.registrar.changes),
+            dict(self.registrar.count_by_transport()),
+            targets,
         )
 
     @property
@@ -185,6 +198,7 @@ class SipCore:
     def transport_failed(self, flow: Flow, reason: str, now: float) -> list[Transmit]:
         """The transport could not deliver on `flow` (refused, TLS failed, closed)."""
         self.health_checks.transport_failed(flow, reason)
+        self.registrar.flow_closed(flow, reason)
         return self.forwarder.transport_failed(flow, reason, now)
 
     def framing_lost(self, error: FramingError, flow: Flow) -> list[Transmit]:
@@ -204,11 +218,13 @@ class SipCore:
             self.table.next_deadline(),
             self.health_checks.next_deadline(),
             self.answering.next_deadline(),
+            self.registrar.next_deadline(),
         )
         return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timers(self, now: float) -> list[Transmit]:
         self.table.forget_settled(now)
+        self.registrar.due(now)
         out: list[Transmit] = []
         for tx in self.table.due(now):
             if isinstance(tx, ServerTransaction):
@@ -293,13 +309,8 @@ class SipCore:
             return self._cancel(tx, request, now)
         to = request.to
         in_dialog = to is not None and bool(to.tag)
-        if (
-            self.overloaded
-            and not in_dialog
-            and request.method == "INVITE"
-            and self._shed_this_one()
-        ):
-            return self._shed(tx, now)
+        if self.shedder.sheds(request.method, in_dialog):
+            return self.shedder.refuse(tx, self.config.limits.overload_retry_after, now)
         if self.draining and not in_dialog:
             return self.responder.answer(
                 tx,
@@ -318,28 +329,14 @@ class SipCore:
         if proxy_ops.is_loop(request, self.us.host):
             why = "our Via is already in the request"
             return self.responder.answer(tx, 482, "Loop Detected", now, log_reason=why)
+        if request.method == "REGISTER":
+            return self.registrar.register(tx, request, now)
         if in_dialog:
             answered = self.answering.dialog_of(request)
             if answered is not None:
                 return self.answering.request(tx, request, answered, now)
             return self.dialogs.request(tx, request, now)
         return self._route(tx, request, now)
-
-    def _shed(self, tx: ServerTransaction, now: float) -> list[Transmit]:
-        """Overloaded: a new call is refused at once, so the calls already admitted keep
-        the CPU they need (RFC 3261 §21.5.4: 503 with Retry-After)."""
-        self.shed += 1
-        self.record.count(None, "shed_503")
-        retry = str(self.config.limits.overload_retry_after)
-        return self.responder.answer(
-            tx,
-            503,
-            "Service Unavailable",
-            now,
-            headers=(("Retry-After", retry), self.responder.warning("Server overloaded")),
-            log_reason="server overloaded",
-            event=CallShed,
-        )
 
     def _refuse(
         self, tx: ServerTransaction, exc: RemoteProtocolError, now: float
@@ -357,7 +354,7 @@ class SipCore:
         headers = (
             ("Allow", ALLOW),
             ("Accept", ACCEPT),
-            ("Supported", ", ".join(sorted(SUPPORTED_OPTIONS))),
+            ("Supported", ", ".join(sorted(SUPPORTED_OPTIONS | {"outbound"}))),
         )
         return self.responder.answer(tx, 200, "OK", now, headers=headers)
 
@@ -390,7 +387,9 @@ class SipCore:
                 security=decision.plan.security if decision.plan else None,
             )
         if isinstance(decision, router.Proxy):
-            return self.forwarder.start_call(tx, request, decision.plan, decision.targets, now)
+            return self.forwarder.start_call(
+                tx, request, decision.plan, decision.targets, now, number=decision.number
+            )
         if isinstance(decision, router.Answer):
             return self.answering.start(tx, request, decision.plan, decision.number, now)
         self.record.count(decision.plan, "redirected")

@@ -284,3 +284,26 @@ class AnsweredCallEnded(Event):
     dial_plan: str
     ended_by: str  # caller_bye | hangup_timer | longest_call | no_ack | cancelled
     duration_s: float | None  # from the answer; None when it never was answered
+
+
+# --- the registrar --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationChanged(Event):
+    """A softphone's binding was added, refreshed, had its flow replaced (same instance and
+    reg-id over a new connection), was removed, or expired."""
+
+    change: str  # added | refreshed | replaced | removed | expired
+    reason: str | None = None  # why a binding was removed
+    peer: str
+    number: str
+    contact: str
+    transport: str
+    remote: str
+    expires: int | None  # seconds granted; None once removed
+    instance: str | None
+    reg_id: int | None
+    peer_cert_thumbprint_sha256: str | None
+
+    @property
+    def log_name(self) -> str:
+        return f"registration_{self.change}"

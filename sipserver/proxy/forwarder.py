@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sipserver.proxy.answers import Headers, Responder
-from sipserver.proxy.calls import CallRecord, ClientContext, ProxyCall
+from sipserver.proxy.calls import (
+    Branch,
+    CallRecord,
+    ClientContext,
+    ProxyCall,
+    answer_media_violation,
+    identity_value,
+)
 from sipserver.proxy.connections import ConnectionDirectory, target_flow
 from sipserver.proxy.events import (
     Answered,
@@ -16,9 +23,10 @@ from sipserver.proxy.events import (
     AttemptStarted,
     CallFailed,
     Event,
-    MediaAnswerViolation,
 )
+from sipserver.proxy.forking import Forking
 from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.registrar import Registrar
 from sipserver.proxy.transactions import TransactionTable
 from sipserver.routing.health import HealthTable
 from sipserver.settings import Config, DialPlanSettings, PeerSettings, Security
@@ -27,7 +35,6 @@ from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.matching import client_key
 from sipserver.sip.message import Request, Response
-from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
 from sipserver.sip.timers import TimerValues
 from sipserver.sip.transaction import (
     ClientTransaction,
@@ -44,7 +51,7 @@ from sipserver.sip.uri import SipUri
 INVITE_LIKE = ("INVITE", "SUBSCRIBE", "REFER")  # requests that may create a dialog
 
 
-class Forwarder:
+class Forwarder(Forking):
     def __init__(
         self,
         table: TransactionTable,
@@ -52,8 +59,10 @@ class Forwarder:
         record: CallRecord,
         events: list[Event],
         connections: ConnectionDirectory,
+        registrar: Registrar,
     ) -> None:
         self.table = table
+        self.registrar = registrar
         self.responder = responder
         self.record = record
         self.events = events
@@ -76,9 +85,11 @@ class Forwarder:
         now: float,
         first_hop: tuple[SipUri, Transport, PeerSettings | None] | None = None,
         security: str | None = None,
+        number: str | None = None,
     ) -> list[Transmit]:
         call = ProxyCall(tx, request, tx.context, plan, list(targets), now)
         call.security = plan.security if plan is not None else security
+        call.number = number
         self.calls[tx.context.key] = call
         out: list[Transmit] = []
         if request.method == "INVITE":
@@ -89,6 +100,8 @@ class Forwarder:
         return out + self._try_next(call, now)
 
     def _try_next(self, call: ProxyCall, now: float) -> list[Transmit]:
+        if call.targets and call.targets[0].is_softphone:
+            return self._fork(call, now)
         while call.targets:
             target = call.targets.pop(0)
             if not self.health.is_up(target):
@@ -109,6 +122,9 @@ class Forwarder:
         now: float,
     ) -> list[Transmit]:
         flow = self.flow_for(uri, transport, peer)
+        if flow is None and peer is not None and peer.is_softphone:
+            why = f"Softphone {peer.name} has no registered {transport.upper()} flow any more"
+            return self.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
         if flow is None:
             why = f"No route to {uri}: not an allow-listed peer"
             return self.fail(call.server_tx, 404, "Not Found", why, now)
@@ -122,6 +138,7 @@ class Forwarder:
         uri: str,
         flow: Flow,
         now: float,
+        kind: str = "forward",
     ) -> list[Transmit]:
         call.attempt += 1
         call.target, call.target_flow = target, flow
@@ -131,9 +148,12 @@ class Forwarder:
             reliable=transport.reliable,
             now=now,
             timers=self.timers,
-            context=ClientContext(call, flow, "forward"),
+            context=ClientContext(call, flow, kind),
         )
-        call.client_tx = tx
+        if call.branches is not None and target is not None:
+            call.branches.append(Branch(tx, target, flow))
+        else:
+            call.client_tx = tx
         self.table.add_client(tx)
         self.events.append(
             AttemptStarted(
@@ -169,18 +189,8 @@ class Forwarder:
             via=via,
             record_route=record_route,
             strip=(identity,),
-            add=((identity, self._identity_value(call)),) if inbound.peer else (),
+            add=((identity, identity_value(call)),) if inbound.peer else (),
         )
-
-    @staticmethod
-    def _identity_value(call: ProxyCall) -> str:
-        inbound = call.inbound
-        assert inbound.peer is not None
-        flow = inbound.flow
-        if flow.transport == Transport.TLS and inbound.peer_cert:
-            cert = inbound.peer_cert.thumbprint_sha256
-            return f"{inbound.peer.fqdn};transport=tls;cert-sha256={cert}"
-        return f"{inbound.peer.fqdn};transport={flow.transport};source={flow.remote[0]}"
 
     def forward_ack(
         self, request: Request, hop: proxy_ops.NextHop, peer: PeerSettings | None
@@ -246,8 +256,10 @@ class Forwarder:
 
     # --- flows --------------------------------------------------------------------------
     def flow_for(self, uri: SipUri, transport: Transport, peer: PeerSettings | None) -> Flow | None:
-        """Where an in-dialog request goes: an open connection to the peer our Route named,
-        else the URI's address (TLS only to an allow-listed peer, verified by name)."""
+        """Where an in-dialog request goes: a softphone's registered flow; an open connection
+        to the peer our Route named; else the URI's address (TLS: allow-listed peers only)."""
+        if peer is not None and peer.is_softphone:
+            return self.registrar.flow_to(peer.name, transport)
         reuse = self.connections.flow_to(peer.name, transport) if peer is not None else None
         if reuse is not None and transport.reliable:
             return reuse
@@ -268,6 +280,8 @@ class Forwarder:
             call = tx.context.call
             if call is not None and tx.context.kind == "forward" and call.client_tx is tx:
                 out += self._attempt_failed(call, reason, now)
+            elif call is not None and (branch := self._branch_of(call, tx)) is not None:
+                out += self._branch_failed(call, branch, 503, reason, now)
         return out
 
     # --- responses ----------------------------------------------------------------------
@@ -295,7 +309,11 @@ class Forwarder:
                     tx.context = ClientContext(None, context.flow, context.kind)
             elif isinstance(item, ResponseReceived) and context.answered is not None:
                 out += self._relay_late_2xx(context.answered, item.response, now)
-            elif call is None or context.kind != "forward":
+            elif call is None:
+                continue
+            elif context.kind == "fork":
+                out += self._on_branch_output(call, tx, item, now)
+            elif context.kind != "forward":
                 continue
             elif isinstance(item, ResponseReceived):
                 out += self._on_response(call, tx, item.response, now)
@@ -313,26 +331,32 @@ class Forwarder:
             return []
         if response.status == 503 and call.targets and not call.cancelled:
             return self._attempt_failed(call, "503 Service Unavailable", now)
-        upstream = proxy_ops.strip_top_via(response)
         if response.status < 200:
             call.provisional = True
             self._check_answer_media(call, response)
+            upstream = proxy_ops.strip_top_via(response)
             out = self.responder.send(call.server_tx, upstream, now)
             if call.cancelled and not call.cancel_sent:
                 out += self._send_cancel(call, now)
             return out
         if response.status < 300:
+            self._keep_for_2xx_retransmissions(call, tx)
+        return self._relay_final(call, response, now)
+
+    def _relay_final(self, call: ProxyCall, response: Response, now: float) -> list[Transmit]:
+        if response.status < 300:
             self._check_answer_media(call, response)
-            if tx.state is State.ACCEPTED:
-                # Only the way back is kept for the 2xx retransmissions of Accepted; the
-                # call itself (requests, targets) can go.
-                tx.context = ClientContext(
-                    None, tx.context.flow, "accepted", answered=call.server_tx
-                )
+        upstream = proxy_ops.strip_top_via(response)
         call.done = True
         self.calls.pop(call.inbound.key, None)
         self._complete(call, upstream.status, now)
         return self.responder.send(call.server_tx, upstream, now)
+
+    def _keep_for_2xx_retransmissions(self, call: ProxyCall, tx: ClientTransaction) -> None:
+        if tx.state is State.ACCEPTED:
+            # Only the way back is kept for the 2xx retransmissions of Accepted; the call
+            # itself (requests, targets) can go.
+            tx.context = ClientContext(None, tx.context.flow, "accepted", answered=call.server_tx)
 
     def _relay_late_2xx(
         self, server_tx: ServerTransaction, response: Response, now: float
@@ -390,21 +414,30 @@ class Forwarder:
         if call is None or call.done or call.server_tx.state is not State.PROCEEDING:
             return None
         call.cancelled = True
+        if call.branches is not None:
+            return self._cancel_branches(call, now)
         if call.cancel_sent or not call.provisional:
             return []
         return self._send_cancel(call, now)
 
     def _send_cancel(self, call: ProxyCall, now: float) -> list[Transmit]:
-        if call.client_tx is None or call.client_tx.request is None or call.target_flow is None:
+        if call.client_tx is None or call.target_flow is None:
             return []
         call.cancel_sent = True
-        cancel = proxy_ops.build_cancel(call.client_tx.request)
+        return self._cancel_on(call, call.client_tx, call.target_flow, now)
+
+    def _cancel_on(
+        self, call: ProxyCall, invite_tx: ClientTransaction, flow: Flow, now: float
+    ) -> list[Transmit]:
+        if invite_tx.request is None:
+            return []
+        cancel = proxy_ops.build_cancel(invite_tx.request)
         tx, first = ClientTransaction.create(
             cancel,
-            reliable=call.target_flow.reliable,
+            reliable=flow.reliable,
             now=now,
             timers=self.timers,
-            context=ClientContext(call, call.target_flow, "cancel"),
+            context=ClientContext(call, flow, "cancel"),
         )
         self.table.add_client(tx)
         return self.drive(tx, first, now)
@@ -412,22 +445,6 @@ class Forwarder:
     def busy(self) -> int:
         return sum(1 for call in self.calls.values() if not call.done)
 
-    # --- security -----------------------------------------------------------------------
     def _check_answer_media(self, call: ProxyCall, response: Response) -> None:
-        plan = call.plan
-        if call.security != Security.SECURED or not response.body:
-            return
-        try:
-            problems = srtp_violations(parse_sdp(response.body))
-        except SdpError as exc:
-            problems = [f"malformed SDP answer ({exc})"]
-        if problems:
-            self.events.append(
-                MediaAnswerViolation(
-                    call_id=call.request.call_id,
-                    dial_plan=plan.name if plan else None,
-                    status=response.status,
-                    target=call.target.name if call.target else None,
-                    problems=problems,
-                )
-            )
+        if (violation := answer_media_violation(call, response)) is not None:
+            self.events.append(violation)

@@ -59,7 +59,9 @@ class HealthChecker:
         self.us, self.timers = us, timers
         target_names = {name for plan in config.dial_plans for name in plan.targets}
         self.targets = tuple(
-            p for p in config.peers if p.name in target_names and p.health_check > 0
+            p
+            for p in config.peers
+            if p.name in target_names and p.health_check > 0 and not p.is_softphone
         )
         checked = {p.name: p for p in self.targets}
         keep = {

@@ -90,6 +90,21 @@ def route(
     if plan.action == "answer":
         return Answer(plan, number)
     every = tuple(config.peer(name) for name in plan.targets)
+    if any(target.is_softphone for target in every):
+        # The number picks the softphone: those that own it ring (on every flow they
+        # registered); other numbers go to the plan's other targets.
+        owners = tuple(t for t in every if t.is_softphone and number in t.numbers)
+        if owners:
+            return Proxy(plan, owners, number)
+        every = tuple(target for target in every if not target.is_softphone)
+        if not every:
+            return Reject(
+                404,
+                "Not Found",
+                f"No softphone of dial plan {plan.name} has number {number}",
+                "no_softphone",
+                plan,
+            )
     targets = tuple(target for target in every if is_up(target))
     if not targets:
         return Reject(

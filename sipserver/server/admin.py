@@ -101,6 +101,22 @@ class _Collector(Collector):
         )
         shed.add_metric([], snap.calls_shed)
         yield shed
+        bindings = GaugeMetricFamily(
+            "sipserver_registered_bindings",
+            "Softphone bindings (registered contacts) now, by the transport of their flow",
+            labels=["transport"],
+        )
+        for transport in ("udp", "tcp", "tls"):
+            bindings.add_metric([transport], snap.bindings.get(transport, 0))
+        yield bindings
+        registrations = CounterMetricFamily(
+            "sipserver_registrations",
+            "Softphone bindings added, refreshed, replaced, removed and expired",
+            labels=["change"],
+        )
+        for change in ("added", "refreshed", "replaced", "removed", "expired"):
+            registrations.add_metric([change], snap.registrations.get(change, 0))
+        yield registrations
         reloads = CounterMetricFamily(
             "sipserver_reloads", "Configuration reloads by result", labels=["result"]
         )
@@ -137,6 +153,7 @@ def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
         "calls_shed": snap.calls_shed,
         # A peer certificate about to expire is the peer's problem to fix: still 200.
         "peers_expiring": list(snap.peers_expiring),
+        "registered_bindings": sum(snap.bindings.values()),
     }
     return (200 if not problems else 503), body
 

@@ -156,6 +156,7 @@ class Server:
         )
         if credentials is not None:
             self.credentials.install(credentials, new)
+        self.pool.close_removed_softphones(new)
         self._wake_timer()  # health-check targets and their deadlines may have changed
 
     def snapshot(self) -> StatsSnapshot:
@@ -183,6 +184,8 @@ class Server:
             reloads=dict(self.stats.reloads),
             peer_days_left=tuple(self.peer_watch.days_left(now)),
             peers_expiring=tuple(self.peer_watch.expiring(now)),
+            registrations=core.registrations,
+            bindings=core.bindings,
         )
 
     # --- time ---------------------------------------------------------------------------

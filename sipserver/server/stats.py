@@ -60,3 +60,5 @@ class StatsSnapshot:
     reloads: dict[str, int]
     peer_days_left: tuple[tuple[str, float], ...] = ()  # allow-listed peers' certificates
     peers_expiring: tuple[str, ...] = ()  # within tls.peer_expiry_warning_days
+    registrations: dict[str, int] = field(default_factory=dict)  # change -> count
+    bindings: dict[str, int] = field(default_factory=dict)  # transport -> softphone bindings

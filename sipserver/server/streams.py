@@ -28,6 +28,7 @@ from sipserver.transport.streams import StreamConnection, next_connection_id
 from sipserver.transport.tls_handshake import TlsAccepted, TlsRefused, tls_handshake
 
 log = structlog.get_logger("sipserver")
+REFRESH_MARGIN = 32.0  # seconds a softphone's flow outlives its longest registration
 
 
 def _now() -> dt.datetime:
@@ -309,10 +310,16 @@ class StreamService:
     async def _run(
         self, connection: StreamConnection, *, keepalive: bool = False, unverified: bool = False
     ) -> None:
-        limits = self._config().limits
+        config = self._config()
+        limits = config.limits
+        idle = limits.unverified_idle_timeout if unverified else limits.idle_timeout
+        if connection.peer is not None and connection.peer.is_softphone:
+            # Its registration's refresh is what keeps the flow busy: never close the
+            # connection before a binding on it could have been refreshed.
+            idle = max(idle, config.registrar.max_expires + REFRESH_MARGIN)
         await connection.run(
             self.core.limits,
-            limits.unverified_idle_timeout if unverified else limits.idle_timeout,
+            idle,
             limits.send_timeout,
             self._message,
             self._framing_lost,

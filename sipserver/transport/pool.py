@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 from sipserver.pki.certinfo import CertInfo
+from sipserver.settings import Config
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.transport.limits import ConnectionTable
 from sipserver.transport.streams import StreamConnection
@@ -57,6 +58,15 @@ class ConnectionPool:
 
     def get(self, connection_id: int) -> StreamConnection | None:
         return self._by_id.get(connection_id)
+
+    def close_removed_softphones(self, config: Config) -> None:
+        """A softphone taken out of the configuration may not keep the connections it
+        registered over (its bindings went with the reload)."""
+        softphones = {p.name for p in config.peers if p.is_softphone}
+        for connection in list(self._by_id.values()):
+            peer = connection.peer
+            if peer is not None and peer.is_softphone and peer.name not in softphones:
+                connection.close("peer removed from the configuration")
 
     def count_by_transport(self) -> Counter[str]:
         return Counter(str(c.flow.transport) for c in self._by_id.values())

@@ -1,0 +1,197 @@
+"""Calls forked in parallel: a softphone that registered several flows (or several
+softphones sharing a number) ring at once; the first 2xx wins and the other branches are
+cancelled; when every branch has failed the caller gets the best answer (RFC 3261 §16.7).
+A mixin of the Forwarder, which sends the branches and relays what comes back."""
+
+from __future__ import annotations
+
+from sipserver.proxy.answers import Headers, Responder
+from sipserver.proxy.calls import Branch, ProxyCall, best_response
+from sipserver.proxy.events import AttemptFailed, Event
+from sipserver.proxy.registrar import Registrar
+from sipserver.settings import PeerSettings
+from sipserver.sip import proxy_ops
+from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.sip.message import Response
+from sipserver.sip.timers import TimerValues
+from sipserver.sip.transaction import (
+    ClientTransaction,
+    Output,
+    ResponseReceived,
+    ServerTransaction,
+    TimedOut,
+)
+
+
+class Forking:
+    registrar: Registrar
+    responder: Responder
+    events: list[Event]
+    timers: TimerValues
+
+    # --- what the Forwarder provides ------------------------------------------------------
+    def _send_attempt(
+        self,
+        call: ProxyCall,
+        target: PeerSettings | None,
+        transport: Transport,
+        uri: str,
+        flow: Flow,
+        now: float,
+        kind: str = "forward",
+    ) -> list[Transmit]:
+        raise NotImplementedError
+
+    def fail(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str,
+        warning: str,
+        now: float,
+        headers: Headers = (),
+    ) -> list[Transmit]:
+        raise NotImplementedError
+
+    def _relay_final(self, call: ProxyCall, response: Response, now: float) -> list[Transmit]:
+        raise NotImplementedError
+
+    def _relay_late_2xx(
+        self, server_tx: ServerTransaction, response: Response, now: float
+    ) -> list[Transmit]:
+        raise NotImplementedError
+
+    def _keep_for_2xx_retransmissions(self, call: ProxyCall, tx: ClientTransaction) -> None:
+        raise NotImplementedError
+
+    def _cancel_on(
+        self, call: ProxyCall, invite_tx: ClientTransaction, flow: Flow, now: float
+    ) -> list[Transmit]:
+        raise NotImplementedError
+
+    def _check_answer_media(self, call: ProxyCall, response: Response) -> None:
+        raise NotImplementedError
+
+    # --- forking ----------------------------------------------------------------------
+    def _fork(self, call: ProxyCall, now: float) -> list[Transmit]:
+        """Every registered flow of the softphones that own the number rings at once; the
+        first 2xx wins and the other branches are cancelled."""
+        phones, call.targets = call.targets, []
+        plan = call.plan
+        number = call.number or ""
+        usable: list[tuple[PeerSettings, Flow, str]] = []
+        for phone in phones:
+            bindings = self.registrar.bindings(phone, number)
+            if not bindings:
+                call.attempts.append(f"{phone.name}: {number} not registered")
+            for binding in bindings:
+                transport = binding.flow.transport
+                if plan is not None and plan.requires_tls and transport != Transport.TLS:
+                    call.attempts.append(
+                        f"{phone.name}: registered over {transport.upper()}, but dial plan "
+                        f"{plan.name} is {plan.security} and needs a TLS registration"
+                    )
+                    continue
+                usable.append((phone, binding.flow, binding.contact))
+        if not usable:
+            why = f"Softphone for {number} unavailable: " + "; ".join(call.attempts)
+            return self.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
+        call.branches = []
+        out: list[Transmit] = []
+        for phone, flow, contact in usable:
+            out += self._send_attempt(call, phone, flow.transport, contact, flow, now, "fork")
+        return out
+
+    def _on_branch_response(
+        self, call: ProxyCall, branch: Branch, response: Response, now: float
+    ) -> list[Transmit]:
+        status = response.status
+        if 200 <= status < 300:
+            self._keep_for_2xx_retransmissions(call, branch.tx)
+            if call.done:
+                return self._relay_late_2xx(call.server_tx, response, now)
+            branch.final = status
+            call.target, call.target_flow = branch.target, branch.flow
+            out = self._cancel_branches(call, now)
+            return out + self._relay_final(call, response, now)
+        if status == 100 or not branch.pending:
+            return []
+        if status < 200:
+            branch.provisional = True
+            if call.done or call.cancelled:
+                return self._cancel_branch(call, branch, now)
+            call.provisional = True
+            self._check_answer_media(call, response)
+            return self.responder.send(call.server_tx, proxy_ops.strip_top_via(response), now)
+        branch.final, branch.response = status, response
+        return self._branches_settled(call, now)
+
+    def _branch_failed(
+        self, call: ProxyCall, branch: Branch, status: int, reason: str, now: float
+    ) -> list[Transmit]:
+        if not branch.pending:
+            return []
+        branch.final, branch.failure = status, reason
+        call.attempts.append(f"{branch.target.name} at {branch.flow.remote_text}: {reason}")
+        self.events.append(
+            AttemptFailed(
+                call_id=call.request.call_id,
+                target=branch.target.name,
+                reason=reason,
+                attempt=call.attempt,
+                dial_plan=call.plan.name if call.plan else None,
+            )
+        )
+        return self._branches_settled(call, now)
+
+    def _branches_settled(self, call: ProxyCall, now: float) -> list[Transmit]:
+        """Once no branch is pending, the caller gets the best answer they gave."""
+        branches = call.branches or []
+        if call.done or any(b.pending for b in branches):
+            return []
+        best = best_response(branches)
+        if best is not None and best.response is not None:
+            call.target, call.target_flow = best.target, best.flow
+            return self._relay_final(call, best.response, now)
+        if call.cancelled:
+            return self.fail(call.server_tx, 487, "Request Terminated", "cancelled", now)
+        why = "Every registered flow failed: " + "; ".join(call.attempts)
+        if all(b.final == 408 for b in branches):
+            return self.fail(call.server_tx, 408, "Request Timeout", why, now)
+        return self.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
+
+    def _cancel_branches(self, call: ProxyCall, now: float) -> list[Transmit]:
+        """Cancel the branches still ringing; one that has not rung yet is cancelled when
+        its first provisional response comes (§9.1)."""
+        out: list[Transmit] = []
+        for branch in call.branches or ():
+            if branch.pending and branch.provisional:
+                out += self._cancel_branch(call, branch, now)
+        return out
+
+    def _cancel_branch(self, call: ProxyCall, branch: Branch, now: float) -> list[Transmit]:
+        if branch.cancel_sent:
+            return []
+        branch.cancel_sent = True
+        return self._cancel_on(call, branch.tx, branch.flow, now)
+
+    def _branch_of(self, call: ProxyCall, tx: ClientTransaction) -> Branch | None:
+        return next((b for b in call.branches or () if b.tx is tx), None)
+
+    def _on_branch_output(
+        self, call: ProxyCall, tx: ClientTransaction, item: Output, now: float
+    ) -> list[Transmit]:
+        branch = self._branch_of(call, tx)
+        if branch is None:
+            return []
+        if isinstance(item, ResponseReceived):
+            return self._on_branch_response(call, branch, item.response, now)
+        if isinstance(item, TimedOut) and item.timer == "C":
+            out = self._cancel_branch(call, branch, now) if branch.provisional else []
+            seconds = f"{self.timers.timer_c:g}"
+            return out + self._branch_failed(
+                call, branch, 408, f"no answer within {seconds} s", now
+            )
+        if isinstance(item, TimedOut):
+            return self._branch_failed(call, branch, 408, "timeout", now)
+        return []
