@@ -13,6 +13,7 @@ from pathlib import Path
 from sipserver.certs_cli import write_lab_pki
 
 NUMBERS = {"unsecured": "7000", "sip-secured": "7001", "secured": "7002"}
+PHONE_NUMBER = "7100"  # baresip registers it and answers calls for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,8 @@ answer_after = 1.0
         for mode, number in NUMBERS.items()
     )
     return f"""# A lab written by `sipserver lab`. Paths are relative to this file.
-# Numbers: {NUMBERS["unsecured"]} unsecured, {NUMBERS["sip-secured"]} sip-secured (mutual TLS), {NUMBERS["secured"]} secured (mutual TLS + SRTP).
+# Numbers: {NUMBERS["unsecured"]} unsecured, {NUMBERS["sip-secured"]} sip-secured (mutual TLS), {NUMBERS["secured"]} secured (mutual TLS + SRTP),
+# answered here; {PHONE_NUMBER}: the softphone phone1 (baresip) once it has registered, secured.
 
 [server]
 fqdn = "{fqdn}"
@@ -70,8 +72,16 @@ addresses = ["127.0.0.1"]          # who it is on the plain SIP port
 [[peer]]
 name = "phone1"                    # a softphone (baresip): mutual TLS only, known by its certificate
 fqdn = "{phone}"
-kind = "gateway"
-{plans}"""
+kind = "softphone"
+numbers = ["{PHONE_NUMBER}"]                # what it may register; calls reach it over its own connection
+{plans}
+[[dial_plan]]
+name = "phone1"
+security = "secured"
+numbers = ["{PHONE_NUMBER}"]
+from = ["gw1"]
+targets = ["phone1"]               # rings every flow phone1 registered for the number
+"""
 
 
 def _baresip(out: Path, fqdn: str, phone: str, ports: LabPorts) -> None:
@@ -88,11 +98,13 @@ def _baresip(out: Path, fqdn: str, phone: str, ports: LabPorts) -> None:
         "audio_player\taubridge,nil\naudio_source\taubridge,nil\naudio_alert\taubridge,nil\n"
         "module_path\t/usr/lib/baresip/modules\n"
         "module\tg711.so\nmodule\taubridge.so\nmodule\tsrtp.so\n"
+        "module_tmp\tuuid.so\n"
         "module_app\taccount.so\nmodule_app\tmenu.so\n"
     )
-    # regint=0: no REGISTER (sipserver has no registrar yet); outbound: where calls go.
+    # Registers its number over its own mutual-TLS connection (RFC 5626 outbound: the uuid
+    # module gives it its +sip.instance), answers calls for it, and sends its calls there.
     (folder / "accounts").write_text(
-        f"<sip:phone1@{phone};transport=tls>;regint=0;"
+        f"<sip:{PHONE_NUMBER}@{fqdn};transport=tls>;regint=600;sipnat=outbound;answermode=auto;"
         f'outbound="sip:127.0.0.1:{ports.tls};transport=tls";mediaenc=srtp-mand\n'
     )
     (folder / "contacts").write_text(f'"echo (secured)" <sip:{NUMBERS["secured"]}@{fqdn}>\n')
@@ -136,4 +148,6 @@ def write_lab(out: Path, fqdn: str, ports: LabPorts) -> list[str]:
         "    # as gw1 over mutual TLS",
         f"sipp -sf {sipp / 'caller.xml'} -s {NUMBERS['unsecured']} -t u1 -m 1 -i 127.0.0.1 "
         f"127.0.0.1:{ports.sip}    # as gw1 over UDP",
+        f"sipp -sf {sipp / 'caller-srtp.xml'} -s {PHONE_NUMBER} -t t1 -m 1 "
+        f"127.0.0.1:{ports.tunnel}    # as gw1 (stunnel running) to baresip, while it runs",
     ]

@@ -1,7 +1,7 @@
 """`sipserver lab` end to end, as a newcomer would use it: generate the lab, start the server
 on the generated configuration, call the secured number with the generated baresip set-up
 (mutual TLS, SRTP) and the other numbers with the generated sipp scenarios, over stunnel
-with the generated configuration and over UDP."""
+with the generated configuration and over UDP; and call the registered baresip itself."""
 
 from __future__ import annotations
 
@@ -123,6 +123,28 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
             assert_sipp_ok(sipp(lab / "sipp" / "caller.xml", "7001", "t1", f"127.0.0.1:{tunnel}"))
             srtp = sipp(lab / "sipp" / "caller-srtp.xml", "7002", "t1", f"127.0.0.1:{tunnel}")
             assert_sipp_ok(srtp)
+            # 2b. The softphone's own number: baresip, as generated, registers and answers.
+            phone = subprocess.Popen(
+                [need("baresip"), "-f", str(lab / "baresip"), "-t", "30"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            try:
+                registrations = len(server.events("registration_added"))
+                server.wait_until(
+                    lambda _: len(server.events("registration_added")) > registrations,
+                    20,
+                    "baresip's registration",
+                )
+                ring = sipp(lab / "sipp" / "caller-srtp.xml", "7100", "t1", f"127.0.0.1:{tunnel}")
+                assert_sipp_ok(ring)
+            finally:
+                phone.terminate()
+                phone.communicate(timeout=20)
+            to_phone = server.wait_for("call_routed", dial_plan="phone1")
+            assert (to_phone["target"], to_phone["target_transport"]) == ("phone1", "tls")
+            assert to_phone["target_cert_subject"] == "CN=phone1.example.test"
         tunnelled = server.wait_for("call_answered", number="7001")
         assert tunnelled["peer"] == "gw1" and tunnelled["transport"] == "tls"
         secured = server.wait_for("call_answered", number="7002", peer="gw1")

@@ -10,10 +10,18 @@ from pathlib import Path
 import pytest
 
 from sipserver.pki.certinfo import serial_hex
-from tests.configs import one_target_plan
+from tests.certs import Issued, make_leaf
+from tests.configs import dial_plan, one_target_plan, peer
 from tests.e2e.conftest import Pki, StartServer, free_port, need
-from tests.e2e.peers import assert_callee_ok, sipp_callee, stunnel_server
-from tests.e2e.sipp_scenarios import call_uas
+from tests.e2e.peers import (
+    assert_callee_ok,
+    assert_sipp_ok,
+    sipp_callee,
+    sipp_caller,
+    stunnel_client,
+    stunnel_server,
+)
+from tests.e2e.sipp_scenarios import call_uac, call_uas
 
 pytestmark = pytest.mark.e2e
 
@@ -75,3 +83,66 @@ def test_baresip_calls_through_sipserver_over_mutual_tls(
         pki.gw1.cert.serial_number
     )
     assert server.wait_for("in_dialog_request_routed", method="BYE")["status"] == 200
+
+
+def baresip_softphone(
+    folder: Path, pki: Pki, cert: Issued, server_tls_port: int, srtp: bool
+) -> Path:
+    """baresip as a registered softphone: RFC 5626 outbound over its own mutual-TLS
+    connection, answering every call."""
+    baresip_config(folder, pki, free_port(), server_tls_port, srtp)
+    config = folder / "config"
+    config.write_text(
+        config.read_text()
+        .replace(
+            str(pki.root / "clients" / "baresip-gw1.pem"), str(pki.combined("baresip-phone1", cert))
+        )
+        .replace("module_app\taccount.so", "module_tmp\tuuid.so\nmodule_app\taccount.so")
+        # ausine cannot feed an 8 kHz call it answers: the bridge device can.
+        .replace("audio_source\tausine,440", "audio_source\taubridge,nil")
+    )
+    media = ";mediaenc=srtp-mand" if srtp else ""
+    (folder / "accounts").write_text(
+        "<sip:7001@sip.example.test;transport=tls>;regint=120;sipnat=outbound;answermode=auto;"
+        f'outbound="sip:127.0.0.1:{server_tls_port};transport=tls"{media}\n'
+    )
+    return folder
+
+
+@pytest.mark.parametrize("security", ["sip-secured", "secured"])
+def test_baresip_registers_and_answers_a_gateway_call_over_its_own_connection(
+    start_server: StartServer, pki: Pki, tmp_path: Path, security: str
+) -> None:
+    srtp = security == "secured"
+    phone_cert = make_leaf(pki.ca, dns=["phone1.example.test"])
+    softphone = peer("phone1", kind="softphone", addresses=[], numbers=["7001"], health_check=None)
+    plan = dial_plan("phones", security, ["phone1"], numbers=["70xx"])
+    server = start_server(extra_config=softphone + plan)
+    folder = baresip_softphone(tmp_path / "baresip", pki, phone_cert, server.tls_port, srtp)
+    phone = subprocess.Popen(
+        [need("baresip"), "-f", str(folder), "-t", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        added = server.wait_for("registration_added", number="7001", timeout=20)
+        assert added["transport"] == "tls" and added["reg_id"] == 1 and added["instance"]
+        uac = call_uac(tmp_path / "uac.xml", proto="RTP/SAVP" if srtp else "RTP/AVP", crypto=srtp)
+        with stunnel_client(pki, tmp_path, server.tls_port) as gateway:
+            call = sipp_caller(uac, gateway, "7001", "t1")
+        assert_sipp_ok(call)
+    finally:
+        phone.terminate()
+        out, _ = phone.communicate(timeout=20)
+    routed = server.wait_for("call_routed", dial_plan="phones")
+    assert (routed["target"], routed["target_transport"], routed["security"]) == (
+        "phone1",
+        "tls",
+        security,
+    ), out[-2000:]
+    # The call line names the certificate the softphone registered with.
+    assert routed["target_cert_serial"] == serial_hex(phone_cert.cert.serial_number)
+    assert server.events("security_violation_media_answer") == []
+    removed = server.wait_for("registration_removed", number="7001", timeout=20)
+    assert removed["reason"] in ("unregistered (expires 0)", "connection closed: closed by peer")
