@@ -385,6 +385,20 @@ class RegistrarSettings:
     )
 
 
+def nameservers(values: tuple[str, ...]) -> str | None:
+    return next((problem for v in values if (problem := ip_and_port(v)) is not None), None)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    nameservers: tuple[str, ...] = setting(
+        (), '"IP:PORT" servers to ask instead of /etc/resolv.conf (split DNS, tests)', nameservers
+    )
+    timeout: float = setting(
+        5.0, "seconds one location of a target (NAPTR, SRV, A/AAAA) may take", positive
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     address: str | None = setting(
@@ -411,6 +425,7 @@ class Config:
     timers: TimerValues = field(default_factory=TimerValues)
     admin: AdminSettings = field(default_factory=AdminSettings)
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
     source: str = "<embedded default>"
 
     def peer(self, name: str) -> PeerSettings:
@@ -429,4 +444,5 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "timers": (TimerValues, False),
     "admin": (AdminSettings, False),
     "registrar": (RegistrarSettings, False),
+    "dns": (DnsSettings, False),
 }

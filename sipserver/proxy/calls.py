@@ -39,6 +39,9 @@ class ProxyCall:
     done: bool = False
     security: str | None = None  # the dial plan's mode (for in-dialog requests: our Route's)
     number: str | None = None  # the number dialled, as the dial plan matched it
+    # Addresses DNS gave for the current target (RFC 3263), each one more failover step.
+    hops: list[tuple[PeerSettings, str, int]] = field(default_factory=list)
+    located: bool = False  # the attempt under way went to an address DNS gave
     branches: list[Branch] | None = None  # parallel branches (a softphone's bindings)
 
 

@@ -31,6 +31,22 @@ class NoConnections:
         return None
 
 
+def single_address(target: PeerSettings) -> str | None:
+    return next(
+        (str(net.network_address) for net in target.addresses if net.num_addresses == 1), None
+    )
+
+
+def needs_lookup(
+    connections: ConnectionDirectory, target: PeerSettings, transport: Transport
+) -> bool:
+    """Whether reaching the target needs DNS (RFC 3263): no connection to reuse and no
+    single configured address."""
+    if transport.reliable and connections.flow_to(target.name, transport) is not None:
+        return False
+    return single_address(target) is None
+
+
 def target_flow(
     connections: ConnectionDirectory, target: PeerSettings, transport: Transport
 ) -> Flow:
@@ -38,8 +54,5 @@ def target_flow(
     (RFC 5923-style reuse), else its single configured address, else its FQDN."""
     if transport.reliable and (flow := connections.flow_to(target.name, transport)):
         return flow
-    host = next(
-        (str(net.network_address) for net in target.addresses if net.num_addresses == 1),
-        target.fqdn,
-    )
+    host = single_address(target) or target.fqdn
     return Flow(transport, ("", 0), (host, target.send_port), None, server_name=target.fqdn)

@@ -10,7 +10,7 @@ socket, reads a clock or logs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.answering import AnsweringTarget, repeatable_bytes
@@ -28,8 +28,10 @@ from sipserver.proxy.forwarder import Forwarder
 from sipserver.proxy.health import HealthChecker
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.intake import Intake, response_flow, stamp_via
+from sipserver.proxy.locations import Located, Lookup
 from sipserver.proxy.registrar import Registrar
 from sipserver.proxy.shedding import LoadShedder
+from sipserver.proxy.statistics import CoreStatistics
 from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.routing import router
 from sipserver.routing.health import HealthTable
@@ -57,19 +59,6 @@ ACCEPT = "application/sdp"
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags we honour in Require/Proxy-Require
 
 
-@dataclass(frozen=True, slots=True)
-class CoreStatistics:
-    """What the core can tell /metrics and /healthz, as values."""
-
-    draining: bool
-    overloaded: bool
-    shed: int  # calls refused with 503 because of overload
-    calls: dict[tuple[str, str, str], int]  # (dial plan, security, outcome) -> calls
-    registrations: dict[str, int]  # change (added, refreshed, ...) -> how many
-    bindings: dict[str, int]  # transport -> softphone bindings now
-    targets_up: tuple[tuple[str, bool], ...]  # health-checked targets
-
-
 class SipCore:
     def __init__(
         self,
@@ -92,7 +81,9 @@ class SipCore:
         self.forwarder = Forwarder(
             self.table, self.responder, self.record, self._events, directory, self.registrar
         )
-        self.health_checks = HealthChecker(self.table, self._events, directory)
+        self.health_checks = HealthChecker(
+            self.table, self._events, directory, self.forwarder.picker.locations
+        )
         self.intake = Intake(self.responder, self._events)
         self.dialogs = DialogRouter(self.responder, self.forwarder)
         self.answering = AnsweringTarget(
@@ -160,15 +151,18 @@ class SipCore:
 
     def statistics(self) -> CoreStatistics:
         targets = tuple((p.name, self.health.is_up(p)) for p in self.health_checks.targets)
-        return CoreStatistics(
-            self.draining,
-            self.overloaded,
-            self.shed,
-            dict(self.record.outcomes),
-            dict(self.registrar.changes),
-            dict(self.registrar.count_by_transport()),
-            targets,
-        )
+        return CoreStatistics.of(self.draining, self.shedder, self.record, self.registrar, targets)
+
+    # --- DNS (RFC 3263): the shell runs the lookups the core asks for -------------------
+    def take_lookups(self) -> list[Lookup]:
+        return self.forwarder.picker.locations.take_lookups()
+
+    def located(self, lookup: Lookup, located: Located, now: float) -> list[Transmit]:
+        """A lookup is answered: the calls that waited for it go on."""
+        out: list[Transmit] = []
+        for call in self.forwarder.picker.locations.resolved(lookup, located, now):
+            out += self.forwarder.resume(call, now)
+        return out
 
     @property
     def health(self) -> HealthTable:

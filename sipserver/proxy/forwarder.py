@@ -16,10 +16,9 @@ from sipserver.proxy.calls import (
     answer_media_violation,
     identity_value,
 )
-from sipserver.proxy.connections import ConnectionDirectory, target_flow
+from sipserver.proxy.connections import ConnectionDirectory
 from sipserver.proxy.events import (
     Answered,
-    AttemptFailed,
     AttemptStarted,
     CallFailed,
     Event,
@@ -27,6 +26,7 @@ from sipserver.proxy.events import (
 from sipserver.proxy.forking import Forking
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.targets import TargetPicker, Waiting, note_failure
 from sipserver.proxy.transactions import TransactionTable
 from sipserver.routing.health import HealthTable
 from sipserver.settings import Config, DialPlanSettings, PeerSettings, Security
@@ -67,13 +67,15 @@ class Forwarder(Forking):
         self.record = record
         self.events = events
         self.connections = connections
-        self.calls: dict[tuple[str, ...], ProxyCall] = {}  # by server transaction key
+        self.calls: dict[tuple[str, ...], ProxyCall] = {}
+        self.picker = TargetPicker(connections, events, HealthTable(1))  # by server transaction key
         self.our_thumbprint_sha1: str | None = None
 
     def configure(
         self, config: Config, us: OurAddress, timers: TimerValues, health: HealthTable
     ) -> None:
         self.config, self.us, self.timers, self.health = config, us, timers, health
+        self.picker.health = health
 
     # --- new requests -----------------------------------------------------------------
     def start_call(
@@ -102,16 +104,21 @@ class Forwarder(Forking):
     def _try_next(self, call: ProxyCall, now: float) -> list[Transmit]:
         if call.targets and call.targets[0].is_softphone:
             return self._fork(call, now)
-        while call.targets:
-            target = call.targets.pop(0)
-            if not self.health.is_up(target):
-                call.attempts.append(f"{target.name}: down")
-                continue
-            transport = Transport.TLS if call.plan and call.plan.requires_tls else target.transport
-            uri = proxy_ops.retarget(call.request.uri, target.fqdn, target.send_port, transport)
-            flow = target_flow(self.connections, target, transport)
-            return self._send_attempt(call, target, transport, uri, flow, now)
-        return self._exhausted(call, now)
+        attempt = self.picker.next(call, now)
+        if attempt is None:
+            return self._exhausted(call, now)
+        if isinstance(attempt, Waiting):
+            return []  # the shell looks the target up; resume() carries on
+        target, transport, uri, flow = attempt.target, attempt.transport, attempt.uri, attempt.flow
+        return self._send_attempt(call, target, transport, uri, flow, now)
+
+    def resume(self, call: ProxyCall, now: float) -> list[Transmit]:
+        """A lookup this call waited for is answered."""
+        if call.done:
+            return []
+        if call.cancelled:
+            return self.fail(call.server_tx, 487, "Request Terminated", "cancelled", now)
+        return self._try_next(call, now)
 
     def _forward_in_dialog(
         self,
@@ -329,7 +336,7 @@ class Forwarder(Forking):
             return self._relay_late_2xx(call.server_tx, response, now)
         if call.client_tx is not tx or call.done or response.status == 100:
             return []
-        if response.status == 503 and call.targets and not call.cancelled:
+        if response.status == 503 and (call.targets or call.hops) and not call.cancelled:
             return self._attempt_failed(call, "503 Service Unavailable", now)
         if response.status < 200:
             call.provisional = True
@@ -385,21 +392,11 @@ class Forwarder(Forking):
         return self._attempt_failed(call, "timeout", now)
 
     def _attempt_failed(self, call: ProxyCall, reason: str, now: float) -> list[Transmit]:
-        name = (
-            call.target.name
-            if call.target
-            else str(call.target_flow.remote if call.target_flow else "?")
-        )
-        call.attempts.append(f"{name}: {reason}")
-        self.events.append(
-            AttemptFailed(
-                call_id=call.request.call_id,
-                target=name,
-                reason=reason,
-                attempt=call.attempt,
-                dial_plan=call.plan.name if call.plan else None,
-            )
-        )
+        flow = call.target_flow
+        name = call.target.name if call.target else str(flow.remote if flow else "?")
+        if call.located and flow is not None:
+            name += f" at {flow.remote_text}"
+        note_failure(self.events, call, name, reason)
         if call.cancelled:
             return self.fail(call.server_tx, 487, "Request Terminated", "cancelled", now)
         if call.plan is None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from sipserver.proxy.calls import ClientContext
-from sipserver.proxy.connections import ConnectionDirectory, target_flow
+from sipserver.proxy.calls import ClientContext, ProxyCall
+from sipserver.proxy.connections import ConnectionDirectory, needs_lookup, target_flow
 from sipserver.proxy.events import Event, TargetHealthChanged, TargetHealthChecked
 from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.locations import Locations, Lookup
 from sipserver.proxy.transactions import TransactionTable
 from sipserver.routing.health import HealthTable
 from sipserver.settings import Config, PeerSettings
@@ -39,9 +40,14 @@ def _same_place(old: PeerSettings, new: PeerSettings) -> bool:
 
 class HealthChecker:
     def __init__(
-        self, table: TransactionTable, events: list[Event], connections: ConnectionDirectory
+        self,
+        table: TransactionTable,
+        events: list[Event],
+        connections: ConnectionDirectory,
+        locations: Locations[ProxyCall],
     ) -> None:
         self.table = table
+        self.locations = locations
         self.connections = connections
         self.events = events
         self.health = HealthTable(1)
@@ -112,7 +118,9 @@ class HealthChecker:
 
     def _ping(self, peer: PeerSettings, now: float) -> list[Transmit]:
         transport = peer.transport
-        flow = target_flow(self.connections, peer, transport)
+        flow = self._where(peer, transport, now)
+        if flow is None:
+            return []
         number = next(self._numbers)
         our = self.us.hop(transport)
         uri = f"sip:{peer.fqdn}:{peer.send_port}" + (
@@ -136,6 +144,23 @@ class HealthChecker:
         self.pinging.add(peer.name)
         self.table.add_client(tx)
         return self.drive(tx, first)
+
+    def _where(self, peer: PeerSettings, transport: Transport, now: float) -> Flow | None:
+        """Where to ping: as a call would go, or the first address DNS gave. None while it
+        is looked up (the ping is tried again in a second) or when the lookup failed."""
+        if not needs_lookup(self.connections, peer, transport):
+            return target_flow(self.connections, peer, transport)
+        lookup = Lookup(peer.fqdn, transport, peer.send_port)
+        located = self.locations.get(lookup, now)
+        if located is None:
+            self.locations.prefetch(lookup)
+            self.next_ping[peer.name] = now + min(1.0, peer.health_check)
+            return None
+        if located.error is not None:
+            self._result(peer, False, located.error)
+            return None
+        host, port = located.destinations[0]
+        return Flow(transport, ("", 0), (host, port), None, server_name=peer.fqdn)
 
     def drive(self, tx: ClientTransaction, outputs: Sequence[Output]) -> list[Transmit]:
         context: ClientContext = tx.context

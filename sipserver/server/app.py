@@ -19,6 +19,7 @@ import trio
 
 from sipserver.certstore import CertificateSetupError, ServerCredentials
 from sipserver.proxy.core import SipCore
+from sipserver.proxy.locations import Lookup
 from sipserver.server.admin import serve_admin
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
@@ -30,8 +31,9 @@ from sipserver.server.repeats import RepeatFilter
 from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
 from sipserver.server.streams import StreamService
 from sipserver.settings import Config
-from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.transport.direct import raw_socket, unread_bytes
+from sipserver.transport.dns import Resolver
 from sipserver.transport.listeners import Listener, Listeners, StartupError
 from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.streams import StreamConnection
@@ -80,6 +82,7 @@ class Server:
             self.repeats,
             self.overload,
         )
+        self.resolver = Resolver(config.dns.nameservers, config.dns.timeout)
         self._timer_wakeup = trio.Event()
         self._timer_armed_for: float | None = None  # the deadline the timer task sleeps until
 
@@ -146,6 +149,8 @@ class Server:
 
     def _apply(self, new: Config, credentials: ServerCredentials | None) -> None:
         """Swap in a validated configuration (and its certificates) at once."""
+        if new.dns != self.config.dns:
+            self.resolver = Resolver(new.dns.nameservers, new.dns.timeout)
         self.config = new
         self.core.configure(new)
         limits = new.limits
@@ -224,6 +229,9 @@ class Server:
         """Log what the core says happened and send what it produced. Answers to `origin`
         (the connection whose reader is calling) wait for queue room; anything for other
         connections never waits."""
+        for lookup in self.core.take_lookups():
+            assert self.streams.nursery is not None
+            self.streams.nursery.start_soon(self._locate, lookup)
         events = self.core.take_events()
         if events:
             now, interval = trio.current_time(), self.config.log.repeat_interval
@@ -256,6 +264,23 @@ class Server:
             self._timer_armed_for is None or deadline < self._timer_armed_for
         ):
             self._wake_timer()
+
+    async def _locate(self, lookup: Lookup) -> None:
+        """One RFC 3263 lookup the core asked for; its answer resumes the calls waiting."""
+        located = await self.resolver.locate(lookup)
+        fields = {"fqdn": lookup.fqdn, "transport": lookup.transport}
+        if located.error is not None:
+            log.warning("target_lookup_failed", reason=located.error, **fields)
+        else:
+            destinations = [format_address(d) for d in located.destinations]
+            log.info(
+                "target_located",
+                how=located.how,
+                destinations=destinations,
+                ttl=located.ttl,
+                **fields,
+            )
+        await self.dispatch(self.core.located(lookup, located, trio.current_time()))
 
     async def _send_datagram(self, flow: Flow, data: bytes) -> None:
         sock = self.listeners.udp_socket(flow.local, flow.remote[0])

@@ -119,8 +119,9 @@ def build_cancel(forwarded_invite: Request) -> Request:
     return Request(Headers(items), b"", method="CANCEL", uri=forwarded_invite.uri)
 
 
-def retarget(uri_text: str, host: str, port: int, transport: str) -> str:
-    """The Request-URI sent to a target: same user, the target's FQDN, port and transport."""
+def retarget(uri_text: str, host: str, port: int | None, transport: str) -> str:
+    """The Request-URI sent to a target: same user, the target's FQDN, port (none for a
+    target found through SRV, so the next hop locates it the same way) and transport."""
     uri = parse_uri(uri_text)
     params = {k: v for k, v in uri.params.items() if k not in ("transport", "maddr")}
     if transport != "udp":

@@ -1,0 +1,39 @@
+"""What the core can tell /metrics and /healthz, as values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipserver.proxy.calls import CallRecord
+from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.shedding import LoadShedder
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStatistics:
+    draining: bool
+    overloaded: bool
+    shed: int  # calls refused with 503 because of overload
+    calls: dict[tuple[str, str, str], int]  # (dial plan, security, outcome) -> calls
+    registrations: dict[str, int]  # change (added, refreshed, ...) -> how many
+    bindings: dict[str, int]  # transport -> softphone bindings now
+    targets_up: tuple[tuple[str, bool], ...]  # health-checked targets
+
+    @classmethod
+    def of(
+        cls,
+        draining: bool,
+        shedder: LoadShedder,
+        record: CallRecord,
+        registrar: Registrar,
+        targets_up: tuple[tuple[str, bool], ...],
+    ) -> CoreStatistics:
+        return cls(
+            draining,
+            shedder.overloaded,
+            shedder.shed,
+            dict(record.outcomes),
+            dict(registrar.changes),
+            dict(registrar.count_by_transport()),
+            targets_up,
+        )

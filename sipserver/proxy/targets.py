@@ -1,0 +1,92 @@
+"""Where a proxied call's next attempt goes: the dial plan's targets in order, skipping
+those health checks marked down; a connection already open to the target; its single
+configured address; else the addresses DNS gives for its FQDN (RFC 3263), each one more
+failover step. A target not located yet parks the call until the shell's lookup is
+answered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipserver.proxy.calls import ProxyCall
+from sipserver.proxy.connections import ConnectionDirectory, needs_lookup, target_flow
+from sipserver.proxy.events import AttemptFailed, Event
+from sipserver.proxy.locations import Locations, Lookup
+from sipserver.routing.health import HealthTable
+from sipserver.settings import PeerSettings
+from sipserver.sip import proxy_ops
+from sipserver.sip.flow import Flow, Transport
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    target: PeerSettings
+    transport: Transport
+    uri: str  # the Request-URI
+    flow: Flow
+
+
+class Waiting:
+    """The call waits for a lookup."""
+
+
+WAITING = Waiting()
+
+
+class TargetPicker:
+    def __init__(
+        self, connections: ConnectionDirectory, events: list[Event], health: HealthTable
+    ) -> None:
+        self.connections = connections
+        self.events = events
+        self.health = health
+        self.locations: Locations[ProxyCall] = Locations()
+
+    def next(self, call: ProxyCall, now: float) -> Attempt | Waiting | None:
+        """The next attempt, WAITING, or None once every target is used up."""
+        while call.hops or call.targets:
+            if call.hops:
+                target, host, port = call.hops.pop(0)
+                transport = transport_to(call, target)
+                uri = proxy_ops.retarget(call.request.uri, target.fqdn, target.port, transport)
+                call.located = True
+                flow = Flow(transport, ("", 0), (host, port), None, server_name=target.fqdn)
+                return Attempt(target, transport, uri, flow)
+            target = call.targets.pop(0)
+            if not self.health.is_up(target):
+                call.attempts.append(f"{target.name}: down")
+                continue
+            transport = transport_to(call, target)
+            if needs_lookup(self.connections, target, transport):
+                lookup = Lookup(target.fqdn, transport, target.send_port)
+                located = self.locations.get(lookup, now)
+                if located is None:
+                    call.targets.insert(0, target)
+                    self.locations.wait(lookup, call)
+                    return WAITING
+                if located.error is not None:
+                    note_failure(self.events, call, target.name, located.error)
+                call.hops = [(target, host, port) for host, port in located.destinations]
+                continue
+            call.located = False
+            uri = proxy_ops.retarget(call.request.uri, target.fqdn, target.send_port, transport)
+            return Attempt(target, transport, uri, target_flow(self.connections, target, transport))
+        return None
+
+
+def transport_to(call: ProxyCall, target: PeerSettings) -> Transport:
+    return Transport.TLS if call.plan and call.plan.requires_tls else target.transport
+
+
+def note_failure(events: list[Event], call: ProxyCall, name: str, reason: str) -> None:
+    """An attempt that failed: in the call's Warning and as a log event."""
+    call.attempts.append(f"{name}: {reason}")
+    events.append(
+        AttemptFailed(
+            call_id=call.request.call_id,
+            target=name,
+            reason=reason,
+            attempt=call.attempt,
+            dial_plan=call.plan.name if call.plan else None,
+        )
+    )
