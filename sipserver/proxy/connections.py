@@ -20,6 +20,10 @@ class ConnectionDirectory(Protocol):
         """The verified certificate of the far end of an outbound TLS flow."""
         ...
 
+    def flow_of(self, connection_id: int) -> Flow | None:
+        """The connection of that id, if it is still open."""
+        ...
+
 
 class NoConnections:
     """A directory that knows no connection: for the core used on its own (tests, tools)."""
@@ -28,6 +32,9 @@ class NoConnections:
         return None
 
     def certificate_of(self, flow: Flow) -> CertInfo | None:
+        return None
+
+    def flow_of(self, connection_id: int) -> Flow | None:
         return None
 
 

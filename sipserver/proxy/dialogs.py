@@ -41,7 +41,7 @@ class DialogRouter:
         if why is not None:
             refusal = "call_refused_insecure_media"
             return self.responder.refuse_media(tx, why, now, refusal, security=hop.security)
-        first_hop = (hop.uri, hop.transport, self._peer(hop))
+        first_hop = (hop, self._peer(hop))
         return self.forwarder.start_call(
             tx, request, None, (), now, first_hop=first_hop, security=hop.security
         )

@@ -46,7 +46,6 @@ from sipserver.sip.transaction import (
     Terminated,
     TimedOut,
 )
-from sipserver.sip.uri import SipUri
 
 INVITE_LIKE = ("INVITE", "SUBSCRIBE", "REFER")  # requests that may create a dialog
 
@@ -68,7 +67,9 @@ class Forwarder(Forking):
         self.events = events
         self.connections = connections
         self.calls: dict[tuple[str, ...], ProxyCall] = {}
-        self.picker = TargetPicker(connections, events, HealthTable(1))  # by server transaction key
+        self.picker = TargetPicker(
+            connections, events, HealthTable(1), registrar
+        )  # by server transaction key
         self.our_thumbprint_sha1: str | None = None
 
     def configure(
@@ -85,7 +86,7 @@ class Forwarder(Forking):
         plan: DialPlanSettings | None,
         targets: Sequence[PeerSettings],
         now: float,
-        first_hop: tuple[SipUri, Transport, PeerSettings | None] | None = None,
+        first_hop: tuple[proxy_ops.NextHop, PeerSettings | None] | None = None,
         security: str | None = None,
         number: str | None = None,
     ) -> list[Transmit]:
@@ -121,14 +122,10 @@ class Forwarder(Forking):
         return self._try_next(call, now)
 
     def _forward_in_dialog(
-        self,
-        call: ProxyCall,
-        uri: SipUri,
-        transport: Transport,
-        peer: PeerSettings | None,
-        now: float,
+        self, call: ProxyCall, hop: proxy_ops.NextHop, peer: PeerSettings | None, now: float
     ) -> list[Transmit]:
-        flow = self.flow_for(uri, transport, peer)
+        uri, transport = hop.uri, hop.transport
+        flow = self.picker.in_dialog_flow(hop, peer)
         if flow is None and peer is not None and peer.is_softphone:
             why = f"Softphone {peer.name} has no registered {transport.upper()} flow any more"
             return self.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
@@ -183,10 +180,20 @@ class Forwarder(Forking):
             # Always two entries (RFC 5658 style): each names its leg's transport and peer, so
             # in-dialog requests return over the same secured legs to the same peers.
             held = call.plan.security if call.plan.security == Security.SECURED else None
+            out_flow = call.target_flow if target and target.is_softphone else None
+            in_flow = inbound.flow if inbound.peer and inbound.peer.is_softphone else None
             record_route = (
-                self.us.hop(transport, target.name if target else None, held),
                 self.us.hop(
-                    inbound.flow.transport, inbound.peer.name if inbound.peer else None, held
+                    transport,
+                    target.name if target else None,
+                    held,
+                    out_flow.connection_id if out_flow else None,
+                ),
+                self.us.hop(
+                    inbound.flow.transport,
+                    inbound.peer.name if inbound.peer else None,
+                    held,
+                    in_flow.connection_id if in_flow else None,
                 ),
             )
         identity = self.config.routing.identity_header
@@ -203,7 +210,7 @@ class Forwarder(Forking):
         self, request: Request, hop: proxy_ops.NextHop, peer: PeerSettings | None
     ) -> list[Transmit]:
         """ACK for a 2xx: a new transaction-less request, relayed along the Route set."""
-        target_flow = self.flow_for(hop.uri, hop.transport, peer)
+        target_flow = self.picker.in_dialog_flow(hop, peer)
         if target_flow is None:
             return []
         via = self.us.via(hop.transport, proxy_ops.branch_for(request, 0), alias=False)
@@ -262,20 +269,6 @@ class Forwarder(Forking):
         )
 
     # --- flows --------------------------------------------------------------------------
-    def flow_for(self, uri: SipUri, transport: Transport, peer: PeerSettings | None) -> Flow | None:
-        """Where an in-dialog request goes: a softphone's registered flow; an open connection
-        to the peer our Route named; else the URI's address (TLS: allow-listed peers only)."""
-        if peer is not None and peer.is_softphone:
-            return self.registrar.flow_to(peer.name, transport)
-        reuse = self.connections.flow_to(peer.name, transport) if peer is not None else None
-        if reuse is not None and transport.reliable:
-            return reuse
-        if transport == Transport.TLS and peer is None:
-            return None
-        port = uri.port or (5061 if transport == Transport.TLS else 5060)
-        server_name = peer.fqdn if peer else None
-        return Flow(transport, ("", 0), (uri.host, port), None, server_name=server_name)
-
     def transport_failed(self, flow: Flow, reason: str, now: float) -> list[Transmit]:
         """A connection could not be opened, failed TLS, or broke: every attempt on it
         fails at once, so failover does not wait for Timer B."""

@@ -41,9 +41,13 @@ class OurAddress:
         return OurAddress(self.agent, self.host, ports, self.names)
 
     def hop(
-        self, transport: Transport, peer: str | None = None, security: str | None = None
+        self,
+        transport: Transport,
+        peer: str | None = None,
+        security: str | None = None,
+        flow: int | None = None,
     ) -> proxy_ops.Hop:
-        return proxy_ops.Hop(self.host, self.ports[transport], transport, peer, security)
+        return proxy_ops.Hop(self.host, self.ports[transport], transport, peer, security, flow)
 
     def via(self, transport: Transport, branch: str, *, alias: bool = True) -> Via:
         params: dict[str, str | None] = {"branch": branch, "rport": None}

@@ -12,6 +12,7 @@ from sipserver.proxy.calls import ProxyCall
 from sipserver.proxy.connections import ConnectionDirectory, needs_lookup, target_flow
 from sipserver.proxy.events import AttemptFailed, Event
 from sipserver.proxy.locations import Locations, Lookup
+from sipserver.proxy.registrar import Registrar
 from sipserver.routing.health import HealthTable
 from sipserver.settings import PeerSettings
 from sipserver.sip import proxy_ops
@@ -35,9 +36,14 @@ WAITING = Waiting()
 
 class TargetPicker:
     def __init__(
-        self, connections: ConnectionDirectory, events: list[Event], health: HealthTable
+        self,
+        connections: ConnectionDirectory,
+        events: list[Event],
+        health: HealthTable,
+        registrar: Registrar,
     ) -> None:
         self.connections = connections
+        self.registrar = registrar
         self.events = events
         self.health = health
         self.locations: Locations[ProxyCall] = Locations()
@@ -72,6 +78,27 @@ class TargetPicker:
             uri = proxy_ops.retarget(call.request.uri, target.fqdn, target.send_port, transport)
             return Attempt(target, transport, uri, target_flow(self.connections, target, transport))
         return None
+
+    def in_dialog_flow(self, hop: proxy_ops.NextHop, peer: PeerSettings | None) -> Flow | None:
+        """Where an in-dialog request goes: an open connection to the peer our Route named,
+        else the URI's address (TLS: allow-listed peers only). A softphone is reached over
+        a flow it opened (RFC 5626): the one our Record-Route names, else one it registered
+        or holds open; over UDP, else its Contact."""
+        transport = hop.transport
+        if peer is not None and peer.is_softphone:
+            flow = self.connections.flow_of(hop.flow) if hop.flow is not None else None
+            flow = flow or self.registrar.flow_to(peer.name, transport)
+            flow = flow or self.connections.flow_to(peer.name, transport)
+            if flow is not None or transport.reliable:
+                return flow
+        reuse = self.connections.flow_to(peer.name, transport) if peer is not None else None
+        if reuse is not None and transport.reliable:
+            return reuse
+        if transport == Transport.TLS and peer is None:
+            return None
+        port = hop.uri.port or (5061 if transport == Transport.TLS else 5060)
+        server_name = peer.fqdn if peer else None
+        return Flow(transport, ("", 0), (hop.uri.host, port), None, server_name=server_name)
 
 
 def transport_to(call: ProxyCall, target: PeerSettings) -> Transport:

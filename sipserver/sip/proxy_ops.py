@@ -27,12 +27,16 @@ class Hop:
     # The dial plan's mode when in-dialog requests must be held to it too (secured: SRTP
     # offers only). Carried in our Record-Route, so it needs no state of ours.
     security: str | None = None
+    # The connection a softphone opened, so that in-dialog requests return over that very
+    # flow (RFC 5626 §5.3: the edge proxy's flow token in its Record-Route).
+    flow: int | None = None
 
     def uri(self) -> str:
         peer = f";peer={self.peer}" if self.peer else ""
         security = f";sec={self.security}" if self.security else ""
+        flow = f";flow={self.flow}" if self.flow is not None else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"<sip:{host}:{self.port};transport={self.transport};lr{peer}{security}>"
+        return f"<sip:{host}:{self.port};transport={self.transport};lr{peer}{security}{flow}>"
 
 
 def branch_for(request: Request, attempt: int) -> str:
@@ -135,6 +139,7 @@ class NextHop:
     transport: Transport  # what the route we popped says to use; else the URI's transport
     peer: str | None  # the peer our popped route names
     security: str | None = None  # the dial plan mode our popped route carries (sec=)
+    flow: int | None = None  # the connection our popped route names (flow=)
 
 
 def pop_our_routes(
@@ -147,6 +152,7 @@ def pop_our_routes(
     popped_transport: str | None = None
     popped_peer: str | None = None
     popped_security: str | None = None
+    popped_flow: str | None = None
     popped = 0
     while popped < len(routes) and popped < 2:
         try:
@@ -158,6 +164,7 @@ def pop_our_routes(
         popped_transport = uri.transport or popped_transport
         popped_peer = uri.params.get("peer") or popped_peer
         popped_security = uri.params.get("sec") or popped_security
+        popped_flow = uri.params.get("flow")  # the leg the request goes on: the last popped
         popped += 1
     if popped:
         headers = request.headers.copy()
@@ -174,7 +181,9 @@ def pop_our_routes(
         transport = Transport((popped_transport or target.transport or "udp").lower())
     except ValueError:
         return request, None, bool(popped)  # a transport we do not speak
-    return request, NextHop(target, transport, popped_peer, popped_security), bool(popped)
+    flow = int(popped_flow) if popped_flow and popped_flow.isdigit() else None
+    hop = NextHop(target, transport, popped_peer, popped_security, flow)
+    return request, hop, bool(popped)
 
 
 def build_options(

@@ -76,6 +76,10 @@ class ConnectionPool:
         connection = self._by_peer.get((peer, transport))
         return connection.flow if connection is not None else None
 
+    def flow_of(self, connection_id: int) -> Flow | None:
+        connection = self._by_id.get(connection_id)
+        return connection.flow if connection is not None else None
+
     def certificate_of(self, flow: Flow) -> CertInfo | None:
         if flow.connection_id is not None and (connection := self._by_id.get(flow.connection_id)):
             return connection.peer_cert

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sipserver.config import parse_config
+from sipserver.proxy.connections import NoConnections
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.events import RegistrationChanged
 from sipserver.settings import Config
@@ -357,3 +358,45 @@ def test_bindings_survive_a_reload_and_go_with_their_softphone() -> None:
     core.configure(without_phone1)
     assert core.registrar.by_number == {}
     assert changes(core) == [("removed", "peer no longer configured as a softphone")]
+
+
+class OpenConnections(NoConnections):
+    """The pool as the core sees it: which connections are open."""
+
+    def __init__(self, *flows: Flow) -> None:
+        self.open = {flow.connection_id: flow for flow in flows}
+
+    def flow_of(self, connection_id: int) -> Flow | None:
+        return self.open.get(connection_id)
+
+
+def test_in_dialog_requests_return_over_the_flow_the_call_was_delivered_on() -> None:
+    pool = OpenConnections(TLS_A, TLS_B)
+    core = SipCore(config(), connections=pool)
+    over_tls(core, register())
+    out = core.receive_datagram(invite(), GW, 1.0)
+    (delivered,) = [parse(t) for t in out if t.flow == TLS_A]
+    assert isinstance(delivered, Request)
+    record_route = delivered.headers.get_all("Record-Route")
+    assert record_route[0].endswith(";peer=phone1;flow=1>")  # the flow token (RFC 5626 §5.3)
+    core.receive_stream_message(answer(delivered, 200), TLS_A, None, 1.1)
+    # A second device registers the number later over another connection: the newest
+    # binding, but the dialog stays on its own flow.
+    second = register(contact="<sip:7001@192.0.2.50:6000;transport=tls>", cseq=9)
+    over_tls(core, second, TLS_B, now=2.0)
+    routes = "".join(f"Route: {v}\r\n" for v in reversed(record_route))
+    bye = (
+        "BYE sip:7001@192.0.2.50:5062;transport=tls SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye1\r\n"
+        f"{routes}From: <sip:a@gw1.example.test>;tag=ft\r\n"
+        "To: <sip:7001@sip.example.test>;tag=callee\r\nCall-ID: call-1\r\nCSeq: 2 BYE\r\n"
+        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    out = core.receive_datagram(bye, GW, 3.0)
+    assert [t.flow for t in out if isinstance(parse(t), Request)] == [TLS_A]
+    # Once that flow is gone, the phone is reached over a flow it registered.
+    del pool.open[1]
+    core.transport_failed(TLS_A, "closed by peer", 4.0)
+    again = bye.replace(b"bye1", b"bye2").replace(b"2 BYE", b"3 BYE")
+    out = core.receive_datagram(again, GW, 5.0)
+    assert [t.flow for t in out if isinstance(parse(t), Request)] == [TLS_B]
