@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.certs import Issued, make_leaf
 from tests.configs import dial_plan, peer, table
-from tests.e2e.conftest import Pki, RunningServer, StartServer
+from tests.e2e.conftest import Pki, RunningServer, StartServer, free_port
 from tests.e2e.peers import sipp_caller_command
 from tests.e2e.sip_client import header, status_line
 from tests.e2e.sipp_scenarios import call_uac, invite_expecting
@@ -36,8 +37,22 @@ def phone_cert(pki: Pki) -> Issued:
 
 
 @pytest.fixture
-def server(start_server: StartServer) -> RunningServer:
-    return start_server(extra_config=SOFTPHONE, server_extra="watch_interval = 0")
+def admin_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def server(start_server: StartServer, admin_port: int) -> RunningServer:
+    admin = table("admin", {"address": f"127.0.0.1:{admin_port}"})
+    return start_server(extra_config=SOFTPHONE + admin, server_extra="watch_interval = 0")
+
+
+def metric(admin_port: int, line_start: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_start)
+    )
 
 
 @pytest.fixture
@@ -73,7 +88,7 @@ def busy_here(phone: TlsPhone) -> bytes:
 
 
 def test_a_softphone_registers_over_mutual_tls_and_is_called_over_its_own_connection(
-    server: RunningServer, phone: TlsPhone, phone_cert: Issued, tmp_path: Path
+    server: RunningServer, phone: TlsPhone, phone_cert: Issued, tmp_path: Path, admin_port: int
 ) -> None:
     response = phone.register(expires=300)
     assert status_line(response) == "SIP/2.0 200 OK"
@@ -83,6 +98,8 @@ def test_a_softphone_registers_over_mutual_tls_and_is_called_over_its_own_connec
     assert (added["peer"], added["transport"]) == ("phone1", "tls")
     thumbprint = phone_cert.cert.fingerprint(hashes.SHA256()).hex().upper()
     assert added["peer_cert_thumbprint_sha256"] == thumbprint
+    assert metric(admin_port, 'sipserver_registered_bindings{transport="tls"}') == 1
+    assert metric(admin_port, 'sipserver_registrations_total{change="added"}') == 1
     sipp = caller(call_uac(tmp_path / "uac.xml"), server)
     invite = phone.receive()
     # Sent over the registered connection, to the registered Contact.
@@ -105,12 +122,13 @@ def test_a_softphone_registers_over_mutual_tls_and_is_called_over_its_own_connec
 
 
 def test_once_the_softphone_disconnects_its_number_gets_480_at_once(
-    server: RunningServer, phone: TlsPhone, tmp_path: Path
+    server: RunningServer, phone: TlsPhone, tmp_path: Path, admin_port: int
 ) -> None:
     assert status_line(phone.register()) == "SIP/2.0 200 OK"
     phone.close()
     removed = server.wait_for("registration_removed", number="7001")
     assert removed["reason"].startswith("connection closed")
+    assert metric(admin_port, 'sipserver_registered_bindings{transport="tls"}') == 0
     checks = {"Warning": "7001 not registered"}
     finished(caller(invite_expecting(tmp_path / "480.xml", 480, checks=checks), server))
 
