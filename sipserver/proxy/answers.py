@@ -74,6 +74,25 @@ class Responder:
         response = self.response(context.request, status, reason, headers, body)
         return self.send(tx, response, now)
 
+    def unavailable(
+        self,
+        tx: ServerTransaction,
+        why: str,
+        retry_after: int,
+        now: float,
+        event: type[Answered] = Answered,
+    ) -> list[Transmit]:
+        """503 with Retry-After (RFC 3261 §21.5.4): come back later, or elsewhere."""
+        return self.answer(
+            tx,
+            503,
+            "Service Unavailable",
+            now,
+            headers=(("Retry-After", str(retry_after)), self.warning(why)),
+            log_reason=why.lower(),
+            event=event,
+        )
+
     def refuse_media(
         self, tx: ServerTransaction, why: str, now: float, refusal: str, **fields: Any
     ) -> list[Transmit]:

@@ -306,17 +306,8 @@ class SipCore:
         if self.shedder.sheds(request.method, in_dialog):
             return self.shedder.refuse(tx, self.config.limits.overload_retry_after, now)
         if self.draining and not in_dialog:
-            return self.responder.answer(
-                tx,
-                503,
-                "Service Unavailable",
-                now,
-                headers=(
-                    ("Retry-After", str(self.config.routing.retry_after)),
-                    self.responder.warning("Server is shutting down"),
-                ),
-                log_reason="server is shutting down",
-            )
+            retry = self.config.routing.retry_after
+            return self.responder.unavailable(tx, "Server is shutting down", retry, now)
         self.table.server[key] = tx
         if request.method == "OPTIONS" and self.us.pinged(request, flow):
             return self._options(tx, request, now)

@@ -38,15 +38,4 @@ class LoadShedder:
     def refuse(self, tx: ServerTransaction, retry_after: int, now: float) -> list[Transmit]:
         self.shed += 1
         self.record.count(None, "shed_503")
-        return self.responder.answer(
-            tx,
-            503,
-            "Service Unavailable",
-            now,
-            headers=(
-                ("Retry-After", str(retry_after)),
-                self.responder.warning("Server overloaded"),
-            ),
-            log_reason="server overloaded",
-            event=CallShed,
-        )
+        return self.responder.unavailable(tx, "Server overloaded", retry_after, now, CallShed)
