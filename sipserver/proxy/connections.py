@@ -38,28 +38,32 @@ class NoConnections:
         return None
 
 
+_SINGLE: dict[int, tuple[PeerSettings, str | None]] = {}  # per configured peer, by identity
+
+
 def single_address(target: PeerSettings) -> str | None:
-    return next(
+    """The one address configured for the target, if it has one (worked out once)."""
+    known = _SINGLE.get(id(target))
+    if known is not None and known[0] is target:
+        return known[1]
+    address = next(
         (str(net.network_address) for net in target.addresses if net.num_addresses == 1), None
     )
-
-
-def needs_lookup(
-    connections: ConnectionDirectory, target: PeerSettings, transport: Transport
-) -> bool:
-    """Whether reaching the target needs DNS (RFC 3263): no connection to reuse and no
-    single configured address."""
-    if transport.reliable and connections.flow_to(target.name, transport) is not None:
-        return False
-    return single_address(target) is None
+    if len(_SINGLE) > 4096:  # reloads bring new peer objects
+        _SINGLE.clear()
+    _SINGLE[id(target)] = (target, address)
+    return address
 
 
 def target_flow(
     connections: ConnectionDirectory, target: PeerSettings, transport: Transport
-) -> Flow:
-    """Where a request to a configured target goes: a connection we already share with it
-    (RFC 5923-style reuse), else its single configured address, else its FQDN."""
+) -> Flow | None:
+    """Where a request to a configured target goes without DNS: a connection we already
+    share with it (RFC 5923-style reuse), else its single configured address; None when
+    it must be located by its FQDN (RFC 3263)."""
     if transport.reliable and (flow := connections.flow_to(target.name, transport)):
         return flow
-    host = single_address(target) or target.fqdn
+    host = single_address(target)
+    if host is None:
+        return None
     return Flow(transport, ("", 0), (host, target.send_port), None, server_name=target.fqdn)

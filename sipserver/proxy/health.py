@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Sequence
 
 from sipserver.proxy.calls import ClientContext, ProxyCall
-from sipserver.proxy.connections import ConnectionDirectory, needs_lookup, target_flow
+from sipserver.proxy.connections import ConnectionDirectory, target_flow
 from sipserver.proxy.events import Event, TargetHealthChanged, TargetHealthChecked
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.locations import Locations, Lookup
@@ -148,8 +148,9 @@ class HealthChecker:
     def _where(self, peer: PeerSettings, transport: Transport, now: float) -> Flow | None:
         """Where to ping: as a call would go, or the first address DNS gave. None while it
         is looked up (the ping is tried again in a second) or when the lookup failed."""
-        if not needs_lookup(self.connections, peer, transport):
-            return target_flow(self.connections, peer, transport)
+        flow = target_flow(self.connections, peer, transport)
+        if flow is not None:
+            return flow
         lookup = Lookup(peer.fqdn, transport, peer.send_port)
         located = self.locations.get(lookup, now)
         if located is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sipserver.proxy.calls import ProxyCall
-from sipserver.proxy.connections import ConnectionDirectory, needs_lookup, target_flow
+from sipserver.proxy.connections import ConnectionDirectory, target_flow
 from sipserver.proxy.events import AttemptFailed, Event
 from sipserver.proxy.locations import Locations, Lookup
 from sipserver.proxy.registrar import Registrar
@@ -63,7 +63,8 @@ class TargetPicker:
                 call.attempts.append(f"{target.name}: down")
                 continue
             transport = transport_to(call, target)
-            if needs_lookup(self.connections, target, transport):
+            direct = target_flow(self.connections, target, transport)
+            if direct is None:
                 lookup = Lookup(target.fqdn, transport, target.send_port)
                 located = self.locations.get(lookup, now)
                 if located is None:
@@ -76,7 +77,7 @@ class TargetPicker:
                 continue
             call.located = False
             uri = proxy_ops.retarget(call.request.uri, target.fqdn, target.send_port, transport)
-            return Attempt(target, transport, uri, target_flow(self.connections, target, transport))
+            return Attempt(target, transport, uri, direct)
         return None
 
     def in_dialog_flow(self, hop: proxy_ops.NextHop, peer: PeerSettings | None) -> Flow | None:
