@@ -54,8 +54,8 @@ def start_server(
     assert proc.stdout is not None
     for line in proc.stdout:
         event = json.loads(line)
-        if event["event"] == "listener_started":
-            ports[event["transport"]] = event["port"]
+        if event["event"] == "listener_started" and not event.get("own"):
+            ports.setdefault(event["transport"], event["port"])  # the shared port, with workers
         if event["event"] == "server_ready":
             break
     drain(proc.stdout, server_log)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Proxied call throughput: sipp caller -> sipserver -> sipp callee.
 
-For UDP, TCP, TLS (stunnel with client certificates on both legs, as in the e2e tests)
+For UDP, TCP, TLS (stunnel with client certificates on both legs, as in the e2e tests),
+mtls-new (as mtls-tcp, but a new TCP connection per call, so a new mutual-TLS handshake)
 and mtls-tcp (the caller over one persistent mutual-TLS connection through stunnel, the
 callee over plain TCP: the scenario compared with Kamailio) it places calls (INVITE/100/180/200/ACK/BYE/200 through the proxy) at increasing rates for
 --seconds per step and prints answered and failed calls, setup-time percentiles (INVITE
@@ -43,6 +44,7 @@ from tests.e2e.sipp_scenarios import call_uac, call_uas
 SERVER_LOG: Path | None = None  # --server-log: keep the server's JSON log there
 SHED_OK = False  # --overload: a 503 with Retry-After (load shed) ends a call well
 PROFILE: Path | None = None  # --profile: py-spy the server during each step into this folder
+WORKERS = 1  # --workers: server.workers
 
 
 def _write_pki(work: Path, ca: Issued) -> None:
@@ -57,10 +59,11 @@ def start_bench_server(
 ) -> tuple[subprocess.Popen[str], int, int]:
     _write_pki(work, ca)
     security = "sip-secured" if transport == "tls" else "unsecured"
-    target_transport = "tcp" if transport == "mtls-tcp" else transport
+    target_transport = "tcp" if transport in ("mtls-tcp", "mtls-new") else transport
     config = work / f"bench-{transport}.toml"
     config.write_text(
         '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\nsip_port = 0\ntls_port = 0\n'
+        f"workers = {WORKERS}\n"
         '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n'
         '[[peer]]\nname = "gw1"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
         f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
@@ -127,6 +130,8 @@ def step(
 ) -> dict[str, float]:
     calls = max(1, int(rate * seconds))
     sipp_t = "u1" if transport == "udp" else "t1"  # t1: one TCP connection each way
+    # tn: a TCP connection (so, through stunnel, a new mutual-TLS handshake) per call
+    caller_t = "tn" if transport == "mtls-new" else sipp_t
     uac = call_uac(work / "uac.xml", shed_retry_after=5 if SHED_OK else None)
     uas = call_uas(work / "uas.xml")
     for old in work.glob("uac_*_rtt.csv"):
@@ -163,7 +168,9 @@ def step(
             "-sf",
             str(uac),
             "-t",
-            sipp_t,
+            caller_t,
+            "-max_socket",  # tn opens a socket per call; sipp's default exceeds the fd limit
+            "4096",
             "-i",
             "127.0.0.1",
             "-s",
@@ -239,8 +246,12 @@ def main() -> int:
         help="count a 503 + Retry-After (the server shedding load) as a well-ended call; "
         "answered calls are then the server's call_routed lines",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server.workers: processes sharing the ports"
+    )
     args = parser.parse_args()
-    global SERVER_LOG, SHED_OK, PROFILE
+    global SERVER_LOG, SHED_OK, PROFILE, WORKERS
+    WORKERS = args.workers
     SHED_OK = args.overload
     PROFILE = args.profile
     if PROFILE:
@@ -282,7 +293,7 @@ def main() -> int:
             proc, sip_port, tls_port = start(work, ca, transport, target_port)
             stack.callback(lambda p=proc: (p.terminate(), p.wait(10)))
             caller_port = sip_port
-            if transport in ("tls", "mtls-tcp"):
+            if transport in ("tls", "mtls-tcp", "mtls-new"):
                 gw = make_leaf(ca, dns=["gw1.example.test"])
                 gw.write_combined(work / "gw.pem")
                 caller_port = free_port()

@@ -15,7 +15,8 @@ import trio
 from sipserver import __version__
 from sipserver.config import ConfigError, load_config
 from sipserver.log import configure_logging
-from sipserver.settings import Config, is_fqdn
+from sipserver.settings import Config
+from sipserver.settings_checks import is_fqdn
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format", choices=["auto", "json", "console"], help="overrides log.format"
     )
+    # Set by the supervisor for each of server.workers processes; not for people.
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--workers", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--admin-address", help=argparse.SUPPRESS)
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log.level"
     )
@@ -125,6 +130,7 @@ def _overrides(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, o
 
 def _run(args: argparse.Namespace) -> int:
     from sipserver.server import Server, StartupError
+    from sipserver.server.workers import worker_count
 
     server_over, log_over = _overrides(args)
     for name in ("sip_port", "tls_port"):
@@ -136,11 +142,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sipserver: --fqdn {server_over['fqdn']!r} is not a valid FQDN", file=sys.stderr)
         return 2
 
+    admin = args.admin_address
+
     def apply(config: Config) -> Config:
         return dataclasses.replace(
             config,
             server=dataclasses.replace(config.server, **server_over),  # type: ignore[arg-type]
             log=dataclasses.replace(config.log, **log_over),  # type: ignore[arg-type]
+            admin=dataclasses.replace(config.admin, address=admin) if admin else config.admin,
         )
 
     try:
@@ -148,8 +157,14 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sipserver: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log.level, config.log.format)
-    server = Server(config, config_path=args.config, overrides=apply)
+    count = worker_count(config.server.workers)
+    if args.worker_index is None and count > 1:
+        return _supervise(args, config, count)
+    worker = None if args.worker_index is None else (args.worker_index, args.workers or count)
+    configure_logging(
+        config.log.level, config.log.format, worker=None if worker is None else worker[0]
+    )
+    server = Server(config, config_path=args.config, overrides=apply, worker=worker)
     try:
         trio.run(server.run)
     except StartupError as exc:
@@ -159,6 +174,30 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _supervise(args: argparse.Namespace, config: Config, count: int) -> int:
+    """server.workers > 1: this process starts and watches the workers."""
+    from sipserver.server import StartupError
+    from sipserver.server.workers import Supervisor
+
+    configure_logging(config.log.level, config.log.format, worker="main")
+    passed: list[str] = []
+    if args.config is not None:
+        passed += ["--config", str(args.config)]
+    for address in args.address or ():
+        passed += ["--address", address]
+    for option in ("fqdn", "log_format", "log_level"):
+        if (value := getattr(args, option)) is not None:
+            passed += [f"--{option.replace('_', '-')}", str(value)]
+    try:
+        return trio.run(Supervisor(config, passed, count).run)
+    except StartupError as exc:
+        structlog.get_logger("sipserver").error("server_start_failed", error=str(exc))
+        print(f"sipserver: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
 
 def _folder_problems(config: Config) -> list[str]:

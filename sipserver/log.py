@@ -49,11 +49,25 @@ def _valid_utf8(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+def _worker_field(worker: int | str) -> Any:
+    def add(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        event["worker"] = worker
+        return event
+
+    return add
+
+
 def _json_bytes(event: EventDict, **_: Any) -> bytes:
     return orjson.dumps(event, default=str)
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    worker: int | str | None = None,
+) -> None:
+    """`worker`: with several worker processes, which one writes (every line says so)."""
     global _threshold
     stream = stream or sys.stdout
     if fmt == "auto":
@@ -80,6 +94,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            *([_worker_field(worker)] if worker is not None else []),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _tidy,
             *exc,

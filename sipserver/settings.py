@@ -7,17 +7,36 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sipserver.settings_checks import (
+    Check,
+    at_least,
+    env_name,
+    fqdn,
+    fqdn_or_ip,
+    header_name,
+    ip_addresses,
+    ip_and_port,
+    nameservers,
+    not_empty,
+    not_negative,
+    number_patterns,
+    numbers,
+    off_or_seconds,
+    port,
+    positive,
+    send_port,
+    some,
+    workers,
+)
 from sipserver.sip.flow import Transport
 from sipserver.sip.timers import TimerValues
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Check = Callable[[Any], str | None]  # returns the problem, or None when the value is fine
 
 
 class Security(enum.StrEnum):
@@ -74,110 +93,6 @@ class KeyType(enum.StrEnum):
 
 DEFAULT_SIP_PORT = 5060
 DEFAULT_TLS_PORT = 5061
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_NUMBER_PATTERN = re.compile(r"^\+?[0-9xX]*\*?$")
-_NUMBER = re.compile(r"^\+?[0-9]+$")
-
-
-# --- checks ------------------------------------------------------------------------------
-def is_fqdn(name: str) -> bool:
-    name = name.rstrip(".")
-    if not name or len(name) > 253 or is_ip(name):
-        return False
-    return all(_LABEL.match(label) for label in name.split("."))
-
-
-def is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def fqdn(value: str) -> str | None:
-    return None if is_fqdn(value) else f"{value!r} is not a valid FQDN"
-
-
-def port(value: int) -> str | None:
-    return None if 0 <= value <= 65535 else f"{value} is not a port (0-65535; 0 picks a free port)"
-
-
-def send_port(value: int) -> str | None:
-    return None if 0 < value < 65536 else f"{value} is not a port"
-
-
-def positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def not_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be 0 or more"
-
-
-def off_or_seconds(value: float) -> str | None:
-    return None if value >= 0 else "must be 0 (off) or more seconds"
-
-
-def at_least(n: int) -> Check:
-    return lambda value: None if value >= n else f"must be at least {n}"
-
-
-def not_empty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
-
-
-def ip_addresses(values: tuple[str, ...]) -> str | None:
-    bad = next((v for v in values if not is_ip(v)), None)
-    if bad is not None:
-        return f"{bad!r} is not an IP address"
-    return None if values else "must list at least one address"
-
-
-def some(values: tuple[Any, ...]) -> str | None:
-    return None if values else "must list at least one"
-
-
-def fqdn_or_ip(value: str) -> str | None:
-    return (
-        None
-        if is_fqdn(value) or is_ip(value)
-        else f"{value!r} is neither an FQDN nor an IP address"
-    )
-
-
-def ip_and_port(value: str) -> str | None:
-    host, sep, port_text = value.rpartition(":")
-    if not is_ip(host.strip("[]")):
-        return f"{value!r} is not IP:PORT (e.g. 127.0.0.1:9060)"
-    ok = sep and port_text.isdigit() and 0 <= int(port_text) < 65536
-    return None if ok else f"{value!r} has no valid port"
-
-
-def env_name(value: str) -> str | None:
-    ok = re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value)
-    return None if ok else f"{value!r} is not an environment variable name"
-
-
-def header_name(value: str) -> str | None:
-    return None if re.match(r"^[A-Za-z0-9-]+$", value) else f"{value!r} is not a header name"
-
-
-def number_patterns(values: tuple[str, ...]) -> str | None:
-    for value in values:
-        if not value or value == "+" or not _NUMBER_PATTERN.match(value):
-            return (
-                f"{value!r} is not a number pattern (digits with an optional leading +, "
-                "x for one digit, a trailing * for any rest)"
-            )
-    return None if values else "must list at least one number pattern"
-
-
-def numbers(values: tuple[str, ...]) -> str | None:
-    bad = next((v for v in values if not _NUMBER.match(v)), None)
-    if bad is not None:
-        return f"{bad!r} is not a number (digits, with an optional leading +)"
-    return None
 
 
 def setting(
@@ -220,6 +135,14 @@ class ServerSettings:
     )
     reload_debounce: float = setting(
         0.5, "quiet seconds after a file change before the reload", not_negative
+    )
+    workers: int | str = setting(
+        1, 'processes sharing the listening ports (SO_REUSEPORT); "auto" = one per CPU', workers
+    )
+    worker_port_base: int = setting(
+        0,
+        "workers' own ports: worker i gets base+i (UDP/TCP) and base+N+i (TLS); 0 = any free",
+        port,
     )
 
 
@@ -383,10 +306,6 @@ class RegistrarSettings:
     max_bindings: int = setting(
         10, "contacts one number may have registered at once (more: 403)", at_least(1)
     )
-
-
-def nameservers(values: tuple[str, ...]) -> str | None:
-    return next((problem for v in values if (problem := ip_and_port(v)) is not None), None)
 
 
 @dataclass(frozen=True, slots=True)

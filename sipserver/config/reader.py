@@ -120,6 +120,9 @@ class Reader:
                 return self.value(raw, options[0], keypath)
             if ipaddress.IPv4Network in options:
                 return self._network(raw, keypath)
+            if set(options) == {int, str}:  # a count, or a word like "auto"
+                kind = int if isinstance(raw, int) and not isinstance(raw, bool) else str
+                return self._scalar(raw, kind, keypath)
             raise TypeError(kind)
         if origin is tuple:
             if not isinstance(raw, list):

@@ -7,7 +7,7 @@ built from it through a custom collector. It knows nothing of the server's insid
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import structlog
@@ -161,6 +161,10 @@ def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
+Page = tuple[int, str, bytes]  # status, content type, body
+Pages = Callable[[bytes], Awaitable[Page]]
+
+
 async def serve_admin(
     snapshot: Snapshot,
     host: str,
@@ -169,6 +173,28 @@ async def serve_admin(
 ) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(snapshot))
+
+    async def pages(path: bytes) -> Page:
+        if path == b"/healthz":
+            status, payload = health(snapshot())
+            return status, "application/json", json.dumps(payload).encode() + b"\n"
+        if path == b"/metrics":
+            return 200, METRICS_TYPE, generate_latest(registry)
+        return 404, "text/plain", b"/healthz or /metrics\n"
+
+    await serve_http(pages, host, port, task_status=task_status)
+
+
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def serve_http(
+    pages: Pages,
+    host: str,
+    port: int,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A tiny HTTP/1.1 server for GETs: one request per connection, bounded in time."""
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
@@ -183,14 +209,8 @@ async def serve_admin(
                 path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
                 if method != b"GET":
                     status, ctype, body = 405, "text/plain", b"GET only\n"
-                elif path == b"/healthz":
-                    status, payload = health(snapshot())
-                    ctype, body = "application/json", json.dumps(payload).encode() + b"\n"
-                elif path == b"/metrics":
-                    ctype = "text/plain; version=0.0.4; charset=utf-8"
-                    status, body = 200, generate_latest(registry)
                 else:
-                    status, ctype, body = 404, "text/plain", b"/healthz or /metrics\n"
+                    status, ctype, body = await pages(path)
                 head = (
                     f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

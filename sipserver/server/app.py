@@ -52,8 +52,12 @@ class Server:
         *,
         config_path: Path | None = None,
         overrides: Callable[[Config], Config] = lambda c: c,
+        worker: tuple[int, int] | None = None,
     ) -> None:
+        """`worker`: (index, count) when this is one of several processes sharing the
+        ports (the supervisor in server/workers.py starts them)."""
         self.config = config
+        self.worker = worker
         self.stats = ServerStats()
         limits = config.limits
         self.repeats = RepeatFilter()
@@ -104,7 +108,8 @@ class Server:
         try:
             await self._serve(task_status, handle_signals)
         finally:
-            self.peer_watch.save(_now())
+            if self.worker is None or self.worker[0] == 0:  # one writer for the peer table
+                self.peer_watch.save(_now())
         log.info("server_stopped")
 
     async def _serve(
@@ -114,7 +119,12 @@ class Server:
         async with trio.open_nursery() as nursery:
             self.streams.nursery = nursery
             await self.listeners.start(
-                nursery, cfg.server, self._serve_udp, self.streams.serve_tcp, self.streams.serve_tls
+                nursery,
+                cfg.server,
+                self._serve_udp,
+                self.streams.serve_tcp,
+                self.streams.serve_tls,
+                self.worker,
             )
             self.core.set_ports(
                 self.listeners.sip_port or cfg.server.sip_port,
@@ -137,7 +147,7 @@ class Server:
                     nursery.cancel_scope,
                 )
             log.info(
-                "server_ready",
+                "server_ready" if self.worker is None else "worker_ready",
                 fqdn=cfg.server.fqdn,
                 listeners=[str(item) for item in self.listeners.open],
                 peers=[p.name for p in cfg.peers],

@@ -33,6 +33,7 @@ class Listener:
     transport: Transport
     address: str
     port: int
+    own: bool = False  # a worker's own port (in its Via and Record-Route), not the shared one
 
     def __str__(self) -> str:
         return f"{self.transport}:{format_address((self.address, self.port))}"
@@ -47,11 +48,16 @@ class Listeners:
 
     @property
     def sip_port(self) -> int | None:
-        return next((item.port for item in self.open if item.transport != Transport.TLS), None)
+        """The UDP/TCP port for our Via and Record-Route: a worker's own, else the shared."""
+        return self._port(lambda item: item.transport != Transport.TLS)
 
     @property
     def tls_port(self) -> int | None:
-        return next((item.port for item in self.open if item.transport == Transport.TLS), None)
+        return self._port(lambda item: item.transport == Transport.TLS)
+
+    def _port(self, wanted: Callable[[Listener], bool]) -> int | None:
+        ports = [item for item in self.open if wanted(item)]
+        return next((i.port for i in sorted(ports, key=lambda i: not i.own)), None)
 
     async def start(
         self,
@@ -60,8 +66,36 @@ class Listeners:
         serve_udp: UdpHandler,
         serve_tcp: StreamHandler,
         serve_tls: StreamHandler,
+        worker: tuple[int, int] | None = None,
     ) -> None:
-        sip_port, tls_port = settings.sip_port, settings.tls_port
+        """Open every listener. As worker `index` of `count`, the configured ports are
+        shared with the other workers (SO_REUSEPORT) and the worker opens ports of its own,
+        which its Via and Record-Route name, so that what answers it comes back to it."""
+        handlers = (serve_udp, serve_tcp, serve_tls)
+        shared = worker is not None
+        await self._open_set(
+            nursery, settings, settings.sip_port, settings.tls_port, handlers, shared
+        )
+        if worker is not None:
+            index, count = worker
+            base = settings.worker_port_base
+            own_sip, own_tls = (base + index, base + count + index) if base else (0, 0)
+            await self._open_set(nursery, settings, own_sip, own_tls, handlers, False, own=True)
+        if not self.open:
+            raise StartupError("no listener could be opened")
+
+    async def _open_set(
+        self,
+        nursery: trio.Nursery,
+        settings: ServerSettings,
+        sip_port: int,
+        tls_port: int,
+        handlers: tuple[UdpHandler, StreamHandler, StreamHandler],
+        reuse_port: bool,
+        *,
+        own: bool = False,
+    ) -> None:
+        serve_udp, serve_tcp, serve_tls = handlers
         if (
             sip_port == 0
             and Transport.UDP in settings.transports
@@ -77,10 +111,14 @@ class Listeners:
                 port = tls_port if transport == Transport.TLS else sip_port
                 try:
                     if transport == Transport.UDP:
-                        bound = await self._open_udp(nursery, address, port, serve_udp)
+                        bound = await self._open_udp(
+                            nursery, address, port, serve_udp, reuse_port, own
+                        )
                     else:
                         handler = serve_tls if transport == Transport.TLS else serve_tcp
-                        bound = await self._open_stream(nursery, transport, address, port, handler)
+                        bound = await self._open_stream(
+                            nursery, transport, address, port, handler, reuse_port, own
+                        )
                 except OSError as exc:
                     if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and address in (
                         "::",
@@ -100,17 +138,21 @@ class Listeners:
                     tls_port = bound
                 elif transport != Transport.TLS and sip_port == 0:
                     sip_port = bound
-        if not self.open:
-            raise StartupError("no listener could be opened")
 
     async def _open_udp(
-        self, nursery: trio.Nursery, address: str, port: int, serve: UdpHandler
+        self,
+        nursery: trio.Nursery,
+        address: str,
+        port: int,
+        serve: UdpHandler,
+        reuse_port: bool,
+        own: bool,
     ) -> int:
-        sock = await open_udp_socket(address, port)
+        sock = await open_udp_socket(address, port, reuse_port=reuse_port)
         local = sock.getsockname()[:2]
         self.udp_sockets[local] = sock
         nursery.start_soon(serve, sock, local)
-        return self._opened(Transport.UDP, local)
+        return self._opened(Transport.UDP, local, own)
 
     async def _open_stream(
         self,
@@ -119,16 +161,27 @@ class Listeners:
         address: str,
         port: int,
         handler: StreamHandler,
+        reuse_port: bool,
+        own: bool,
     ) -> int:
-        listeners = await trio.open_tcp_listeners(port, host=address, backlog=1024)
+        if reuse_port:
+            listeners = [await _shared_tcp_listener(address, port)]
+        else:
+            listeners = await trio.open_tcp_listeners(port, host=address, backlog=1024)
         local = listeners[0].socket.getsockname()[:2]
         self._socket_listeners.extend(listeners)
         await nursery.start(self._accept, nursery, handler, listeners)
-        return self._opened(transport, local)
+        return self._opened(transport, local, own)
 
-    def _opened(self, transport: Transport, local: tuple[str, int]) -> int:
-        self.open.append(Listener(transport, local[0], local[1]))
-        log.info("listener_started", transport=transport, address=local[0], port=local[1])
+    def _opened(self, transport: Transport, local: tuple[str, int], own: bool = False) -> int:
+        self.open.append(Listener(transport, local[0], local[1], own))
+        log.info(
+            "listener_started",
+            transport=transport,
+            address=local[0],
+            port=local[1],
+            own=own or None,  # a worker's own port
+        )
         return int(local[1])
 
     async def _accept(
@@ -154,11 +207,38 @@ class Listeners:
                 await listener.aclose()
 
     def udp_socket(self, local: tuple[str, int], remote_host: str) -> trio.socket.SocketType | None:
-        """The socket a datagram arrived on, else one of the right family."""
+        """The socket a datagram arrived on, else one of the right family: a worker's own
+        first, so that peers that answer the source port (not our Via) answer this worker."""
         if sock := self.udp_sockets.get(local):
             return sock
         family = socket.AF_INET6 if ":" in remote_host else socket.AF_INET
-        return next((s for s in self.udp_sockets.values() if s.family == family), None)
+        own = {(item.address, item.port) for item in self.open if item.own}
+        fitting = [(addr, s) for addr, s in self.udp_sockets.items() if s.family == family]
+        fitting.sort(key=lambda entry: entry[0] not in own)
+        return fitting[0][1] if fitting else None
+
+
+async def _shared_tcp_listener(address: str, port: int) -> trio.SocketListener:
+    """A listening socket that other workers' sockets share (SO_REUSEPORT): the kernel
+    hands each new connection to one of them."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind((address, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def port_free_for_both(addresses: tuple[str, ...]) -> int | None:
+    """A port number UDP and TCP can both bind on all these addresses right now."""
+    return _port_free_for_both(addresses)
 
 
 def _port_free_for_both(addresses: tuple[str, ...], attempts: int = 50) -> int | None:

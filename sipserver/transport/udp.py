@@ -8,7 +8,11 @@ import socket
 import trio
 
 
-async def open_udp_socket(address: str, port: int) -> trio.socket.SocketType:
+async def open_udp_socket(
+    address: str, port: int, *, reuse_port: bool = False
+) -> trio.socket.SocketType:
+    """`reuse_port`: several worker processes share the port; the kernel spreads the
+    datagrams over them by source, so one peer's datagrams all reach the same worker."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = trio.socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -16,6 +20,8 @@ async def open_udp_socket(address: str, port: int) -> trio.socket.SocketType:
             # "::" and "0.0.0.0" on the same port must not collide.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         await sock.bind((address, port))

@@ -157,8 +157,18 @@ class RunningServer:
             return [e for e in self.lines if e.get("event") == event]
 
     def port(self, transport: str) -> int:
+        """The listening port (the shared one, with several workers)."""
         return int(
-            self.wait_for("listener_started", transport=transport, address="127.0.0.1")["port"]
+            self.wait_until(
+                lambda e: (
+                    e.get("event") == "listener_started"
+                    and e.get("transport") == transport
+                    and e.get("address") == "127.0.0.1"
+                    and not e.get("own")
+                ),
+                10.0,
+                f"listener_started {transport} 127.0.0.1",
+            )["port"]
         )
 
     @property

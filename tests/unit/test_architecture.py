@@ -21,6 +21,7 @@ PURE_ROOTS = (
     "sipserver.sip",
     "sipserver.pki",
     "sipserver.settings",
+    "sipserver.settings_checks",
     "sipserver.errors",
 )
 FORBIDDEN = {
@@ -42,7 +43,7 @@ CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "c
 
 # Layers, lowest first: a module may import its own layer and those below it.
 LAYERS = [
-    ("sipserver.errors", "sipserver.sip", "sipserver.pki"),
+    ("sipserver.errors", "sipserver.sip", "sipserver.pki", "sipserver.settings_checks"),
     ("sipserver.settings", "sipserver.routing"),
     ("sipserver.proxy",),
     ("sipserver.config", "sipserver.certstore", "sipserver.log"),

@@ -1,0 +1,286 @@
+"""Every core of the machine: `server.workers = N` runs N worker processes that share the
+listening ports (SO_REUSEPORT), under this supervisor.
+
+The kernel hands each new TCP/TLS connection to one worker, and spreads UDP datagrams by
+their source, so one peer socket's datagrams (a request, its retransmissions and its
+CANCEL) reach one worker. Each worker also listens on ports of its own and puts them in its
+Via and Record-Route: responses to what it sent, and in-dialog requests of the calls it
+routed, come back to it. A connection is served by the worker that accepted it.
+
+The supervisor picks the shared ports (when the configuration says 0), makes the server
+certificate once (so the workers do not each generate one), starts the workers, says
+`server_ready` once all of them are, forwards SIGHUP (reload) and SIGTERM/SIGINT (drain)
+to them, restarts one that dies, and serves /healthz and /metrics summed over them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import structlog
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from sipserver.certstore import CertificateSetupError
+from sipserver.server.admin import METRICS_TYPE, Page, serve_http
+from sipserver.server.credentials import Credentials
+from sipserver.settings import Config
+from sipserver.sip.flow import Transport
+from sipserver.transport.listeners import StartupError, port_free_for_both
+
+log = structlog.get_logger("sipserver")
+
+READY_WITHIN = 30.0  # seconds every worker gets to open its listeners
+ASK_TIMEOUT = 2.0  # seconds a worker's admin page may take
+RESTART_PAUSE = 1.0
+# Gauges that add up over workers; the others show the worst (highest, or for target_up
+# and certificate days, lowest) worker's value.
+SUMMED_GAUGES = {"sipserver_connections_open", "sipserver_registered_bindings"}
+LOWEST_GAUGES = {
+    "sipserver_target_up",
+    "sipserver_certificate_days_to_expiry",
+    "sipserver_peer_certificate_days_to_expiry",
+}
+
+
+def worker_count(setting: int | str) -> int:
+    if setting == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return int(setting)
+
+
+def _free_tcp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class Supervisor:
+    def __init__(self, config: Config, run_args: list[str], count: int) -> None:
+        """`run_args`: the `sipserver run` options each worker gets (config, log format...)."""
+        self.config = config
+        self.run_args = run_args
+        self.count = count
+        self.admin_ports = [_free_tcp_port() for _ in range(count)]
+        self.processes: list[trio.Process | None] = [None] * count
+        self.stopping = False
+        self.ready = False
+
+    def _shared_ports(self) -> tuple[int, int]:
+        server = self.config.server
+        sip, tls = server.sip_port, server.tls_port
+        if sip == 0:
+            sip = port_free_for_both(server.addresses) or 0
+        if tls == 0:
+            tls = _free_tcp_port(server.addresses[0] if server.addresses else "127.0.0.1")
+        return sip, tls
+
+    def _command(self, index: int, sip: int, tls: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "sipserver",
+            "run",
+            *self.run_args,
+            "--sip-port",
+            str(sip),
+            "--tls-port",
+            str(tls),
+            "--worker-index",
+            str(index),
+            "--workers",
+            str(self.count),
+            "--admin-address",
+            f"127.0.0.1:{self.admin_ports[index]}",
+        ]
+
+    async def run(self) -> int:
+        if Transport.TLS in self.config.server.transports:
+            try:  # once, here: N workers must not each generate a certificate of their own
+                Credentials(lambda _: None).prepare(self.config, dt.datetime.now(dt.UTC))
+            except CertificateSetupError as exc:
+                raise StartupError(str(exc)) from exc
+        sip, tls = self._shared_ports()
+        failed = trio.Event()
+        # Signals are ours from the start: a SIGHUP during start-up must not kill us.
+        wanted = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+        with trio.open_signal_receiver(*wanted) as signals:
+            return await self._supervise(sip, tls, failed, signals)
+
+    async def _supervise(
+        self, sip: int, tls: int, failed: trio.Event, signals: AsyncIterator[int]
+    ) -> int:
+        async with trio.open_nursery() as nursery:
+            for index in range(self.count):
+                nursery.start_soon(self._keep, index, self._command(index, sip, tls), failed)
+            with trio.move_on_after(READY_WITHIN) as waiting:
+                async with trio.open_nursery() as race:
+                    race.start_soon(self._all_answer, race.cancel_scope)
+                    race.start_soon(self._first_failure, failed, race.cancel_scope)
+            if failed.is_set() or waiting.cancelled_caught:
+                await self._stop_all(signal.SIGTERM)
+                nursery.cancel_scope.cancel()
+                raise StartupError("a worker could not start (its log lines say why)")
+            self.ready = True
+            log.info("server_ready", workers=self.count, sip_port=sip, tls_port=tls)
+            admin = self.config.admin.host_port
+            if admin is not None:
+                await nursery.start(serve_http, self._page, admin[0], admin[1])
+            await self._signals(signals)
+            nursery.cancel_scope.cancel()
+        log.info("server_stopped", workers=self.count)
+        return 0
+
+    async def _keep(self, index: int, command: list[str], failed: trio.Event) -> None:
+        """Run worker `index`; restart it if it dies while the server is up."""
+        while True:
+            process = await trio.lowlevel.open_process(command)
+            self.processes[index] = process
+            code = await process.wait()
+            if self.stopping:
+                return
+            if not self.ready:
+                failed.set()
+                return
+            log.error("worker_exited", worker_index=index, returncode=code, action="restarted")
+            await trio.sleep(RESTART_PAUSE)
+
+    async def _first_failure(self, failed: trio.Event, scope: trio.CancelScope) -> None:
+        await failed.wait()
+        scope.cancel()
+
+    async def _all_answer(self, scope: trio.CancelScope) -> None:
+        for port in self.admin_ports:
+            while await _get(port, "/healthz") is None:
+                await trio.sleep(0.05)
+        scope.cancel()
+
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("workers_reloading", signal="SIGHUP")
+                self._send(signal.SIGHUP)
+                continue
+            log.info("workers_stopping", signal=signal.Signals(signum).name)
+            await self._stop_all(signal.SIGTERM)
+            return
+
+    def _send(self, signum: int) -> None:
+        for process in self.processes:
+            if process is not None and process.returncode is None:
+                process.send_signal(signum)
+
+    async def _stop_all(self, signum: int) -> None:
+        """Drain every worker (each finishes its calls within server.shutdown_grace)."""
+        self.stopping = True
+        self._send(signum)
+        with trio.move_on_after(self.config.server.shutdown_grace + 15):
+            for process in self.processes:
+                if process is not None:
+                    await process.wait()
+            return
+        self._send(signal.SIGKILL)
+
+    # --- /healthz and /metrics over every worker ------------------------------------------
+    async def _page(self, path: bytes) -> Page:
+        if path == b"/healthz":
+            return await self._health()
+        if path == b"/metrics":
+            return 200, METRICS_TYPE, await self._metrics()
+        return 404, "text/plain", b"/healthz or /metrics\n"
+
+    async def _health(self) -> Page:
+        answers = [await _get(port, "/healthz") for port in self.admin_ports]
+        workers: list[dict[str, Any]] = []
+        for index, answer in enumerate(answers):
+            if answer is None:
+                workers.append({"index": index, "status": "unreachable", "problems": ["no answer"]})
+            else:
+                workers.append({"index": index, **json.loads(answer[1] or b"{}")})
+        problems = [f"worker {w['index']}: {p}" for w in workers for p in w.get("problems", [])]
+        first = next((w for w in workers if "certificate" in w), {})
+        body = {
+            "status": "ok" if not problems else "unhealthy",
+            "problems": problems,
+            "workers": len(workers),
+            "listeners": first.get("listeners", []),
+            "certificate": first.get("certificate"),
+            "overloaded": any(w.get("overloaded") for w in workers),
+            "calls_shed": sum(int(w.get("calls_shed", 0)) for w in workers),
+            "peers_expiring": sorted({p for w in workers for p in w.get("peers_expiring", [])}),
+            "registered_bindings": sum(int(w.get("registered_bindings", 0)) for w in workers),
+            "per_worker": workers,
+        }
+        return (200 if not problems else 503), "application/json", json.dumps(body).encode()
+
+    async def _metrics(self) -> bytes:
+        texts = [await _get(port, "/metrics") for port in self.admin_ports]
+        merged = merge_metrics([t[1].decode() for t in texts if t is not None])
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(merged, sum(t is not None for t in texts)))
+        return generate_latest(registry)
+
+
+def merge_metrics(texts: list[str]) -> list[Metric]:
+    """The workers' metrics as one set: counters summed, gauges summed or worst-of."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            samples = values.setdefault(family.name, {})
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in samples:
+                    samples[key] = sample.value
+                elif family.type == "counter" or family.name in SUMMED_GAUGES:
+                    samples[key] += sample.value
+                elif family.name in LOWEST_GAUGES:
+                    samples[key] = min(samples[key], sample.value)
+                else:
+                    samples[key] = max(samples[key], sample.value)
+    out = []
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+        out.append(family)
+    return out
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric], workers_up: int) -> None:
+        self.families, self.workers_up = families, workers_up
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+        up = Metric("sipserver_workers_up", "Worker processes answering", "gauge")
+        up.add_sample("sipserver_workers_up", {}, self.workers_up)
+        yield up
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes] | None:
+    """GET a worker's admin page: (status, body), or None when it does not answer."""
+    try:
+        with trio.fail_after(ASK_TIMEOUT):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: worker\r\n\r\n".encode())
+                data = b""
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        return None
+    return int(parts[1]), body

@@ -1,0 +1,123 @@
+"""`server.workers = 2`: two processes share the listening ports (SO_REUSEPORT). Calls
+spread over both complete, because each worker's Via and Record-Route name a port of its
+own, so responses and in-dialog requests come back to the worker that routed the call;
+a reload (SIGHUP) and a drain (SIGTERM) reach both; /metrics adds up over both; every log
+line says which worker wrote it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from tests.configs import one_target_plan, table
+from tests.e2e.conftest import RunningServer, StartServer, free_port
+from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
+from tests.e2e.sipp_scenarios import call_uac, call_uas
+
+pytestmark = pytest.mark.e2e
+
+CALLERS = 8  # separate sockets: the kernel spreads them over the workers by source port
+CALLS_EACH = 2
+
+
+def two_workers(start_server: StartServer, uas_port: int, admin: int) -> RunningServer:
+    return start_server(
+        server_extra="workers = 2",
+        extra_config=one_target_plan("unsecured", uas_port, "udp")
+        + table("admin", {"address": f"127.0.0.1:{admin}"}),
+    )
+
+
+def page(admin: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_calls_spread_over_two_workers_complete_and_metrics_add_up(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    uas_port, admin = free_port(), free_port()
+    server = two_workers(start_server, uas_port, admin)
+    ready = server.wait_for("server_ready")
+    assert (ready["workers"], ready["worker"]) == (2, "main")
+    calls = CALLERS * CALLS_EACH
+    uac = call_uac(tmp_path / "uac.xml")
+    with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port, calls=calls) as callee:
+        callers = [
+            subprocess.Popen(
+                sipp_caller_command(uac, server.sip_port, "5000", calls=CALLS_EACH),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=tmp_path,
+            )
+            for _ in range(CALLERS)
+        ]
+        for caller in callers:
+            out, _ = caller.communicate(timeout=90)
+            assert caller.returncode == 0, out[-3000:]
+        assert_callee_ok(callee)
+    routed = server.wait_count("call_routed", calls, dial_plan="main")
+    byes = server.wait_count("in_dialog_request_routed", calls, method="BYE")
+    # Every call's BYE came back, through our Record-Route, to the worker that routed it.
+    worker_of = {line["call_id"]: line["worker"] for line in routed}
+    assert {line["call_id"]: line["worker"] for line in byes} == worker_of
+    per_worker: dict[int, int] = defaultdict(int)
+    for worker in worker_of.values():
+        per_worker[worker] += 1
+    assert set(per_worker) <= {0, 1}
+    metrics = page(admin, "/metrics")
+    answered = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("sipserver_calls_total{") and 'outcome="answered"' in line
+    )
+    assert float(answered.split()[-1]) == calls  # summed over the workers
+    assert "sipserver_workers_up 2.0" in metrics
+    health = json.loads(page(admin, "/healthz"))
+    assert health["status"] == "ok" and health["workers"] == 2
+    # Each worker listens on the shared ports and on its own.
+    shared = [e for e in server.events("listener_started") if not e.get("own")]
+    own = [e for e in server.events("listener_started") if e.get("own")]
+    assert {e["worker"] for e in shared} == {e["worker"] for e in own} == {0, 1}
+    assert len({e["port"] for e in shared if e["transport"] == "udp"}) == 1
+    assert len({e["port"] for e in own if e["transport"] == "udp"}) == 2
+
+
+def test_reload_and_drain_reach_both_workers(start_server: StartServer) -> None:
+    server = two_workers(start_server, free_port(), free_port())
+    server.wait_for("server_ready")
+    server.process.send_signal(signal.SIGHUP)
+    reloaded = server.wait_count("config_reloaded", 2)
+    assert {line["worker"] for line in reloaded} == {0, 1}
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    drained = server.wait_count("server_draining", 2)
+    assert {line["worker"] for line in drained} == {0, 1}
+    assert server.wait_for("server_stopped", worker="main")["workers"] == 2
+
+
+def test_a_worker_that_dies_is_restarted(start_server: StartServer) -> None:
+    server = two_workers(start_server, free_port(), free_port())
+    server.wait_for("server_ready")
+    supervisor = server.process.pid
+    # trio starts processes from a thread: ask every thread of the supervisor.
+    tasks = Path(f"/proc/{supervisor}/task").glob("*/children")
+    children = [pid for task in tasks for pid in task.read_text().split()]
+    (worker_1,) = [
+        pid
+        for pid in children
+        if "--worker-index\x001\x00" in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+    os.kill(int(worker_1), signal.SIGKILL)
+    exited = server.wait_for("worker_exited", worker_index=1, timeout=15)
+    assert exited["action"] == "restarted" and exited["returncode"] == -signal.SIGKILL
+    ready = server.wait_count("worker_ready", 3, timeout=20)
+    assert [line["worker"] for line in ready].count(1) == 2
