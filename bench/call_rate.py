@@ -2,7 +2,8 @@
 """Proxied call throughput: sipp caller -> sipserver -> sipp callee.
 
 For UDP, TCP, TLS (stunnel with client certificates on both legs, as in the e2e tests),
-mtls-new (as mtls-tcp, but a new TCP connection per call, so a new mutual-TLS handshake)
+mtls-new (as mtls-tcp, but a new TCP connection per call, so a new mutual-TLS handshake),
+tcp-new (plain TCP, a new connection per call: load that SO_REUSEPORT spreads over workers)
 and mtls-tcp (the caller over one persistent mutual-TLS connection through stunnel, the
 callee over plain TCP: the scenario compared with Kamailio) it places calls (INVITE/100/180/200/ACK/BYE/200 through the proxy) at increasing rates for
 --seconds per step and prints answered and failed calls, setup-time percentiles (INVITE
@@ -59,7 +60,7 @@ def start_bench_server(
 ) -> tuple[subprocess.Popen[str], int, int]:
     _write_pki(work, ca)
     security = "sip-secured" if transport == "tls" else "unsecured"
-    target_transport = "tcp" if transport in ("mtls-tcp", "mtls-new") else transport
+    target_transport = "tcp" if transport in ("mtls-tcp", "mtls-new", "tcp-new") else transport
     config = work / f"bench-{transport}.toml"
     config.write_text(
         '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\nsip_port = 0\ntls_port = 0\n'
@@ -131,7 +132,7 @@ def step(
     calls = max(1, int(rate * seconds))
     sipp_t = "u1" if transport == "udp" else "t1"  # t1: one TCP connection each way
     # tn: a TCP connection (so, through stunnel, a new mutual-TLS handshake) per call
-    caller_t = "tn" if transport == "mtls-new" else sipp_t
+    caller_t = "tn" if transport in ("mtls-new", "tcp-new") else sipp_t
     uac = call_uac(work / "uac.xml", shed_retry_after=5 if SHED_OK else None)
     uas = call_uas(work / "uas.xml")
     for old in work.glob("uac_*_rtt.csv"):
@@ -219,6 +220,16 @@ def step(
     }
 
 
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (a server drains what it admitted, up to shutdown_grace), then SIGKILL."""
+    proc.terminate()
+    try:
+        proc.wait(45)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -291,7 +302,7 @@ def main() -> int:
                 )
             start = start_kamailio if args.proxy == "kamailio" else start_bench_server
             proc, sip_port, tls_port = start(work, ca, transport, target_port)
-            stack.callback(lambda p=proc: (p.terminate(), p.wait(10)))
+            stack.callback(stop_process, proc)
             caller_port = sip_port
             if transport in ("tls", "mtls-tcp", "mtls-new"):
                 gw = make_leaf(ca, dns=["gw1.example.test"])
