@@ -89,7 +89,7 @@ def sipp_counts(stdout: str, calls: int) -> tuple[int, int]:
 
 
 def rtt_percentiles(files: list[Path]) -> dict[str, float]:
-    """p50/p90/p99 of sipp's -trace_rtt files (milliseconds)."""
+    """Mean and p50/p90/p99 of sipp's -trace_rtt files (milliseconds)."""
     rtts = sorted(
         float(row[1])
         for path in files
@@ -100,7 +100,8 @@ def rtt_percentiles(files: list[Path]) -> dict[str, float]:
     def pct(p: float) -> float:
         return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
 
-    return {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)}
+    mean = sum(rtts) / len(rtts) if rtts else float("nan")
+    return {"mean": mean, "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -9,7 +9,7 @@ socket, reads a clock or logs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from sipserver.pki.certinfo import CertInfo
@@ -154,7 +154,7 @@ class SipCore:
         return CoreStatistics.of(self.draining, self.shedder, self.record, self.registrar, targets)
 
     # --- DNS (RFC 3263): the shell runs the lookups the core asks for -------------------
-    def take_lookups(self) -> list[Lookup]:
+    def take_lookups(self) -> Sequence[Lookup]:
         return self.forwarder.picker.locations.take_lookups()
 
     def located(self, lookup: Lookup, located: Located, now: float) -> list[Transmit]:

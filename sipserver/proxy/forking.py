@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.calls import Branch, ProxyCall, best_response
-from sipserver.proxy.events import AttemptFailed, Event
+from sipserver.proxy.events import Event
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.targets import note_failure
 from sipserver.settings import PeerSettings
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Flow, Transmit, Transport
@@ -132,15 +133,8 @@ class Forking:
         if not branch.pending:
             return []
         branch.final, branch.failure = status, reason
-        call.attempts.append(f"{branch.target.name} at {branch.flow.remote_text}: {reason}")
-        self.events.append(
-            AttemptFailed(
-                call_id=call.request.call_id,
-                target=branch.target.name,
-                reason=reason,
-                attempt=call.attempt,
-                dial_plan=call.plan.name if call.plan else None,
-            )
+        note_failure(
+            self.events, call, f"{branch.target.name} at {branch.flow.remote_text}", reason
         )
         return self._branches_settled(call, now)
 

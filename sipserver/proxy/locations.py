@@ -5,6 +5,7 @@ bounded in time) and hands back a `Located`, which resumes the calls that waited
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -60,7 +61,9 @@ class Locations(Generic[W]):
             self._waiting[lookup] = []
             self._asked.append(lookup)
 
-    def take_lookups(self) -> list[Lookup]:
+    def take_lookups(self) -> Sequence[Lookup]:
+        if not self._asked:  # the shell asks after every message: no new list each time
+            return ()
         asked, self._asked = self._asked, []
         return asked
 

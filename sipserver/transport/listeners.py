@@ -43,6 +43,7 @@ class Listeners:
     def __init__(self) -> None:
         self.open: list[Listener] = []
         self.udp_sockets: dict[tuple[str, int], trio.socket.SocketType] = {}
+        self._outbound_udp: dict[int, trio.socket.SocketType] = {}  # by address family
         self._accept_scopes: list[trio.CancelScope] = []
         self._socket_listeners: list[trio.SocketListener] = []
 
@@ -212,10 +213,17 @@ class Listeners:
         if sock := self.udp_sockets.get(local):
             return sock
         family = socket.AF_INET6 if ":" in remote_host else socket.AF_INET
+        try:
+            return self._outbound_udp[family]
+        except KeyError:
+            pass
         own = {(item.address, item.port) for item in self.open if item.own}
         fitting = [(addr, s) for addr, s in self.udp_sockets.items() if s.family == family]
         fitting.sort(key=lambda entry: entry[0] not in own)
-        return fitting[0][1] if fitting else None
+        if not fitting:
+            return None
+        self._outbound_udp[family] = fitting[0][1]  # the listeners are open: it stays so
+        return fitting[0][1]
 
 
 async def _shared_tcp_listener(address: str, port: int) -> trio.SocketListener:
