@@ -9,6 +9,7 @@ limits.idle_timeout, writes by limits.send_timeout.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import math
 import os
 from collections.abc import Callable
@@ -146,6 +147,10 @@ class Server:
                     lambda: self.config.server.shutdown_grace,
                     nursery.cancel_scope,
                 )
+            # Everything made so far (modules, configuration, certificates) lives as long as
+            # the server: keep it out of the collector's full passes, whose pauses grow
+            # with the heap and show as a tail of slow calls.
+            gc.freeze()
             log.info(
                 "server_ready" if self.worker is None else "worker_ready",
                 fqdn=cfg.server.fqdn,
