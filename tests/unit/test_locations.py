@@ -156,3 +156,21 @@ def test_a_503_from_one_address_moves_on_to_the_next() -> None:
     ).encode()
     out = core.receive_datagram(busy, Flow(Transport.UDP, ("", 0), first.flow.remote), 0.2)
     assert ("198.51.100.2", 5080) in [t.flow.remote for t in out]
+
+
+def test_health_checks_of_a_located_target_ping_its_first_address() -> None:
+    checked = parse_config(
+        table("server", {"fqdn": "sip.example.test"})
+        + peer("gw1", kind="gateway", addresses=["192.0.2.10"], transport="udp", health_check=None)
+        + peer("pbx", addresses=[], transport="udp", health_check=30.0)
+        + dial_plan("main", "unsecured", ["pbx"])
+    )
+    core = SipCore(checked)
+    assert core.handle_timers(0.0) == []  # not located yet: nothing to ping
+    (lookup,) = core.take_lookups()
+    assert lookup == LOOKUP
+    core.located(lookup, FOUND, 0.1)
+    (ping,) = core.handle_timers(1.0)  # tried again a second later
+    assert ping.flow.remote == ("198.51.100.1", 5070)
+    request = parse(ping)
+    assert isinstance(request, Request) and request.method == "OPTIONS"
