@@ -88,13 +88,14 @@ def sipp_counts(stdout: str, calls: int) -> tuple[int, int]:
     return (int(ok.group(1)) if ok else 0), (int(bad.group(1)) if bad else calls)
 
 
-def rtt_percentiles(files: list[Path]) -> dict[str, float]:
-    """Mean and p50/p90/p99 of sipp's -trace_rtt files (milliseconds)."""
+def rtt_percentiles(files: list[Path], rtd: str = "1") -> dict[str, float]:
+    """Mean and p50/p90/p99 of sipp's -trace_rtt files (milliseconds), for one response-time
+    timer (rows: date;ms;rtd number)."""
     rtts = sorted(
         float(row[1])
         for path in files
         for row in csv.reader(path.open(), delimiter=";")
-        if len(row) > 1 and row[1].replace(".", "", 1).isdigit()
+        if len(row) > 1 and row[1].replace(".", "", 1).isdigit() and row[2:3] in ([], [rtd])
     )
 
     def pct(p: float) -> float:

@@ -217,6 +217,8 @@ def step(
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
         **rtt_percentiles(list(work.glob("uac_*_rtt.csv"))),
+        # --overload: INVITE -> 503 of the shed calls (sipp's second response-time timer)
+        "shed_p99": rtt_percentiles(list(work.glob("uac_*_rtt.csv")), rtd="2")["p99"],
     }
 
 
@@ -325,7 +327,8 @@ def main() -> int:
                     f"{transport:<9} {rate:>5} {result['ok']:>9} {result['shed']:>5} {result['failed']:>7} "
                     f"{result['achieved']:>8.1f} {result['mean']:>7.1f} "
                     f"{result['p50']:>7.1f} {result['p90']:>7.1f} {result['p99']:>7.1f} "
-                    f"{result['cpu_ms_per_call']:>7.2f}",
+                    f"{result['cpu_ms_per_call']:>7.2f}"
+                    + (f"  503 p99 {result['shed_p99']:.0f} ms" if result["shed"] else ""),
                     flush=True,
                 )
                 if (

@@ -186,7 +186,8 @@ def call_uac(
     else:
         shed = ""
         if shed_retry_after is not None:
-            invite += f"""  <recv response="503" optional="true" next="shed">
+            # rtd 2: how long a shed call waited for its 503 (rtd 1: the answered calls)
+            invite += f"""  <recv response="503" optional="true" next="shed" rtd="2">
     <action><ereg regexp="^ *{shed_retry_after}$" search_in="hdr" header="Retry-After:"
       check_it="true" assign_to="retry"/></action>
   </recv>
