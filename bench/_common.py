@@ -53,7 +53,11 @@ def start_server(
     ports: dict[str, int] = {}
     assert proc.stdout is not None
     for line in proc.stdout:
-        event = json.loads(line)
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            print(f"server said: {line.rstrip()}", file=sys.stderr)
+            continue
         if event["event"] == "listener_started" and not event.get("own"):
             ports.setdefault(event["transport"], event["port"])  # the shared port, with workers
         if event["event"] == "server_ready":

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     # Set by the supervisor for each of server.workers processes; not for people.
     run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     run.add_argument("--workers", type=int, help=argparse.SUPPRESS)
-    run.add_argument("--admin-address", help=argparse.SUPPRESS)
+    run.add_argument("--admin-socket", help=argparse.SUPPRESS)
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log.level"
     )
@@ -142,14 +142,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sipserver: --fqdn {server_over['fqdn']!r} is not a valid FQDN", file=sys.stderr)
         return 2
 
-    admin = args.admin_address
-
     def apply(config: Config) -> Config:
         return dataclasses.replace(
             config,
             server=dataclasses.replace(config.server, **server_over),  # type: ignore[arg-type]
             log=dataclasses.replace(config.log, **log_over),  # type: ignore[arg-type]
-            admin=dataclasses.replace(config.admin, address=admin) if admin else config.admin,
         )
 
     try:
@@ -164,7 +161,13 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(
         config.log.level, config.log.format, worker=None if worker is None else worker[0]
     )
-    server = Server(config, config_path=args.config, overrides=apply, worker=worker)
+    server = Server(
+        config,
+        config_path=args.config,
+        overrides=apply,
+        worker=worker,
+        admin_socket=args.admin_socket,
+    )
     try:
         trio.run(server.run)
     except StartupError as exc:

@@ -7,6 +7,7 @@ built from it through a custom collector. It knows nothing of the server's insid
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -163,14 +164,11 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Servic
 
 Page = tuple[int, str, bytes]  # status, content type, body
 Pages = Callable[[bytes], Awaitable[Page]]
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-async def serve_admin(
-    snapshot: Snapshot,
-    host: str,
-    port: int,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
+def snapshot_pages(snapshot: Snapshot) -> Pages:
+    """/healthz and /metrics from a snapshot taken per request."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(snapshot))
 
@@ -182,18 +180,39 @@ async def serve_admin(
             return 200, METRICS_TYPE, generate_latest(registry)
         return 404, "text/plain", b"/healthz or /metrics\n"
 
-    await serve_http(pages, host, port, task_status=task_status)
+    return pages
 
 
-METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-async def serve_http(
+async def serve_admin(
     pages: Pages,
     host: str,
     port: int,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """The admin listener on host:port (admin.address)."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("admin_listener_started", address=host, port=bound)
+    task_status.started(bound)
+    await serve_http(pages, listeners)
+
+
+async def serve_admin_socket(
+    pages: Pages,
+    path: str,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The admin pages on a Unix socket: a worker's, for its supervisor (no port to pick,
+    so no other listener can take it first)."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(path)
+    sock.listen(16)
+    log.info("admin_listener_started", socket=path)
+    task_status.started()
+    await serve_http(pages, [trio.SocketListener(sock)])
+
+
+async def serve_http(pages: Pages, listeners: list[trio.SocketListener]) -> None:
     """A tiny HTTP/1.1 server for GETs: one request per connection, bounded in time."""
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -221,8 +240,4 @@ async def serve_http(
         finally:
             await trio.aclose_forcefully(stream)
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-    log.info("admin_listener_started", address=host, port=bound)
-    task_status.started(bound)
     await trio.serve_listeners(handle, listeners)

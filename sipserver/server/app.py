@@ -21,7 +21,7 @@ import trio
 from sipserver.certstore import CertificateSetupError, ServerCredentials
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.locations import Lookup
-from sipserver.server.admin import serve_admin
+from sipserver.server.admin import serve_admin, serve_admin_socket, snapshot_pages
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
 from sipserver.server.event_log import log_event
@@ -54,11 +54,14 @@ class Server:
         config_path: Path | None = None,
         overrides: Callable[[Config], Config] = lambda c: c,
         worker: tuple[int, int] | None = None,
+        admin_socket: str | None = None,
     ) -> None:
         """`worker`: (index, count) when this is one of several processes sharing the
-        ports (the supervisor in server/workers.py starts them)."""
+        ports (the supervisor in server/workers.py starts them); `admin_socket`: where it
+        serves /healthz and /metrics for the supervisor."""
         self.config = config
         self.worker = worker
+        self.admin_socket = admin_socket
         self.stats = ServerStats()
         limits = config.limits
         self.repeats = RepeatFilter()
@@ -157,9 +160,12 @@ class Server:
                 listeners=[str(item) for item in self.listeners.open],
                 peers=[p.name for p in cfg.peers],
             )
+            pages = snapshot_pages(self.snapshot)
             admin = cfg.admin.host_port
-            if admin is not None:
-                await nursery.start(serve_admin, self.snapshot, admin[0], admin[1])
+            if self.admin_socket is not None:  # a worker: its supervisor serves admin.address
+                await nursery.start(serve_admin_socket, pages, self.admin_socket)
+            elif admin is not None:
+                await nursery.start(serve_admin, pages, admin[0], admin[1])
             task_status.started(list(self.listeners.open))
 
     def _apply(self, new: Config, credentials: ServerCredentials | None) -> None:

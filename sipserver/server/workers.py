@@ -17,9 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -31,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from sipserver.certstore import CertificateSetupError
-from sipserver.server.admin import METRICS_TYPE, Page, serve_http
+from sipserver.server.admin import METRICS_TYPE, Page, serve_admin
 from sipserver.server.credentials import Credentials
 from sipserver.settings import Config
 from sipserver.sip.flow import Transport
@@ -70,7 +72,8 @@ class Supervisor:
         self.config = config
         self.run_args = run_args
         self.count = count
-        self.admin_ports = [_free_tcp_port() for _ in range(count)]
+        self._sockets_dir = tempfile.mkdtemp(prefix="sipserver-workers-")
+        self.admin_sockets = [f"{self._sockets_dir}/worker-{i}.sock" for i in range(count)]
         self.processes: list[trio.Process | None] = [None] * count
         self.stopping = False
         self.ready = False
@@ -99,11 +102,17 @@ class Supervisor:
             str(index),
             "--workers",
             str(self.count),
-            "--admin-address",
-            f"127.0.0.1:{self.admin_ports[index]}",
+            "--admin-socket",
+            self.admin_sockets[index],
         ]
 
     async def run(self) -> int:
+        try:
+            return await self._run()
+        finally:
+            shutil.rmtree(self._sockets_dir, ignore_errors=True)
+
+    async def _run(self) -> int:
         if Transport.TLS in self.config.server.transports:
             try:  # once, here: N workers must not each generate a certificate of their own
                 Credentials(lambda _: None).prepare(self.config, dt.datetime.now(dt.UTC))
@@ -134,7 +143,7 @@ class Supervisor:
             log.info("server_ready", workers=self.count, sip_port=sip, tls_port=tls)
             admin = self.config.admin.host_port
             if admin is not None:
-                await nursery.start(serve_http, self._page, admin[0], admin[1])
+                await nursery.start(serve_admin, self._page, admin[0], admin[1])
             await self._signals(signals)
             nursery.cancel_scope.cancel()
         log.info("server_stopped", workers=self.count)
@@ -159,8 +168,8 @@ class Supervisor:
         scope.cancel()
 
     async def _all_answer(self, scope: trio.CancelScope) -> None:
-        for port in self.admin_ports:
-            while await _get(port, "/healthz") is None:
+        for path in self.admin_sockets:
+            while await _get(path, "/healthz") is None:
                 await trio.sleep(0.05)
         scope.cancel()
 
@@ -199,7 +208,7 @@ class Supervisor:
         return 404, "text/plain", b"/healthz or /metrics\n"
 
     async def _health(self) -> Page:
-        answers = [await _get(port, "/healthz") for port in self.admin_ports]
+        answers = [await _get(path, "/healthz") for path in self.admin_sockets]
         workers: list[dict[str, Any]] = []
         for index, answer in enumerate(answers):
             if answer is None:
@@ -223,7 +232,7 @@ class Supervisor:
         return (200 if not problems else 503), "application/json", json.dumps(body).encode()
 
     async def _metrics(self) -> bytes:
-        texts = [await _get(port, "/metrics") for port in self.admin_ports]
+        texts = [await _get(path, "/metrics") for path in self.admin_sockets]
         merged = merge_metrics([t[1].decode() for t in texts if t is not None])
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Fixed(merged, sum(t is not None for t in texts)))
@@ -267,11 +276,11 @@ class _Fixed(Collector):
         yield up
 
 
-async def _get(port: int, path: str) -> tuple[int, bytes] | None:
+async def _get(socket_path: str, path: str) -> tuple[int, bytes] | None:
     """GET a worker's admin page: (status, body), or None when it does not answer."""
     try:
         with trio.fail_after(ASK_TIMEOUT):
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            stream = await trio.open_unix_socket(socket_path)
             async with stream:
                 await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: worker\r\n\r\n".encode())
                 data = b""
