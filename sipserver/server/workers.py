@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from sipserver.certstore import CertificateSetupError
-from sipserver.server.admin import METRICS_TYPE, Page, serve_admin
+from sipserver.server.admin import METRICS_TYPE, Page, serve_http
 from sipserver.server.credentials import Credentials
 from sipserver.settings import Config
 from sipserver.sip.flow import Transport
@@ -128,6 +128,15 @@ class Supervisor:
     async def _supervise(
         self, sip: int, tls: int, failed: trio.Event, signals: AsyncIterator[int]
     ) -> int:
+        admin = self.config.admin.host_port
+        listeners: list[trio.SocketListener] = []
+        if admin is not None:  # bound before the workers bind free ports of their own
+            try:
+                listeners = await trio.open_tcp_listeners(admin[1], host=admin[0])
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on admin.address {admin[0]}:{admin[1]}: {exc.strerror}"
+                ) from exc
         async with trio.open_nursery() as nursery:
             for index in range(self.count):
                 nursery.start_soon(self._keep, index, self._command(index, sip, tls), failed)
@@ -141,9 +150,10 @@ class Supervisor:
                 raise StartupError("a worker could not start (its log lines say why)")
             self.ready = True
             log.info("server_ready", workers=self.count, sip_port=sip, tls_port=tls)
-            admin = self.config.admin.host_port
-            if admin is not None:
-                await nursery.start(serve_admin, self._page, admin[0], admin[1])
+            if admin is not None and listeners:
+                port = listeners[0].socket.getsockname()[1]
+                log.info("admin_listener_started", address=admin[0], port=port)
+                nursery.start_soon(serve_http, self._page, listeners)
             await self._signals(signals)
             nursery.cancel_scope.cancel()
         log.info("server_stopped", workers=self.count)
