@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -129,7 +129,7 @@ def _overrides(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, o
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sipserver.server import Server, StartupError
+    from sipserver.server import Server
     from sipserver.server.workers import worker_count
 
     server_over, log_over = _overrides(args)
@@ -168,8 +168,15 @@ def _run(args: argparse.Namespace) -> int:
         worker=worker,
         admin_socket=args.admin_socket,
     )
+    return _until_stopped(server.run)
+
+
+def _until_stopped(run: Callable[[], Awaitable[object]]) -> int:
+    """Run the server (or the workers' supervisor): 1 when it cannot start, saying why."""
+    from sipserver.server import StartupError
+
     try:
-        trio.run(server.run)
+        trio.run(run)
     except StartupError as exc:
         structlog.get_logger("sipserver").error("server_start_failed", error=str(exc))
         print(f"sipserver: {exc}", file=sys.stderr)
@@ -181,7 +188,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace, config: Config, count: int) -> int:
     """server.workers > 1: this process starts and watches the workers."""
-    from sipserver.server import StartupError
     from sipserver.server.workers import Supervisor
 
     configure_logging(config.log.level, config.log.format, worker="main")
@@ -193,14 +199,7 @@ def _supervise(args: argparse.Namespace, config: Config, count: int) -> int:
     for option in ("fqdn", "log_format", "log_level"):
         if (value := getattr(args, option)) is not None:
             passed += [f"--{option.replace('_', '-')}", str(value)]
-    try:
-        return trio.run(Supervisor(config, passed, count).run)
-    except StartupError as exc:
-        structlog.get_logger("sipserver").error("server_start_failed", error=str(exc))
-        print(f"sipserver: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    return _until_stopped(Supervisor(config, passed, count).run)
 
 
 def _folder_problems(config: Config) -> list[str]:
