@@ -4,10 +4,11 @@ end presented (for the call line). The pool implements this; the core never impo
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 from sipserver.pki.certinfo import CertInfo
-from sipserver.settings import PeerSettings
+from sipserver.settings import IPNetwork, PeerSettings
 from sipserver.sip.flow import Flow, Transport
 
 
@@ -38,21 +39,15 @@ class NoConnections:
         return None
 
 
-_SINGLE: dict[int, tuple[PeerSettings, str | None]] = {}  # per configured peer, by identity
-
-
 def single_address(target: PeerSettings) -> str | None:
-    """The one address configured for the target, if it has one (worked out once)."""
-    known = _SINGLE.get(id(target))
-    if known is not None and known[0] is target:
-        return known[1]
-    address = next(
-        (str(net.network_address) for net in target.addresses if net.num_addresses == 1), None
-    )
-    if len(_SINGLE) > 4096:  # reloads bring new peer objects
-        _SINGLE.clear()
-    _SINGLE[id(target)] = (target, address)
-    return address
+    """The one address configured for the target, if it has one."""
+    return _single_address(target.addresses)
+
+
+@functools.lru_cache(maxsize=1024)
+def _single_address(addresses: tuple[IPNetwork, ...]) -> str | None:
+    # Asked for every attempt: formatting an address costs more than the cache lookup.
+    return next((str(net.network_address) for net in addresses if net.num_addresses == 1), None)
 
 
 def target_flow(

@@ -57,6 +57,8 @@ ALLOW = (
 )
 ACCEPT = "application/sdp"
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags we honour in Require/Proxy-Require
+# What OPTIONS says we support: those, and outbound (RFC 5626) for registering softphones.
+SUPPORTED = ", ".join(sorted(SUPPORTED_OPTIONS | {"outbound"}))
 
 
 class SipCore:
@@ -339,7 +341,7 @@ class SipCore:
         headers = (
             ("Allow", ALLOW),
             ("Accept", ACCEPT),
-            ("Supported", ", ".join(sorted(SUPPORTED_OPTIONS | {"outbound"}))),
+            ("Supported", SUPPORTED),
         )
         return self.responder.answer(tx, 200, "OK", now, headers=headers)
 

@@ -39,7 +39,6 @@ class Forking:
         uri: str,
         flow: Flow,
         now: float,
-        kind: str = "forward",
     ) -> list[Transmit]:
         raise NotImplementedError
 
@@ -100,7 +99,7 @@ class Forking:
         call.branches = []
         out: list[Transmit] = []
         for phone, flow, contact in usable:
-            out += self._send_attempt(call, phone, flow.transport, contact, flow, now, "fork")
+            out += self._send_attempt(call, phone, flow.transport, contact, flow, now)
         return out
 
     def _on_branch_response(

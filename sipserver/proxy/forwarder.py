@@ -142,9 +142,9 @@ class Forwarder(Forking):
         uri: str,
         flow: Flow,
         now: float,
-        kind: str = "forward",
     ) -> list[Transmit]:
         call.attempt += 1
+        kind = "fork" if call.branches is not None else "forward"
         call.target, call.target_flow = target, flow
         forwarded = self._forwarded_copy(call, uri, transport, target)
         tx, first = ClientTransaction.create(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.events import Event, RegistrationChanged
@@ -75,23 +76,27 @@ class Registrar:
     def __init__(self, responder: Responder, events: list[Event]) -> None:
         self.responder = responder
         self.events = events
+        # The same bindings three ways: what a call, a closing connection and an in-dialog
+        # request to a softphone each look for.
         self.by_number: dict[str, list[Binding]] = {}
         self._on_flow: dict[Flow, list[Binding]] = {}
+        self._of_peer: dict[str, list[Binding]] = {}
+        self._count = 0
         self.changes: Counter[str] = Counter()  # change -> how many, for /metrics
         self._wakeups: WakeUps[Binding] = WakeUps(lambda b: b.active, self.__len__)
         self.settings = RegistrarSettings()
 
     def __len__(self) -> int:
-        return sum(len(bindings) for bindings in self.by_number.values())
+        return self._count
 
     def configure(self, config: Config, us: OurAddress) -> None:
         """Bindings carry over; those of a peer that is gone, is no softphone any more, or
         lost the number are removed."""
         self.settings, self.us = config.registrar, us
         softphones = {p.name: p for p in config.peers if p.is_softphone}
-        for bindings in list(self.by_number.values()):
+        for name, bindings in list(self._of_peer.items()):
+            peer = softphones.get(name)
             for binding in list(bindings):
-                peer = softphones.get(binding.peer)
                 if peer is None:
                     self._remove(binding, "removed", "peer no longer configured as a softphone")
                 elif binding.number not in peer.numbers:
@@ -104,17 +109,12 @@ class Registrar:
     def flow_to(self, peer: str, transport: Transport) -> Flow | None:
         """The newest flow a softphone registered over with that transport (for in-dialog
         requests to it)."""
-        flows = (
-            binding
-            for bindings in self.by_number.values()
-            for binding in bindings
-            if binding.peer == peer and binding.flow.transport == transport
-        )
+        flows = (b for b in self._of_peer.get(peer, ()) if b.flow.transport == transport)
         newest = max(flows, key=lambda binding: binding.expires_at, default=None)
         return newest.flow if newest is not None else None
 
     def count_by_transport(self) -> Counter[str]:
-        return Counter(str(b.flow.transport) for bs in self.by_number.values() for b in bs)
+        return Counter(str(b.flow.transport) for bs in self._of_peer.values() for b in bs)
 
     # --- REGISTER ----------------------------------------------------------------------
     def register(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
@@ -215,17 +215,19 @@ class Registrar:
                 reg_id=contact.reg_id,
                 cert_sha256=context.peer_cert.thumbprint_sha256 if context.peer_cert else None,
             )
-            self.by_number.setdefault(number, []).append(binding)
-            self._on_flow.setdefault(binding.flow, []).append(binding)
+            _link(self.by_number, number, binding)
+            _link(self._on_flow, binding.flow, binding)
+            _link(self._of_peer, binding.peer, binding)
+            self._count += 1
             self._note(binding, "added", now)
             self._evict_oldest(number, now)
         else:
             binding = existing
             change = "refreshed" if binding.flow == context.flow else "replaced"
             if change == "replaced":
-                self._unlink_flow(binding)
+                _unlink(self._on_flow, binding.flow, binding)
                 binding.flow = context.flow
-                self._on_flow.setdefault(binding.flow, []).append(binding)
+                _link(self._on_flow, binding.flow, binding)
             binding.contact, binding.expires_at = contact.uri, now + expires
             binding.call_id, binding.cseq = request.call_id or "", request.cseq[0]
             if context.peer_cert is not None:
@@ -292,20 +294,11 @@ class Registrar:
         if not binding.active:
             return
         binding.active = False
-        bindings = self.by_number.get(binding.number, [])
-        if binding in bindings:
-            bindings.remove(binding)
-            if not bindings:
-                del self.by_number[binding.number]
-        self._unlink_flow(binding)
+        _unlink(self.by_number, binding.number, binding)
+        _unlink(self._on_flow, binding.flow, binding)
+        _unlink(self._of_peer, binding.peer, binding)
+        self._count -= 1
         self._note(binding, change, None, reason)
-
-    def _unlink_flow(self, binding: Binding) -> None:
-        on_flow = self._on_flow.get(binding.flow)
-        if on_flow is not None and binding in on_flow:
-            on_flow.remove(binding)
-            if not on_flow:
-                del self._on_flow[binding.flow]
 
     def _note(
         self, binding: Binding, change: str, now: float | None, reason: str | None = None
@@ -327,3 +320,18 @@ class Registrar:
                 call_id=binding.call_id,
             )
         )
+
+
+K = TypeVar("K")
+
+
+def _link(index: dict[K, list[Binding]], key: K, binding: Binding) -> None:
+    index.setdefault(key, []).append(binding)
+
+
+def _unlink(index: dict[K, list[Binding]], key: K, binding: Binding) -> None:
+    entries = index.get(key)
+    if entries is not None and binding in entries:
+        entries.remove(binding)
+        if not entries:
+            del index[key]

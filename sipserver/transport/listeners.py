@@ -16,7 +16,7 @@ import trio
 from sipserver.errors import SipServerError
 from sipserver.settings import ServerSettings
 from sipserver.sip.flow import Transport, format_address
-from sipserver.transport.udp import open_udp_socket
+from sipserver.transport.udp import bound_socket, open_udp_socket
 
 log = structlog.get_logger("sipserver")
 
@@ -229,14 +229,8 @@ class Listeners:
 async def _shared_tcp_listener(address: str, port: int) -> trio.SocketListener:
     """A listening socket that other workers' sockets share (SO_REUSEPORT): the kernel
     hands each new connection to one of them."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock = await bound_socket(address, port, socket.SOCK_STREAM, reuse_port=True)
     try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        await sock.bind((address, port))
         sock.listen(1024)
     except BaseException:
         sock.close()

@@ -68,6 +68,7 @@ def test_calls_spread_over_two_workers_complete_and_metrics_add_up(
     byes = server.wait_count("in_dialog_request_routed", calls, method="BYE")
     # Every call's BYE came back, through our Record-Route, to the worker that routed it.
     worker_of = {line["call_id"]: line["worker"] for line in routed}
+    assert len(worker_of) == len(routed) == calls  # each call routed once, by one worker
     assert {line["call_id"]: line["worker"] for line in byes} == worker_of
     per_worker: dict[int, int] = defaultdict(int)
     for worker in worker_of.values():

@@ -27,20 +27,38 @@ pytestmark = pytest.mark.e2e
 
 
 def baresip_config(
-    folder: Path, pki: Pki, listen_port: int, server_tls_port: int, srtp: bool
+    folder: Path,
+    pki: Pki,
+    listen_port: int,
+    server_tls_port: int,
+    srtp: bool,
+    *,
+    softphone: Issued | None = None,
 ) -> Path:
+    """baresip calling as gw1; or, with `softphone` (phone1's certificate), registering
+    7001 as an RFC 5626 client (the uuid module gives it its +sip.instance) and answering
+    every call, fed by the bridge device (ausine cannot feed an 8 kHz call it answers)."""
     folder.mkdir(parents=True, exist_ok=True)
-    cert = pki.combined("baresip-gw1", pki.gw1)
+    if softphone is None:
+        cert, source, uuid = pki.combined("baresip-gw1", pki.gw1), "ausine,440", ""
+    else:
+        cert, source = pki.combined("baresip-phone1", softphone), "aubridge,nil"
+        uuid = "module_tmp\tuuid.so\n"
     (folder / "config").write_text(
         f"poll_method\tepoll\nsip_listen\t127.0.0.1:{listen_port}\nsip_certificate\t{cert}\n"
-        f"sip_cafile\t{pki.ca_file}\naudio_player\taubridge,nil\naudio_source\tausine,440\n"
+        f"sip_cafile\t{pki.ca_file}\naudio_player\taubridge,nil\naudio_source\t{source}\n"
         "audio_alert\taubridge,nil\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\n"
-        "module\tausine.so\nmodule\taubridge.so\nmodule\tsrtp.so\nmodule_app\taccount.so\nmodule_app\tmenu.so\n"
+        f"module\tausine.so\nmodule\taubridge.so\nmodule\tsrtp.so\n{uuid}"
+        "module_app\taccount.so\nmodule_app\tmenu.so\n"
+    )
+    account = (
+        "<sip:gw1@gw1.example.test;transport=tls>;regint=0;"
+        if softphone is None
+        else "<sip:7001@sip.example.test;transport=tls>;regint=120;sipnat=outbound;answermode=auto;"
     )
     media = ";mediaenc=srtp-mand" if srtp else ""
     (folder / "accounts").write_text(
-        f"<sip:gw1@gw1.example.test;transport=tls>;regint=0;"
-        f'outbound="sip:127.0.0.1:{server_tls_port};transport=tls"{media}\n'
+        f'{account}outbound="sip:127.0.0.1:{server_tls_port};transport=tls"{media}\n'
     )
     (folder / "contacts").write_text("")
     return folder
@@ -85,30 +103,6 @@ def test_baresip_calls_through_sipserver_over_mutual_tls(
     assert server.wait_for("in_dialog_request_routed", method="BYE")["status"] == 200
 
 
-def baresip_softphone(
-    folder: Path, pki: Pki, cert: Issued, server_tls_port: int, srtp: bool
-) -> Path:
-    """baresip as a registered softphone: RFC 5626 outbound over its own mutual-TLS
-    connection, answering every call."""
-    baresip_config(folder, pki, free_port(), server_tls_port, srtp)
-    config = folder / "config"
-    config.write_text(
-        config.read_text()
-        .replace(
-            str(pki.root / "clients" / "baresip-gw1.pem"), str(pki.combined("baresip-phone1", cert))
-        )
-        .replace("module_app\taccount.so", "module_tmp\tuuid.so\nmodule_app\taccount.so")
-        # ausine cannot feed an 8 kHz call it answers: the bridge device can.
-        .replace("audio_source\tausine,440", "audio_source\taubridge,nil")
-    )
-    media = ";mediaenc=srtp-mand" if srtp else ""
-    (folder / "accounts").write_text(
-        "<sip:7001@sip.example.test;transport=tls>;regint=120;sipnat=outbound;answermode=auto;"
-        f'outbound="sip:127.0.0.1:{server_tls_port};transport=tls"{media}\n'
-    )
-    return folder
-
-
 @pytest.mark.parametrize("security", ["sip-secured", "secured"])
 def test_baresip_registers_and_answers_a_gateway_call_over_its_own_connection(
     start_server: StartServer, pki: Pki, tmp_path: Path, security: str
@@ -118,7 +112,9 @@ def test_baresip_registers_and_answers_a_gateway_call_over_its_own_connection(
     softphone = peer("phone1", kind="softphone", addresses=[], numbers=["7001"], health_check=None)
     plan = dial_plan("phones", security, ["phone1"], numbers=["70xx"])
     server = start_server(extra_config=softphone + plan)
-    folder = baresip_softphone(tmp_path / "baresip", pki, phone_cert, server.tls_port, srtp)
+    folder = baresip_config(
+        tmp_path / "baresip", pki, free_port(), server.tls_port, srtp, softphone=phone_cert
+    )
     phone = subprocess.Popen(
         [need("baresip"), "-f", str(folder), "-t", "60"],
         stdout=subprocess.PIPE,
