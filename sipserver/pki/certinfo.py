@@ -69,6 +69,9 @@ class CertInfo:
         return self.not_before <= now <= self.not_after
 
 
+# Keyed by the certificate itself (hashed and compared by its DER): a gateway that opens a
+# connection per call presents the same certificate each time.
+@functools.lru_cache(maxsize=1024)
 def describe(cert: x509.Certificate) -> CertInfo:
     der = cert.public_bytes(serialization.Encoding.DER)
     san_dns: tuple[str, ...] = ()

@@ -46,6 +46,9 @@ class TransactionTable:
     def __init__(self) -> None:
         self.server: dict[tuple[str, ...], ServerTransaction] = {}
         self.client: dict[tuple[str, str], ClientTransaction] = {}
+        # The same transactions by the flow they went out on: a closing connection asks for
+        # its own, and thousands of INVITEs wait out Timer M on other flows.
+        self._client_on: dict[Flow, dict[tuple[str, str], ClientTransaction]] = {}
         self.settled: dict[tuple[str, ...], SettledAnswer] = {}
         self._settled_expiry: collections.deque[tuple[float, tuple[str, ...]]] = collections.deque()
         self.wakeups: WakeUps[Transaction] = WakeUps(
@@ -53,7 +56,11 @@ class TransactionTable:
         )
 
     def add_client(self, tx: ClientTransaction) -> None:
+        previous = self.client.get(tx.key)
+        if previous is not None:
+            self.forget_client(previous)
         self.client[tx.key] = tx
+        self._client_on.setdefault(tx.context.flow, {})[tx.key] = tx
 
     def client_for(self, response: Response) -> ClientTransaction | None:
         """The client transaction a response belongs to (§17.1.3), if any."""
@@ -63,11 +70,19 @@ class TransactionTable:
             return None
 
     def forget_client(self, tx: ClientTransaction) -> None:
-        if self.client.get(tx.key) is tx:
-            del self.client[tx.key]
+        if self.client.get(tx.key) is not tx:
+            return
+        del self.client[tx.key]
+        on_flow = self._client_on[tx.context.flow]
+        del on_flow[tx.key]
+        if not on_flow:
+            del self._client_on[tx.context.flow]
 
     def clients_on(self, flow: Flow) -> list[ClientTransaction]:
-        return [t for t in self.client.values() if not t.terminated and t.context.flow == flow]
+        on_flow = self._client_on.get(flow)
+        if not on_flow:
+            return []
+        return [t for t in on_flow.values() if not t.terminated]
 
     def schedule(self, tx: Transaction) -> None:
         self.wakeups.schedule(tx)
