@@ -2,7 +2,9 @@
 """Proxied call throughput: sipp caller -> sipserver -> sipp callee.
 
 For UDP, TCP, TLS (stunnel with client certificates on both legs, as in the e2e tests),
-mtls-new (as mtls-tcp, but a new TCP connection per call, so a new mutual-TLS handshake),
+mtls-new (as mtls-tcp, but a new TCP connection per call, so a new mutual-TLS handshake:
+resumed, as stunnel offers its last session), mtls-full (as mtls-new, but stunnel never
+resumes: a full handshake with both certificates per call),
 tcp-new (plain TCP, a new connection per call: load that SO_REUSEPORT spreads over workers)
 and mtls-tcp (the caller over one persistent mutual-TLS connection through stunnel, the
 callee over plain TCP: the scenario compared with Kamailio) it places calls (INVITE/100/180/200/ACK/BYE/200 through the proxy) at increasing rates for
@@ -46,6 +48,8 @@ SERVER_LOG: Path | None = None  # --server-log: keep the server's JSON log there
 SHED_OK = False  # --overload: a 503 with Retry-After (load shed) ends a call well
 PROFILE: Path | None = None  # --profile: py-spy the server during each step into this folder
 WORKERS = 1  # --workers: server.workers
+MUTUAL_TLS = ("mtls-tcp", "mtls-new", "mtls-full")  # the caller through stunnel, callee on TCP
+NEW_CONNECTION_PER_CALL = ("mtls-new", "mtls-full", "tcp-new")
 
 
 def _write_pki(work: Path, ca: Issued) -> None:
@@ -60,7 +64,7 @@ def start_bench_server(
 ) -> tuple[subprocess.Popen[str], int, int]:
     _write_pki(work, ca)
     security = "sip-secured" if transport == "tls" else "unsecured"
-    target_transport = "tcp" if transport in ("mtls-tcp", "mtls-new", "tcp-new") else transport
+    target_transport = "tcp" if transport in (*MUTUAL_TLS, "tcp-new") else transport
     config = work / f"bench-{transport}.toml"
     config.write_text(
         '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\nsip_port = 0\ntls_port = 0\n'
@@ -132,7 +136,7 @@ def step(
     calls = max(1, int(rate * seconds))
     sipp_t = "u1" if transport == "udp" else "t1"  # t1: one TCP connection each way
     # tn: a TCP connection (so, through stunnel, a new mutual-TLS handshake) per call
-    caller_t = "tn" if transport in ("mtls-new", "tcp-new") else sipp_t
+    caller_t = "tn" if transport in NEW_CONNECTION_PER_CALL else sipp_t
     uac = call_uac(work / "uac.xml", shed_retry_after=5 if SHED_OK else None)
     uas = call_uas(work / "uas.xml")
     for old in work.glob("uac_*_rtt.csv"):
@@ -306,7 +310,7 @@ def main() -> int:
             proc, sip_port, tls_port = start(work, ca, transport, target_port)
             stack.callback(stop_process, proc)
             caller_port = sip_port
-            if transport in ("tls", "mtls-tcp", "mtls-new"):
+            if transport in ("tls", *MUTUAL_TLS):
                 gw = make_leaf(ca, dns=["gw1.example.test"])
                 gw.write_combined(work / "gw.pem")
                 caller_port = free_port()
@@ -315,7 +319,8 @@ def main() -> int:
                         work,
                         f"[gw]\nclient = yes\naccept = 127.0.0.1:{caller_port}\n"
                         f"connect = 127.0.0.1:{tls_port}\ncert = {work / 'gw.pem'}\n"
-                        f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n",
+                        f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n"
+                        + ("sessionResume = no\n" if transport == "mtls-full" else ""),
                     )
                 )
             best = None

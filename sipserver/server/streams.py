@@ -201,6 +201,7 @@ class StreamService:
             identity_source=result.identity_source,
             tls_version=result.tls_version,
             cipher=result.cipher,
+            tls_session_resumed=result.session_resumed,
             our_thumbprint_sha1=ours.thumbprint_sha1,
             our_thumbprint_sha256=ours.thumbprint_sha256,
             **result.certificate.log_fields("peer_cert_"),
@@ -302,6 +303,7 @@ class StreamService:
             target_fqdn=target.fqdn,
             tls_version=result.tls_version,
             cipher=result.cipher,
+            tls_session_resumed=result.session_resumed,
             **result.certificate.log_fields("target_cert_"),
         )
         return result

@@ -90,7 +90,13 @@ def build_server_context(
     ctx.set_verify(
         SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, _verify_callback
     )
+    # Sessions stay in this context's cache (never in tickets: OP_NO_TICKET), so a peer
+    # that opens a connection per call resumes without sending or having its chain
+    # verified again; the allow-list, revocation and validity dates are still checked on
+    # every connection (tls_handshake). A reload builds a new context and so drops them.
+    # Five minutes, as nginx and Apache keep theirs.
     ctx.set_session_id(b"sipserver")
+    ctx.set_timeout(300)
     return ctx
 
 

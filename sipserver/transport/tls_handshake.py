@@ -4,6 +4,7 @@ refused and which certificate it presented."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,6 +33,7 @@ class TlsAccepted:
     identity_source: str
     tls_version: str
     cipher: str
+    session_resumed: bool  # an abbreviated handshake: no certificates sent, none verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,20 @@ def _chain_refused(record: VerifyRecord) -> TlsRefused:
     return TlsRefused(reason, text, info, fields)
 
 
+def resumed_session_refusal(info: CertInfo, now: dt.datetime) -> TlsRefused | None:
+    """A resumed session skips certificate verification: OpenSSL only checked the
+    certificate when the session was first made, so its validity dates are checked here."""
+    if info.valid_at(now):
+        return None
+    reason, text = describe_verify_error(10 if now > info.not_after else 9)
+    return TlsRefused(
+        reason,
+        f"{text} (the peer resumed a TLS session made while it was valid)",
+        info,
+        {"tls_session_resumed": True},
+    )
+
+
 async def tls_handshake(
     transport: trio.abc.Stream,
     context: SSL.Context,
@@ -167,6 +183,10 @@ async def tls_handshake(
             "no_client_certificate", "the peer sent no client certificate", stream=stream
         )
     info = describe(leaf)
+    resumed = not record.called  # nothing to verify: the peer sent no certificate
+    refusal = resumed_session_refusal(info, dt.datetime.now(dt.UTC)) if resumed else None
+    if refusal is not None:
+        return replace(refusal, stream=stream)
     revoked = revocation.check(leaf) if revocation is not None else None
     if revoked is not None:
         when = revoked.revoked_at.date().isoformat()
@@ -208,6 +228,7 @@ async def tls_handshake(
                 "presented_names": names,
                 "identity_source": match.identities.source,
                 "closest_fqdn": match.closest_fqdn,
+                "tls_session_resumed": resumed,
             },
             stream=stream,
         )
@@ -220,4 +241,5 @@ async def tls_handshake(
         match.identities.source,
         connection.get_protocol_version_name(),
         connection.get_cipher_name() or "",
+        resumed,
     )

@@ -76,6 +76,53 @@ def test_allow_listed_peer_gets_200_over_mutual_tls(
     assert answered["peer_cert_thumbprint_sha256"] == accepted["peer_cert_thumbprint_sha256"]
 
 
+def tls_options_resuming(
+    server: RunningServer, context: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[bytes, ssl.SSLSession | None, bool]:
+    """OPTIONS over a new TLS connection that offers `session` for resumption: the
+    response, the session to resume next time, and whether this one was resumed."""
+    with (
+        socket.create_connection(("127.0.0.1", server.tls_port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_FQDN, session=session) as tls,
+    ):
+        tls.sendall(options("127.0.0.1", server.tls_port, "TLS"))
+        try:
+            reply = read_response(tls)
+        except (ssl.SSLError, ConnectionResetError):
+            reply = b""
+        return reply, tls.session, tls.session_reused
+
+
+@pytest.mark.parametrize("tls12", [False, True])
+def test_a_peer_resumes_its_session_and_is_still_checked_against_the_allow_list(
+    start_server: StartServer, pki: Pki, tls12: bool
+) -> None:
+    """A gateway that opens a connection per call resumes its TLS session (no certificate
+    sent, none verified: much cheaper for both ends); the allow-list still decides."""
+    server = start_server()
+    context = client_context(pki, pki.gw1, "gw1", tls12=tls12)
+    reply, session, resumed = tls_options_resuming(server, context, None)
+    assert status_line(reply) == "SIP/2.0 200 OK" and not resumed
+    first = server.wait_for("tls_peer_accepted", tls_session_resumed=False)
+    reply, _, resumed = tls_options_resuming(server, context, session)
+    assert status_line(reply) == "SIP/2.0 200 OK" and resumed
+    again = server.wait_for("tls_peer_accepted", tls_session_resumed=True)
+    assert again["peer"] == "gw1"
+    assert again["peer_cert_thumbprint_sha256"] == first["peer_cert_thumbprint_sha256"]
+
+    config = server.workdir / "sipserver.toml"
+    reloads = len(server.events("config_reloaded"))
+    config.write_text(
+        config.read_text().replace('fqdn = "gw1.example.test"', 'fqdn = "gw7.example.test"')
+    )
+    server.wait_until(lambda _: len(server.events("config_reloaded")) > reloads, 15, "a reload")
+    reply, _, _ = tls_options_resuming(server, context, session)
+    assert reply == b""
+    event = server.wait_for("tls_peer_refused", reason="not_on_allow_list")
+    assert event["closest_fqdn"] == "gw7.example.test"
+    assert event["peer_cert_thumbprint_sha256"] == first["peer_cert_thumbprint_sha256"]
+
+
 def test_tls12_peer_gets_an_aead_suite(start_server: StartServer, pki: Pki) -> None:
     server = start_server()
     reply = tls_options(server, client_context(pki, pki.gw1, "gw1", tls12=True))

@@ -212,3 +212,16 @@ def test_expiry_schedule_with_an_injected_clock() -> None:
     assert once.due("A", day) and not once.due("A", day + dt.timedelta(hours=15))
     assert once.due("B", day)  # keys are independent
     assert once.due("A", day + dt.timedelta(hours=16, minutes=1))  # the next UTC day
+
+
+def test_a_resumed_session_is_refused_once_its_certificate_is_out_of_date() -> None:
+    # OpenSSL does not look at the certificate again when a peer resumes a session.
+    from sipserver.transport.tls_handshake import resumed_session_refusal
+
+    info = describe(make_leaf(make_ca(), dns=["gw1.example.test"]).cert)
+    assert resumed_session_refusal(info, NOW) is None
+    expired = resumed_session_refusal(info, info.not_after + dt.timedelta(seconds=1))
+    assert expired is not None and expired.reason == "certificate_expired"
+    assert "resumed a TLS session" in expired.detail
+    early = resumed_session_refusal(info, info.not_before - dt.timedelta(seconds=1))
+    assert early is not None and early.reason == "certificate_not_yet_valid"
