@@ -37,16 +37,15 @@ def _verify_callback(
     if not isinstance(record, VerifyRecord):
         return bool(ok)
     record.called = True
-    as_crypto = cert.to_cryptography()
     if not ok:
-        record.errors.append((errno, depth, as_crypto))
+        record.errors.append((errno, depth, cert.to_cryptography()))
         if depth > 0:
             # A chain that fails above the leaf (an untrusted CA the peer sent along) would
             # stop here, and the refusal could only describe that CA. Walk on down to the
             # leaf, which then fails the handshake with OpenSSL's error kept.
             return True
     if depth == 0:
-        record.leaf = as_crypto
+        record.leaf = cert.to_cryptography()
         return bool(ok) and not record.errors
     return bool(ok)
 

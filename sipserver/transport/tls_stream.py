@@ -97,6 +97,9 @@ class TLSStream(trio.abc.Stream):
             await self._write_lock.acquire()
         try:
             wire, self._unsent = self._unsent + self._ciphertext(), b""
+            # What the kernel takes at once skips trio's send_all (its checks and
+            # checkpoint cost more than the send itself on a handshake's small flights).
+            wire = wire[send_some(self._raw, wire) :] if wire else wire
             if wire:
                 await self.transport.send_all(wire)
         finally:
