@@ -369,3 +369,13 @@ def test_a_reload_that_moves_the_target_checks_it_afresh_and_an_unchanged_one_st
     assert core.next_deadline() == float("-inf")  # pinged at once at its new address
     pings = [t for t in core.handle_timers(34.0) if parse(t).cseq[1] == "OPTIONS"]
     assert [t.flow.remote for t in pings] == [("192.0.2.30", 5060)]  # the old one abandoned
+
+
+def test_a_failed_flow_fails_only_the_attempts_sent_on_it() -> None:
+    core, out = start()
+    flow_to_pbx1 = next(t.flow for t in out if t.flow.remote == ("192.0.2.20", 5060))
+    assert core.transport_failed(PBX2, "connection refused", 0.1) == []  # nothing went there
+    assert [tx.context.kind for tx in core.table.clients_on(flow_to_pbx1)] == ["forward"]
+    out = core.transport_failed(flow_to_pbx1, "connection refused", 0.2)
+    assert [m.method for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request)] == ["INVITE"]
+    assert core.table.clients_on(flow_to_pbx1) == []
