@@ -120,6 +120,7 @@ def test_a_peer_resumes_its_session_and_is_still_checked_against_the_allow_list(
     assert reply == b""
     event = server.wait_for("tls_peer_refused", reason="not_on_allow_list")
     assert event["closest_fqdn"] == "gw7.example.test"
+    assert event["tls_session_resumed"] is False  # a reload drops the sessions it held
     assert event["peer_cert_thumbprint_sha256"] == first["peer_cert_thumbprint_sha256"]
 
 

@@ -13,6 +13,7 @@ from sipserver.pki.certinfo import describe, serial_hex
 from sipserver.pki.generate import generate_self_signed
 from sipserver.pki.identity import covers, match_peer, sip_identities
 from sipserver.pki.select import Candidate, choose_certificate
+from sipserver.transport.tls_handshake import resumed_session_refusal
 from tests.certs import NOW, make_ca, make_leaf
 
 
@@ -216,8 +217,6 @@ def test_expiry_schedule_with_an_injected_clock() -> None:
 
 def test_a_resumed_session_is_refused_once_its_certificate_is_out_of_date() -> None:
     # OpenSSL does not look at the certificate again when a peer resumes a session.
-    from sipserver.transport.tls_handshake import resumed_session_refusal
-
     info = describe(make_leaf(make_ca(), dns=["gw1.example.test"]).cert)
     assert resumed_session_refusal(info, NOW) is None
     expired = resumed_session_refusal(info, info.not_after + dt.timedelta(seconds=1))
