@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import shutil
 import socket
@@ -50,6 +51,7 @@ PROFILE: Path | None = None  # --profile: py-spy the server during each step int
 WORKERS = 1  # --workers: server.workers
 MUTUAL_TLS = ("mtls-tcp", "mtls-new", "mtls-full")  # the caller through stunnel, callee on TCP
 NEW_CONNECTION_PER_CALL = ("mtls-new", "mtls-full", "tcp-new")
+TLS_CALLER = "stunnel"  # --tls-caller: who places mtls-new/mtls-full calls
 
 
 def _write_pki(work: Path, ca: Issued) -> None:
@@ -167,6 +169,10 @@ def step(
     cpu_before = cpu_seconds_tree(server_pid)
     raw = PROFILE / f"{transport}-{rate}.txt" if PROFILE else None
     spy = profile(server_pid, seconds, raw) if raw else None
+    if TLS_CALLER == "python" and transport in ("mtls-new", "mtls-full"):
+        return _python_caller_step(
+            work, transport, caller_port, rate, calls, server_pid, started, cpu_before, callee
+        )
     result = subprocess.run(
         [
             "sipp",
@@ -226,6 +232,57 @@ def step(
     }
 
 
+def _python_caller_step(
+    work: Path,
+    transport: str,
+    tls_port: int,
+    rate: int,
+    calls: int,
+    server_pid: int,
+    started: float,
+    cpu_before: float,
+    callee: subprocess.Popen[bytes],
+) -> dict[str, float]:
+    """The step's calls placed by bench/tls_caller.py straight to the TLS port."""
+    rtt = work / "python-caller-setup.txt"
+    command = [
+        sys.executable,
+        str(Path(__file__).parent / "tls_caller.py"),
+        *("--port", str(tls_port), "--cert", str(work / "gw.pem")),
+        *("--ca", str(work / "trust" / "ca.crt"), "--rate", str(rate), "--calls", str(calls)),
+        *("--rtt-file", str(rtt)),
+        *(["--resume"] if transport == "mtls-new" else []),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=calls / rate * 4 + 60)
+    elapsed = time.monotonic() - started
+    cpu = cpu_seconds_tree(server_pid) - cpu_before
+    callee.kill()
+    callee.wait(10)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"  (tls_caller.py: {summary['cpu_ms_per_call']:.2f} ms CPU per call"
+        + (f"; failures: {summary['failures']}" if summary["failures"] else "")
+        + ")",
+        flush=True,
+    )
+    setups = sorted(float(line) for line in rtt.read_text().split())
+
+    def pct(p: float) -> float:
+        return setups[min(len(setups) - 1, int(len(setups) * p))] if setups else float("nan")
+
+    answered = summary["answered"]
+    return {
+        "ok": answered,
+        "shed": 0,
+        "failed": summary["failed"],
+        "achieved": answered / elapsed,
+        "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
+        "mean": sum(setups) / len(setups) if setups else float("nan"),
+        **{f"p{int(p * 100)}": pct(p) for p in (0.5, 0.9, 0.99)},
+        "shed_p99": float("nan"),
+    }
+
+
 def stop_process(proc: subprocess.Popen[str]) -> None:
     """SIGTERM (a server drains what it admitted, up to shutdown_grace), then SIGKILL."""
     proc.terminate()
@@ -266,9 +323,17 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="server.workers: processes sharing the ports"
     )
+    parser.add_argument(
+        "--tls-caller",
+        choices=("stunnel", "python"),
+        default="stunnel",
+        help="mtls-new/mtls-full calls from sipp through stunnel, or from bench/tls_caller.py "
+        "(a TLS client per call at a fraction of stunnel's CPU)",
+    )
     args = parser.parse_args()
-    global SERVER_LOG, SHED_OK, PROFILE, WORKERS
+    global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER
     WORKERS = args.workers
+    TLS_CALLER = args.tls_caller
     SHED_OK = args.overload
     PROFILE = args.profile
     if PROFILE:
@@ -314,15 +379,18 @@ def main() -> int:
                 gw = make_leaf(ca, dns=["gw1.example.test"])
                 gw.write_combined(work / "gw.pem")
                 caller_port = free_port()
-                stack.enter_context(
-                    stunnel(
-                        work,
-                        f"[gw]\nclient = yes\naccept = 127.0.0.1:{caller_port}\n"
-                        f"connect = 127.0.0.1:{tls_port}\ncert = {work / 'gw.pem'}\n"
-                        f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n"
-                        + ("sessionResume = no\n" if transport == "mtls-full" else ""),
+                if TLS_CALLER == "python" and transport in ("mtls-new", "mtls-full"):
+                    caller_port = tls_port  # tls_caller.py speaks TLS itself
+                else:
+                    stack.enter_context(
+                        stunnel(
+                            work,
+                            f"[gw]\nclient = yes\naccept = 127.0.0.1:{caller_port}\n"
+                            f"connect = 127.0.0.1:{tls_port}\ncert = {work / 'gw.pem'}\n"
+                            f"CAfile = {work / 'trust' / 'ca.crt'}\nverifyChain = yes\n"
+                            + ("sessionResume = no\n" if transport == "mtls-full" else ""),
+                        )
                     )
-                )
             best = None
             for rate in rates:
                 result = step(
