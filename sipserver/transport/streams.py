@@ -1,8 +1,11 @@
-"""One TCP or TLS connection: a reader that frames messages and a writer that drains a
-queue bounded in bytes, so a peer that stops reading only ever stalls itself."""
+"""One TCP or TLS connection: a reader that frames messages, and bytes sent straight to the
+kernel; only what the kernel does not take at once waits in a queue bounded in bytes, for a
+writer task started when there is such a queue. A peer that stops reading only ever stalls
+itself, and an idle connection holds one task."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 from collections.abc import Awaitable, Callable
@@ -47,39 +50,47 @@ class StreamConnection:
         self.peer = peer
         self.verified = verified
         self.peer_cert = peer_cert
-        # The channel itself is unbounded; the bound is on queued bytes (limits.send_queue_bytes),
-        # which is what a slow reader actually costs us.
-        self._send, self._queue = trio.open_memory_channel[tuple[bytes, bool]](float("inf"))
+        # (bytes, close after them) waiting for the writer. Bounded in queued bytes
+        # (limits.send_queue_bytes), which is what a slow reader actually costs us.
+        self._pending: collections.deque[tuple[bytes, bool]] = collections.deque()
         self.queue_limit = queue_limit
         self.queued_bytes = 0
-        self._room = trio.Event()
-        self._room.set()
+        self._room: trio.Event | None = None  # made when a sender waits for room
+        # The connection's nursery while it runs; a writer task is started in it only when
+        # bytes wait (an idle connection would otherwise hold a task, a channel and their
+        # frames: about 4 KiB each).
+        self._nursery: trio.Nursery | None = None
+        self._ended = False
+        self._send_timeout = 0.0
         self.messages_in = 0
         self.close_reason = "closed by peer"
         self._cancel: trio.CancelScope | None = None
         self._backlog: BacklogWatch | None = None
-        self._writer_busy = False  # a write is under way: new bytes must queue behind it
+        self._writing = False  # a writer task exists: new bytes must queue behind its write
         self._direct: DirectStream | None = stream if hasattr(stream, "send_nowait") else None  # type: ignore[assignment]
 
     def _put(self, transmit: Transmit) -> None:
+        if self._ended:
+            return
         if (
-            self.queued_bytes == 0
-            and not self._writer_busy
+            not self._pending
+            and not self._writing
             and transmit.data
             and not transmit.close_after
             and self._direct is not None
             and self._direct.send_nowait(transmit.data)
         ):
             if self._direct.has_unsent:  # the kernel took only part: the writer sends the rest
-                self._send.send_nowait((b"", False))
+                self._start_writer()
             return
-        try:
-            self._send.send_nowait((transmit.data, transmit.close_after))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
+        self._pending.append((transmit.data, transmit.close_after))
         self.queued_bytes += len(transmit.data)
-        if self.queued_bytes > self.queue_limit:
-            self._room = trio.Event()
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._writer)
 
     def queue(self, transmit: Transmit) -> None:
         """Queue from another task, which must never wait for this peer: past the byte
@@ -96,8 +107,11 @@ class StreamConnection:
         """Queue an answer produced by this connection's own reader: waiting for room
         slows only this peer, which is what a peer that reads slowly deserves."""
         if self.queued_bytes > self.queue_limit:
+            if self._room is None:
+                self._room = trio.Event()
+            room = self._room
             with trio.move_on_after(timeout) as scope:
-                await self._room.wait()
+                await room.wait()
             if scope.cancelled_caught:
                 self.close(f"send queue stayed full for {timeout:g} s (limits.send_timeout)")
                 return
@@ -119,13 +133,19 @@ class StreamConnection:
         backlog: BacklogWatch | None = None,
     ) -> None:
         self._backlog = backlog
-        async with trio.open_nursery() as nursery:
-            self._cancel = nursery.cancel_scope
-            nursery.start_soon(self._writer, send_timeout)
-            if keepalive_interval > 0:
-                nursery.start_soon(self._keepalive, keepalive_interval)
-            await self._reader(limits, idle_timeout, send_timeout, on_message, on_framing_lost)
-            nursery.cancel_scope.cancel()
+        self._send_timeout = send_timeout
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel, self._nursery = nursery.cancel_scope, nursery
+                if self._pending:  # queued before the connection ran
+                    self._start_writer()
+                if keepalive_interval > 0:
+                    nursery.start_soon(self._keepalive, keepalive_interval)
+                await self._reader(limits, idle_timeout, send_timeout, on_message, on_framing_lost)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._ended, self._nursery = True, None
+            self._pending.clear()
 
     async def _reader(
         self,
@@ -192,26 +212,28 @@ class StreamConnection:
             await trio.sleep(interval)
             self.queue(Transmit(self.flow, b"\r\n\r\n"))
 
-    async def _writer(self, send_timeout: float) -> None:
-        """Send what is queued, everything that is waiting in one write: under load one
-        system call (and one TLS record flush) carries many messages."""
-        while True:
-            try:
-                batch = [await self._queue.receive()]
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return
-            while not batch[-1][1]:  # nothing goes after a message that closes
-                try:
-                    batch.append(self._queue.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-            data = b"".join(item[0] for item in batch)
-            close_after = batch[-1][1]
+    async def _writer(self) -> None:
+        """Send what is queued, everything that is waiting in one write (under load one
+        system call and one TLS record flush carry many messages), until nothing waits."""
+        try:
+            await self._write_pending()
+        finally:
+            self._writing = False
+
+    async def _write_pending(self) -> None:
+        send_timeout = self._send_timeout
+        while self._pending or (self._direct is not None and self._direct.has_unsent):
+            batch: list[bytes] = []
+            close_after = False
+            while self._pending and not close_after:  # nothing goes after a closing message
+                data, close_after = self._pending.popleft()
+                batch.append(data)
+            data = b"".join(batch)
             self.queued_bytes -= len(data)
-            if self.queued_bytes <= self.queue_limit // 2:
+            if self._room is not None and self.queued_bytes <= self.queue_limit // 2:
                 self._room.set()
+                self._room = None
             if data or (self._direct is not None and self._direct.has_unsent):
-                self._writer_busy = True
                 try:
                     with trio.fail_after(send_timeout):
                         await self.stream.send_all(data)
@@ -221,8 +243,6 @@ class StreamConnection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self.close(f"connection broken while sending: {exc}")
                     return
-                finally:
-                    self._writer_busy = False
             if close_after:
                 await self._finish()
                 self.close(self.close_reason)
