@@ -5,7 +5,6 @@ itself, and an idle connection holds one task."""
 
 from __future__ import annotations
 
-import collections
 import itertools
 import math
 from collections.abc import Awaitable, Callable
@@ -52,7 +51,7 @@ class StreamConnection:
         self.peer_cert = peer_cert
         # (bytes, close after them) waiting for the writer. Bounded in queued bytes
         # (limits.send_queue_bytes), which is what a slow reader actually costs us.
-        self._pending: collections.deque[tuple[bytes, bool]] = collections.deque()
+        self._pending: list[tuple[bytes, bool]] = []  # a list: the writer takes it whole
         self.queue_limit = queue_limit
         self.queued_bytes = 0
         self._room: trio.Event | None = None  # made when a sender waits for room
@@ -61,6 +60,7 @@ class StreamConnection:
         # frames: about 4 KiB each).
         self._nursery: trio.Nursery | None = None
         self._ended = False
+        self._closed = False  # close() was called: whatever ends the connection, not idleness
         self._send_timeout = 0.0
         self.messages_in = 0
         self.close_reason = "closed by peer"
@@ -119,6 +119,7 @@ class StreamConnection:
 
     def close(self, reason: str) -> None:
         self.close_reason = reason
+        self._closed = True
         if self._cancel is not None:
             self._cancel.cancel()
 
@@ -136,16 +137,22 @@ class StreamConnection:
         self._send_timeout = send_timeout
         try:
             async with trio.open_nursery() as nursery:
-                self._cancel, self._nursery = nursery.cancel_scope, nursery
+                # The nursery's scope is also the idle timer (the reader pushes its deadline
+                # on after each read): one scope per connection, not two.
+                scope = nursery.cancel_scope
+                scope.deadline = trio.current_time() + idle_timeout
+                self._cancel, self._nursery = scope, nursery
                 if self._pending:  # queued before the connection ran
                     self._start_writer()
                 if keepalive_interval > 0:
                     nursery.start_soon(self._keepalive, keepalive_interval)
                 await self._reader(limits, idle_timeout, send_timeout, on_message, on_framing_lost)
-                nursery.cancel_scope.cancel()
+                scope.cancel()
         finally:
             self._ended, self._nursery = True, None
             self._pending.clear()
+        if scope.cancelled_caught and not self._closed and scope.deadline <= trio.current_time():
+            self.close_reason = f"idle for {idle_timeout:g} s (limits.idle_timeout)"
 
     async def _reader(
         self,
@@ -156,41 +163,38 @@ class StreamConnection:
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
     ) -> None:
         framer = StreamFramer(limits)
-        # One cancel scope for the whole connection, its deadline pushed on after each read:
-        # an idle peer is timed out without a new scope per read.
-        with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as idle:
-            while True:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self.close_reason = f"connection broken: {exc}"
-                    return
-                if not data:
-                    return
-                if self._backlog is not None and self._backlog.active and self._direct:
-                    # Bytes still waiting after this read: the peer sends faster than we
-                    # handle (what the overload guard listens for).
-                    waiting = self._direct.unread()
-                    if waiting:
-                        self._backlog.note_backlog(waiting)
-                try:
-                    items = framer.feed(data)
-                except FramingError as exc:
-                    idle.deadline = math.inf
-                    self.close_reason = f"framing lost: {exc.reason}"
-                    await on_framing_lost(self, exc)
-                    await trio.sleep_forever()  # the writer sends the last answer, then closes
-                for item in items:
-                    if item is PING:
-                        # RFC 5626 §3.5.1 pong
-                        await self.send(Transmit(self.flow, b"\r\n"), send_timeout)
-                        continue
-                    assert isinstance(item, bytes)
-                    self.messages_in += 1
-                    await on_message(self, item)
-                idle.deadline = trio.current_time() + idle_timeout
-        if idle.cancelled_caught:
-            self.close_reason = f"idle for {idle_timeout:g} s (limits.idle_timeout)"
+        idle = self._cancel
+        assert idle is not None
+        while True:
+            try:
+                data = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.close_reason = f"connection broken: {exc}"
+                return
+            if not data:
+                return
+            if self._backlog is not None and self._backlog.active and self._direct:
+                # Bytes still waiting after this read: the peer sends faster than we
+                # handle (what the overload guard listens for).
+                waiting = self._direct.unread()
+                if waiting:
+                    self._backlog.note_backlog(waiting)
+            try:
+                items = framer.feed(data)
+            except FramingError as exc:
+                idle.deadline = math.inf
+                self.close_reason = f"framing lost: {exc.reason}"
+                await on_framing_lost(self, exc)
+                await trio.sleep_forever()  # the writer sends the last answer, then closes
+            for item in items:
+                if item is PING:
+                    # RFC 5626 §3.5.1 pong
+                    await self.send(Transmit(self.flow, b"\r\n"), send_timeout)
+                    continue
+                assert isinstance(item, bytes)
+                self.messages_in += 1
+                await on_message(self, item)
+            idle.deadline = trio.current_time() + idle_timeout
 
     async def _finish(self) -> None:
         """After the last answer on a stream whose framing is lost: say we are done (FIN, or
@@ -223,12 +227,12 @@ class StreamConnection:
     async def _write_pending(self) -> None:
         send_timeout = self._send_timeout
         while self._pending or (self._direct is not None and self._direct.has_unsent):
-            batch: list[bytes] = []
-            close_after = False
-            while self._pending and not close_after:  # nothing goes after a closing message
-                data, close_after = self._pending.popleft()
-                batch.append(data)
-            data = b"".join(batch)
+            batch, self._pending = self._pending, []
+            closing = next((i for i, (_, close) in enumerate(batch) if close), None)
+            if closing is not None:
+                del batch[closing + 1 :]  # nothing goes after a message that closes
+            close_after = closing is not None
+            data = b"".join(item[0] for item in batch)
             self.queued_bytes -= len(data)
             if self._room is not None and self.queued_bytes <= self.queue_limit // 2:
                 self._room.set()
