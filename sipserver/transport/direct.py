@@ -64,6 +64,27 @@ def send_some(sock: socket.socket | None, data: bytes) -> int:
         return 0
 
 
+async def receive_some(sock: socket.socket, max_bytes: int) -> bytes:
+    """What trio's SocketStream.receive_some does, with three frames fewer: each one is
+    held by every idle connection while it waits (about 1.5 KiB in all), and walked on
+    every read. Like trio's, it is a checkpoint and says BrokenResourceError when the
+    connection breaks."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    while True:
+        try:
+            data = sock.recv(max_bytes)
+        except BlockingIOError:
+            pass  # waited for below, outside the handler: it would keep the exception alive
+        except OSError as exc:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the connection was closed") from None
+            raise trio.BrokenResourceError(f"socket error: {exc}") from exc
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        await trio.lowlevel.wait_readable(sock)
+
+
 class PlainStream(trio.abc.Stream):
     """A TCP SocketStream that can also be written without waiting (`send_nowait`)."""
 
@@ -96,7 +117,9 @@ class PlainStream(trio.abc.Stream):
             await self.transport.send_all(data)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await self.transport.receive_some(max_bytes)
+        if self._raw is None:
+            return await self.transport.receive_some(max_bytes)
+        return await receive_some(self._raw, max_bytes or 65536)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()

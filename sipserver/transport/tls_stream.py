@@ -15,7 +15,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-from sipserver.transport.direct import raw_socket, send_some, unread_bytes
+from sipserver.transport.direct import raw_socket, receive_some, send_some, unread_bytes
 
 _CHUNK = 65536
 _OUT_CHUNK = 1 << 18  # larger than anything one send leaves in the BIO
@@ -24,6 +24,41 @@ _OUT_CHUNK = 1 << 18  # larger than anything one send leaves in the BIO
 def _bio_bytes(bio: object) -> int:
     """Bytes held in a memory BIO (BIO_get_mem_data with no pointer just counts them)."""
     return int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
+
+
+def _bio_take(bio: object) -> bytes:
+    """Everything a memory BIO holds, read out of it."""
+    size = _bio_bytes(bio)
+    if size <= 0:
+        return b""
+    buffer = _ffi.new("char[]", size)
+    read = _lib.BIO_read(bio, buffer, size)
+    return bytes(_ffi.buffer(buffer, max(0, read)))
+
+
+def renew_memory_bios(connection: SSL.Connection) -> bytes:
+    """Give the connection new, empty memory BIOs; returns the ciphertext that was waiting
+    to be sent. A memory BIO never gives back the room it grew to, so after a handshake
+    both keep the size of its largest flight (certificate chains included) for as long as
+    the connection lives: about 3 KiB per idle connection. Bytes received but not read
+    yet (a first message sent with the peer's Finished) move to the new one."""
+    old_in = getattr(connection, "_into_ssl", None)
+    old_out = getattr(connection, "_from_ssl", None)
+    ssl = getattr(connection, "_ssl", None)
+    if old_in is None or old_out is None or ssl is None:
+        return b""  # not a memory-BIO connection (or pyOpenSSL changed): keep them
+    new_in, new_out = _lib.BIO_new(_lib.BIO_s_mem()), _lib.BIO_new(_lib.BIO_s_mem())
+    if new_in == _ffi.NULL or new_out == _ffi.NULL:
+        for bio in (new_in, new_out):
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+        return b""
+    unread, unsent = _bio_take(old_in), _bio_take(old_out)
+    _lib.SSL_set_bio(ssl, new_in, new_out)  # frees the old pair
+    connection._into_ssl, connection._from_ssl = new_in, new_out
+    if unread:
+        connection.bio_write(unread)
+    return unsent
 
 
 class TLSStream(trio.abc.Stream):
@@ -106,7 +141,11 @@ class TLSStream(trio.abc.Stream):
             self._write_lock.release()
 
     async def _fill(self) -> bool:
-        data = await self.transport.receive_some(_CHUNK)
+        data: bytes | bytearray
+        if self._raw is not None:
+            data = await receive_some(self._raw, _CHUNK)
+        else:
+            data = await self.transport.receive_some(_CHUNK)
         if not data:
             self.connection.bio_shutdown()
             return False
@@ -130,6 +169,7 @@ class TLSStream(trio.abc.Stream):
                 with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
                     await self._flush()  # deliver the alert that says why
                 raise
+            self._unsent += renew_memory_bios(self.connection)
             await self._flush()
             return
 
