@@ -7,7 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 import trio
@@ -63,11 +64,13 @@ class StreamService:
         self.nursery: trio.Nursery | None = None  # the server's, set when it runs
 
     # --- inbound ------------------------------------------------------------------------
-    async def serve_tcp(self, stream: trio.SocketStream) -> None:
-        await self._serve(stream, Transport.TCP)
+    # The listeners' handlers call _serve directly: a wrapper coroutine would be one more
+    # frame held by every idle connection.
+    def serve_tcp(self, stream: trio.SocketStream) -> Coroutine[Any, Any, None]:
+        return self._serve(stream, Transport.TCP)
 
-    async def serve_tls(self, stream: trio.SocketStream) -> None:
-        await self._serve(stream, Transport.TLS)
+    def serve_tls(self, stream: trio.SocketStream) -> Coroutine[Any, Any, None]:
+        return self._serve(stream, Transport.TLS)
 
     async def _serve(self, stream: trio.SocketStream, transport: Transport) -> None:
         try:

@@ -88,6 +88,8 @@ async def receive_some(sock: socket.socket, max_bytes: int) -> bytes:
 class PlainStream(trio.abc.Stream):
     """A TCP SocketStream that can also be written without waiting (`send_nowait`)."""
 
+    __slots__ = ("_raw", "_unsent", "transport")
+
     def __init__(self, stream: trio.SocketStream) -> None:
         self.transport = stream
         self._raw = raw_socket(stream)

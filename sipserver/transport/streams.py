@@ -30,6 +30,30 @@ def next_connection_id() -> int:
 
 
 class StreamConnection:
+    # Thousands of these live at once (one per idle peer): no per-instance dict.
+    __slots__ = (
+        "_backlog",
+        "_cancel",
+        "_closed",
+        "_direct",
+        "_ended",
+        "_nursery",
+        "_pending",
+        "_room",
+        "_send_timeout",
+        "_writing",
+        "close_reason",
+        "connection_id",
+        "flow",
+        "messages_in",
+        "peer",
+        "peer_cert",
+        "queue_limit",
+        "queued_bytes",
+        "stream",
+        "verified",
+    )
+
     def __init__(
         self,
         stream: trio.abc.Stream,

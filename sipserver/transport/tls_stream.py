@@ -62,6 +62,8 @@ def renew_memory_bios(connection: SSL.Connection) -> bytes:
 
 
 class TLSStream(trio.abc.Stream):
+    __slots__ = ("_raw", "_receiving", "_unsent", "_write_lock", "connection", "transport")
+
     def __init__(self, transport: trio.abc.Stream, connection: SSL.Connection) -> None:
         self.transport = transport
         self.connection = connection
@@ -178,35 +180,32 @@ class TLSStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is already receiving on this stream")
         self._receiving = True
         try:
-            return await self._receive(max_bytes)
-        finally:
-            self._receiving = False
-
-    async def _receive(self, max_bytes: int | None) -> bytes:
-        while True:
-            if not self._readable():
-                # Nothing decrypted and nothing to decrypt: read the socket first rather
-                # than let OpenSSL say so with an exception.
+            while True:
+                if not self._readable():
+                    # Nothing decrypted and nothing to decrypt: read the socket first rather
+                    # than let OpenSSL say so with an exception.
+                    if self._pending_out():
+                        await self._flush()
+                    if not await self._fill():
+                        return b""
+                try:
+                    return self.connection.recv(max_bytes or _CHUNK)
+                except SSL.WantReadError:
+                    pass
+                except SSL.ZeroReturnError:
+                    return b""
+                except SSL.SysCallError as exc:
+                    if exc.args and exc.args[0] == -1:
+                        return b""  # EOF without close_notify: SIP framing is by Content-Length
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                except SSL.Error as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
                 if self._pending_out():
-                    await self._flush()
+                    await self._flush()  # e.g. a TLS 1.3 key update or session ticket
                 if not await self._fill():
                     return b""
-            try:
-                return self.connection.recv(max_bytes or _CHUNK)
-            except SSL.WantReadError:
-                pass
-            except SSL.ZeroReturnError:
-                return b""
-            except SSL.SysCallError as exc:
-                if exc.args and exc.args[0] == -1:
-                    return b""  # EOF without close_notify: SIP framing is by Content-Length
-                raise trio.BrokenResourceError(str(exc)) from exc
-            except SSL.Error as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
-            if self._pending_out():
-                await self._flush()  # e.g. a TLS 1.3 key update or session ticket
-            if not await self._fill():
-                return b""
+        finally:
+            self._receiving = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
