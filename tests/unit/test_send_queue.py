@@ -80,3 +80,32 @@ async def test_direct_writes_and_the_writer_keep_the_order_of_messages() -> None
                 received += await peer.receive_some(65536)
         nursery.cancel_scope.cancel()
     assert bytes(received) == b"".join(messages)
+
+
+async def test_a_writer_task_exists_only_while_bytes_wait() -> None:
+    """Thousands of idle peers: each connection is one task until the kernel refuses bytes."""
+    import socket
+
+    from sipserver.transport.direct import PlainStream
+
+    ours, theirs = trio.socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    connection = StreamConnection(PlainStream(trio.SocketStream(ours)), FLOW, None)
+    peer = trio.SocketStream(theirs)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run, ParseLimits(), 300.0, 300.0, _nothing, _nothing)
+        await trio.testing.wait_all_tasks_blocked()
+        assert connection._nursery is not None and not connection._nursery.child_tasks
+        connection.queue(Transmit(FLOW, b"small"))  # the kernel takes it at once
+        assert not connection._nursery.child_tasks
+        big = b"z" * (1 << 20)
+        connection.queue(Transmit(FLOW, big))  # far more than the socket buffer
+        assert len(connection._nursery.child_tasks) == 1
+        received = bytearray()
+        with trio.fail_after(10):
+            while len(received) < len(big) + 5:
+                received += await peer.receive_some(65536)
+            await trio.testing.wait_all_tasks_blocked()
+        assert not connection._nursery.child_tasks  # written out: the writer is gone
+        nursery.cancel_scope.cancel()
+    assert bytes(received) == b"small" + big
