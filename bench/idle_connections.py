@@ -26,6 +26,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--hold", type=float, default=10.0, help="seconds of keep-alives")
+    parser.add_argument(
+        "--report-every", type=float, default=0.0, help="print the server's RSS every N seconds"
+    )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections * 2 + 100), hard))
@@ -58,11 +61,21 @@ def main() -> int:
                 held.append(context.wrap_socket(raw, server_hostname="sip.example.test"))
             time.sleep(2)
             opened = rss_kib(proc.pid)
-            deadline = time.monotonic() + args.hold
+            started = time.monotonic()
+            deadline = started + args.hold
+            next_report = started + args.report_every if args.report_every else deadline + 1
             while time.monotonic() < deadline:  # RFC 5626 keep-alives on every connection
                 for conn in held:
                     conn.sendall(b"\r\n\r\n")
                 time.sleep(1)
+                if time.monotonic() >= next_report:
+                    now_rss = rss_kib(proc.pid)
+                    print(
+                        f"  after {time.monotonic() - started:.0f} s of keep-alives: {now_rss} KiB "
+                        f"({(now_rss - opened) / args.connections:+.2f} KiB per connection)",
+                        flush=True,
+                    )
+                    next_report += args.report_every
             held_rss = rss_kib(proc.pid)
             per = (opened - before) / args.connections
             creep = (held_rss - opened) / args.connections
