@@ -90,7 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     lab_cmd.add_argument("--fqdn", default="sip.example.test", help="our FQDN in the lab")
     lab_cmd.add_argument("--sip-port", type=int, default=5060)
     lab_cmd.add_argument("--tls-port", type=int, default=5061)
-    lab_cmd.add_argument("--phone-port", type=int, default=5080, help="baresip's SIP port")
+    lab_cmd.add_argument(
+        "--phone-port",
+        type=int,
+        default=5080,
+        help="baresip's SIP port (its TLS listener takes the next one)",
+    )
     lab_cmd.add_argument(
         "--tunnel-port", type=int, default=5090, help="stunnel's plain-TCP port (as gw1)"
     )

@@ -285,3 +285,17 @@ def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
             except OSError:
                 continue
             return port
+
+
+def free_baresip_port(host: str = "127.0.0.1") -> int:
+    """A port for baresip's sip_listen: free for UDP and TCP, and the next one free for TCP,
+    where baresip listens for TLS (it failed to start now and then when only the first was
+    checked: "SIP/TLS transport failed: Address already in use")."""
+    while True:
+        port = free_port(host=host)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tls:
+            try:
+                tls.bind((host, port + 1))
+            except OSError:
+                continue
+        return port

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO, RunningServer, free_port, need, run_server
+from tests.e2e.conftest import REPO, RunningServer, free_baresip_port, free_port, need, run_server
 from tests.e2e.peers import assert_sipp_ok, stunnel_with
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +60,8 @@ def sipp(
 
 def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> None:
     lab = tmp_path / "lab"
-    sip, tls, phone, tunnel = (free_port() for _ in range(4))
+    sip, tls, tunnel = (free_port() for _ in range(3))
+    phone = free_baresip_port()
     made = subprocess.run(
         [
             sys.executable,

@@ -12,7 +12,7 @@ import pytest
 from sipserver.pki.certinfo import serial_hex
 from tests.certs import Issued, make_leaf
 from tests.configs import dial_plan, one_target_plan, peer
-from tests.e2e.conftest import Pki, StartServer, free_port, need
+from tests.e2e.conftest import Pki, StartServer, free_baresip_port, free_port, need
 from tests.e2e.peers import (
     assert_callee_ok,
     assert_sipp_ok,
@@ -73,7 +73,9 @@ def test_baresip_calls_through_sipserver_over_mutual_tls(
     with stunnel_server(pki, tmp_path, uas_port, "pbx1") as pbx_tls:
         plan = one_target_plan(security, pbx_tls, "tls", name="hq", numbers=["+1425*"])
         server = start_server(extra_config=plan, server_extra='advertised_host = "127.0.0.1"')
-        folder = baresip_config(tmp_path / "baresip", pki, free_port(), server.tls_port, srtp)
+        folder = baresip_config(
+            tmp_path / "baresip", pki, free_baresip_port(), server.tls_port, srtp
+        )
         uas = call_uas(
             tmp_path / "uas.xml", answer_proto="RTP/SAVP" if srtp else "RTP/AVP", answer_crypto=srtp
         )
@@ -113,7 +115,7 @@ def test_baresip_registers_and_answers_a_gateway_call_over_its_own_connection(
     plan = dial_plan("phones", security, ["phone1"], numbers=["70xx"])
     server = start_server(extra_config=softphone + plan)
     folder = baresip_config(
-        tmp_path / "baresip", pki, free_port(), server.tls_port, srtp, softphone=phone_cert
+        tmp_path / "baresip", pki, free_baresip_port(), server.tls_port, srtp, softphone=phone_cert
     )
     phone = subprocess.Popen(
         [need("baresip"), "-f", str(folder), "-t", "60"],
