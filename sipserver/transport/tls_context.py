@@ -59,10 +59,10 @@ def _context(
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION if min_version == "1.3" else SSL.TLS1_2_VERSION)
     ctx.set_cipher_list(TLS12_CIPHERS)
     assert candidate.key is not None
-    ctx.use_certificate(crypto.X509.from_cryptography(candidate.chain[0]))
+    ctx.use_certificate(candidate.chain[0])
     for intermediate in candidate.chain[1:]:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(candidate.key))  # type: ignore[arg-type]
+        ctx.add_extra_chain_cert(intermediate)
+    ctx.use_privatekey(candidate.key)  # type: ignore[arg-type]
     ctx.check_privatekey()
     store = ctx.get_cert_store()
     assert store is not None
