@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,17 +95,22 @@ def sipp_counts(stdout: str, calls: int) -> tuple[int, int]:
 def rtt_percentiles(files: list[Path], rtd: str = "1") -> dict[str, float]:
     """Mean and p50/p90/p99 of sipp's -trace_rtt files (milliseconds), for one response-time
     timer (rows: date;ms;rtd number)."""
-    rtts = sorted(
+    return percentiles(
         float(row[1])
         for path in files
         for row in csv.reader(path.open(), delimiter=";")
         if len(row) > 1 and row[1].replace(".", "", 1).isdigit() and row[2:3] in ([], [rtd])
     )
 
-    def pct(p: float) -> float:
-        return rtts[min(len(rtts) - 1, int(len(rtts) * p))] if rtts else float("nan")
 
-    mean = sum(rtts) / len(rtts) if rtts else float("nan")
+def percentiles(values: Iterable[float]) -> dict[str, float]:
+    """Mean and p50/p90/p99 of setup times (milliseconds); NaN when there are none."""
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
+
+    mean = sum(ordered) / len(ordered) if ordered else float("nan")
     return {"mean": mean, "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)}
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from _common import (
     cpu_seconds_tree,
     free_port,
+    percentiles,
     profile,
     profile_summary,
     rtt_percentiles,
@@ -265,11 +266,6 @@ def _python_caller_step(
         + ")",
         flush=True,
     )
-    setups = sorted(float(line) for line in rtt.read_text().split())
-
-    def pct(p: float) -> float:
-        return setups[min(len(setups) - 1, int(len(setups) * p))] if setups else float("nan")
-
     answered = summary["answered"]
     return {
         "ok": answered,
@@ -277,8 +273,7 @@ def _python_caller_step(
         "failed": summary["failed"],
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
-        "mean": sum(setups) / len(setups) if setups else float("nan"),
-        **{f"p{int(p * 100)}": pct(p) for p in (0.5, 0.9, 0.99)},
+        **percentiles(float(line) for line in rtt.read_text().split()),
         "shed_p99": float("nan"),
     }
 
