@@ -328,9 +328,14 @@ class StreamService:
             limits.send_timeout,
             self._message,
             self._framing_lost,
+            tasks=self._tasks(),
             keepalive_interval=limits.keepalive_interval if keepalive else 0.0,
             backlog=self._backlog,
         )
+
+    def _tasks(self) -> trio.Nursery:
+        assert self.nursery is not None, "connections run only while the server does"
+        return self.nursery
 
     async def _message(self, connection: StreamConnection, data: bytes) -> None:
         self.stats.count_message("in", connection.flow.transport, data)

@@ -5,6 +5,7 @@ a drain stops accepting while the connections already open carry on."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from sipserver.sip.flow import Transport, format_address
 from sipserver.transport.udp import bound_socket, open_udp_socket
 
 log = structlog.get_logger("sipserver")
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_RETRY = 0.1  # seconds
 
 UdpHandler = Callable[[trio.socket.SocketType, tuple[str, int]], Awaitable[None]]
 StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -195,9 +198,10 @@ class Listeners:
         scope = trio.CancelScope()
         self._accept_scopes.append(scope)
         with scope:
-            await trio.serve_listeners(
-                handler, listeners, handler_nursery=connections, task_status=task_status
-            )
+            async with trio.open_nursery() as loops:
+                for listener in listeners:
+                    loops.start_soon(_accept_loop, listener, handler, connections)
+                task_status.started(listeners)
 
     async def stop_accepting(self) -> None:
         """Close the TCP/TLS listening sockets; UDP keeps answering (drain's 503s)."""
@@ -224,6 +228,25 @@ class Listeners:
             return None
         self._outbound_udp[family] = fitting[0][1]  # the listeners are open: it stays so
         return fitting[0][1]
+
+
+async def _accept_loop(
+    listener: trio.SocketListener, handler: StreamHandler, connections: trio.Nursery
+) -> None:
+    """trio.serve_listeners without its wrapper task: the handler is the connection's task
+    and closes the stream itself, so every idle connection holds one frame fewer."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                # Out of descriptors or memory: new connections wait in the backlog.
+                log.error("accept_failed", reason=os.strerror(exc.errno), retry_in=_ACCEPT_RETRY)
+                await trio.sleep(_ACCEPT_RETRY)
+                continue
+            connections.start_soon(handler, stream)
 
 
 async def _shared_tcp_listener(address: str, port: int) -> trio.SocketListener:

@@ -1,7 +1,9 @@
 """One TCP or TLS connection: a reader that frames messages, and bytes sent straight to the
 kernel; only what the kernel does not take at once waits in a queue bounded in bytes, for a
 writer task started when there is such a queue. A peer that stops reading only ever stalls
-itself, and an idle connection holds one task."""
+itself, and an idle connection holds one task and one cancel scope (its idle timer): its
+writer and keep-alive tasks run in the server's nursery, under scopes the connection
+cancels and waits out when it ends."""
 
 from __future__ import annotations
 
@@ -37,10 +39,13 @@ class StreamConnection:
         "_closed",
         "_direct",
         "_ended",
-        "_nursery",
+        "_keepalive_scope",
         "_pending",
         "_room",
         "_send_timeout",
+        "_tasks",
+        "_writer_gone",
+        "_writer_scope",
         "_writing",
         "close_reason",
         "connection_id",
@@ -79,10 +84,14 @@ class StreamConnection:
         self.queue_limit = queue_limit
         self.queued_bytes = 0
         self._room: trio.Event | None = None  # made when a sender waits for room
-        # The connection's nursery while it runs; a writer task is started in it only when
-        # bytes wait (an idle connection would otherwise hold a task, a channel and their
-        # frames: about 4 KiB each).
-        self._nursery: trio.Nursery | None = None
+        # The nursery our writer runs in while the connection runs (the server's): a writer
+        # task exists only while bytes wait (an idle connection would otherwise hold a
+        # task, a channel and their frames: about 4 KiB each), and a nursery of our own
+        # would cost 1.4 KiB more per connection than a cancel scope.
+        self._tasks: trio.Nursery | None = None
+        self._writer_scope: trio.CancelScope | None = None
+        self._writer_gone: trio.Event | None = None  # made when run() waits for the writer
+        self._keepalive_scope: trio.CancelScope | None = None
         self._ended = False
         self._closed = False  # close() was called: whatever ends the connection, not idleness
         self._send_timeout = 0.0
@@ -112,9 +121,9 @@ class StreamConnection:
         self._start_writer()
 
     def _start_writer(self) -> None:
-        if not self._writing and self._nursery is not None:
+        if not self._writing and self._tasks is not None:
             self._writing = True
-            self._nursery.start_soon(self._writer)
+            self._tasks.start_soon(self._writer)
 
     def queue(self, transmit: Transmit) -> None:
         """Queue from another task, which must never wait for this peer: past the byte
@@ -154,29 +163,45 @@ class StreamConnection:
         send_timeout: float,
         on_message: Callable[[StreamConnection, bytes], Awaitable[None]],
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
+        *,
+        tasks: trio.Nursery,
         keepalive_interval: float = 0.0,
         backlog: BacklogWatch | None = None,
     ) -> None:
+        """Read until the peer closes, the connection idles out or close() is called. The
+        writer and keep-alive tasks go into `tasks` (a nursery that outlives us) and are
+        gone when this returns."""
         self._backlog = backlog
         self._send_timeout = send_timeout
+        # The scope is also the idle timer (the reader pushes its deadline on after each
+        # read): one scope per connection, not two.
+        scope = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
+        self._cancel, self._tasks = scope, tasks
         try:
-            async with trio.open_nursery() as nursery:
-                # The nursery's scope is also the idle timer (the reader pushes its deadline
-                # on after each read): one scope per connection, not two.
-                scope = nursery.cancel_scope
-                scope.deadline = trio.current_time() + idle_timeout
-                self._cancel, self._nursery = scope, nursery
+            with scope:
                 if self._pending:  # queued before the connection ran
                     self._start_writer()
                 if keepalive_interval > 0:
-                    nursery.start_soon(self._keepalive, keepalive_interval)
+                    tasks.start_soon(self._keepalive, keepalive_interval)
                 await self._reader(limits, idle_timeout, send_timeout, on_message, on_framing_lost)
-                scope.cancel()
         finally:
-            self._ended, self._nursery = True, None
+            self._ended, self._tasks = True, None
             self._pending.clear()
+            if self._keepalive_scope is not None:
+                self._keepalive_scope.cancel()
+            await self._writer_ended()
         if scope.cancelled_caught and not self._closed and scope.deadline <= trio.current_time():
             self.close_reason = f"idle for {idle_timeout:g} s (limits.idle_timeout)"
+
+    async def _writer_ended(self) -> None:
+        """Cancel the writer, if there is one, and wait until it has let go of the stream."""
+        if not self._writing:
+            return
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        self._writer_gone = trio.Event()
+        with trio.CancelScope(shield=True):  # cancelled, it ends at its next checkpoint
+            await self._writer_gone.wait()
 
     async def _reader(
         self,
@@ -236,17 +261,28 @@ class StreamConnection:
 
     async def _keepalive(self, interval: float) -> None:
         """RFC 5626 §3.5.1 pings on connections we opened, so NATs and firewalls keep them."""
-        while True:
-            await trio.sleep(interval)
-            self.queue(Transmit(self.flow, b"\r\n\r\n"))
+        if self._ended:
+            return
+        with trio.CancelScope() as self._keepalive_scope:
+            while True:
+                await trio.sleep(interval)
+                self.queue(Transmit(self.flow, b"\r\n\r\n"))
 
     async def _writer(self) -> None:
         """Send what is queued, everything that is waiting in one write (under load one
         system call and one TLS record flush carry many messages), until nothing waits."""
         try:
-            await self._write_pending()
+            if self._ended:  # started after the connection ended: nothing to write to
+                return
+            with trio.CancelScope() as self._writer_scope:
+                await self._write_pending()
+        except Exception:  # it runs in the server's nursery: a bug here must not stop it
+            log.exception("internal_error")
+            self.close("internal error while sending")
         finally:
-            self._writing = False
+            self._writing, self._writer_scope = False, None
+            if self._writer_gone is not None:
+                self._writer_gone.set()
 
     async def _write_pending(self) -> None:
         send_timeout = self._send_timeout

@@ -9,6 +9,7 @@ stays a trio stream and OpenSSL only ever sees bytes.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable
 
 import trio
 from OpenSSL import SSL
@@ -62,15 +63,25 @@ def renew_memory_bios(connection: SSL.Connection) -> bytes:
 
 
 class TLSStream(trio.abc.Stream):
-    __slots__ = ("_raw", "_receiving", "_unsent", "_write_lock", "connection", "transport")
+    __slots__ = (
+        "_flushed",
+        "_flushing",
+        "_raw",
+        "_receiving",
+        "_unsent",
+        "connection",
+        "transport",
+    )
 
     def __init__(self, transport: trio.abc.Stream, connection: SSL.Connection) -> None:
         self.transport = transport
         self.connection = connection
-        # One lock covers draining OpenSSL's outgoing BIO and writing it to the socket,
-        # so bytes from concurrent senders (and from the reader's post-handshake
-        # messages) reach the wire in the order OpenSSL produced them.
-        self._write_lock = trio.Lock()
+        # One flush at a time drains OpenSSL's outgoing BIO and writes it to the socket, so
+        # bytes from concurrent senders (and from the reader's post-handshake messages)
+        # reach the wire in the order OpenSSL produced them. A flag, and an event only
+        # while someone waits: a trio.Lock is 0.3 KiB more on every idle connection.
+        self._flushing = False
+        self._flushed: trio.Event | None = None
         self._receiving = False
         self._raw = raw_socket(transport) if isinstance(transport, trio.SocketStream) else None
         self._unsent = b""  # ciphertext taken by send_nowait, not yet in the kernel
@@ -78,7 +89,7 @@ class TLSStream(trio.abc.Stream):
     def send_nowait(self, data: bytes) -> bool:
         """Encrypt and write `data` at once if no write is under way; True when it was
         taken (any ciphertext the kernel did not take goes out first on the next flush)."""
-        if self._unsent or self._raw is None or self._write_lock.locked():
+        if self._unsent or self._raw is None or self._flushing:
             return False
         try:
             self._encrypt(data)
@@ -127,11 +138,12 @@ class TLSStream(trio.abc.Stream):
                 return out  # the BIO is empty: no need to ask (and catch WantReadError)
 
     async def _flush(self) -> None:
-        # Uncontended (the usual case) the lock is taken without a trip to the scheduler.
-        try:
-            self._write_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._write_lock.acquire()
+        while self._flushing:
+            if self._flushed is None:
+                self._flushed = trio.Event()
+            await self._flushed.wait()
+        # Uncontended (the usual case) no trip to the scheduler.
+        self._flushing = True
         try:
             wire, self._unsent = self._unsent + self._ciphertext(), b""
             # What the kernel takes at once skips trio's send_all (its checks and
@@ -140,14 +152,23 @@ class TLSStream(trio.abc.Stream):
             if wire:
                 await self.transport.send_all(wire)
         finally:
-            self._write_lock.release()
+            self._flushing = False
+            if self._flushed is not None:
+                self._flushed.set()
+                self._flushed = None
 
     async def _fill(self) -> bool:
-        data: bytes | bytearray
+        """Read the socket into OpenSSL; False at end of file."""
+        return self._took(await self._read_socket())
+
+    def _read_socket(self) -> Awaitable[bytes | bytearray]:
+        # Returns the read's coroutine rather than awaiting it: the reader of an idle
+        # connection waits in it with one frame (about 0.25 KiB) fewer.
         if self._raw is not None:
-            data = await receive_some(self._raw, _CHUNK)
-        else:
-            data = await self.transport.receive_some(_CHUNK)
+            return receive_some(self._raw, _CHUNK)
+        return self.transport.receive_some(_CHUNK)
+
+    def _took(self, data: bytes | bytearray) -> bool:
         if not data:
             self.connection.bio_shutdown()
             return False
@@ -186,7 +207,7 @@ class TLSStream(trio.abc.Stream):
                     # than let OpenSSL say so with an exception.
                     if self._pending_out():
                         await self._flush()
-                    if not await self._fill():
+                    if not self._took(await self._read_socket()):
                         return b""
                 try:
                     return self.connection.recv(max_bytes or _CHUNK)
@@ -202,7 +223,7 @@ class TLSStream(trio.abc.Stream):
                     raise trio.BrokenResourceError(str(exc)) from exc
                 if self._pending_out():
                     await self._flush()  # e.g. a TLS 1.3 key update or session ticket
-                if not await self._fill():
+                if not self._took(await self._read_socket()):
                     return b""
         finally:
             self._receiving = False

@@ -19,6 +19,10 @@ async def _nothing(*_: object) -> None:
     return None
 
 
+async def _run(connection: StreamConnection, tasks: trio.Nursery) -> None:
+    await connection.run(ParseLimits(), 300.0, 300.0, _nothing, _nothing, tasks=tasks)
+
+
 def _stalled_peer() -> StreamConnection:
     ours, _theirs = trio.testing.lockstep_stream_pair()
     return StreamConnection(ours, FLOW, None, queue_limit=4 * CHUNK)  # type: ignore[arg-type]
@@ -30,7 +34,7 @@ async def test_traffic_for_a_peer_that_does_not_read_closes_it_past_the_byte_lim
     connection = _stalled_peer()
     queued = 0
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.run, ParseLimits(), 300.0, 300.0, _nothing, _nothing)
+        nursery.start_soon(_run, connection, nursery)
         await trio.testing.wait_all_tasks_blocked()
         while connection.close_reason == "closed by peer":
             connection.queue(Transmit(FLOW, b"x" * CHUNK))
@@ -49,7 +53,7 @@ async def test_own_answers_wait_for_room_then_time_out(
 ) -> None:
     connection = _stalled_peer()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.run, ParseLimits(), 300.0, 300.0, _nothing, _nothing)
+        nursery.start_soon(_run, connection, nursery)
         while connection.close_reason == "closed by peer":
             await connection.send(Transmit(FLOW, b"y" * CHUNK), timeout=0.5)
     assert connection.close_reason == "send queue stayed full for 0.5 s (limits.send_timeout)"
@@ -71,7 +75,7 @@ async def test_direct_writes_and_the_writer_keep_the_order_of_messages() -> None
     received = bytearray()
     peer = trio.SocketStream(theirs)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.run, ParseLimits(), 300.0, 300.0, _nothing, _nothing)
+        nursery.start_soon(_run, connection, nursery)
         await trio.testing.wait_all_tasks_blocked()
         for data in messages:
             connection.queue(Transmit(FLOW, data))
@@ -83,7 +87,8 @@ async def test_direct_writes_and_the_writer_keep_the_order_of_messages() -> None
 
 
 async def test_a_writer_task_exists_only_while_bytes_wait() -> None:
-    """Thousands of idle peers: each connection is one task until the kernel refuses bytes."""
+    """Thousands of idle peers: each connection is one task until the kernel refuses bytes,
+    and its writer runs in the nursery it is given, not in one of its own."""
     import socket
 
     from sipserver.transport.direct import PlainStream
@@ -93,19 +98,44 @@ async def test_a_writer_task_exists_only_while_bytes_wait() -> None:
     connection = StreamConnection(PlainStream(trio.SocketStream(ours)), FLOW, None)
     peer = trio.SocketStream(theirs)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.run, ParseLimits(), 300.0, 300.0, _nothing, _nothing)
+        nursery.start_soon(_run, connection, nursery)
         await trio.testing.wait_all_tasks_blocked()
-        assert connection._nursery is not None and not connection._nursery.child_tasks
+        reader_only = len(nursery.child_tasks)
+        assert reader_only == 1
         connection.queue(Transmit(FLOW, b"small"))  # the kernel takes it at once
-        assert not connection._nursery.child_tasks
+        assert len(nursery.child_tasks) == reader_only
         big = b"z" * (1 << 20)
         connection.queue(Transmit(FLOW, big))  # far more than the socket buffer
-        assert len(connection._nursery.child_tasks) == 1
+        assert len(nursery.child_tasks) == reader_only + 1
         received = bytearray()
         with trio.fail_after(10):
             while len(received) < len(big) + 5:
                 received += await peer.receive_some(65536)
             await trio.testing.wait_all_tasks_blocked()
-        assert not connection._nursery.child_tasks  # written out: the writer is gone
+        assert len(nursery.child_tasks) == reader_only  # written out: the writer is gone
         nursery.cancel_scope.cancel()
     assert bytes(received) == b"small" + big
+
+
+async def test_a_connection_that_ends_takes_its_writer_with_it() -> None:
+    """The writer lives in a nursery that outlives the connection: when the connection
+    ends with bytes still queued, run() returns only once the writer has let go."""
+    ours, _theirs = trio.testing.lockstep_stream_pair()
+    connection = StreamConnection(ours, FLOW, None, queue_limit=1 << 22)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        done = trio.Event()
+
+        async def run_then_report() -> None:
+            await _run(connection, nursery)
+            done.set()
+
+        nursery.start_soon(run_then_report)
+        await trio.testing.wait_all_tasks_blocked()
+        connection.queue(Transmit(FLOW, b"w" * CHUNK))  # the peer never reads: it waits
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(nursery.child_tasks) == 2  # the reader and the writer
+        connection.close("test over")
+        with trio.fail_after(5):
+            await done.wait()
+        assert len(nursery.child_tasks) == 0
+    assert connection.close_reason == "test over"
