@@ -135,6 +135,7 @@ class Server:
                 self.listeners.tls_port or cfg.server.tls_port,
             )
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self.streams.idle_timer.run)
             if cfg.server.watch_interval > 0:
                 # The first snapshot is taken before we say we are ready, so that no change
                 # made after server_ready can be missed.

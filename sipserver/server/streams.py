@@ -23,6 +23,7 @@ from sipserver.settings import Config, PeerSettings
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.sip.framing import FramingError
 from sipserver.transport.direct import BacklogWatch, PlainStream
+from sipserver.transport.idle import IdleTimer
 from sipserver.transport.limits import Budget
 from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.streams import StreamConnection, next_connection_id
@@ -62,6 +63,7 @@ class StreamService:
         self.stats = stats
         self._dispatch = dispatch
         self.nursery: trio.Nursery | None = None  # the server's, set when it runs
+        self.idle_timer = IdleTimer()  # its run() is the server's task
 
     # --- inbound ------------------------------------------------------------------------
     # The listeners' handlers call _serve directly: a wrapper coroutine would be one more
@@ -329,6 +331,7 @@ class StreamService:
             self._message,
             self._framing_lost,
             tasks=self._tasks(),
+            idle_timer=self.idle_timer,
             keepalive_interval=limits.keepalive_interval if keepalive else 0.0,
             backlog=self._backlog,
         )

@@ -21,6 +21,8 @@ class DirectStream(Protocol):
 
     def unread(self) -> int: ...
 
+    def interrupt(self) -> None: ...
+
     @property
     def has_unsent(self) -> bool: ...
 
@@ -51,6 +53,13 @@ def unread_bytes(sock: socket.socket | None) -> int:
     except OSError:
         return 0
     return count[0]
+
+
+def interrupt(sock: socket.socket | None) -> None:
+    """Wake whoever waits to read or write on the socket, with ClosedResourceError: how a
+    connection is ended from another task without a cancel scope per connection."""
+    if sock is not None and sock.fileno() != -1:
+        trio.lowlevel.notify_closing(sock)
 
 
 def send_some(sock: socket.socket | None, data: bytes) -> int:
@@ -110,6 +119,9 @@ class PlainStream(trio.abc.Stream):
 
     def unread(self) -> int:
         return unread_bytes(self._raw)
+
+    def interrupt(self) -> None:
+        interrupt(self._raw)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._unsent:

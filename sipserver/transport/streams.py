@@ -1,9 +1,11 @@
 """One TCP or TLS connection: a reader that frames messages, and bytes sent straight to the
 kernel; only what the kernel does not take at once waits in a queue bounded in bytes, for a
 writer task started when there is such a queue. A peer that stops reading only ever stalls
-itself, and an idle connection holds one task and one cancel scope (its idle timer): its
-writer and keep-alive tasks run in the server's nursery, under scopes the connection
-cancels and waits out when it ends."""
+itself, and an idle connection holds one task and nothing else of trio's: its idle
+deadline is kept by the server's IdleTimer, its writer and keep-alive tasks run in the
+server's nursery under scopes the connection cancels and waits out when it ends, and
+close() wakes a reader waiting on the socket (trio's notify_closing) rather than
+cancelling it."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.message import ParseLimits
 from sipserver.transport.direct import BacklogWatch, DirectStream
+from sipserver.transport.idle import IdleTimer
 
 log = structlog.get_logger("sipserver")
 _connection_ids = itertools.count(1)
@@ -35,21 +38,23 @@ class StreamConnection:
     # Thousands of these live at once (one per idle peer): no per-instance dict.
     __slots__ = (
         "_backlog",
-        "_cancel",
         "_closed",
         "_direct",
         "_ended",
+        "_idle_timeout",
         "_keepalive_scope",
         "_pending",
         "_room",
         "_send_timeout",
         "_tasks",
+        "_woken",
         "_writer_gone",
         "_writer_scope",
         "_writing",
         "close_reason",
         "connection_id",
         "flow",
+        "idle_deadline",
         "messages_in",
         "peer",
         "peer_cert",
@@ -97,7 +102,9 @@ class StreamConnection:
         self._send_timeout = 0.0
         self.messages_in = 0
         self.close_reason = "closed by peer"
-        self._cancel: trio.CancelScope | None = None
+        self.idle_deadline = math.inf  # trio time; pushed on by every read
+        self._idle_timeout = 0.0
+        self._woken: trio.Event | None = None  # made while the reader waits for close()
         self._backlog: BacklogWatch | None = None
         self._writing = False  # a writer task exists: new bytes must queue behind its write
         self._direct: DirectStream | None = stream if hasattr(stream, "send_nowait") else None  # type: ignore[assignment]
@@ -150,11 +157,23 @@ class StreamConnection:
                 return
         self._put(transmit)
 
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
     def close(self, reason: str) -> None:
+        """End the connection: the first reason given is the one logged."""
+        if self._closed:
+            return
         self.close_reason = reason
         self._closed = True
-        if self._cancel is not None:
-            self._cancel.cancel()
+        if self._woken is not None:
+            self._woken.set()
+        if self._direct is not None:
+            self._direct.interrupt()  # wakes a reader or writer waiting on the socket
+
+    def idle_expired(self) -> None:
+        self.close(f"idle for {self._idle_timeout:g} s (limits.idle_timeout)")
 
     async def run(
         self,
@@ -165,33 +184,32 @@ class StreamConnection:
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
         *,
         tasks: trio.Nursery,
+        idle_timer: IdleTimer | None = None,
         keepalive_interval: float = 0.0,
         backlog: BacklogWatch | None = None,
     ) -> None:
-        """Read until the peer closes, the connection idles out or close() is called. The
-        writer and keep-alive tasks go into `tasks` (a nursery that outlives us) and are
-        gone when this returns."""
+        """Read until the peer closes, the connection idles out (with an `idle_timer`) or
+        close() is called. The writer and keep-alive tasks go into `tasks` (a nursery that
+        outlives us) and are gone when this returns."""
         self._backlog = backlog
         self._send_timeout = send_timeout
-        # The scope is also the idle timer (the reader pushes its deadline on after each
-        # read): one scope per connection, not two.
-        scope = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
-        self._cancel, self._tasks = scope, tasks
+        self._idle_timeout = idle_timeout
+        self._tasks = tasks
+        self.idle_deadline = trio.current_time() + idle_timeout
+        if idle_timer is not None:
+            idle_timer.watch(self)
         try:
-            with scope:
-                if self._pending:  # queued before the connection ran
-                    self._start_writer()
-                if keepalive_interval > 0:
-                    tasks.start_soon(self._keepalive, keepalive_interval)
-                await self._reader(limits, idle_timeout, send_timeout, on_message, on_framing_lost)
+            if self._pending:  # queued before the connection ran
+                self._start_writer()
+            if keepalive_interval > 0:
+                tasks.start_soon(self._keepalive, keepalive_interval)
+            await self._reader(limits, idle_timeout, send_timeout, on_message, on_framing_lost)
         finally:
             self._ended, self._tasks = True, None
             self._pending.clear()
             if self._keepalive_scope is not None:
                 self._keepalive_scope.cancel()
             await self._writer_ended()
-        if scope.cancelled_caught and not self._closed and scope.deadline <= trio.current_time():
-            self.close_reason = f"idle for {idle_timeout:g} s (limits.idle_timeout)"
 
     async def _writer_ended(self) -> None:
         """Cancel the writer, if there is one, and wait until it has let go of the stream."""
@@ -212,13 +230,12 @@ class StreamConnection:
         on_framing_lost: Callable[[StreamConnection, FramingError], Awaitable[None]],
     ) -> None:
         framer = StreamFramer(limits)
-        idle = self._cancel
-        assert idle is not None
-        while True:
+        while not self._closed:
             try:
                 data = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.close_reason = f"connection broken: {exc}"
+                if not self._closed:  # else close() woke us, with its own reason
+                    self.close_reason = f"connection broken: {exc}"
                 return
             if not data:
                 return
@@ -231,10 +248,14 @@ class StreamConnection:
             try:
                 items = framer.feed(data)
             except FramingError as exc:
-                idle.deadline = math.inf
+                self.idle_deadline = math.inf
                 self.close_reason = f"framing lost: {exc.reason}"
                 await on_framing_lost(self, exc)
-                await trio.sleep_forever()  # the writer sends the last answer, then closes
+                # The writer sends the last answer, then closes.
+                self._woken = trio.Event()
+                if not self._closed:
+                    await self._woken.wait()
+                return
             for item in items:
                 if item is PING:
                     # RFC 5626 §3.5.1 pong
@@ -243,7 +264,7 @@ class StreamConnection:
                 assert isinstance(item, bytes)
                 self.messages_in += 1
                 await on_message(self, item)
-            idle.deadline = trio.current_time() + idle_timeout
+            self.idle_deadline = trio.current_time() + idle_timeout
 
     async def _finish(self) -> None:
         """After the last answer on a stream whose framing is lost: say we are done (FIN, or

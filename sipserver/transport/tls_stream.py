@@ -16,7 +16,13 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-from sipserver.transport.direct import raw_socket, receive_some, send_some, unread_bytes
+from sipserver.transport.direct import (
+    interrupt,
+    raw_socket,
+    receive_some,
+    send_some,
+    unread_bytes,
+)
 
 _CHUNK = 65536
 _OUT_CHUNK = 1 << 18  # larger than anything one send leaves in the BIO
@@ -108,6 +114,9 @@ class TLSStream(trio.abc.Stream):
         """Received bytes not yet read: in the kernel and in OpenSSL's input BIO."""
         bio = getattr(self.connection, "_into_ssl", None)
         return unread_bytes(self._raw) + (_bio_bytes(bio) if bio is not None else 0)
+
+    def interrupt(self) -> None:
+        interrupt(self._raw)
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)

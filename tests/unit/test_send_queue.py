@@ -1,14 +1,17 @@
 """A peer that stops reading: its own answers wait, other connections' traffic closes it.
-The peer is a lockstep memory stream that never reads, so a send blocks for as long as
-the test says, whatever the kernel's buffers; time is trio's virtual clock."""
+The peer is the far end of a socket pair with small buffers that it never reads, so the
+kernel soon refuses more; time is trio's virtual clock."""
 
 from __future__ import annotations
+
+import socket
 
 import trio
 import trio.testing
 
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import ParseLimits
+from sipserver.transport.direct import PlainStream
 from sipserver.transport.streams import StreamConnection
 
 FLOW = Flow(Transport.TCP, ("127.0.0.1", 5060), ("192.0.2.1", 40000), connection_id=1)
@@ -23,15 +26,19 @@ async def _run(connection: StreamConnection, tasks: trio.Nursery) -> None:
     await connection.run(ParseLimits(), 300.0, 300.0, _nothing, _nothing, tasks=tasks)
 
 
-def _stalled_peer() -> StreamConnection:
-    ours, _theirs = trio.testing.lockstep_stream_pair()
-    return StreamConnection(ours, FLOW, None, queue_limit=4 * CHUNK)  # type: ignore[arg-type]
+def _stalled_peer() -> tuple[StreamConnection, trio.socket.SocketType]:
+    """A connection whose peer never reads (keep the returned socket: it is that peer)."""
+    ours, theirs = trio.socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stream = PlainStream(trio.SocketStream(ours))
+    return StreamConnection(stream, FLOW, None, queue_limit=4 * CHUNK), theirs
 
 
 async def test_traffic_for_a_peer_that_does_not_read_closes_it_past_the_byte_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    connection = _stalled_peer()
+    connection, _peer = _stalled_peer()
     queued = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_run, connection, nursery)
@@ -39,19 +46,21 @@ async def test_traffic_for_a_peer_that_does_not_read_closes_it_past_the_byte_lim
         while connection.close_reason == "closed by peer":
             connection.queue(Transmit(FLOW, b"x" * CHUNK))
             queued += 1
+            assert queued < 100, "never closed"
             await trio.testing.wait_all_tasks_blocked()
     assert connection.close_reason.startswith(
         f"send queue over {4 * CHUNK} bytes (limits.send_queue_bytes)"
     )
-    # One chunk is stuck in the writer's send, four fill the queue, the sixth is refused.
-    assert queued == 6
+    # What the kernel took, the chunk in the writer's send and four queued; then refused.
+    assert connection.queued_bytes <= 4 * CHUNK
+    assert queued >= 6
     assert trio.current_time() == 0  # closed at once, not after a timeout
 
 
 async def test_own_answers_wait_for_room_then_time_out(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    connection = _stalled_peer()
+    connection, _peer = _stalled_peer()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_run, connection, nursery)
         while connection.close_reason == "closed by peer":
@@ -63,10 +72,6 @@ async def test_own_answers_wait_for_room_then_time_out(
 async def test_direct_writes_and_the_writer_keep_the_order_of_messages() -> None:
     """Messages go straight to the kernel while it has room, the rest through the writer
     task; whatever the split, the peer reads them in the order they were queued."""
-    import socket
-
-    from sipserver.transport.direct import PlainStream
-
     ours, theirs = trio.socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # force partial writes
     stream = PlainStream(trio.SocketStream(ours))
@@ -89,10 +94,6 @@ async def test_direct_writes_and_the_writer_keep_the_order_of_messages() -> None
 async def test_a_writer_task_exists_only_while_bytes_wait() -> None:
     """Thousands of idle peers: each connection is one task until the kernel refuses bytes,
     and its writer runs in the nursery it is given, not in one of its own."""
-    import socket
-
-    from sipserver.transport.direct import PlainStream
-
     ours, theirs = trio.socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     connection = StreamConnection(PlainStream(trio.SocketStream(ours)), FLOW, None)
@@ -120,8 +121,7 @@ async def test_a_writer_task_exists_only_while_bytes_wait() -> None:
 async def test_a_connection_that_ends_takes_its_writer_with_it() -> None:
     """The writer lives in a nursery that outlives the connection: when the connection
     ends with bytes still queued, run() returns only once the writer has let go."""
-    ours, _theirs = trio.testing.lockstep_stream_pair()
-    connection = StreamConnection(ours, FLOW, None, queue_limit=1 << 22)  # type: ignore[arg-type]
+    connection, _peer = _stalled_peer()
     async with trio.open_nursery() as nursery:
         done = trio.Event()
 
@@ -131,7 +131,7 @@ async def test_a_connection_that_ends_takes_its_writer_with_it() -> None:
 
         nursery.start_soon(run_then_report)
         await trio.testing.wait_all_tasks_blocked()
-        connection.queue(Transmit(FLOW, b"w" * CHUNK))  # the peer never reads: it waits
+        connection.queue(Transmit(FLOW, b"w" * 3 * CHUNK))  # more than the kernel takes
         await trio.testing.wait_all_tasks_blocked()
         assert len(nursery.child_tasks) == 2  # the reader and the writer
         connection.close("test over")
