@@ -64,6 +64,7 @@ class StreamService:
         self._dispatch = dispatch
         self.nursery: trio.Nursery | None = None  # the server's, set when it runs
         self.idle_timer = IdleTimer()  # its run() is the server's task
+        self._local_addresses: dict[tuple[str, int], tuple[str, int]] = {}
 
     # --- inbound ------------------------------------------------------------------------
     # The listeners' handlers call _serve directly: a wrapper coroutine would be one more
@@ -81,6 +82,8 @@ class StreamService:
         except OSError:
             await trio.aclose_forcefully(stream)
             return
+        # Every connection to a listener has the same local address: one tuple for all.
+        local = self._local_addresses.setdefault(local, local)
         # Plain TCP from a peer's address is that peer at once; anything else (TLS before
         # its handshake, TCP from an address of no peer) is held in the strangers' budget.
         known = None if transport == Transport.TLS else self.core.peers.by_address(remote[0])

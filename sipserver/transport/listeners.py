@@ -22,6 +22,7 @@ from sipserver.transport.udp import bound_socket, open_udp_socket
 log = structlog.get_logger("sipserver")
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _ACCEPT_RETRY = 0.1  # seconds
+_CONNECTION_TASK = "sipserver.connection"
 
 UdpHandler = Callable[[trio.socket.SocketType, tuple[str, int]], Awaitable[None]]
 StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -246,7 +247,8 @@ async def _accept_loop(
                 log.error("accept_failed", reason=os.strerror(exc.errno), retry_in=_ACCEPT_RETRY)
                 await trio.sleep(_ACCEPT_RETRY)
                 continue
-            connections.start_soon(handler, stream)
+            # A name of our own: trio would format one for every connection's task.
+            connections.start_soon(handler, stream, name=_CONNECTION_TASK)
 
 
 async def _shared_tcp_listener(address: str, port: int) -> trio.SocketListener:
