@@ -93,7 +93,7 @@ def sipp_counts(stdout: str, calls: int) -> tuple[int, int]:
 
 
 def rtt_percentiles(files: list[Path], rtd: str = "1") -> dict[str, float]:
-    """Mean and p50/p90/p99 of sipp's -trace_rtt files (milliseconds), for one response-time
+    """Mean, p50/p90/p99 and max of sipp's -trace_rtt files (milliseconds), for one response-time
     timer (rows: date;ms;rtd number)."""
     return percentiles(
         float(row[1])
@@ -104,14 +104,15 @@ def rtt_percentiles(files: list[Path], rtd: str = "1") -> dict[str, float]:
 
 
 def percentiles(values: Iterable[float]) -> dict[str, float]:
-    """Mean and p50/p90/p99 of setup times (milliseconds); NaN when there are none."""
+    """Mean, p50/p90/p99 and max of setup times (milliseconds); NaN when there are none."""
     ordered = sorted(values)
 
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
 
     mean = sum(ordered) / len(ordered) if ordered else float("nan")
-    return {"mean": mean, "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)}
+    top = ordered[-1] if ordered else float("nan")
+    return {"mean": mean, "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": top}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -229,7 +229,10 @@ def step(
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
         **rtt_percentiles(list(work.glob("uac_*_rtt.csv"))),
         # --overload: INVITE -> 503 of the shed calls (sipp's second response-time timer)
-        "shed_p99": rtt_percentiles(list(work.glob("uac_*_rtt.csv")), rtd="2")["p99"],
+        **{
+            f"shed_{key}": value
+            for key, value in rtt_percentiles(list(work.glob("uac_*_rtt.csv")), rtd="2").items()
+        },
     }
 
 
@@ -396,7 +399,11 @@ def main() -> int:
                     f"{result['achieved']:>8.1f} {result['mean']:>7.1f} "
                     f"{result['p50']:>7.1f} {result['p90']:>7.1f} {result['p99']:>7.1f} "
                     f"{result['cpu_ms_per_call']:>7.2f}"
-                    + (f"  503 p99 {result['shed_p99']:.0f} ms" if result["shed"] else ""),
+                    + (
+                        f"  503 p99 {result['shed_p99']:.0f} ms, max {result['shed_max']:.0f}"
+                        if result["shed"]
+                        else ""
+                    ),
                     flush=True,
                 )
                 if (

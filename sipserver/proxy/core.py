@@ -126,6 +126,11 @@ class SipCore:
         """While overloaded, refuse `shed_ratio` of new calls (spread evenly) with 503."""
         self.shedder.set(overloaded, shed_ratio)
 
+    def set_backlogged(self, backlogged: bool) -> None:
+        """Whether the messages handled next have a backlog waiting behind them: while
+        overloaded, new calls are then all refused (not only the share)."""
+        self.shedder.surge = backlogged and self.shedder.overloaded
+
     @property
     def overloaded(self) -> bool:
         return self.shedder.overloaded

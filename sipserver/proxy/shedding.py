@@ -17,6 +17,10 @@ class LoadShedder:
         self.record = record
         self.overloaded = False  # set by the shell while it cannot keep up
         self.ratio = 0.0  # the share of new calls refused while overloaded
+        # Set while the message being handled has a backlog behind it: every new call is
+        # refused until the backlog is down, so that the queue (and the wait for a 503)
+        # stays short while the share settles.
+        self.surge = False
         self._credit = 0.0
         self.shed = 0  # calls refused because of overload, since start
 
@@ -24,11 +28,14 @@ class LoadShedder:
         """While overloaded, refuse `ratio` of new calls (spread evenly) with 503."""
         self.overloaded = overloaded
         self.ratio = min(1.0, max(0.0, ratio)) if overloaded else 0.0
+        self.surge = self.surge and overloaded
 
     def sheds(self, method: str, in_dialog: bool) -> bool:
         """Whether this request is a new call to refuse now."""
         if not self.overloaded or in_dialog or method != "INVITE":
             return False
+        if self.surge:
+            return True
         self._credit += self.ratio
         if self._credit >= 1.0:
             self._credit -= 1.0

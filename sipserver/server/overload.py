@@ -16,7 +16,7 @@ from sipserver.proxy.core import SipCore
 from sipserver.settings import Config
 
 log = structlog.get_logger("sipserver")
-WINDOW = 0.25  # seconds per measurement
+WINDOW = 0.1  # seconds per measurement
 BUSY_WINDOWS = 2  # windows at or above the limit before overload starts
 RATIO_UP = 0.1  # more of the new calls shed per window while still behind
 RATIO_DOWN = 0.05  # fewer per window once the loop has room again
@@ -57,8 +57,11 @@ class OverloadGuard:
         self._ratio = 0.0  # the share of new calls shed
 
     def note_backlog(self, unread: int) -> None:
-        if unread > self._config().limits.overload_backlog_bytes:
+        """Bytes left unread after a read (0 included: the backlog is gone)."""
+        behind = 0 < self._config().limits.overload_backlog_bytes < unread
+        if behind:
             self.backlogs += 1
+        self.core.set_backlogged(behind)
 
     async def run(self) -> None:
         """Each window: behind (busy and a backlog) sheds a larger share of new calls, calm
@@ -76,6 +79,8 @@ class OverloadGuard:
                 limit = limits.overload_busy
                 self.active = limit > 0 and (self.core.overloaded or self.busy >= limit / 2)
                 backlog_seen = limits.overload_backlog_bytes == 0 or self.backlogs > backlogs
+                if self.backlogs == backlogs:
+                    self.core.set_backlogged(False)  # e.g. the connection behind went quiet
                 behind = limit > 0 and self.busy >= limit and backlog_seen
                 leave = limit - min(LEAVE_MARGIN, limit / 2)
                 if not self.core.overloaded:

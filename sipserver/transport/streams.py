@@ -241,10 +241,8 @@ class StreamConnection:
                 return
             if self._backlog is not None and self._backlog.active and self._direct:
                 # Bytes still waiting after this read: the peer sends faster than we
-                # handle (what the overload guard listens for).
-                waiting = self._direct.unread()
-                if waiting:
-                    self._backlog.note_backlog(waiting)
+                # handle (what the overload guard listens for; 0 says it is gone).
+                self._backlog.note_backlog(self._direct.unread())
             try:
                 items = framer.feed(data)
             except FramingError as exc:

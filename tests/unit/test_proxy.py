@@ -327,6 +327,31 @@ def test_overloaded_core_sheds_new_calls_but_keeps_admitted_ones_and_dialogs() -
     ]
 
 
+def test_while_a_backlog_waits_every_new_call_is_shed_then_the_share_again() -> None:
+    """Overloaded with a share of 0.25: one new call in four is shed; with a backlog behind
+    the messages (the shell says so), all of them, until the backlog is gone."""
+    core, _out = start()
+    core.set_overloaded(True, 0.25)
+
+    def statuses(first: int, count: int) -> list[int]:
+        found = []
+        for n in range(first, first + count):
+            request = invite().replace(b"caller1", f"caller{n}".encode())
+            replies = to(core.receive_datagram(request, CALLER, 1.0 + n / 100), CALLER.remote)
+            found += [m.status for m in replies if isinstance(m, Response)]
+        return found
+
+    assert statuses(10, 8).count(503) == 2
+    core.set_backlogged(True)
+    assert statuses(20, 8) == [503] * 8
+    core.set_backlogged(False)
+    assert statuses(30, 8).count(503) == 2
+    core.set_backlogged(True)
+    core.set_overloaded(False)  # out of overload: a backlog alone sheds nothing
+    core.set_backlogged(True)
+    assert 503 not in statuses(40, 4)
+
+
 def down_pbx1(health_check: float = 10.0) -> tuple[SipCore, str]:
     """A core whose pbx1 was marked down by its health checks."""
     text = (
