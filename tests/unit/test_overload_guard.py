@@ -1,0 +1,46 @@
+"""The overload guard's side of shedding: a read that leaves more than
+limits.overload_backlog_bytes unread makes the core shed every new call while overloaded,
+and a read that leaves none ends that."""
+
+from __future__ import annotations
+
+from sipserver.config import parse_config
+from sipserver.proxy.core import SipCore
+from sipserver.server.overload import OverloadGuard
+from tests.configs import table
+
+
+def _guard(backlog_bytes: int) -> tuple[OverloadGuard, SipCore]:
+    config = parse_config(
+        table("server", {"fqdn": "sip.example.test"})
+        + table("limits", {"overload_backlog_bytes": backlog_bytes})
+    )
+    core = SipCore(config)
+    return OverloadGuard(core, lambda: config), core
+
+
+def test_a_backlog_over_the_limit_sheds_every_new_call_only_while_overloaded() -> None:
+    guard, core = _guard(16384)
+    guard.note_backlog(20000)
+    assert not core.shedder.surge  # not overloaded: a backlog alone sheds nothing
+    assert guard.backlogs == 1  # but it counts towards entering overload
+    core.set_overloaded(True, 0.3)
+    guard.note_backlog(16000)
+    assert not core.shedder.surge  # under the limit: the share decides
+    guard.note_backlog(20000)
+    assert core.shedder.surge
+    assert core.shedder.sheds("INVITE", in_dialog=False)
+    assert not core.shedder.sheds("INVITE", in_dialog=True)  # admitted calls go on
+    assert not core.shedder.sheds("BYE", in_dialog=False)
+    guard.note_backlog(0)
+    assert not core.shedder.surge
+    guard.note_backlog(20000)
+    core.set_overloaded(False)
+    assert not core.shedder.surge
+
+
+def test_with_no_backlog_limit_the_busy_loop_alone_decides_and_nothing_surges() -> None:
+    guard, core = _guard(0)
+    core.set_overloaded(True, 0.3)
+    guard.note_backlog(1 << 20)
+    assert not core.shedder.surge
