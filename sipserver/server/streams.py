@@ -119,6 +119,7 @@ class StreamService:
                     verified=True,
                     peer_cert=accepted.certificate,
                 )
+                del accepted  # the connection holds what it needs; this frame lives as long
             else:
                 log.info("connection_opened", peer=known.name if known else None)
                 queue = self._config().limits.send_queue_bytes
@@ -317,9 +318,11 @@ class StreamService:
         return result
 
     # --- both ---------------------------------------------------------------------------
-    async def _run(
+    def _run(
         self, connection: StreamConnection, *, keepalive: bool = False, unverified: bool = False
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        """The connection's run() with our settings, to be awaited by the caller: an async
+        wrapper would be one more frame held by every idle connection."""
         config = self._config()
         limits = config.limits
         idle = limits.unverified_idle_timeout if unverified else limits.idle_timeout
@@ -327,7 +330,7 @@ class StreamService:
             # Its registration's refresh is what keeps the flow busy: never close the
             # connection before a binding on it could have been refreshed.
             idle = max(idle, config.registrar.max_expires + REFRESH_MARGIN)
-        await connection.run(
+        return connection.run(
             self.core.limits,
             idle,
             limits.send_timeout,
