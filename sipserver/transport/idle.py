@@ -1,17 +1,23 @@
 """Idle timeouts for every TCP/TLS connection from one task. A cancel scope per connection
 would cost each idle connection 0.9 KiB (trio's scope and its status); here it costs a
 heap entry. Deadlines move on with every read; the heap is not updated then, only when
-an entry comes due: a connection read from since is pushed back at its new deadline."""
+an entry comes due: a connection read from since is pushed back at its new deadline.
+
+The heap holds connections weakly: one that has ended must not keep its TLS state alive
+until its old deadline (with a connection per call, minutes of them). Ended connections
+say so (`forget`), and their entries are swept out once they are half of the heap."""
 
 from __future__ import annotations
 
 import heapq
 import math
+import weakref
 from typing import Protocol
 
 import trio
 
 MAX_SLEEP = 1.0  # seconds: the timer looks again at least this often
+_SWEEP_FLOOR = 64  # ended entries tolerated before a sweep, whatever the heap's size
 
 
 class Expiring(Protocol):
@@ -26,7 +32,8 @@ class Expiring(Protocol):
 
 class IdleTimer:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Expiring]] = []
+        self._heap: list[tuple[float, int, weakref.ref[Expiring]]] = []
+        self._ended = 0  # entries in the heap whose connection has ended
         self._due = math.inf  # when the timer wakes next
         self._sooner: trio.Event | None = None  # set when a watch falls before _due
 
@@ -37,16 +44,28 @@ class IdleTimer:
         deadline = connection.idle_deadline
         if deadline == math.inf:
             return
-        heapq.heappush(self._heap, (deadline, connection.connection_id, connection))
+        if self._ended > len(self._heap) // 2 + _SWEEP_FLOOR:
+            self._sweep()
+        entry = (deadline, connection.connection_id, weakref.ref(connection))
+        heapq.heappush(self._heap, entry)
         if deadline < self._due and self._sooner is not None:
             self._sooner.set()
 
+    def forget(self, connection: Expiring) -> None:
+        """The connection has ended (its entry goes at the next sweep, or when due)."""
+        self._ended += 1
+
+    def _sweep(self) -> None:
+        self._heap = [entry for entry in self._heap if _alive(entry[2])]
+        heapq.heapify(self._heap)
+        self._ended = 0
+
     def expire(self, now: float) -> None:
         """Tell every connection idle past its deadline; push the others back."""
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, connection = heapq.heappop(heap)
-            if connection.ended:
+        while self._heap and self._heap[0][0] <= now:  # (watch() may sweep: no alias)
+            connection = heapq.heappop(self._heap)[2]()
+            if connection is None or connection.ended:
+                self._ended = max(0, self._ended - 1)
                 continue
             if connection.idle_deadline > now:
                 self.watch(connection)  # read from since it was pushed
@@ -62,3 +81,8 @@ class IdleTimer:
             with trio.move_on_at(self._due):
                 await self._sooner.wait()
             self._sooner = None
+
+
+def _alive(ref: weakref.ref[Expiring]) -> bool:
+    connection = ref()
+    return connection is not None and not connection.ended

@@ -37,6 +37,7 @@ def next_connection_id() -> int:
 class StreamConnection:
     # Thousands of these live at once (one per idle peer): no per-instance dict.
     __slots__ = (
+        "__weakref__",  # the IdleTimer holds connections weakly
         "_backlog",
         "_closed",
         "_direct",
@@ -207,6 +208,8 @@ class StreamConnection:
         finally:
             self._ended, self._tasks = True, None
             self._pending.clear()
+            if idle_timer is not None:
+                idle_timer.forget(self)
             if self._keepalive_scope is not None:
                 self._keepalive_scope.cancel()
             await self._writer_ended()
@@ -262,6 +265,8 @@ class StreamConnection:
                 assert isinstance(item, bytes)
                 self.messages_in += 1
                 await on_message(self, item)
+                if self._closed:  # by what that message led to: read no further
+                    return
             self.idle_deadline = trio.current_time() + idle_timeout
 
     async def _finish(self) -> None:

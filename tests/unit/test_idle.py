@@ -4,6 +4,7 @@ waking a reader that waits on its socket. Time is trio's virtual clock."""
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 
 import trio
@@ -126,3 +127,24 @@ async def test_close_from_another_task_wakes_a_reader_waiting_on_its_socket() ->
             await done.wait()
     assert connection.close_reason == "peer removed from the configuration"
     assert connection.ended
+
+
+def test_an_ended_connection_is_not_kept_alive_by_the_timer_and_its_entry_is_swept() -> None:
+    """With a connection per call, thousands end long before their idle deadline: the heap
+    must neither keep their TLS state alive nor grow with them."""
+    timer = IdleTimer()
+    live = [Idler(n, 300.0, clock=lambda: 0.0) for n in range(100)]
+    for idler in live:
+        timer.watch(idler)
+    for n in range(100, 1100):  # a thousand short-lived connections
+        gone = Idler(n, 300.0, clock=lambda: 0.0)
+        timer.watch(gone)
+        probe = weakref.ref(gone)
+        gone.ended = True
+        timer.forget(gone)
+        del gone
+        assert probe() is None  # nothing of the timer's holds it
+    assert len(timer) < 100 + 2 * 64 + 100  # swept as it went, not 1,100 entries
+    timer.expire(301.0)
+    assert all(idler.expired_at is not None for idler in live)
+    assert len(timer) == 0
