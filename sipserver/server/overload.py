@@ -17,7 +17,7 @@ from sipserver.settings import Config
 
 log = structlog.get_logger("sipserver")
 WINDOW = 0.1  # seconds per measurement
-BUSY_WINDOWS = 1  # windows at or above the limit before overload starts: 100 ms
+BUSY_WINDOWS = 2  # windows at or above the limit before overload starts: 200 ms
 RATIO_UP = 0.1  # more of the new calls shed per window while still behind
 RATIO_DOWN = 0.05  # fewer per window once the loop has room again
 LEAVE_MARGIN = 0.08  # overload ends below limit - margin: hysteresis against flapping
@@ -38,7 +38,7 @@ class LoopLoad(trio.abc.Instrument):
 
 
 class OverloadGuard:
-    """Overload = the loop busy for limits.overload_busy of a window (BUSY_WINDOWS running)
+    """Overload = the loop busy for limits.overload_busy of BUSY_WINDOWS windows running
     while connections report backlogs (bytes waiting unread after a read): busy alone may be a
     server working hard and keeping up."""
 
