@@ -236,6 +236,7 @@ async def _accept_loop(
 ) -> None:
     """trio.serve_listeners without its wrapper task: the handler is the connection's task
     and closes the stream itself, so every idle connection holds one frame fewer."""
+    failures, failing_since = 0, 0.0
     async with listener:
         while True:
             try:
@@ -243,10 +244,20 @@ async def _accept_loop(
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                # Out of descriptors or memory: new connections wait in the backlog.
-                log.error("accept_failed", reason=os.strerror(exc.errno), retry_in=_ACCEPT_RETRY)
+                # Out of descriptors or memory: new connections wait in the kernel's backlog.
+                # Said once, not at every retry; accept_resumed gives the count.
+                if not failures:
+                    failing_since = trio.current_time()
+                    log.error(
+                        "accept_failed", reason=os.strerror(exc.errno), retry_in=_ACCEPT_RETRY
+                    )
+                failures += 1
                 await trio.sleep(_ACCEPT_RETRY)
                 continue
+            if failures:
+                seconds = round(trio.current_time() - failing_since, 3)
+                log.info("accept_resumed", failed_attempts=failures, seconds=seconds)
+                failures = 0
             # A name of our own: trio would format one for every connection's task.
             connections.start_soon(handler, stream, name=_CONNECTION_TASK)
 

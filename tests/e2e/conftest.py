@@ -195,14 +195,20 @@ StartServer = Callable[..., RunningServer]
 
 
 def run_server(
-    config: Path, workdir: Path, args: list[str] | None = None, state: Path | None = None
+    config: Path,
+    workdir: Path,
+    args: list[str] | None = None,
+    state: Path | None = None,
+    open_files: int | None = None,
 ) -> RunningServer:
     """`sipserver run` on this checkout (not a stale installed copy), logging JSON; returns
-    once it is ready."""
+    once it is ready. `open_files` caps its file descriptors (util-linux's prlimit)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     if state is not None:
         env["SIPSERVER_STATE_DIR"] = str(state)
     command = [sys.executable, "-m", "sipserver", "run", "--config", str(config)]
+    if open_files is not None:
+        command = ["prlimit", f"--nofile={open_files}:{open_files}", *command]
     process = subprocess.Popen(
         [*command, "--log-format", "json", *(args or [])],
         stdout=subprocess.PIPE,
@@ -238,6 +244,7 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         trust_dir: Path | None = None,
         certificates: dict[str, Issued] | None = None,
         tls_extra: str = "",
+        open_files: int | None = None,
     ) -> RunningServer:
         workdir = tmp_path / f"server{len(servers)}"
         cert_dir = workdir / "server"
@@ -262,7 +269,7 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         config = workdir / "sipserver.toml"
         workdir.mkdir(parents=True, exist_ok=True)
         config.write_text(text)
-        server = run_server(config, workdir, args, state=workdir / "state")
+        server = run_server(config, workdir, args, state=workdir / "state", open_files=open_files)
         servers.append(server)
         return server
 

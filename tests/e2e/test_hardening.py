@@ -222,3 +222,31 @@ def test_hundreds_of_malformed_requests_leave_the_server_answering(
                 reply = read_response(sock)
         assert status_line(reply) == "SIP/2.0 200 OK"
     assert server.process.poll() is None and not server.events("internal_error")
+
+
+def test_out_of_file_descriptors_the_server_says_so_once_and_accepts_again(
+    start_server: StartServer,
+) -> None:
+    """EMFILE on accept: one accept_failed line (not one per retry), the connections that
+    wait in the kernel's backlog are served once descriptors are free again."""
+    server = start_server(
+        open_files=64,
+        limits="max_connections = 500\nmax_connections_per_address = 500",
+    )
+    held: list[socket.socket] = []
+    try:
+        for _ in range(80):  # more than 64 descriptors' worth: the kernel queues the rest
+            held.append(socket.create_connection(("127.0.0.1", server.sip_port), timeout=5))
+        failed = server.wait_for("accept_failed", timeout=10)
+        assert failed["reason"] == os.strerror(24)  # EMFILE: "Too many open files"
+        late = held[-1]  # still in the backlog, never accepted
+        for sock in held[:-1]:
+            sock.close()
+        late.sendall(options("127.0.0.1", server.sip_port, "TCP", local_port=5098))
+        assert status_line(read_response(late, timeout=10)) == "SIP/2.0 200 OK"
+        resumed = server.wait_for("accept_resumed", timeout=10)
+        assert resumed["failed_attempts"] >= 1
+        assert len(server.events("accept_failed")) == 1
+    finally:
+        for sock in held:
+            sock.close()
