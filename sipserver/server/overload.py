@@ -61,7 +61,8 @@ class OverloadGuard:
         behind = 0 < self._config().limits.overload_backlog_bytes < unread
         if behind:
             self.backlogs += 1
-        self.core.set_backlogged(behind)
+        if self.core.overloaded:  # it only matters then (leaving overload clears it)
+            self.core.set_backlogged(behind)
 
     async def run(self) -> None:
         """Each window: behind (busy and a backlog) sheds a larger share of new calls, calm

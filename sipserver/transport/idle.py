@@ -51,8 +51,8 @@ class IdleTimer:
         if deadline < self._due and self._sooner is not None:
             self._sooner.set()
 
-    def forget(self, connection: Expiring) -> None:
-        """The connection has ended (its entry goes at the next sweep, or when due)."""
+    def forget(self) -> None:
+        """A connection has ended (its entry goes at the next sweep, or when due)."""
         self._ended += 1
 
     def _sweep(self) -> None:

@@ -209,7 +209,7 @@ class StreamConnection:
             self._ended, self._tasks = True, None
             self._pending.clear()
             if idle_timer is not None:
-                idle_timer.forget(self)
+                idle_timer.forget()
             if self._keepalive_scope is not None:
                 self._keepalive_scope.cancel()
             await self._writer_ended()

@@ -211,25 +211,21 @@ class TLSStream(trio.abc.Stream):
         self._receiving = True
         try:
             while True:
-                if not self._readable():
-                    # Nothing decrypted and nothing to decrypt: read the socket first rather
-                    # than let OpenSSL say so with an exception.
-                    if self._pending_out():
-                        await self._flush()
-                    if not self._took(await self._read_socket()):
+                # Ask OpenSSL only when it holds something: an empty read would cost an
+                # exception (WantReadError) on every message.
+                if self._readable():
+                    try:
+                        return self.connection.recv(max_bytes or _CHUNK)
+                    except SSL.WantReadError:
+                        pass  # a partial record: read on
+                    except SSL.ZeroReturnError:
                         return b""
-                try:
-                    return self.connection.recv(max_bytes or _CHUNK)
-                except SSL.WantReadError:
-                    pass
-                except SSL.ZeroReturnError:
-                    return b""
-                except SSL.SysCallError as exc:
-                    if exc.args and exc.args[0] == -1:
-                        return b""  # EOF without close_notify: SIP framing is by Content-Length
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                except SSL.Error as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
+                    except SSL.SysCallError as exc:
+                        if exc.args and exc.args[0] == -1:
+                            return b""  # EOF without close_notify: framing is by Content-Length
+                        raise trio.BrokenResourceError(str(exc)) from exc
+                    except SSL.Error as exc:
+                        raise trio.BrokenResourceError(str(exc)) from exc
                 if self._pending_out():
                     await self._flush()  # e.g. a TLS 1.3 key update or session ticket
                 if not self._took(await self._read_socket()):

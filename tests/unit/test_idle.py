@@ -26,11 +26,13 @@ class Idler:
         self.connection_id = connection_id
         self.idle_deadline = deadline
         self.expired_at: float | None = None
+        self.expired = trio.Event()
         self.ended = False
         self._clock = clock
 
     def idle_expired(self) -> None:
         self.expired_at = self._clock()
+        self.expired.set()
 
 
 def test_each_connection_expires_at_its_own_deadline_and_reads_push_it_back() -> None:
@@ -64,11 +66,11 @@ async def test_the_timer_task_wakes_for_a_deadline_sooner_than_its_own(
         await trio.testing.wait_all_tasks_blocked()
         soon.idle_deadline = trio.current_time() + 0.3
         timer.watch(soon)
-        while soon.expired_at is None:
-            await trio.sleep(0.01)
+        with trio.fail_after(1):
+            await soon.expired.wait()
         assert late.expired_at is None
-        while late.expired_at is None:
-            await trio.sleep(1)
+        with trio.fail_after(200):
+            await late.expired.wait()
         nursery.cancel_scope.cancel()
     assert soon.expired_at is not None and late.expired_at is not None
     assert abs(soon.expired_at - 0.3) < 0.02  # at its deadline, not at the next round
@@ -80,11 +82,16 @@ async def _nothing(*_: object) -> None:
 
 
 async def _connection_run(
-    connection: StreamConnection, tasks: trio.Nursery, timer: IdleTimer, idle: float
+    connection: StreamConnection,
+    tasks: trio.Nursery,
+    timer: IdleTimer,
+    idle: float,
+    done: trio.Event,
 ) -> None:
     await connection.run(
         ParseLimits(), idle, 30.0, _nothing, _nothing, tasks=tasks, idle_timer=timer
     )
+    done.set()
 
 
 async def test_an_idle_connection_is_closed_with_the_reason_and_a_busy_one_is_not(
@@ -96,14 +103,16 @@ async def test_an_idle_connection_is_closed_with_the_reason_and_a_busy_one_is_no
     connection = StreamConnection(PlainStream(trio.SocketStream(ours)), FLOW, None)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(timer.run)
-        nursery.start_soon(_connection_run, connection, nursery, timer, 5.0)
+        done = trio.Event()
+        nursery.start_soon(_connection_run, connection, nursery, timer, 5.0, done)
         for _ in range(4):  # keep-alives every 3 s: never 5 s idle
             await trio.sleep(3)
             await peer.send_all(b"\r\n\r\n")
         assert not connection.ended
-        while not connection.ended:
-            await trio.sleep(0.5)
+        with trio.fail_after(60):
+            await done.wait()
         closed_at = trio.current_time()
+        assert connection.ended
         nursery.cancel_scope.cancel()
     assert connection.close_reason == "idle for 5 s (limits.idle_timeout)"
     assert 17.0 <= closed_at <= 17.5  # 5 s after the last keep-alive, at 12 s
@@ -141,7 +150,7 @@ def test_an_ended_connection_is_not_kept_alive_by_the_timer_and_its_entry_is_swe
         timer.watch(gone)
         probe = weakref.ref(gone)
         gone.ended = True
-        timer.forget(gone)
+        timer.forget()
         del gone
         assert probe() is None  # nothing of the timer's holds it
     assert len(timer) < 100 + 2 * 64 + 100  # swept as it went, not 1,100 entries
