@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -52,7 +53,28 @@ PROFILE: Path | None = None  # --profile: py-spy the server during each step int
 WORKERS = 1  # --workers: server.workers
 MUTUAL_TLS = ("mtls-tcp", "mtls-new", "mtls-full")  # the caller through stunnel, callee on TCP
 NEW_CONNECTION_PER_CALL = ("mtls-new", "mtls-full", "tcp-new")
-TLS_CALLER = "stunnel"  # --tls-caller: who places mtls-new/mtls-full calls
+TLS_CALLER = "stunnel"  # --tls-caller: who places mutual-TLS calls
+C_CALLER_SOURCE = Path(__file__).parent / "tls_caller.c"
+
+
+def _own_caller(transport: str) -> bool:
+    """Whether this transport's calls come from tls_caller.py/.c rather than sipp + stunnel
+    (the Python caller only opens a connection per call; the C one also keeps one)."""
+    if TLS_CALLER == "c":
+        return transport in MUTUAL_TLS
+    return TLS_CALLER == "python" and transport in ("mtls-new", "mtls-full")
+
+
+def build_c_caller() -> Path:
+    """bench/tls_caller.c compiled once per source version (needs gcc and libgnutls28-dev)."""
+    digest = hashlib.sha256(C_CALLER_SOURCE.read_bytes()).hexdigest()[:12]
+    binary = Path(tempfile.gettempdir()) / f"sipserver-tls-caller-{digest}"
+    if not binary.exists():
+        subprocess.run(
+            ["cc", "-O2", "-o", str(binary), str(C_CALLER_SOURCE), "-lgnutls"],
+            check=True,
+        )
+    return binary
 
 
 def _write_pki(work: Path, ca: Issued) -> None:
@@ -170,10 +192,12 @@ def step(
     cpu_before = cpu_seconds_tree(server_pid)
     raw = PROFILE / f"{transport}-{rate}.txt" if PROFILE else None
     spy = profile(server_pid, seconds, raw) if raw else None
-    if TLS_CALLER == "python" and transport in ("mtls-new", "mtls-full"):
-        return _python_caller_step(
+    if _own_caller(transport):
+        own = _own_caller_step(
             work, transport, caller_port, rate, calls, server_pid, started, cpu_before, callee
         )
+        _print_profile(spy, raw, transport, rate)
+        return own
     result = subprocess.run(
         [
             "sipp",
@@ -209,10 +233,7 @@ def step(
     )
     elapsed = time.monotonic() - started
     cpu = cpu_seconds_tree(server_pid) - cpu_before
-    if spy is not None and raw is not None:
-        spy.wait(30)
-        if raw.exists():
-            print(f"profile of {transport} at {rate}/s ({raw}):\n{profile_summary(raw)}")
+    _print_profile(spy, raw, transport, rate)
     callee.kill()
     callee.wait(10)
     answered, failed = sipp_counts(result.stdout, calls)
@@ -236,7 +257,16 @@ def step(
     }
 
 
-def _python_caller_step(
+def _print_profile(
+    spy: subprocess.Popen[bytes] | None, raw: Path | None, transport: str, rate: int
+) -> None:
+    if spy is not None and raw is not None:
+        spy.wait(30)
+        if raw.exists():
+            print(f"profile of {transport} at {rate}/s ({raw}):\n{profile_summary(raw)}")
+
+
+def _own_caller_step(
     work: Path,
     transport: str,
     tls_port: int,
@@ -247,15 +277,19 @@ def _python_caller_step(
     cpu_before: float,
     callee: subprocess.Popen[bytes],
 ) -> dict[str, float]:
-    """The step's calls placed by bench/tls_caller.py straight to the TLS port."""
-    rtt = work / "python-caller-setup.txt"
-    command = [
-        sys.executable,
-        str(Path(__file__).parent / "tls_caller.py"),
+    """The step's calls placed by bench/tls_caller.py (or .c) straight to the TLS port."""
+    rtt, shed_rtt = work / "caller-setup.txt", work / "caller-shed.txt"
+    shed_rtt.write_text("")
+    if TLS_CALLER == "c":
+        command = [str(build_c_caller()), "--shed-file", str(shed_rtt)]
+    else:
+        command = [sys.executable, str(Path(__file__).parent / "tls_caller.py")]
+    command += [
         *("--port", str(tls_port), "--cert", str(work / "gw.pem")),
         *("--ca", str(work / "trust" / "ca.crt"), "--rate", str(rate), "--calls", str(calls)),
         *("--rtt-file", str(rtt)),
         *(["--resume"] if transport == "mtls-new" else []),
+        *(["--persistent"] if transport == "mtls-tcp" else []),
     ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=calls / rate * 4 + 60)
     elapsed = time.monotonic() - started
@@ -264,20 +298,23 @@ def _python_caller_step(
     callee.wait(10)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     print(
-        f"  (tls_caller.py: {summary['cpu_ms_per_call']:.2f} ms CPU per call"
+        f"  (tls_caller.{'c' if TLS_CALLER == 'c' else 'py'}: "
+        f"{summary['cpu_ms_per_call']:.2f} ms CPU per call"
         + (f"; failures: {summary['failures']}" if summary["failures"] else "")
         + ")",
         flush=True,
     )
-    answered = summary["answered"]
+    answered, shed = summary["answered"], summary.get("shed", 0)
+    shed_times = percentiles(float(line.split()[-1]) for line in shed_rtt.read_text().splitlines())
     return {
         "ok": answered,
-        "shed": 0,
-        "failed": summary["failed"],
+        "shed": shed,
+        # without --overload a 503 is a failed call, as it is for sipp
+        "failed": summary["failed"] + (0 if SHED_OK else shed),
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
         **percentiles(float(line) for line in rtt.read_text().split()),
-        "shed_p99": float("nan"),
+        **{f"shed_{key}": value for key, value in shed_times.items()},
     }
 
 
@@ -323,10 +360,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--tls-caller",
-        choices=("stunnel", "python"),
+        choices=("stunnel", "python", "c"),
         default="stunnel",
-        help="mtls-new/mtls-full calls from sipp through stunnel, or from bench/tls_caller.py "
-        "(a TLS client per call at a fraction of stunnel's CPU)",
+        help="mutual-TLS calls from sipp through stunnel, from bench/tls_caller.py "
+        "(mtls-new/mtls-full: a TLS client per call at a fraction of stunnel's CPU) or from "
+        "bench/tls_caller.c (all three, a fraction of the Python caller's CPU; gcc, libgnutls28-dev)",
     )
     args = parser.parse_args()
     global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER
@@ -377,8 +415,8 @@ def main() -> int:
                 gw = make_leaf(ca, dns=["gw1.example.test"])
                 gw.write_combined(work / "gw.pem")
                 caller_port = free_port()
-                if TLS_CALLER == "python" and transport in ("mtls-new", "mtls-full"):
-                    caller_port = tls_port  # tls_caller.py speaks TLS itself
+                if _own_caller(transport):
+                    caller_port = tls_port  # tls_caller.py/.c speaks TLS itself
                 else:
                     stack.enter_context(
                         stunnel(

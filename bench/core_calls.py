@@ -2,8 +2,10 @@
 """The pure core alone: whole proxied calls (INVITE/100/180/200/ACK/BYE/200, caller over
 TLS, callee over TCP) fed through SipCore with no sockets, no trio and no logging. Prints
 the core's CPU microseconds per call; `--profile` prints where they go (cProfile).
+`--shed`: the core overloaded with a backlog waiting, so every call is refused (INVITE,
+503, and the ACK for it): what a shed call costs.
 
-    python bench/core_calls.py [--calls 5000] [--profile]
+    python bench/core_calls.py [--calls 5000] [--profile] [--shed]
 """
 
 from __future__ import annotations
@@ -122,15 +124,39 @@ def one_call(core: SipCore, n: int, now: float) -> None:
     core.take_events()
 
 
+def one_shed_call(core: SipCore, n: int, now: float) -> None:
+    gw1 = core.peers.by_name("gw1")
+    out = core.receive_stream_message(invite(n), CALLER, gw1, now)
+    refusal = out[0].data
+    assert refusal.startswith(b"SIP/2.0 503 "), refusal[:40]
+    to = refusal[refusal.index(b"\r\nTo: ") + 2 :].split(b"\r\n", 1)[0]
+    ack = (
+        b"ACK sip:5000@sip.example.test SIP/2.0\r\n"
+        + f"Via: SIP/2.0/TLS 127.0.0.1:40000;branch=z9hG4bK-{n}-1;rport\r\n".encode()
+        + f"From: sipp <sip:sipp@127.0.0.1:40000>;tag={n}SIPpTag00\r\n".encode()
+        + to
+        + f"\r\nCall-ID: {n}-bench@127.0.0.1\r\nCSeq: 1 ACK\r\n".encode()
+        + b"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert core.receive_stream_message(ack, CALLER, gw1, now) == []
+    core.take_events()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--shed", action="store_true", help="every call refused with 503")
     args = parser.parse_args()
     config = parse_config(CONFIG)
     core = SipCore(config)
+    call = one_call
+    if args.shed:
+        core.set_overloaded(True, 0.5)
+        core.set_backlogged(True)
+        call = one_shed_call
     for n in range(200):  # warm up
-        one_call(core, n, 0.0)
+        call(core, n, 0.0)
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
@@ -140,12 +166,13 @@ def main() -> int:
     for first in range(1000, 1000 + 5 * per_round, per_round):
         started = time.process_time()
         for n in range(first, first + per_round):
-            one_call(core, n, n / 1000)
+            call(core, n, n / 1000)
         rounds.append((time.process_time() - started) * 1e6 / per_round)
     if profiler:
         profiler.disable()
     print(
-        f"{5 * per_round} calls through the core: {min(rounds):.0f} µs CPU per call at best "
+        f"{5 * per_round} {'shed ' if args.shed else ''}calls through the core: "
+        f"{min(rounds):.0f} µs CPU per call at best "
         f"(median {sorted(rounds)[2]:.0f}; including building the test's own messages)"
     )
     if profiler:
