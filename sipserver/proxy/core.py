@@ -43,6 +43,7 @@ from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.framing import FramingError
 from sipserver.sip.matching import server_key
 from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
+from sipserver.sip.stateless import acks_a_refusal
 from sipserver.sip.timers import TimerValues
 from sipserver.sip.transaction import (
     ClientTransaction,
@@ -194,6 +195,13 @@ class SipCore:
         peer = (
             tls_peer if flow.transport == Transport.TLS else self.peers.by_address(flow.remote[0])
         )
+        if self.shedder.surge and peer is not None:
+            retry_after = self.config.limits.overload_retry_after
+            refused = self.shedder.refuse_at_door(data, flow, peer, retry_after)
+            if refused is not None:
+                return refused
+        if data.startswith(b"ACK ") and acks_a_refusal(data):
+            return []  # the ACK of a refusal at the door: no transaction waits for it
         return self._receive(data, flow, peer, now, stream=True, cert=peer_cert)
 
     def transport_failed(self, flow: Flow, reason: str, now: float) -> list[Transmit]:

@@ -4,11 +4,16 @@ admitted keep the CPU they need."""
 
 from __future__ import annotations
 
+from sipserver import SERVER_NAME
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord
 from sipserver.proxy.events import CallShed
-from sipserver.sip.flow import Transmit
+from sipserver.settings import PeerSettings
+from sipserver.sip.flow import Flow, Transmit
+from sipserver.sip.stateless import read_new_invite, refusal
 from sipserver.sip.transaction import ServerTransaction
+
+OVERLOADED = "Server overloaded"
 
 
 class LoadShedder:
@@ -45,4 +50,38 @@ class LoadShedder:
     def refuse(self, tx: ServerTransaction, retry_after: int, now: float) -> list[Transmit]:
         self.shed += 1
         self.record.count(None, "shed_503")
-        return self.responder.unavailable(tx, "Server overloaded", retry_after, now, CallShed)
+        return self.responder.unavailable(tx, OVERLOADED, retry_after, now, CallShed)
+
+    def refuse_at_door(
+        self, data: bytes, flow: Flow, peer: PeerSettings, retry_after: int
+    ) -> list[Transmit] | None:
+        """During a surge, a new call on a connection is refused from its bytes, with no
+        parse and no transaction (a stream needs no retransmission, and the ACK is known
+        by our To-tag): the cheaper a refusal, the sooner the queue behind it is served.
+        None: not a new INVITE this way can answer; the full path decides."""
+        invite = read_new_invite(data)
+        if invite is None:
+            return None
+        headers = (
+            ("Retry-After", str(retry_after)),
+            self.responder.warning(OVERLOADED),
+            ("Server", SERVER_NAME),
+        )
+        response = refusal(invite, flow.remote, b"SIP/2.0 503 Service Unavailable", headers)
+        if response is None:
+            return None
+        self.shed += 1
+        self.record.count(None, "shed_503")
+        self.responder.events.append(
+            CallShed(
+                call_id=invite.call_id.decode("utf-8", "replace"),
+                method="INVITE",
+                status=503,
+                reason=OVERLOADED.lower(),
+                transport=flow.transport,
+                remote=flow.remote_text,
+                peer=peer.name,
+                peer_fqdn=peer.fqdn,
+            )
+        )
+        return [Transmit(flow, response)]

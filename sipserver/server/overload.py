@@ -21,6 +21,10 @@ BUSY_WINDOWS = 2  # windows at or above the limit before overload starts: 200 ms
 RATIO_UP = 0.1  # more of the new calls shed per window while still behind
 RATIO_DOWN = 0.05  # fewer per window once the loop has room again
 LEAVE_MARGIN = 0.08  # overload ends below limit - margin: hysteresis against flapping
+# A read that leaves this many times limits.overload_backlog_bytes unread, after a busy
+# window, starts overload at once: a queue that long is no noise, and every window waited
+# for adds to the wait of the calls in it (and of their 503s).
+DEEP_BACKLOG = 4
 
 
 class LoopLoad(trio.abc.Instrument):
@@ -58,9 +62,13 @@ class OverloadGuard:
 
     def note_backlog(self, unread: int) -> None:
         """Bytes left unread after a read (0 included: the backlog is gone)."""
-        behind = 0 < self._config().limits.overload_backlog_bytes < unread
+        limits = self._config().limits
+        behind = 0 < limits.overload_backlog_bytes < unread
         if behind:
             self.backlogs += 1
+            deep = unread > DEEP_BACKLOG * limits.overload_backlog_bytes
+            if deep and not self.core.overloaded and 0 < limits.overload_busy <= self.busy:
+                self._enter(limits.overload_busy, unread)
         if self.core.overloaded:  # it only matters then (leaving overload clears it)
             self.core.set_backlogged(behind)
 
@@ -90,6 +98,7 @@ class OverloadGuard:
                         self._enter(limit)
                         busy_windows = 0
                     continue
+                busy_windows = 0  # overload may have started at a read (DEEP_BACKLOG)
                 self._peak = max(self._peak, self.busy)
                 if behind:
                     self._ratio = min(1.0, self._ratio + RATIO_UP)
@@ -102,7 +111,8 @@ class OverloadGuard:
         finally:
             trio.lowlevel.remove_instrument(self.load)
 
-    def _enter(self, limit: float) -> None:
+    def _enter(self, limit: float, backlog: int | None = None) -> None:
+        """`backlog`: the unread bytes of the read that started it at once, if one did."""
         self._ratio = RATIO_UP * 2
         self.core.set_overloaded(True, self._ratio)
         self._started_at, self._shed_at_start, self._peak = (
@@ -114,6 +124,7 @@ class OverloadGuard:
             "server_overloaded",
             busy=round(self.busy, 3),
             limit=limit,
+            **({"backlog_bytes": backlog} if backlog is not None else {}),
             action="a share of new calls get 503 with Retry-After until the load falls",
         )
 

@@ -44,3 +44,18 @@ def test_with_no_backlog_limit_the_busy_loop_alone_decides_and_nothing_surges() 
     core.set_overloaded(True, 0.3)
     guard.note_backlog(1 << 20)
     assert not core.shedder.surge
+
+
+def test_a_deep_backlog_after_a_busy_window_starts_overload_at_once() -> None:
+    """Four times the backlog limit unread: no second busy window is waited for, and the
+    read's own call is already shed; the same backlog with a loop that had room is not."""
+    guard, core = _guard(16384)
+    guard.busy = 0.5
+    guard.note_backlog(5 * 16384)
+    assert not core.overloaded
+    guard.busy = 0.99
+    guard.note_backlog(3 * 16384)
+    assert not core.overloaded  # a backlog, but not a deep one
+    guard.note_backlog(5 * 16384)
+    assert core.overloaded and core.shedder.surge
+    assert core.shedder.sheds("INVITE", in_dialog=False)
