@@ -195,7 +195,7 @@ class SipCore:
         peer = (
             tls_peer if flow.transport == Transport.TLS else self.peers.by_address(flow.remote[0])
         )
-        if self.shedder.surge and peer is not None:
+        if self.shedder.overloaded and peer is not None:
             retry_after = self.config.limits.overload_retry_after
             refused = self.shedder.refuse_at_door(data, flow, peer, retry_after)
             if refused is not None:

@@ -35,17 +35,18 @@ class LoadShedder:
         self.ratio = min(1.0, max(0.0, ratio)) if overloaded else 0.0
         self.surge = self.surge and overloaded
 
-    def sheds(self, method: str, in_dialog: bool) -> bool:
-        """Whether this request is a new call to refuse now."""
+    def would_shed(self, method: str, in_dialog: bool) -> bool:
+        """Whether sheds() would refuse this request, without taking the decision."""
         if not self.overloaded or in_dialog or method != "INVITE":
             return False
-        if self.surge:
-            return True
-        self._credit += self.ratio
-        if self._credit >= 1.0:
-            self._credit -= 1.0
-            return True
-        return False
+        return self.surge or self._credit + self.ratio >= 1.0
+
+    def sheds(self, method: str, in_dialog: bool) -> bool:
+        """Whether this request is a new call to refuse now (the share's turn is taken)."""
+        shed = self.would_shed(method, in_dialog)
+        if self.overloaded and not in_dialog and method == "INVITE" and not self.surge:
+            self._credit = self._credit + self.ratio - (1.0 if shed else 0.0)
+        return shed
 
     def refuse(self, tx: ServerTransaction, retry_after: int, now: float) -> list[Transmit]:
         self.shed += 1
@@ -55,10 +56,12 @@ class LoadShedder:
     def refuse_at_door(
         self, data: bytes, flow: Flow, peer: PeerSettings, retry_after: int
     ) -> list[Transmit] | None:
-        """During a surge, a new call on a connection is refused from its bytes, with no
-        parse and no transaction (a stream needs no retransmission, and the ACK is known
-        by our To-tag): the cheaper a refusal, the sooner the queue behind it is served.
-        None: not a new INVITE this way can answer; the full path decides."""
+        """A new call on a connection that is to be shed is refused from its bytes, with no
+        parse and no transaction (a stream needs no retransmission, and the ACK is known by
+        our To-tag): the cheaper a refusal, the sooner the queue behind it is served.
+        None: not one this way can answer (the full path decides, as it would have)."""
+        if not self.would_shed("INVITE", in_dialog=False):
+            return None
         invite = read_new_invite(data)
         if invite is None:
             return None
@@ -70,6 +73,7 @@ class LoadShedder:
         response = refusal(invite, flow.remote, b"SIP/2.0 503 Service Unavailable", headers)
         if response is None:
             return None
+        self.sheds("INVITE", in_dialog=False)  # the share's turn is taken here
         self.shed += 1
         self.record.count(None, "shed_503")
         self.responder.events.append(

@@ -45,7 +45,12 @@ def local_tag(request: Request) -> str:
     seed = "|".join(
         [request.call_id or "", request.headers.get("From") or "", via[0] if via else ""]
     )
-    return hashlib.sha1(seed.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return stable_tag(seed.encode("utf-8", "surrogateescape"))
+
+
+def stable_tag(seed: bytes) -> str:
+    """local_tag's hash of Call-ID|From|top Via, for callers that hold the raw bytes."""
+    return hashlib.sha1(seed).hexdigest()[:12]
 
 
 def make_response(

@@ -6,10 +6,10 @@ there) is left to the full parser, which answers it the ordinary way."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.responses import stable_tag
 from sipserver.sip.via import parse_via
 
 # The To-tag of a stateless refusal starts with this: its ACK is known without a parse.
@@ -85,7 +85,7 @@ def refusal(
         return None
     stamped = str(top.with_received(*source)).encode("utf-8", "surrogateescape")
     seed = b"|".join((invite.call_id, invite.from_, invite.vias[0]))
-    tag = REFUSAL_TAG.encode() + hashlib.sha1(seed).hexdigest()[:12].encode()
+    tag = (REFUSAL_TAG + stable_tag(seed)).encode()
     parts = [status_line, b"Via: " + stamped]
     parts += [b"Via: " + via for via in invite.vias[1:]]
     parts += [

@@ -1,5 +1,5 @@
-"""Refusals at the door: during a surge (overloaded, a backlog behind the message) a new
-call on a connection gets its 503 from its bytes alone, with what the full path's 503
+"""Refusals at the door: a new call on a connection that overload sheds (every one during
+a surge, the share otherwise) gets its 503 from its bytes alone, with what the full path's 503
 carries, no transaction, and an ACK that is absorbed by its To-tag; anything unusual goes
 the full way."""
 
@@ -70,9 +70,12 @@ def test_a_new_call_is_refused_from_its_bytes_with_what_the_full_path_would_say(
     assert [type(e) for e in events] == [CallShed]
     assert events[0].call_id == "call-1@gw1" and events[0].peer == "gw1"
 
+    # The same INVITE from the same address and port over UDP, which the door leaves to
+    # the full path: its 503 is what the door's must be.
     full_path = SipCore(CONFIG)
-    full_path.set_overloaded(True, 1.0)  # every new call shed, the ordinary way
-    expected = only_response(full_path.receive_stream_message(invite(), GW1, None, 1.0))
+    full_path.set_overloaded(True, 1.0)
+    udp = Flow("udp", GW1.local, GW1.remote)
+    expected = only_response(full_path.receive_datagram(invite(), udp, 1.0), udp)
     assert full_path.transaction_count == 1
     assert (refused.status, refused.reason) == (expected.status, expected.reason)
     names = [h.name for h in refused.headers]
@@ -86,6 +89,25 @@ def test_a_new_call_is_refused_from_its_bytes_with_what_the_full_path_would_say(
     assert to.startswith("<sip:5000@sip.example.test>;tag=" + REFUSAL_TAG)
     again = only_response(core.receive_stream_message(invite(), GW1, None, 1.5))
     assert again.headers.get("To") == to  # a retransmission gets the same tag
+
+
+def test_the_share_shed_without_a_backlog_is_refused_at_the_door_too() -> None:
+    """Overloaded with a share of one in two and no backlog: every other new call gets the
+    door's 503, the others go on to pbx1 (the share's turns are taken once per call)."""
+    core = SipCore(CONFIG)
+    core.set_overloaded(True, 0.5)
+    statuses = []
+    for n in range(1, 7):
+        out = core.receive_stream_message(invite(n), GW1, None, 1.0 + n)
+        to_caller = [parse_message(t.data) for t in out if t.flow == GW1]
+        refused = [m for m in to_caller if isinstance(m, Response) and m.status == 503]
+        statuses.append("shed" if refused else "forwarded")
+        if refused:
+            assert REFUSAL_TAG in (refused[0].headers.get("To") or "")
+        else:
+            assert any(t.flow.remote[0] == "192.0.2.20" for t in out)
+    assert statuses == ["forwarded", "shed"] * 3
+    assert core.shed == 3
 
 
 def test_the_ack_of_a_refusal_is_absorbed_even_after_the_surge() -> None:
@@ -104,6 +126,7 @@ def test_in_dialog_and_unusual_requests_take_the_full_path() -> None:
     out = core.receive_stream_message(invite(2, to_tag=";tag=callee"), GW1, None, 1.0)
     answers = [parse_message(t.data) for t in out if t.flow == GW1]
     assert not [m for m in answers if isinstance(m, Response) and m.status == 503]
+    assert core.shed == 0
     # a Via list on one line, a folded header: shed, but by the full parser's transaction
     for n, request in (
         (3, invite(3, via="SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK-3, SIP/2.0/UDP 10.0.0.3")),
