@@ -67,3 +67,7 @@ def test_renewed_bios_keep_unread_input_and_return_unsent_output() -> None:
     assert connection._into_ssl != before  # a new pair is in use
     # What was waiting to be read moved along, byte for byte.
     assert int(lib.BIO_get_mem_data(connection._into_ssl, ffi.NULL)) == len(b"not read yet")
+    renewed = connection._into_ssl
+    assert renew_memory_bios(connection) == b""  # and it can be renewed again
+    assert connection._into_ssl != renewed
+    assert int(lib.BIO_get_mem_data(connection._into_ssl, ffi.NULL)) == len(b"not read yet")
