@@ -43,9 +43,12 @@ class LoadShedder:
 
     def sheds(self, method: str, in_dialog: bool) -> bool:
         """Whether this request is a new call to refuse now (the share's turn is taken)."""
-        shed = self.would_shed(method, in_dialog)
-        if self.overloaded and not in_dialog and method == "INVITE" and not self.surge:
-            self._credit = self._credit + self.ratio - (1.0 if shed else 0.0)
+        if not self.overloaded or in_dialog or method != "INVITE":
+            return False
+        if self.surge:
+            return True
+        shed = self._credit + self.ratio >= 1.0  # as would_shed() says
+        self._credit = self._credit + self.ratio - (1.0 if shed else 0.0)
         return shed
 
     def refuse(self, tx: ServerTransaction, retry_after: int, now: float) -> list[Transmit]:
