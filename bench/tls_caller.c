@@ -68,7 +68,7 @@ struct conn {
 struct call {
     int number;
     enum call_state state;
-    double deadline, sent_at;
+    double deadline, sent_at, setup_ms; /* setup_ms: INVITE sent -> 200 received */
     struct conn *conn;
 };
 
@@ -237,7 +237,7 @@ static void response(struct conn *c, char *head) {
             fail(call, why);
             return;
         }
-        setup_ms[answered] = ms;
+        call->setup_ms = ms; /* kept until the BYE's 200 makes the call answered */
         size_t contact_len;
         const char *contact = header(head, "Contact", "m", &contact_len);
         char target[256];
@@ -265,7 +265,7 @@ static void response(struct conn *c, char *head) {
             fail(call, "BYE not answered 200");
             return;
         }
-        answered++;
+        setup_ms[answered++] = call->setup_ms;
         finish(call);
         if (!args.persistent && args.resume) {
             gnutls_free(last_session.data);
