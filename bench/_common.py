@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import re
@@ -27,9 +28,16 @@ def free_port() -> int:
 
 
 def drain(stream: object, copy_to: Path | None = None) -> None:
-    """Keep reading a child's output so its pipe never fills (optionally into a file)."""
+    """Keep reading a child's output so its pipe never fills (optionally into a file).
+    A binary stream is read in chunks: the server's log is read that way so that this
+    reader, on the same cores as the server, costs little and never makes it wait."""
 
     def run() -> None:
+        if hasattr(stream, "read1"):
+            with open(copy_to or os.devnull, "ab") as raw_sink:
+                while chunk := stream.read1(1 << 20):
+                    raw_sink.write(chunk)
+            return
         with open(copy_to or os.devnull, "a", buffering=1) as sink:
             for line in stream:  # type: ignore[attr-defined]
                 sink.write(line)
@@ -39,7 +47,7 @@ def drain(stream: object, copy_to: Path | None = None) -> None:
 
 def start_server(
     config: Path, server_log: Path | None = None
-) -> tuple[subprocess.Popen[str], dict[str, int]]:
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     """Run sipserver on a config with port 0 and return it with its bound ports by transport.
     Info logging is the default, so the figures include one log line per request."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
@@ -47,16 +55,19 @@ def start_server(
         [sys.executable, "-m", "sipserver", "run", "--config", str(config), "--log-format", "json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
         env=env,
     )
     ports: dict[str, int] = {}
     assert proc.stdout is not None
+    # A log write into a full pipe would stop the server's event loop: give the pipe room
+    # for a second of logging at the highest rates, whatever the reader's scheduling.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
     for line in proc.stdout:
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
-            print(f"server said: {line.rstrip()}", file=sys.stderr)
+            print(f"server said: {line.decode(errors='replace').rstrip()}", file=sys.stderr)
             continue
         if event["event"] == "listener_started" and not event.get("own"):
             ports.setdefault(event["transport"], event["port"])  # the shared port, with workers

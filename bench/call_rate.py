@@ -86,7 +86,7 @@ def _write_pki(work: Path, ca: Issued) -> None:
 
 def start_bench_server(
     work: Path, ca: Issued, transport: str, target_port: int
-) -> tuple[subprocess.Popen[str], int, int]:
+) -> tuple[subprocess.Popen[bytes], int, int]:
     _write_pki(work, ca)
     security = "sip-secured" if transport == "tls" else "unsecured"
     target_transport = "tcp" if transport in (*MUTUAL_TLS, "tcp-new") else transport
@@ -106,7 +106,7 @@ def start_bench_server(
 
 def start_kamailio(
     work: Path, ca: Issued, transport: str, target_port: int
-) -> tuple[subprocess.Popen[str], int, int]:
+) -> tuple[subprocess.Popen[bytes], int, int]:
     """Kamailio in sipserver's place (--proxy kamailio), for the same calls side by side."""
     _write_pki(work, ca)
     (work / "tls.cfg").write_text(
@@ -132,7 +132,6 @@ def start_kamailio(
         ["kamailio", "-DD", "-E", "-f", str(work / "kamailio.cfg"), "-m", "256", "-M", "32"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        text=True,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -304,6 +303,9 @@ def _own_caller_step(
         + ")",
         flush=True,
     )
+    if SERVER_LOG is not None:  # each failed call by Call-ID, to look up in the server's log
+        for line in out.stderr.splitlines()[:20]:
+            print(f"    {line}", flush=True)
     answered, shed = summary["answered"], summary.get("shed", 0)
     shed_times = percentiles(float(line.split()[-1]) for line in shed_rtt.read_text().splitlines())
     return {
@@ -318,7 +320,7 @@ def _own_caller_step(
     }
 
 
-def stop_process(proc: subprocess.Popen[str]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM (a server drains what it admitted, up to shutdown_grace), then SIGKILL."""
     proc.terminate()
     try:

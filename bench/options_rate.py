@@ -48,7 +48,7 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 def start_bench_server(
     work: Path, ca_pem: bytes, server_pair: tuple[bytes, bytes]
-) -> tuple[subprocess.Popen[str], int, int]:
+) -> tuple[subprocess.Popen[bytes], int, int]:
     (work / "server").mkdir()
     (work / "trust").mkdir()
     (work / "server" / "sip.crt").write_bytes(server_pair[0])

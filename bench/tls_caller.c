@@ -128,6 +128,9 @@ static void fail(struct call *call, const char *why) {
     live--;
     if (!first_failure[0])
         snprintf(first_failure, sizeof first_failure, "%s", why);
+    /* One line per failed call, its Call-ID first, to find it in the server's log. */
+    fprintf(stderr, "%d-tlscaller@127.0.0.1 failed at %.3f s: %s\n", call->number,
+            now() - started, why);
 }
 
 static void finish(struct call *call) {
