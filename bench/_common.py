@@ -35,7 +35,7 @@ def drain(stream: object, copy_to: Path | None = None) -> None:
     def run() -> None:
         if hasattr(stream, "read1"):
             with open(copy_to or os.devnull, "ab") as raw_sink:
-                while chunk := stream.read1(1 << 20):
+                while chunk := stream.read1(65536):
                     raw_sink.write(chunk)
             return
         with open(copy_to or os.devnull, "a", buffering=1) as sink:
