@@ -29,8 +29,8 @@ def free_port() -> int:
 
 def drain(stream: object, copy_to: Path | None = None) -> None:
     """Keep reading a child's output so its pipe never fills (optionally into a file).
-    A binary stream is read in chunks: the server's log is read that way so that this
-    reader, on the same cores as the server, costs little and never makes it wait."""
+    A binary stream (the server's log) is read in chunks, so that this reader costs little
+    on the cores it shares with the server."""
 
     def run() -> None:
         if hasattr(stream, "read1"):
