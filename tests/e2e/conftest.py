@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from tests.certs import Issued, make_ca, make_leaf
 
@@ -306,3 +308,18 @@ def free_baresip_port(host: str = "127.0.0.1") -> int:
             except OSError:
                 continue
         return port
+
+
+def served_serial(port: int, pki: Pki) -> int:
+    """The serial number of the certificate the server presents to a new TLS connection."""
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.check_hostname = False
+    cert, key = pki.client_files("gw1", pki.gw1)
+    context.load_cert_chain(str(cert), str(key))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_FQDN) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number

@@ -4,37 +4,20 @@ certificate."""
 
 from __future__ import annotations
 
-import socket
-import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from sipserver.pki.certinfo import serial_hex
 from tests.certs import make_leaf
 from tests.configs import one_target_plan
-from tests.e2e.conftest import SERVER_FQDN, Pki, StartServer, free_port
+from tests.e2e.conftest import SERVER_FQDN, Pki, StartServer, free_port, served_serial
 from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
 from tests.e2e.sipp_scenarios import call_uac, call_uas
 
 pytestmark = pytest.mark.e2e
 CALLS = 120
-
-
-def served_serial(port: int, pki: Pki) -> int:
-    context = ssl.create_default_context(cafile=str(pki.ca_file))
-    context.check_hostname = False
-    cert, key = pki.client_files("gw1", pki.gw1)
-    context.load_cert_chain(str(cert), str(key))
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname=SERVER_FQDN) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 def test_reloading_certificates_and_config_under_call_load_loses_no_call(

@@ -1,11 +1,13 @@
 """`server.workers = 2`: two processes share the listening ports (SO_REUSEPORT). Calls
 spread over both complete, because each worker's Via and Record-Route name a port of its
 own, so responses and in-dialog requests come back to the worker that routed the call;
-a reload (SIGHUP) and a drain (SIGTERM) reach both; /metrics adds up over both; every log
-line says which worker wrote it."""
+a reload (SIGHUP, or a renewed certificate file) and a drain (SIGTERM) reach both; each
+warns of its certificate's expiry; /metrics adds up over both; every log line says which
+worker wrote it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -16,8 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from sipserver.pki.certinfo import serial_hex
+from tests.certs import make_leaf
 from tests.configs import one_target_plan, table
-from tests.e2e.conftest import RunningServer, StartServer, free_port
+from tests.e2e.conftest import (
+    SERVER_FQDN,
+    Pki,
+    RunningServer,
+    StartServer,
+    free_port,
+    served_serial,
+)
 from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
 from tests.e2e.sipp_scenarios import call_uac, call_uas
 
@@ -122,3 +133,36 @@ def test_a_worker_that_dies_is_restarted(start_server: StartServer) -> None:
     assert exited["action"] == "restarted" and exited["returncode"] == -signal.SIGKILL
     ready = server.wait_count("worker_ready", 3, timeout=20)
     assert [line["worker"] for line in ready].count(1) == 2
+
+
+def test_a_renewed_certificate_reaches_both_workers_and_each_warns_of_its_expiry(
+    start_server: StartServer, pki: Pki
+) -> None:
+    admin = free_port()
+    server = start_server(
+        server_extra="workers = 2\nwatch_interval = 0.2\nreload_debounce = 0.2",
+        tls_extra="certificate_check_interval = 0.5",
+        extra_config=table("admin", {"address": f"127.0.0.1:{admin}"}),
+    )
+    server.wait_for("server_ready")
+    # As an ACME client renews: the same file names, a new certificate (this one runs out
+    # in five days, inside the 30-day warning window).
+    not_after = dt.datetime.now(dt.UTC) + dt.timedelta(days=5)
+    renewed = make_leaf(pki.ca, dns=[SERVER_FQDN], not_after=not_after)
+    renewed.write_pair(server.workdir / "server", "sip")
+    serial = serial_hex(renewed.cert.serial_number)
+    reloaded = server.wait_count("config_reloaded", 2, timeout=20)
+    assert {line["worker"] for line in reloaded} == {0, 1}
+    selected = server.wait_count("server_certificate_selected", 2, timeout=20, serial=serial)
+    assert {line["worker"] for line in selected} == {0, 1}
+    expiring = server.wait_count("server_certificate_expiring", 2, timeout=20, serial=serial)
+    assert {line["worker"] for line in expiring} == {0, 1}
+    assert {line["days_left"] for line in expiring} <= {4, 5}
+    # The kernel hands new connections to either worker: every one gets the new certificate.
+    assert {served_serial(server.tls_port, pki) for _ in range(16)} == {renewed.cert.serial_number}
+    days = [
+        float(line.split()[-1])
+        for line in page(admin, "/metrics").splitlines()
+        if line.startswith("sipserver_certificate_days_to_expiry{") and 'role="server"' in line
+    ]
+    assert days and max(days) <= 5
