@@ -101,6 +101,11 @@ def test_calls_spread_over_two_workers_complete_and_metrics_add_up(
     assert {e["worker"] for e in shared} == {e["worker"] for e in own} == {0, 1}
     assert len({e["port"] for e in shared if e["transport"] == "udp"}) == 1
     assert len({e["port"] for e in own if e["transport"] == "udp"}) == 2
+    # Every line says who wrote it: a worker's index, or "main" for the supervisor.
+    writers = {line.get("worker") for line in server.lines}
+    assert writers == {0, 1, "main"}, writers
+    for raw in list(server.raw):  # nothing written outside the JSON log
+        assert isinstance(json.loads(raw), dict), raw
 
 
 def test_reload_and_drain_reach_both_workers(start_server: StartServer) -> None:
