@@ -5,13 +5,19 @@ itself, and an idle connection holds one task and nothing else of trio's: its id
 deadline is kept by the server's IdleTimer, its writer and keep-alive tasks run in the
 server's nursery under scopes the connection cancels and waits out when it ends, and
 close() wakes a reader waiting on the socket (trio's notify_closing) rather than
-cancelling it."""
+cancelling it.
+
+A read that brings several messages is handled as a batch: what they produce for any
+connection is held back until the batch is done and then goes out in one write (one
+system call, and on TLS one record), in the order it was produced. Under load one read
+carries many messages, and a write per message cost more than the message itself."""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 import structlog
 import trio
@@ -19,7 +25,7 @@ import trio
 from sipserver.pki.certinfo import CertInfo
 from sipserver.settings import PeerSettings
 from sipserver.sip.flow import Flow, Transmit
-from sipserver.sip.framing import PING, FramingError, StreamFramer
+from sipserver.sip.framing import PING, FramingError, KeepAlivePing, StreamFramer
 from sipserver.sip.message import ParseLimits
 from sipserver.transport.direct import BacklogWatch, DirectStream
 from sipserver.transport.idle import IdleTimer
@@ -28,6 +34,30 @@ log = structlog.get_logger("sipserver")
 _connection_ids = itertools.count(1)
 DEFAULT_SEND_QUEUE_BYTES = 1 << 20
 FINISH_LINGER = 1.0  # seconds a closing stream keeps reading so its last answer is delivered
+
+
+class _Batch:
+    """The connections holding bytes back for the batch a reader task is handling."""
+
+    __slots__ = ("held", "owner")
+
+    def __init__(self) -> None:
+        self.owner = trio.lowlevel.current_task()
+        self.held: list[StreamConnection] = []
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for connection in held:
+            connection.release()
+
+
+# The batch under way in this task. A task started during a batch inherits the variable
+# (trio copies the context), so the owner is checked too: only the reader holds bytes back.
+_batch: ContextVar[_Batch | None] = ContextVar("sipserver_batch", default=None)
+BATCH_WRITE_BYTES = 1 << 16  # held back for one connection beyond this: written at once
+# Messages of a batch whose output is written together: the first answer of a long batch
+# waits for at most this many messages to be handled.
+BATCH_MESSAGES = 8
 
 
 def next_connection_id() -> int:
@@ -42,6 +72,7 @@ class StreamConnection:
         "_closed",
         "_direct",
         "_ended",
+        "_held",
         "_idle_timeout",
         "_keepalive_scope",
         "_pending",
@@ -108,24 +139,48 @@ class StreamConnection:
         self._woken: trio.Event | None = None  # made while the reader waits for close()
         self._backlog: BacklogWatch | None = None
         self._writing = False  # a writer task exists: new bytes must queue behind its write
+        self._held: bytearray | None = None  # held back for the end of a batch (see above)
         self._direct: DirectStream | None = stream if hasattr(stream, "send_nowait") else None  # type: ignore[assignment]
 
     def _put(self, transmit: Transmit) -> None:
         if self._ended:
             return
+        data = transmit.data
+        if data and not transmit.close_after:
+            if self._held is not None:  # bytes of a batch wait: these go behind them
+                self._held += data
+                if len(self._held) > BATCH_WRITE_BYTES:
+                    self.release()
+                return
+            batch = _batch.get()
+            if batch is not None and batch.owner is trio.lowlevel.current_task():
+                self._held = bytearray(data)
+                batch.held.append(self)
+                return
+        else:
+            self.release()  # what was held goes first
+        self._write(data, transmit.close_after)
+
+    def release(self) -> None:
+        """Write what a batch held back for this connection."""
+        held, self._held = self._held, None
+        if held:
+            self._write(bytes(held), False)
+
+    def _write(self, data: bytes, close_after: bool) -> None:
         if (
             not self._pending
             and not self._writing
-            and transmit.data
-            and not transmit.close_after
+            and data
+            and not close_after
             and self._direct is not None
-            and self._direct.send_nowait(transmit.data)
+            and self._direct.send_nowait(data)
         ):
             if self._direct.has_unsent:  # the kernel took only part: the writer sends the rest
                 self._start_writer()
             return
-        self._pending.append((transmit.data, transmit.close_after))
-        self.queued_bytes += len(transmit.data)
+        self._pending.append((data, close_after))
+        self.queued_bytes += len(data)
         self._start_writer()
 
     def _start_writer(self) -> None:
@@ -257,17 +312,39 @@ class StreamConnection:
                 if not self._closed:
                     await self._woken.wait()
                 return
-            for item in items:
-                if item is PING:
-                    # RFC 5626 §3.5.1 pong
-                    await self.send(Transmit(self.flow, b"\r\n"), send_timeout)
-                    continue
-                assert isinstance(item, bytes)
-                self.messages_in += 1
-                await on_message(self, item)
-                if self._closed:  # by what that message led to: read no further
-                    return
+            if len(items) > 1:
+                batch = _Batch()
+                token = _batch.set(batch)
+                try:
+                    await self._handle(items, send_timeout, on_message, batch)
+                finally:
+                    _batch.reset(token)
+                    batch.release()
+            else:
+                await self._handle(items, send_timeout, on_message, None)
+            if self._closed:  # by what a message led to: read no further
+                return
             self.idle_deadline = trio.current_time() + idle_timeout
+
+    async def _handle(
+        self,
+        items: list[bytes | KeepAlivePing],
+        send_timeout: float,
+        on_message: Callable[[StreamConnection, bytes], Awaitable[None]],
+        batch: _Batch | None,
+    ) -> None:
+        for count, item in enumerate(items, 1):
+            if batch is not None and count % BATCH_MESSAGES == 0:
+                batch.release()
+            if item is PING:
+                # RFC 5626 §3.5.1 pong
+                await self.send(Transmit(self.flow, b"\r\n"), send_timeout)
+                continue
+            assert isinstance(item, bytes)
+            self.messages_in += 1
+            await on_message(self, item)
+            if self._closed:
+                return
 
     async def _finish(self) -> None:
         """After the last answer on a stream whose framing is lost: say we are done (FIN, or

@@ -215,7 +215,8 @@ class TLSStream(trio.abc.Stream):
                 # exception (WantReadError) on every message.
                 if self._readable():
                     try:
-                        return self.connection.recv(max_bytes or _CHUNK)
+                        data = self.connection.recv(max_bytes or _CHUNK)
+                        return self._more_records(data, max_bytes or _CHUNK)
                     except SSL.WantReadError:
                         pass  # a partial record: read on
                     except SSL.ZeroReturnError:
@@ -232,6 +233,25 @@ class TLSStream(trio.abc.Stream):
                     return b""
         finally:
             self._receiving = False
+
+    def _more_records(self, data: bytes, max_bytes: int) -> bytes:
+        """`data` and the records that follow it in what was received, decrypted: one
+        read then hands the reader every message the peer sent together (OpenSSL gives
+        one record per call, and peers send a record per message)."""
+        if not data or not self._readable():
+            return data
+        parts = [data]
+        size = len(data)
+        while size < max_bytes and self._readable():
+            try:
+                more = self.connection.recv(max_bytes - size)
+            except SSL.Error:  # a partial record, or an end the next read will meet
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts) if len(parts) > 1 else data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:

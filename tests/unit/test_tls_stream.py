@@ -71,3 +71,36 @@ def test_renewed_bios_keep_unread_input_and_return_unsent_output() -> None:
     assert renew_memory_bios(connection) == b""  # and it can be renewed again
     assert connection._into_ssl != renewed
     assert int(lib.BIO_get_mem_data(connection._into_ssl, ffi.NULL)) == len(b"not read yet")
+
+
+async def test_records_received_together_are_read_together() -> None:
+    """A peer sends a record per message; one read gives the reader all the records that
+    arrived, so what they lead to can be written out together."""
+    server_ctx, client_ctx = contexts()
+    ours, theirs = trio.socket.socketpair()
+    server = TLSStream(trio.SocketStream(ours), new_server_connection(server_ctx)[0])
+    client = TLSStream(
+        trio.SocketStream(theirs), new_client_connection(client_ctx, "sip.example.test")[0]
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        await server.do_handshake()
+    messages = [f"MESSAGE {n}\r\n\r\n".encode() for n in range(5)]
+    for message in messages:
+        client.connection.send(message)  # a record each, not yet on the wire
+    await client.send_all(b"")  # all five records in one write
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(ours)
+        assert await server.receive_some() == b"".join(messages)
+    # A limit still holds: what does not fit waits for the next read.
+    for message in messages:
+        client.connection.send(message)
+    await client.send_all(b"")
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(ours)
+        first = await server.receive_some(2 * len(messages[0]))
+        assert first == b"".join(messages[:2])
+        rest = b""
+        while len(rest) < 3 * len(messages[0]):
+            rest += await server.receive_some()
+    assert rest == b"".join(messages[2:])
