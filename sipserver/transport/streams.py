@@ -8,9 +8,10 @@ close() wakes a reader waiting on the socket (trio's notify_closing) rather than
 cancelling it.
 
 A read that brings several messages is handled as a batch: what they produce for any
-connection is held back until the batch is done and then goes out in one write (one
-system call, and on TLS one record), in the order it was produced. Under load one read
-carries many messages, and a write per message cost more than the message itself."""
+connection is held back until the batch is done (or BATCH_MESSAGES of it are) and then
+goes out in one write (one system call; on TLS, records of up to 16 KiB), in the order it
+was produced. Under load one read carries many messages, and a write per message cost
+more than the message itself."""
 
 from __future__ import annotations
 
