@@ -163,9 +163,9 @@ class StreamConnection:
         self._write(data, transmit.close_after)
 
     def release(self) -> None:
-        """Write what a batch held back for this connection."""
+        """Write what a batch held back for this connection (unless it has ended since)."""
         held, self._held = self._held, None
-        if held:
+        if held and not self._ended:
             self._write(bytes(held), False)
 
     def _write(self, data: bytes, close_after: bool) -> None:

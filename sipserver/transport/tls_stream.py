@@ -238,8 +238,6 @@ class TLSStream(trio.abc.Stream):
         """`data` and the records that follow it in what was received, decrypted: one
         read then hands the reader every message the peer sent together (OpenSSL gives
         one record per call, and peers send a record per message)."""
-        if not data or not self._readable():
-            return data
         parts = [data]
         size = len(data)
         while size < max_bytes and self._readable():

@@ -166,3 +166,22 @@ async def test_a_task_started_during_a_batch_does_not_hold_bytes_back() -> None:
         assert await pair.received(len(b"later;")) == b"later;"
         assert pair.out_stream.writes == [batch, b"later;"]
         nursery.cancel_scope.cancel()
+
+
+async def test_bytes_held_for_a_connection_that_ends_meanwhile_are_dropped() -> None:
+    pair = Pair()
+
+    async def forward(_: StreamConnection, data: bytes) -> None:
+        pair.outbound.queue(Transmit(OUTBOUND, forwarded(number(data))))
+        if number(data) == 0:
+            pair.outbound.close("ended during the batch")
+            await trio.testing.wait_all_tasks_blocked()  # its run() has returned
+            assert pair.outbound.ended
+
+    async with trio.open_nursery() as nursery:
+        await pair.run(forward, nursery)
+        await pair.feed.send(message(0) + message(1))
+        await trio.testing.wait_all_tasks_blocked()
+        assert pair.out_stream.writes == []  # nothing written to the ended connection
+        assert pair.outbound.queued_bytes == 0  # nor left queued for a writer that is gone
+        nursery.cancel_scope.cancel()
