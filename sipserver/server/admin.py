@@ -7,7 +7,9 @@ built from it through a custom collector. It knows nothing of the server's insid
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -203,13 +205,23 @@ async def serve_admin_socket(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The admin pages on a Unix socket: a worker's, for its supervisor (no port to pick,
-    so no other listener can take it first)."""
+    so no other listener can take it first). A socket file left by a worker that died
+    before it could remove it is ours to replace: the folder is the supervisor's own."""
+    _remove_stale_socket(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(path)
     sock.listen(16)
     log.info("admin_listener_started", socket=path)
     task_status.started()
     await serve_http(pages, [trio.SocketListener(sock)])
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 async def serve_http(pages: Pages, listeners: list[trio.SocketListener]) -> None:

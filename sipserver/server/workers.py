@@ -14,6 +14,7 @@ to them, restarts one that dies, and serves /healthz and /metrics summed over th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -43,7 +44,14 @@ log = structlog.get_logger("sipserver")
 
 READY_WITHIN = 30.0  # seconds every worker gets to open its listeners
 ASK_TIMEOUT = 2.0  # seconds a worker's admin page may take
-RESTART_PAUSE = 1.0
+# A dead worker is replaced at once; one that keeps dying soon after it started waits
+# twice as long each time (a crash loop must not spin), up to the longest pause.
+RESTART_PAUSE = 0.1
+LONGEST_RESTART_PAUSE = 30.0
+STABLE_AFTER = 10.0  # seconds a worker must live for its next death to count as new
+COUNTER_SCRAPE = 5.0  # how often the supervisor keeps a copy of each worker's counters
+# Families whose samples only grow: a worker's last values stay in the sums once it ends.
+MONOTONIC_TYPES = {"counter", "histogram", "summary"}
 # Gauges that add up over workers; the others show the worst (highest, or for target_up
 # and certificate days, lowest) worker's value.
 SUMMED_GAUGES = {"sipserver_connections_open", "sipserver_registered_bindings"}
@@ -77,6 +85,13 @@ class Supervisor:
         self.processes: list[trio.Process | None] = [None] * count
         self.stopping = False
         self.ready = False
+        # Why a worker is down (between its death and its replacement answering).
+        self.down: dict[int, str] = {}
+        self.restarts = [0] * count
+        # The last /metrics each worker answered, and what ended workers had counted:
+        # summed counters never go backwards when a worker dies or does not answer in time.
+        self._last_metrics: list[list[Metric] | None] = [None] * count
+        self._retired: list[Metric] = []
 
     def _shared_ports(self) -> tuple[int, int]:
         server = self.config.server
@@ -150,6 +165,7 @@ class Supervisor:
                 raise StartupError("a worker could not start (its log lines say why)")
             self.ready = True
             log.info("server_ready", workers=self.count, sip_port=sip, tls_port=tls)
+            nursery.start_soon(self._keep_counters)
             if admin is not None and listeners:
                 port = listeners[0].socket.getsockname()[1]
                 log.info("admin_listener_started", address=admin[0], port=port)
@@ -160,18 +176,83 @@ class Supervisor:
         return 0
 
     async def _keep(self, index: int, command: list[str], failed: trio.Event) -> None:
-        """Run worker `index`; restart it if it dies while the server is up."""
+        """Run worker `index`; replace it if it dies while the server is up."""
+        pause = RESTART_PAUSE
         while True:
             process = await trio.lowlevel.open_process(command)
             self.processes[index] = process
+            started = trio.current_time()
+            if index in self.down:
+                trio.lowlevel.spawn_system_task(self._note_replaced, index, process, started)
             code = await process.wait()
             if self.stopping:
                 return
             if not self.ready:
                 failed.set()
                 return
-            log.error("worker_exited", worker_index=index, returncode=code, action="restarted")
-            await trio.sleep(RESTART_PAUSE)
+            lived = trio.current_time() - started
+            pause = (
+                RESTART_PAUSE if lived >= STABLE_AFTER else min(pause * 2, LONGEST_RESTART_PAUSE)
+            )
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            self.down[index] = f"exited ({how}); being replaced"
+            self.restarts[index] += 1
+            self._retire(index)
+            # Its admin socket would stop the replacement from listening.
+            with contextlib.suppress(OSError):
+                os.unlink(self.admin_sockets[index])
+            log.error(
+                "worker_exited",
+                worker_index=index,
+                returncode=code,
+                action="restarted",
+                restart_in=round(pause, 3),
+                lived_seconds=round(lived, 3),
+            )
+            await trio.sleep(pause)
+
+    async def _note_replaced(self, index: int, process: trio.Process, started: float) -> None:
+        """Say when a replacement serves (its admin page answers), and clear its down mark."""
+        with trio.move_on_after(READY_WITHIN):
+            while process.returncode is None:
+                if await _get(self.admin_sockets[index], "/healthz") is not None:
+                    if self.processes[index] is process:
+                        self.down.pop(index, None)
+                    log.info(
+                        "worker_replaced",
+                        worker_index=index,
+                        pid=process.pid,
+                        seconds=round(trio.current_time() - started, 3),
+                        restarts=self.restarts[index],
+                    )
+                    return
+                await trio.sleep(0.05)
+
+    def _retire(self, index: int) -> None:
+        """A worker ended: what it had counted stays in the sums."""
+        last = self._last_metrics[index]
+        self._last_metrics[index] = None
+        if last:
+            monotonic = [f for f in last if f.type in MONOTONIC_TYPES]
+            self._retired = [f for f in merge_families([self._retired, monotonic])]
+
+    async def _keep_counters(self) -> None:
+        while True:
+            await trio.sleep(COUNTER_SCRAPE)
+            await self._scrape()
+
+    async def _scrape(self) -> list[list[Metric]]:
+        """Every worker's metrics: what it answers now, else the last it answered."""
+        out: list[list[Metric]] = []
+        for index, path in enumerate(self.admin_sockets):
+            process = self.processes[index]
+            answer = await _get(path, "/metrics")
+            if answer is not None and answer[0] == 200 and self.processes[index] is process:
+                self._last_metrics[index] = list(text_string_to_metric_families(answer[1].decode()))
+            last = self._last_metrics[index]
+            if last is not None:
+                out.append(last)
+        return out
 
     async def _first_failure(self, failed: trio.Event, scope: trio.CancelScope) -> None:
         await failed.wait()
@@ -221,16 +302,21 @@ class Supervisor:
         answers = [await _get(path, "/healthz") for path in self.admin_sockets]
         workers: list[dict[str, Any]] = []
         for index, answer in enumerate(answers):
-            if answer is None:
+            down = self.down.get(index)
+            if down is not None:
+                workers.append({"index": index, "status": "down", "problems": [down]})
+            elif answer is None:
                 workers.append({"index": index, "status": "unreachable", "problems": ["no answer"]})
             else:
                 workers.append({"index": index, **json.loads(answer[1] or b"{}")})
+            workers[-1]["restarts"] = self.restarts[index]
         problems = [f"worker {w['index']}: {p}" for w in workers for p in w.get("problems", [])]
         first = next((w for w in workers if "certificate" in w), {})
         body = {
             "status": "ok" if not problems else "unhealthy",
             "problems": problems,
             "workers": len(workers),
+            "workers_down": sorted(self.down),
             "listeners": first.get("listeners", []),
             "certificate": first.get("certificate"),
             "overloaded": any(w.get("overloaded") for w in workers),
@@ -242,26 +328,33 @@ class Supervisor:
         return (200 if not problems else 503), "application/json", json.dumps(body).encode()
 
     async def _metrics(self) -> bytes:
-        texts = [await _get(path, "/metrics") for path in self.admin_sockets]
-        merged = merge_metrics([t[1].decode() for t in texts if t is not None])
+        live = await self._scrape()
+        up = self.count - len(self.down)
+        merged = merge_families([*live, [f for f in self._retired]])
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Fixed(merged, sum(t is not None for t in texts)))
+        registry.register(_Fixed(merged, up, sum(self.restarts)))
         return generate_latest(registry)
 
 
 def merge_metrics(texts: list[str]) -> list[Metric]:
-    """The workers' metrics as one set: counters summed, gauges summed or worst-of."""
+    """The workers' metrics (Prometheus text) as one set."""
+    return merge_families([list(text_string_to_metric_families(text)) for text in texts])
+
+
+def merge_families(sets: list[list[Metric]]) -> list[Metric]:
+    """Several workers' metrics as one set: counters and histograms summed, gauges summed
+    or worst-of."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
+    for one in sets:
+        for family in one:
             families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
             samples = values.setdefault(family.name, {})
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 if key not in samples:
                     samples[key] = sample.value
-                elif family.type == "counter" or family.name in SUMMED_GAUGES:
+                elif family.type in MONOTONIC_TYPES or family.name in SUMMED_GAUGES:
                     samples[key] += sample.value
                 elif family.name in LOWEST_GAUGES:
                     samples[key] = min(samples[key], sample.value)
@@ -276,14 +369,21 @@ def merge_metrics(texts: list[str]) -> list[Metric]:
 
 
 class _Fixed(Collector):
-    def __init__(self, families: list[Metric], workers_up: int) -> None:
-        self.families, self.workers_up = families, workers_up
+    def __init__(self, families: list[Metric], workers_up: int, restarts: int) -> None:
+        self.families, self.workers_up, self.restarts = families, workers_up, restarts
 
     def collect(self) -> Iterator[Metric]:
         yield from self.families
-        up = Metric("sipserver_workers_up", "Worker processes answering", "gauge")
+        up = Metric(
+            "sipserver_workers_up", "Worker processes running and not being replaced", "gauge"
+        )
         up.add_sample("sipserver_workers_up", {}, self.workers_up)
         yield up
+        restarts = Metric(
+            "sipserver_worker_restarts", "Workers replaced after they died", "counter"
+        )
+        restarts.add_sample("sipserver_worker_restarts_total", {}, self.restarts)
+        yield restarts
 
 
 async def _get(socket_path: str, path: str) -> tuple[int, bytes] | None:

@@ -30,6 +30,7 @@ from tests.e2e.conftest import (
     served_serial,
 )
 from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
+from tests.e2e.sip_client import options, udp_exchange
 from tests.e2e.sipp_scenarios import call_uac, call_uas
 
 pytestmark = pytest.mark.e2e
@@ -121,23 +122,68 @@ def test_reload_and_drain_reach_both_workers(start_server: StartServer) -> None:
     assert server.wait_for("server_stopped", worker="main")["workers"] == 2
 
 
-def test_a_worker_that_dies_is_restarted(start_server: StartServer) -> None:
-    server = two_workers(start_server, free_port(), free_port())
-    server.wait_for("server_ready")
-    supervisor = server.process.pid
+def worker_pid(supervisor: int, index: int) -> int:
     # trio starts processes from a thread: ask every thread of the supervisor.
     tasks = Path(f"/proc/{supervisor}/task").glob("*/children")
     children = [pid for task in tasks for pid in task.read_text().split()]
-    (worker_1,) = [
+    (pid,) = [
         pid
         for pid in children
-        if "--worker-index\x001\x00" in Path(f"/proc/{pid}/cmdline").read_text()
+        if f"--worker-index\x00{index}\x00" in Path(f"/proc/{pid}/cmdline").read_text()
     ]
-    os.kill(int(worker_1), signal.SIGKILL)
+    return int(pid)
+
+
+def messages_received(admin: int) -> float:
+    """The summed count of SIP messages received, over every worker."""
+    text = page(admin, "/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("sipserver_messages_total{") and 'direction="in"' in line
+    )
+
+
+def ping_from_many_sockets(port: int, sockets: int = 16) -> None:
+    """OPTIONS from `sockets` source ports: the kernel spreads them over both workers."""
+    for _ in range(sockets):
+        assert udp_exchange("127.0.0.1", port, options("127.0.0.1", port)).startswith(b"SIP/2.0")
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_worker_that_dies_is_replaced_within_2_s_and_the_sums_never_go_back(
+    start_server: StartServer, how: signal.Signals
+) -> None:
+    admin = free_port()
+    server = two_workers(start_server, free_port(), admin)
+    server.wait_for("server_ready")
+    ping_from_many_sockets(server.sip_port)
+    before = messages_received(admin)  # the supervisor now holds both workers' counts
+    assert before >= 16
+    os.kill(worker_pid(server.process.pid, 1), how)
     exited = server.wait_for("worker_exited", worker_index=1, timeout=15)
-    assert exited["action"] == "restarted" and exited["returncode"] == -signal.SIGKILL
+    # SIGTERM drains the worker, which then exits 0: not asked by us, so it is replaced.
+    assert exited["action"] == "restarted"
+    assert exited["returncode"] == (-how if how == signal.SIGKILL else 0)
+    # While it is down, the sums keep what it had counted and /healthz names it.
+    during = messages_received(admin)
+    assert during >= before
+    replaced = server.wait_for("worker_replaced", worker_index=1, timeout=15)
+    assert replaced["seconds"] < 2.0, replaced  # the promise to operators, not a speed test
     ready = server.wait_count("worker_ready", 3, timeout=20)
     assert [line["worker"] for line in ready].count(1) == 2
+    # No "address in use" for the admin socket the dead worker left behind.
+    assert not [line for line in server.lines if line.get("event") == "server_start_failed"]
+    health = json.loads(page(admin, "/healthz"))
+    assert health["status"] == "ok" and health["workers_down"] == [], health
+    assert [w["restarts"] for w in health["per_worker"]] == [0, 1]
+    ping_from_many_sockets(server.sip_port)
+    after = messages_received(admin)
+    assert after >= during + 16
+    assert "sipserver_worker_restarts_total 1.0" in page(admin, "/metrics")
+    # It stays up: the replacement is not the one that exits again a moment later.
+    os.kill(worker_pid(server.process.pid, 1), 0)
+    assert len(server.events("worker_exited")) == 1
 
 
 def test_a_renewed_certificate_reaches_both_workers_and_each_warns_of_its_expiry(
