@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     run.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     run.add_argument("--admin-socket", help=argparse.SUPPRESS)
+    run.add_argument("--shared-store", help=argparse.SUPPRESS)  # the supervisor's, for workers
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log.level"
     )
@@ -172,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides=apply,
         worker=worker,
         admin_socket=args.admin_socket,
+        shared_store=args.shared_store,
     )
     return _until_stopped(server.run)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.events import CallCompleted, MediaAnswerViolation
+from sipserver.proxy.shared_bindings import RemoteBinding
 from sipserver.proxy.transactions import ServerContext
 from sipserver.settings import DialPlanSettings, PeerSettings, Security
 from sipserver.sip.flow import Flow, Transport
@@ -43,6 +44,10 @@ class ProxyCall:
     hops: list[tuple[PeerSettings, str, int]] = field(default_factory=list)
     located: bool = False  # the attempt under way went to an address DNS gave
     branches: list[Branch] | None = None  # parallel branches (a softphone's bindings)
+    # Other processes' bindings for the number (None: not asked yet); a call another of our
+    # processes handed over rings our own bindings only, and is counted where it arrived.
+    remote: tuple[RemoteBinding, ...] | None = None
+    handed_over: bool = False
 
 
 def identity_value(call: ProxyCall) -> str:
@@ -146,7 +151,7 @@ class CallRecord:
                 del self.open_dialogs[oldest[0]]
         elif request.method == "BYE":
             self.open_dialogs.pop(call_id, None)
-        if call.plan is not None:
+        if call.plan is not None and not call.handed_over:
             self.count(call.plan, "answered" if status < 300 else f"failed_{status}")
         target_flow = call.target_flow
         uses_tls = Transport.TLS in (

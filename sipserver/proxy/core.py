@@ -30,6 +30,8 @@ from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.intake import Intake, response_flow, stamp_via
 from sipserver.proxy.locations import Located, Lookup
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.shared_bindings import SIBLING_NAME, Sharing, sibling_peer
+from sipserver.proxy.sharing import BindingSharing
 from sipserver.proxy.shedding import LoadShedder
 from sipserver.proxy.statistics import CoreStatistics
 from sipserver.proxy.transactions import ServerContext, TransactionTable
@@ -94,13 +96,18 @@ class SipCore:
         )
         self.draining = False
         self.shedder = LoadShedder(self.responder, self.record)
+        self.sharing: Sharing | None = None
         self.configure(config)
 
     # --- the shell's controls -----------------------------------------------------------
     def configure(self, config: Config) -> None:
         """Swap in a new configuration; transactions in flight carry on."""
         self.config = config
-        self.peers = PeerTable(config.peers)
+        sharing = self.sharing
+        if sharing is not None and sharing.sibling.fqdn != config.server.fqdn:
+            sharing = replace(sharing, sibling=sibling_peer(config.server.fqdn))
+            self.sharing = self.forwarder.sharing = sharing
+        self.peers = PeerTable(config.peers + ((sharing.sibling,) if sharing else ()))
         self.limits = ParseLimits(
             config.limits.max_message_bytes,
             config.limits.max_header_count,
@@ -109,6 +116,8 @@ class SipCore:
         self.us = OurAddress.of(config)
         if self._bound_ports is not None:
             self.us = self.us.with_ports(*self._bound_ports)
+        if sharing is not None:
+            self.us = self.us.also_named(sharing.hop_host)
         self.timers = self._fixed_timers or config.timers
         self.responder.agent = self.us.agent
         self.intake.configure(config, self.limits)
@@ -122,6 +131,16 @@ class SipCore:
         """The ports actually bound (config may say 0), for our Via and Record-Route."""
         self._bound_ports = (sip_port, tls_port)
         self.configure(self.config)
+
+    def share_bindings(self, owner: str, hop_host: str) -> BindingSharing:
+        """From now on bindings are shared with our other processes: `owner` names this one
+        in the store, `hop_host` is where they reach its own TLS port. The shell asks and
+        answers through what this returns."""
+        sibling = sibling_peer(self.config.server.fqdn)
+        self.sharing = self.forwarder.sharing = Sharing(owner, sibling, hop_host)
+        self.registrar.publishing = True
+        self.configure(self.config)
+        return BindingSharing(self.forwarder, self.registrar)
 
     def set_overloaded(self, overloaded: bool, shed_ratio: float = 1.0) -> None:
         """While overloaded, refuse `shed_ratio` of new calls (spread evenly) with 503."""
@@ -326,7 +345,10 @@ class SipCore:
         self.table.server[key] = tx
         if request.method == "OPTIONS" and self.us.pinged(request, flow):
             return self._options(tx, request, now)
-        if proxy_ops.is_loop(request, self.us.host):
+        if self._from_sibling(peer):
+            if not in_dialog:
+                return self._handed_over(tx, request, now)
+        elif proxy_ops.is_loop(request, self.us.host):
             why = "our Via is already in the request"
             return self.responder.answer(tx, 482, "Loop Detected", now, log_reason=why)
         if request.method == "REGISTER":
@@ -358,8 +380,30 @@ class SipCore:
         )
         return self.responder.answer(tx, 200, "OK", now, headers=headers)
 
-    def _route(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
-        peer = tx.context.peer
+    def _from_sibling(self, peer: PeerSettings) -> bool:
+        return self.sharing is not None and peer is self.sharing.sibling
+
+    def _handed_over(self, tx: ServerTransaction, request: Request, now: float) -> list[Transmit]:
+        """A call another process of ours routed to a softphone whose flow we hold: route it
+        as if its caller (named on the Route) had called us, and ring our own flows only.
+        (Our processes never loop: what a sibling hands over is never handed on.)"""
+        request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
+        caller = self.peers.by_name(hop.peer) if hop is not None and hop.peer else None
+        if not ours or caller is None or caller is self.peers.by_name(SIBLING_NAME):
+            why = "a request from another sipserver process that names no caller on our Route"
+            return self.responder.answer(tx, 403, "Forbidden", now, log_reason=why)
+        tx.context.request = request
+        return self._route(tx, request, now, caller=caller)
+
+    def _route(
+        self,
+        tx: ServerTransaction,
+        request: Request,
+        now: float,
+        caller: PeerSettings | None = None,
+    ) -> list[Transmit]:
+        """`caller`: who called, when a sibling handed the call over (else the peer)."""
+        peer = caller or tx.context.peer
         if validate.max_forwards(request) == 0:
             return self.responder.answer(
                 tx, 483, "Too Many Hops", now, log_reason="Max-Forwards is 0"
@@ -388,7 +432,13 @@ class SipCore:
             )
         if isinstance(decision, router.Proxy):
             return self.forwarder.start_call(
-                tx, request, decision.plan, decision.targets, now, number=decision.number
+                tx,
+                request,
+                decision.plan,
+                decision.targets,
+                now,
+                number=decision.number,
+                handed_over=caller is not None,
             )
         if isinstance(decision, router.Answer):
             return self.answering.start(tx, request, decision.plan, decision.number, now)

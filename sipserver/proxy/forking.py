@@ -9,6 +9,7 @@ from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.calls import Branch, ProxyCall, best_response
 from sipserver.proxy.events import Event
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.shared_bindings import BindingQueries, Sharing
 from sipserver.proxy.targets import note_failure
 from sipserver.settings import PeerSettings
 from sipserver.sip import proxy_ops
@@ -29,6 +30,8 @@ class Forking:
     responder: Responder
     events: list[Event]
     timers: TimerValues
+    sharing: Sharing | None
+    queries: BindingQueries[ProxyCall]
 
     # --- what the Forwarder provides ------------------------------------------------------
     def _send_attempt(
@@ -75,31 +78,54 @@ class Forking:
     # --- forking ----------------------------------------------------------------------
     def _fork(self, call: ProxyCall, now: float) -> list[Transmit]:
         """Every registered flow of the softphones that own the number rings at once; the
-        first 2xx wins and the other branches are cancelled."""
+        first 2xx wins and the other branches are cancelled. Flows that other processes of
+        ours hold ring through them: one branch per process, which rings its own flows."""
+        number = call.number or ""
+        sharing = self.sharing
+        if sharing is not None and call.remote is None and not call.handed_over:
+            self.queries.wait(number, call)  # the shell asks the store; resume() goes on
+            return []
         phones, call.targets = call.targets, []
         plan = call.plan
-        number = call.number or ""
         usable: list[tuple[PeerSettings, Flow, str]] = []
+        elsewhere: dict[tuple[str, int], None] = {}  # each other process's sibling hop, once
         for phone in phones:
             bindings = self.registrar.bindings(phone, number)
-            if not bindings:
+            remote = [
+                r
+                for r in call.remote or ()
+                if r.binding.peer == phone.name and sharing is not None and r.owner != sharing.owner
+            ]
+            if not bindings and not remote:
                 call.attempts.append(f"{phone.name}: {number} not registered")
-            for binding in bindings:
-                transport = binding.flow.transport
+            held: list[tuple[Transport, Flow | None, str | tuple[str, int]]] = [
+                (binding.flow.transport, binding.flow, binding.contact) for binding in bindings
+            ]
+            held += [(r.binding.transport, None, r.hop) for r in remote]
+            for transport, flow, where in held:
                 if plan is not None and plan.requires_tls and transport != Transport.TLS:
                     call.attempts.append(
                         f"{phone.name}: registered over {transport.upper()}, but dial plan "
                         f"{plan.name} is {plan.security} and needs a TLS registration"
                     )
-                    continue
-                usable.append((phone, binding.flow, binding.contact))
-        if not usable:
+                elif flow is not None:
+                    assert isinstance(where, str)
+                    usable.append((phone, flow, where))
+                else:
+                    assert isinstance(where, tuple)
+                    elsewhere[where] = None
+        if not usable and not elsewhere:
             why = f"Softphone for {number} unavailable: " + "; ".join(call.attempts)
             return self.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
         call.branches = []
         out: list[Transmit] = []
         for phone, flow, contact in usable:
             out += self._send_attempt(call, phone, flow.transport, contact, flow, now)
+        if sharing is not None:
+            sibling = sharing.sibling
+            for hop in elsewhere:
+                flow = Flow(Transport.TLS, ("", 0), hop, None, server_name=sibling.fqdn)
+                out += self._send_attempt(call, sibling, Transport.TLS, call.request.uri, flow, now)
         return out
 
     def _on_branch_response(

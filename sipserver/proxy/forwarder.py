@@ -26,6 +26,7 @@ from sipserver.proxy.events import (
 from sipserver.proxy.forking import Forking
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.shared_bindings import BindingQueries, BindingsFound, Sharing
 from sipserver.proxy.targets import TargetPicker, Waiting, note_failure
 from sipserver.proxy.transactions import TransactionTable
 from sipserver.routing.health import HealthTable
@@ -71,6 +72,8 @@ class Forwarder(Forking):
             connections, events, HealthTable(1), registrar
         )  # by server transaction key
         self.our_thumbprint_sha1: str | None = None
+        self.sharing: Sharing | None = None  # set when bindings are shared between processes
+        self.queries: BindingQueries[ProxyCall] = BindingQueries()
 
     def configure(
         self, config: Config, us: OurAddress, timers: TimerValues, health: HealthTable
@@ -89,10 +92,12 @@ class Forwarder(Forking):
         first_hop: tuple[proxy_ops.NextHop, PeerSettings | None] | None = None,
         security: str | None = None,
         number: str | None = None,
+        handed_over: bool = False,
     ) -> list[Transmit]:
         call = ProxyCall(tx, request, tx.context, plan, list(targets), now)
         call.security = plan.security if plan is not None else security
         call.number = number
+        call.handed_over = handed_over
         self.calls[tx.context.key] = call
         out: list[Transmit] = []
         if request.method == "INVITE":
@@ -121,6 +126,13 @@ class Forwarder(Forking):
             return self.fail(call.server_tx, 487, "Request Terminated", "cancelled", now)
         return self._try_next(call, now)
 
+    def bindings_found(self, call: ProxyCall, found: BindingsFound, now: float) -> list[Transmit]:
+        """The shared store answered where the number's other flows are."""
+        call.remote = found.remote
+        if found.error is not None:
+            call.attempts.append(f"other processes' bindings unknown: {found.error}")
+        return self.resume(call, now)
+
     def _forward_in_dialog(
         self, call: ProxyCall, hop: proxy_ops.NextHop, peer: PeerSettings | None, now: float
     ) -> list[Transmit]:
@@ -146,7 +158,7 @@ class Forwarder(Forking):
         call.attempt += 1
         kind = "fork" if call.branches is not None else "forward"
         call.target, call.target_flow = target, flow
-        forwarded = self._forwarded_copy(call, uri, transport, target)
+        forwarded = self._forwarded_copy(call, uri, transport, target, flow)
         tx, first = ClientTransaction.create(
             forwarded,
             reliable=transport.reliable,
@@ -171,7 +183,12 @@ class Forwarder(Forking):
         return self.drive(tx, first, now)
 
     def _forwarded_copy(
-        self, call: ProxyCall, uri: str, transport: Transport, target: PeerSettings | None
+        self,
+        call: ProxyCall,
+        uri: str,
+        transport: Transport,
+        target: PeerSettings | None,
+        flow: Flow,
     ) -> Request:
         inbound = call.inbound
         via = self.us.via(transport, proxy_ops.branch_for(call.request, call.attempt))
@@ -182,21 +199,29 @@ class Forwarder(Forking):
             held = call.plan.security if call.plan.security == Security.SECURED else None
             out_flow = call.target_flow if target and target.is_softphone else None
             in_flow = inbound.flow if inbound.peer and inbound.peer.is_softphone else None
+            sibling_host = self.sharing.hop_host if self.sharing is not None else None
             record_route = (
                 self.us.hop(
                     transport,
                     target.name if target else None,
                     held,
                     out_flow.connection_id if out_flow else None,
+                    sibling_host if self._is_sibling(target) else None,
                 ),
                 self.us.hop(
                     inbound.flow.transport,
                     inbound.peer.name if inbound.peer else None,
                     held,
                     in_flow.connection_id if in_flow else None,
+                    sibling_host if self._is_sibling(inbound.peer) else None,
                 ),
             )
         identity = self.config.routing.identity_header
+        if self._is_sibling(inbound.peer):
+            # The process that handed the call over verified the caller and said who it is.
+            return proxy_ops.forward_request(
+                call.request, request_uri=uri, via=via, record_route=record_route
+            )
         return proxy_ops.forward_request(
             call.request,
             request_uri=uri,
@@ -204,7 +229,22 @@ class Forwarder(Forking):
             record_route=record_route,
             strip=(identity,),
             add=((identity, identity_value(call)),) if inbound.peer else (),
+            route=self._handover_route(call, target, flow),
         )
+
+    def _is_sibling(self, peer: PeerSettings | None) -> bool:
+        return self.sharing is not None and peer is self.sharing.sibling
+
+    def _handover_route(
+        self, call: ProxyCall, target: PeerSettings | None, flow: Flow
+    ) -> str | None:
+        """A call handed to the process holding a softphone's flow names the caller (that
+        process routes it as if the caller had called it), on a Route to that process."""
+        if not self._is_sibling(target) or call.plan is None or call.inbound.peer is None:
+            return None
+        return proxy_ops.Hop(
+            flow.remote[0], flow.remote[1], Transport.TLS, call.inbound.peer.name
+        ).uri()
 
     def forward_ack(
         self, request: Request, hop: proxy_ops.NextHop, peer: PeerSettings | None

@@ -46,8 +46,14 @@ class OurAddress:
         peer: str | None = None,
         security: str | None = None,
         flow: int | None = None,
+        host: str | None = None,
     ) -> proxy_ops.Hop:
-        return proxy_ops.Hop(self.host, self.ports[transport], transport, peer, security, flow)
+        """`host`: where that leg reaches us when not at our FQDN (the sibling hop)."""
+        port = self.ports[transport]
+        return proxy_ops.Hop(host or self.host, port, transport, peer, security, flow)
+
+    def also_named(self, host: str) -> OurAddress:
+        return OurAddress(self.agent, self.host, self.ports, self.names | {host})
 
     def via(self, transport: Transport, branch: str, *, alias: bool = True) -> Via:
         params: dict[str, str | None] = {"branch": branch, "rport": None}

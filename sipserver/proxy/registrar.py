@@ -16,6 +16,7 @@ from typing import TypeVar
 from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.events import Event, RegistrationChanged
 from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.shared_bindings import BindingChange, SharedBinding
 from sipserver.proxy.transactions import ServerContext
 from sipserver.proxy.wakeups import WakeUps
 from sipserver.settings import Config, PeerSettings, RegistrarSettings
@@ -85,6 +86,9 @@ class Registrar:
         self.changes: Counter[str] = Counter()  # change -> how many, for /metrics
         self._wakeups: WakeUps[Binding] = WakeUps(lambda b: b.active, self.__len__)
         self.settings = RegistrarSettings()
+        # With bindings shared between processes: what to publish or withdraw.
+        self.publishing = False
+        self._changes: list[BindingChange] = []
 
     def __len__(self) -> int:
         return self._count
@@ -112,6 +116,16 @@ class Registrar:
         flows = (b for b in self._of_peer.get(peer, ()) if b.flow.transport == transport)
         newest = max(flows, key=lambda binding: binding.expires_at, default=None)
         return newest.flow if newest is not None else None
+
+    def shared(self, now: float) -> list[SharedBinding]:
+        """Every binding we hold, as other processes see it (to publish them all again)."""
+        return [_shared(b, now) for bs in self._of_peer.values() for b in bs]
+
+    def take_changes(self) -> list[BindingChange]:
+        if not self._changes:
+            return []
+        changes, self._changes = self._changes, []
+        return changes
 
     def count_by_transport(self) -> Counter[str]:
         return Counter(str(b.flow.transport) for bs in self._of_peer.values() for b in bs)
@@ -304,6 +318,10 @@ class Registrar:
         self, binding: Binding, change: str, now: float | None, reason: str | None = None
     ) -> None:
         self.changes[change] += 1
+        if self.publishing:
+            withdraw = change in ("removed", "expired")
+            shared = _shared(binding, binding.expires_at if now is None else now)
+            self._changes.append(BindingChange(withdraw, shared))
         self.events.append(
             RegistrationChanged(
                 change=change,
@@ -320,6 +338,19 @@ class Registrar:
                 call_id=binding.call_id,
             )
         )
+
+
+def _shared(binding: Binding, now: float) -> SharedBinding:
+    same = f"{binding.instance}|{binding.reg_id}" if binding.instance else binding.contact
+    return SharedBinding(
+        number=binding.number,
+        peer=binding.peer,
+        contact=binding.contact,
+        transport=binding.flow.transport,
+        key=f"{binding.peer}|{same}",
+        connection_id=binding.flow.connection_id,
+        expires_in=max(0.0, binding.expires_at - now),
+    )
 
 
 K = TypeVar("K")

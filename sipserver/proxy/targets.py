@@ -13,6 +13,7 @@ from sipserver.proxy.connections import ConnectionDirectory, target_flow
 from sipserver.proxy.events import AttemptFailed, Event
 from sipserver.proxy.locations import Locations, Lookup
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.shared_bindings import SIBLING_NAME
 from sipserver.routing.health import HealthTable
 from sipserver.settings import PeerSettings
 from sipserver.sip import proxy_ops
@@ -86,6 +87,11 @@ class TargetPicker:
         a flow it opened (RFC 5626): the one our Record-Route names, else one it registered
         or holds open; over UDP, else its Contact."""
         transport = hop.transport
+        if peer is not None and peer.name == SIBLING_NAME:
+            # Another process of ours, at the address its Record-Route gave: one connection
+            # per process, never "any connection to a sibling".
+            port = hop.uri.port or 5061
+            return Flow(Transport.TLS, ("", 0), (hop.uri.host, port), None, server_name=peer.fqdn)
         if peer is not None and peer.is_softphone:
             flow = self.connections.flow_of(hop.flow) if hop.flow is not None else None
             flow = flow or self.registrar.flow_to(peer.name, transport)

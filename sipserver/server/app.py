@@ -21,7 +21,9 @@ import trio
 from sipserver.certstore import CertificateSetupError, ServerCredentials
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.locations import Lookup
+from sipserver.proxy.sharing import BindingSharing
 from sipserver.server.admin import serve_admin, serve_admin_socket, snapshot_pages
+from sipserver.server.binding_store import BindingStore, owner_name
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
 from sipserver.server.event_log import log_event
@@ -37,10 +39,21 @@ from sipserver.transport.direct import raw_socket, unread_bytes
 from sipserver.transport.dns import Resolver
 from sipserver.transport.listeners import Listener, Listeners, StartupError
 from sipserver.transport.pool import ConnectionPool
+from sipserver.transport.resp import RespClient, StoreAddress
 from sipserver.transport.streams import StreamConnection
 
 log = structlog.get_logger("sipserver")
 FULL_GC_AFTER = 100  # middle-generation passes per full one
+STORE_TIMEOUT = 0.25  # seconds a call may wait for the binding store before going on
+
+
+def _reachable(address: str) -> str:
+    """Where our other processes reach a listener bound to `address`."""
+    if address == "0.0.0.0":
+        return "127.0.0.1"
+    if address == "::":
+        return "::1"
+    return address
 
 
 def _now() -> dt.datetime:
@@ -56,13 +69,18 @@ class Server:
         overrides: Callable[[Config], Config] = lambda c: c,
         worker: tuple[int, int] | None = None,
         admin_socket: str | None = None,
+        shared_store: str | None = None,
     ) -> None:
         """`worker`: (index, count) when this is one of several processes sharing the
         ports (the supervisor in server/workers.py starts them); `admin_socket`: where it
-        serves /healthz and /metrics for the supervisor."""
+        serves /healthz and /metrics for the supervisor; `shared_store`: the store where
+        our processes share softphone bindings (server/binding_store.py)."""
         self.config = config
         self.worker = worker
         self.admin_socket = admin_socket
+        self.shared_store = shared_store
+        self.sharing: BindingSharing | None = None
+        self.binding_store: BindingStore | None = None
         self.stats = ServerStats()
         limits = config.limits
         self.repeats = RepeatFilter()
@@ -135,6 +153,7 @@ class Server:
                 self.listeners.sip_port or cfg.server.sip_port,
                 self.listeners.tls_port or cfg.server.tls_port,
             )
+            self._share_bindings(nursery)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self.streams.idle_timer.run)
             if cfg.server.watch_interval > 0:
@@ -175,6 +194,33 @@ class Server:
             elif admin is not None:
                 await nursery.start(serve_admin, pages, admin[0], admin[1])
             task_status.started(list(self.listeners.open))
+
+    def _share_bindings(self, nursery: trio.Nursery) -> None:
+        """With a shared store: publish our bindings there, and let calls find the flows
+        that our other processes hold (reached through their own TLS port)."""
+        own_tls = [item for item in self.listeners.open if item.transport == Transport.TLS]
+        if self.shared_store is None or not own_tls:
+            return
+        own_tls.sort(key=lambda item: (not item.own, ":" in item.address))
+        hop = (_reachable(own_tls[0].address), own_tls[0].port)
+        index = self.worker[0] if self.worker is not None else 0
+        owner = owner_name(index, os.getpid())
+        sharing = self.sharing = self.core.share_bindings(owner, hop[0])
+        address = StoreAddress.parse(self.shared_store)
+        client = RespClient(address, STORE_TIMEOUT)
+        self.binding_store = BindingStore(
+            client, owner, hop, lambda: sharing.ours(trio.current_time())
+        )
+        log.info(
+            "cluster_sharing_bindings", store=str(address), owner=owner, hop=format_address(hop)
+        )
+        nursery.start_soon(self.binding_store.run)
+
+    async def _find_bindings(self, number: str) -> None:
+        """Where the number's other flows are (bounded: the store answers or fails fast)."""
+        assert self.binding_store is not None and self.sharing is not None
+        found = await self.binding_store.lookup(number)
+        await self.dispatch(self.sharing.found(number, found, trio.current_time()))
 
     def _apply(self, new: Config, credentials: ServerCredentials | None) -> None:
         """Swap in a validated configuration (and its certificates) at once."""
@@ -261,6 +307,13 @@ class Server:
         for lookup in self.core.take_lookups():
             assert self.streams.nursery is not None
             self.streams.nursery.start_soon(self._locate, lookup)
+        if self.sharing is not None and self.binding_store is not None:
+            changes = self.sharing.take_changes()
+            if changes:
+                self.binding_store.changed(changes)
+            for number in self.sharing.take_queries():
+                assert self.streams.nursery is not None
+                self.streams.nursery.start_soon(self._find_bindings, number)
         events = self.core.take_events()
         if events:
             now, interval = trio.current_time(), self.config.log.repeat_interval

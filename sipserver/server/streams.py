@@ -171,7 +171,7 @@ class StreamService:
             stream,
             self.credentials.server_context,
             config.tls.handshake_timeout,
-            config.peers,
+            self.core.peers.peers,  # the allow-list, and our own processes when they share
             credentials.revocation,
         )
         outcome = (

@@ -35,7 +35,9 @@ from prometheus_client.registry import Collector
 
 from sipserver.certstore import CertificateSetupError
 from sipserver.server.admin import METRICS_TYPE, Page, serve_http
+from sipserver.server.binding_store import owner_name
 from sipserver.server.credentials import Credentials
+from sipserver.server.local_store import LocalStore
 from sipserver.settings import Config
 from sipserver.sip.flow import Transport
 from sipserver.transport.listeners import StartupError, port_free_for_both
@@ -82,6 +84,9 @@ class Supervisor:
         self.count = count
         self._sockets_dir = tempfile.mkdtemp(prefix="sipserver-workers-")
         self.admin_sockets = [f"{self._sockets_dir}/worker-{i}.sock" for i in range(count)]
+        # The workers' shared view (softphone bindings), kept here: nothing to install.
+        self.store = LocalStore()
+        self.store_socket = f"{self._sockets_dir}/store.sock"
         self.processes: list[trio.Process | None] = [None] * count
         self.stopping = False
         self.ready = False
@@ -119,6 +124,8 @@ class Supervisor:
             str(self.count),
             "--admin-socket",
             self.admin_sockets[index],
+            "--shared-store",
+            f"unix:{self.store_socket}",
         ]
 
     async def run(self) -> int:
@@ -153,6 +160,7 @@ class Supervisor:
                     f"cannot listen on admin.address {admin[0]}:{admin[1]}: {exc.strerror}"
                 ) from exc
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.store.serve, self.store_socket)
             for index in range(self.count):
                 nursery.start_soon(self._keep, index, self._command(index, sip, tls), failed)
             with trio.move_on_after(READY_WITHIN) as waiting:
@@ -198,6 +206,8 @@ class Supervisor:
             self.down[index] = f"exited ({how}); being replaced"
             self.restarts[index] += 1
             self._retire(index)
+            # Its flows died with it: calls for its phones get 480 now, not a timeout.
+            removed = self.store.remove_fields(f"{owner_name(index, process.pid)}|".encode())
             # Its admin socket would stop the replacement from listening.
             with contextlib.suppress(OSError):
                 os.unlink(self.admin_sockets[index])
@@ -208,6 +218,7 @@ class Supervisor:
                 action="restarted",
                 restart_in=round(pause, 3),
                 lived_seconds=round(lived, 3),
+                bindings_removed=removed,
             )
             await trio.sleep(pause)
 

@@ -78,10 +78,12 @@ def forward_request(
     record_route: tuple[Hop, ...] = (),
     strip: tuple[str, ...] = (),
     add: tuple[tuple[str, str], ...] = (),
+    route: str | None = None,
 ) -> Request:
     """The copy we send on: new Request-URI, Max-Forwards decremented, our Via on top,
     Record-Route(s) on top, `strip` headers removed (e.g. a forged identity header),
-    `add` headers appended. Every other header passes through byte for byte."""
+    `add` headers appended, `route` as the first Route. Every other header passes through
+    byte for byte."""
     headers = request.headers.copy()
     for name in strip:
         headers.remove(name)
@@ -91,6 +93,8 @@ def forward_request(
     for hop in reversed(record_route):
         headers.add_first("Record-Route", hop.uri())
     headers.add_first("Via", str(via))
+    if route is not None:
+        headers.add_first("Route", route)
     for name, value in add:
         headers.add(name, value)
     return Request(headers, request.body, method=request.method, uri=request_uri)

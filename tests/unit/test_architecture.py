@@ -1,6 +1,7 @@
 """The shape of the code, checked: imports go one way (cli -> server -> transport -> core
 -> primitives), no module imports itself back through others, the pure core's whole import
-closure is free of I/O, clocks and logging, and no module grows past 450 lines."""
+closure is free of I/O, clocks and logging, and no module grows past 600 lines (one job per module; a
+cap that forces cuts by length splits modules in the wrong places)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "sipserver"
-MAX_LINES = 450
+MAX_LINES = 600
 
 # The pure core: nothing in their import closure may do I/O, read a clock or log.
 PURE_ROOTS = (
