@@ -19,6 +19,7 @@ from sipserver.settings_checks import (
     fqdn,
     fqdn_or_ip,
     header_name,
+    ip_address,
     ip_addresses,
     ip_and_port,
     nameservers,
@@ -31,6 +32,7 @@ from sipserver.settings_checks import (
     positive,
     send_port,
     some,
+    store_url,
     workers,
 )
 from sipserver.sip.flow import Transport
@@ -93,6 +95,9 @@ class KeyType(enum.StrEnum):
 
 DEFAULT_SIP_PORT = 5060
 DEFAULT_TLS_PORT = 5061
+# The peer name our own processes have on the sibling hop (in logs and Record-Route); a
+# configured peer may not take it.
+SIBLING_NAME = "sipserver-sibling"
 
 
 def setting(
@@ -333,6 +338,27 @@ class AdminSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    store: str | None = setting(
+        None,
+        '"redis://HOST:PORT/DB" (Redis or Valkey >= 7): softphone bindings shared by every '
+        "instance; unset = this machine only (workers share through their supervisor)",
+        store_url,
+    )
+    advertise: str | None = setting(
+        None,
+        "the IP other instances reach our TLS port at (default: the first listen address "
+        "that is not 0.0.0.0 or ::, else loopback)",
+        ip_address,
+    )
+    timeout: float = setting(
+        0.25,
+        "seconds a call waits for the store before ringing this instance's flows only",
+        positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSettings
     tls: TlsSettings
@@ -345,6 +371,7 @@ class Config:
     admin: AdminSettings = field(default_factory=AdminSettings)
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     source: str = "<embedded default>"
 
     def peer(self, name: str) -> PeerSettings:
@@ -364,4 +391,5 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "admin": (AdminSettings, False),
     "registrar": (RegistrarSettings, False),
     "dns": (DnsSettings, False),
+    "cluster": (ClusterSettings, False),
 }

@@ -7,6 +7,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 Check = Callable[[Any], str | None]  # returns the problem, or None when the value is fine
 
@@ -32,6 +33,21 @@ def is_ip(value: str) -> bool:
 
 def fqdn(value: str) -> str | None:
     return None if is_fqdn(value) else f"{value!r} is not a valid FQDN"
+
+
+def store_url(value: str) -> str | None:
+    """redis://HOST[:PORT][/DB] (Redis or Valkey)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not one
+    except ValueError as exc:
+        return f"{value!r} is not a store URL ({exc})"
+    if parts.scheme != "redis" or not parts.hostname:
+        return f"{value!r} is not a store URL: redis://HOST:PORT/DB (Redis or Valkey)"
+    db = parts.path.strip("/") or "0"
+    if not (db.isascii() and db.isdigit()):
+        return f"the database in {value!r} must be a number"
+    return None
 
 
 def port(value: int) -> str | None:
@@ -60,6 +76,10 @@ def at_least(n: int) -> Check:
 
 def not_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
+
+
+def ip_address(value: str) -> str | None:
+    return None if is_ip(value) else f"{value!r} is not an IP address"
 
 
 def ip_addresses(values: tuple[str, ...]) -> str | None:

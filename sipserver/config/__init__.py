@@ -14,7 +14,14 @@ from typing import Any
 from sipserver.config.host import HostDefaults
 from sipserver.config.reader import Reader
 from sipserver.errors import ConfigError
-from sipserver.settings import SECTIONS, Action, Config, DialPlanSettings, PeerSettings
+from sipserver.settings import (
+    SECTIONS,
+    SIBLING_NAME,
+    Action,
+    Config,
+    DialPlanSettings,
+    PeerSettings,
+)
 from sipserver.sip.flow import Transport
 
 __all__ = ["ConfigError", "HostDefaults", "load_config", "parse_config"]
@@ -97,6 +104,10 @@ def _unique_names(reader: Reader, table: str, items: tuple[Any, ...]) -> None:
 
 
 def _check_peer(reader: Reader, index: int, peer: PeerSettings) -> None:
+    if peer.name == SIBLING_NAME:
+        raise reader.error(
+            ("peer", index, "name"), f"{SIBLING_NAME!r} is our own processes' name: pick another"
+        )
     if peer.is_softphone and not peer.numbers:
         raise reader.error(
             ("peer", index, "numbers"), "a softphone must list the numbers it may register"

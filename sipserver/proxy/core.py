@@ -30,7 +30,7 @@ from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.intake import Intake, response_flow, stamp_via
 from sipserver.proxy.locations import Located, Lookup
 from sipserver.proxy.registrar import Registrar
-from sipserver.proxy.shared_bindings import SIBLING_NAME, Sharing, sibling_peer
+from sipserver.proxy.shared_bindings import Sharing, sibling_peer
 from sipserver.proxy.sharing import BindingSharing
 from sipserver.proxy.shedding import LoadShedder
 from sipserver.proxy.statistics import CoreStatistics
@@ -38,7 +38,7 @@ from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.routing import router
 from sipserver.routing.health import HealthTable
 from sipserver.routing.peers import PeerTable
-from sipserver.settings import Config, PeerSettings
+from sipserver.settings import SIBLING_NAME, Config, PeerSettings
 from sipserver.sip import proxy_ops, validate
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport

@@ -12,12 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sipserver.settings import PeerKind, PeerSettings
+from sipserver.settings import SIBLING_NAME, PeerKind, PeerSettings
 from sipserver.sip.flow import Transport
-
-# The peer name our own processes have on the sibling hop (in logs and Record-Route). A
-# configured peer may not take it (config checks).
-SIBLING_NAME = "sipserver-sibling"
 
 W = TypeVar("W")  # what waits for a query (a call)
 

@@ -13,9 +13,8 @@ from sipserver.proxy.connections import ConnectionDirectory, target_flow
 from sipserver.proxy.events import AttemptFailed, Event
 from sipserver.proxy.locations import Locations, Lookup
 from sipserver.proxy.registrar import Registrar
-from sipserver.proxy.shared_bindings import SIBLING_NAME
 from sipserver.routing.health import HealthTable
-from sipserver.settings import PeerSettings
+from sipserver.settings import SIBLING_NAME, PeerSettings
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Flow, Transport
 

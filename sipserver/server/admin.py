@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sipserver.server.stats import StatsSnapshot
+from sipserver.server.stats import ClusterState, StatsSnapshot
 
 log = structlog.get_logger("sipserver")
 Snapshot = Callable[[], StatsSnapshot]
@@ -120,12 +120,41 @@ class _Collector(Collector):
         for change in ("added", "refreshed", "replaced", "removed", "expired"):
             registrations.add_metric([change], snap.registrations.get(change, 0))
         yield registrations
+        if snap.cluster is not None:
+            yield from _cluster_metrics(snap.cluster)
         reloads = CounterMetricFamily(
             "sipserver_reloads", "Configuration reloads by result", labels=["result"]
         )
         for result in ("ok", "failed"):
             reloads.add_metric([result], snap.reloads.get(result, 0))
         yield reloads
+
+
+def _cluster_metrics(cluster: ClusterState) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "sipserver_cluster_store_up", "1 while the shared binding store answers, else 0"
+    )
+    up.add_metric([], 1.0 if cluster.up else 0.0)
+    yield up
+    errors = CounterMetricFamily(
+        "sipserver_cluster_store_errors", "Exchanges with the binding store that failed"
+    )
+    errors.add_metric([], cluster.errors)
+    yield errors
+    lookups = CounterMetricFamily(
+        "sipserver_cluster_lookups",
+        "Look-ups of other processes' bindings for a call, by result",
+        labels=["result"],
+    )
+    counted = dict(cluster.lookups)
+    for result in ("found", "none", "failed"):
+        lookups.add_metric([result], counted.get(result, 0))
+    yield lookups
+    dropped = CounterMetricFamily(
+        "sipserver_cluster_bindings_dropped", "Bindings of processes that were gone, removed"
+    )
+    dropped.add_metric([], cluster.dropped)
+    yield dropped
 
 
 def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
@@ -158,6 +187,9 @@ def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
         "peers_expiring": list(snap.peers_expiring),
         "registered_bindings": sum(snap.bindings.values()),
     }
+    if snap.cluster is not None:
+        # A store that is down costs calls to phones on other processes, not ours: still 200.
+        body["cluster_store"] = {"store": snap.cluster.store, "up": snap.cluster.up}
     return (200 if not problems else 503), body
 
 

@@ -44,7 +44,6 @@ from sipserver.transport.streams import StreamConnection
 
 log = structlog.get_logger("sipserver")
 FULL_GC_AFTER = 100  # middle-generation passes per full one
-STORE_TIMEOUT = 0.25  # seconds a call may wait for the binding store before going on
 
 
 def _reachable(address: str) -> str:
@@ -198,16 +197,18 @@ class Server:
     def _share_bindings(self, nursery: trio.Nursery) -> None:
         """With a shared store: publish our bindings there, and let calls find the flows
         that our other processes hold (reached through their own TLS port)."""
+        cluster = self.config.cluster
+        url = cluster.store or self.shared_store  # Redis across machines, else the supervisor's
         own_tls = [item for item in self.listeners.open if item.transport == Transport.TLS]
-        if self.shared_store is None or not own_tls:
+        if url is None or not own_tls:
             return
         own_tls.sort(key=lambda item: (not item.own, ":" in item.address))
-        hop = (_reachable(own_tls[0].address), own_tls[0].port)
+        hop = (cluster.advertise or _reachable(own_tls[0].address), own_tls[0].port)
         index = self.worker[0] if self.worker is not None else 0
         owner = owner_name(index, os.getpid())
         sharing = self.sharing = self.core.share_bindings(owner, hop[0])
-        address = StoreAddress.parse(self.shared_store)
-        client = RespClient(address, STORE_TIMEOUT)
+        address = StoreAddress.parse(url)
+        client = RespClient(address, cluster.timeout)
         self.binding_store = BindingStore(
             client, owner, hop, lambda: sharing.ours(trio.current_time())
         )
@@ -266,6 +267,7 @@ class Server:
             peers_expiring=tuple(self.peer_watch.expiring(now)),
             registrations=core.registrations,
             bindings=core.bindings,
+            cluster=self.binding_store.state() if self.binding_store is not None else None,
         )
 
     # --- time ---------------------------------------------------------------------------

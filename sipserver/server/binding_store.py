@@ -31,6 +31,7 @@ from sipserver.proxy.shared_bindings import (
     RemoteBinding,
     SharedBinding,
 )
+from sipserver.server.stats import ClusterState
 from sipserver.sip.flow import Transport
 from sipserver.transport.resp import Reply, RespClient, StoreError, milliseconds
 
@@ -67,6 +68,7 @@ class StoreCounters:
     lookups: dict[str, int] = field(default_factory=dict)  # found | none | failed
     published: int = 0
     republished: int = 0
+    dropped: int = 0
 
 
 class BindingStore:
@@ -204,10 +206,30 @@ class BindingStore:
             if isinstance(states, list):
                 alive = {o for o, state in zip(owners, states, strict=False) if state is not None}
         found = [remote for _, remote in candidates if remote.owner in alive]
-        stale += [name for name, remote in candidates if remote.owner not in alive]
+        gone = [(name, remote) for name, remote in candidates if remote.owner not in alive]
+        stale += [name for name, _ in gone]
         if stale:  # expired, unreadable, or of a process that is gone
             await self.client.call(("HDEL", key, *stale))
+        if gone:
+            self.counters.dropped += len(gone)
+            log.warning(
+                "cluster_bindings_dropped",
+                number=number,
+                owners=sorted({remote.owner for _, remote in gone}),
+                bindings=len(gone),
+                reason=f"the owning process sent no heartbeat for {ALIVE_TTL:g} s",
+            )
         return found
+
+    def state(self) -> ClusterState:
+        counters = self.counters
+        return ClusterState(
+            str(self.client.address),
+            counters.up,
+            counters.errors,
+            tuple(sorted(counters.lookups.items())),
+            counters.dropped,
+        )
 
     def _count(self, result: str) -> None:
         self.counters.lookups[result] = self.counters.lookups.get(result, 0) + 1

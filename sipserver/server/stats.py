@@ -37,6 +37,17 @@ _STATUS_CLASSES = {str(n).encode(): f"{n}xx" for n in range(1, 7)}
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterState:
+    """The shared binding store as this process sees it."""
+
+    store: str
+    up: bool
+    errors: int  # failed exchanges
+    lookups: tuple[tuple[str, int], ...]  # found | none | failed -> count
+    dropped: int  # bindings of processes that were gone
+
+
+@dataclass(frozen=True, slots=True)
 class CertificateState:
     role: str  # server | trust_anchor
     info: CertInfo
@@ -62,3 +73,4 @@ class StatsSnapshot:
     peers_expiring: tuple[str, ...] = ()  # within tls.peer_expiry_warning_days
     registrations: dict[str, int] = field(default_factory=dict)  # change -> count
     bindings: dict[str, int] = field(default_factory=dict)  # transport -> softphone bindings
+    cluster: ClusterState | None = None  # when bindings are shared

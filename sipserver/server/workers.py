@@ -58,6 +58,7 @@ MONOTONIC_TYPES = {"counter", "histogram", "summary"}
 # and certificate days, lowest) worker's value.
 SUMMED_GAUGES = {"sipserver_connections_open", "sipserver_registered_bindings"}
 LOWEST_GAUGES = {
+    "sipserver_cluster_store_up",
     "sipserver_target_up",
     "sipserver_certificate_days_to_expiry",
     "sipserver_peer_certificate_days_to_expiry",
@@ -334,6 +335,7 @@ class Supervisor:
             "calls_shed": sum(int(w.get("calls_shed", 0)) for w in workers),
             "peers_expiring": sorted({p for w in workers for p in w.get("peers_expiring", [])}),
             "registered_bindings": sum(int(w.get("registered_bindings", 0)) for w in workers),
+            "cluster_store": _worst_store([w.get("cluster_store") for w in workers]),
             "per_worker": workers,
         }
         return (200 if not problems else 503), "application/json", json.dumps(body).encode()
@@ -345,6 +347,14 @@ class Supervisor:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Fixed(merged, up, sum(self.restarts)))
         return generate_latest(registry)
+
+
+def _worst_store(states: list[Any]) -> dict[str, Any] | None:
+    """The binding store as the workers see it: down if any of them finds it down."""
+    known = [s for s in states if isinstance(s, dict)]
+    if not known:
+        return None
+    return {"store": known[0].get("store"), "up": all(s.get("up") for s in known)}
 
 
 def merge_metrics(texts: list[str]) -> list[Metric]:

@@ -1,0 +1,185 @@
+"""Two instances and a real Redis (Debian's redis-server): a phone registered on one is
+reached by calls entering the other, both ways; the store stopped (calls to phones on the
+instance they enter go on, others get 480 at once) and back empty (every instance publishes
+its bindings again); an instance killed (calls for its phone get 480 within seconds, and
+its bindings go)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.certs import make_leaf
+from tests.configs import dial_plan, peer, table
+from tests.e2e.conftest import Pki, RunningServer, StartServer, free_port, need
+from tests.e2e.softphone import TlsPhone
+from tests.e2e.tls_gateway import AnsweringPhone, gateway_call
+
+pytestmark = pytest.mark.e2e
+
+
+class Redis:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """A new, empty redis-server on our port (nothing saved to disk)."""
+        workdir = self.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = [need("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while self.cli("PING") != "PONG":
+            assert time.monotonic() < deadline, "redis-server did not start"
+            assert self.process.poll() is None, "redis-server exited"
+            time.sleep(0.05)  # polling a process we started, not synchronising on the server
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [need("redis-cli"), "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return result.stdout.strip()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    store = Redis(tmp_path / "redis")
+    store.start()
+    yield store
+    store.stop()
+
+
+def phones_config(redis: Redis) -> str:
+    return (
+        peer("phone1", kind="softphone", addresses=[], numbers=["7001"], health_check=None)
+        + peer("phone2", kind="softphone", addresses=[], numbers=["7002"], health_check=None)
+        + dial_plan("phones", "sip-secured", ["phone1", "phone2"], numbers=["70xx"])
+        + table("cluster", {"store": redis.url})
+    )
+
+
+def instance(start_server: StartServer, redis: Redis, admin: int | None = None) -> RunningServer:
+    extra = table("admin", {"address": f"127.0.0.1:{admin}"}) if admin else ""
+    server = start_server(extra_config=phones_config(redis) + extra)
+    server.wait_for("cluster_bindings_published")
+    return server
+
+
+def metrics(admin: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("sipserver_cluster")
+    }
+
+
+def registered(server: RunningServer, pki: Pki, name: str, number: str) -> TlsPhone:
+    phone = TlsPhone(pki, make_leaf(pki.ca, dns=[f"{name}.example.test"]), server.tls_port, name)
+    assert phone.register(number).startswith(b"SIP/2.0 200 OK")
+    server.wait_for("cluster_bindings_written", published=1, timeout=10)
+    return phone
+
+
+def test_calls_entering_either_instance_reach_a_phone_on_the_other(
+    start_server: StartServer, redis: Redis, pki: Pki
+) -> None:
+    a, b = instance(start_server, redis), instance(start_server, redis)
+    phone1 = AnsweringPhone(registered(a, pki, "phone1", "7001"))
+    phone2 = AnsweringPhone(registered(b, pki, "phone2", "7002"))
+    try:
+        for entry, number in ((b, "7001"), (a, "7002"), (a, "7001"), (b, "7002")):
+            result = gateway_call(pki, entry.tls_port, number)
+            assert (result.final, result.bye) == ("SIP/2.0 200 OK", "SIP/2.0 200 OK"), number
+    finally:
+        phone1.close()
+        phone2.close()
+    assert (phone1.count("INVITE"), phone1.count("BYE")) == (2, 2)
+    assert (phone2.count("INVITE"), phone2.count("BYE")) == (2, 2)
+    handed = b.wait_for("call_routed", dial_plan="phones", target="sipserver-sibling")
+    assert handed["status"] == 200
+    relayed = a.wait_for("call_routed", peer="sipserver-sibling")
+    assert relayed["target"] == "phone1"
+    # The binding names the instance that holds the flow, with its expiry as the TTL.
+    assert 0 < int(redis.cli("PTTL", "sipserver:reg:7001")) <= 300_000
+    assert "phone1" in redis.cli("HGETALL", "sipserver:reg:7001")
+
+
+def test_the_store_down_and_back_empty(start_server: StartServer, redis: Redis, pki: Pki) -> None:
+    admin = free_port()
+    a, b = instance(start_server, redis), instance(start_server, redis, admin)
+    assert metrics(admin)["sipserver_cluster_store_up"] == 1
+    phone = AnsweringPhone(registered(a, pki, "phone1", "7001"))
+    try:
+        redis.stop()
+        # Entering the instance that holds the flow: the call goes on without the store.
+        assert gateway_call(pki, a.tls_port, "7001").final == "SIP/2.0 200 OK"
+        # Entering the other: not found, at once (the store's failure is bounded).
+        refused = gateway_call(pki, b.tls_port, "7001", timeout=5)
+        assert refused.final == "SIP/2.0 480 Temporarily Unavailable"
+        down = b.wait_for("cluster_store_unavailable")
+        assert down["store"] == redis.url
+        seen = metrics(admin)
+        assert seen["sipserver_cluster_store_up"] == 0
+        assert seen['sipserver_cluster_lookups_total{result="failed"}'] >= 1
+        redis.start()  # empty
+        back = a.wait_for("cluster_bindings_published", bindings=1, timeout=15)
+        assert back["store"] == redis.url
+        a.wait_for("cluster_store_restored", timeout=15)
+        b.wait_for("cluster_store_restored", timeout=15)
+        assert metrics(admin)["sipserver_cluster_store_up"] == 1
+        result = gateway_call(pki, b.tls_port, "7001")
+        assert (result.final, result.bye) == ("SIP/2.0 200 OK", "SIP/2.0 200 OK")
+    finally:
+        phone.close()
+    assert phone.count("INVITE") == 2
+
+
+def test_an_instance_that_dies_takes_its_phones_with_it(
+    start_server: StartServer, redis: Redis, pki: Pki
+) -> None:
+    a, b = instance(start_server, redis), instance(start_server, redis)
+    phone = registered(a, pki, "phone1", "7001")
+    try:
+        a.process.send_signal(signal.SIGKILL)
+        a.process.wait(10)
+        # At once (its flow is gone; the hop to it is refused), not after a 32 s timeout.
+        result = gateway_call(pki, b.tls_port, "7001", timeout=5)
+        assert result.final == "SIP/2.0 480 Temporarily Unavailable"
+        # Once its heartbeat has lapsed, a look-up drops its bindings (each call looks up).
+        deadline = time.monotonic() + 15
+        while not b.events("cluster_bindings_dropped"):
+            assert time.monotonic() < deadline, "A's bindings were never dropped"
+            assert gateway_call(pki, b.tls_port, "7001", timeout=5).final.startswith("SIP/2.0 480")
+            time.sleep(0.5)  # the heartbeat's TTL must run out: nothing to wait on but time
+        dropped = b.events("cluster_bindings_dropped")[0]
+        assert (dropped["number"], dropped["bindings"]) == ("7001", 1)
+        assert redis.cli("HLEN", "sipserver:reg:7001") == "0"
+    finally:
+        phone.close()
