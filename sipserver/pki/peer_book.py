@@ -122,6 +122,13 @@ class PeerBook:
         self.records[peer] = record
         return Observation(record, known is None, None if same else known)
 
+    def merge(self, other: PeerBook) -> None:
+        """Take what another process saw: per peer, the certificate seen last."""
+        for name, theirs in other.records.items():
+            ours = self.records.get(name)
+            if ours is None or theirs.last_seen > ours.last_seen:
+                self.records[name] = theirs
+
     def notices(
         self, now: dt.datetime, warn_days: int, peers: Iterable[str] | None = None
     ) -> list[tuple[PeerCertificate, ExpiryNotice]]:

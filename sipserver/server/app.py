@@ -90,13 +90,14 @@ class Server:
         )
         self.core = SipCore(config, connections=self.pool, entropy=os.urandom)
         self.listeners = Listeners()
-        self.credentials = Credentials(on_change=self.core.use_certificate)
+        speaks = worker is None or worker[0] == 0  # one voice per server for daily warnings
+        self.credentials = Credentials(self.core.use_certificate, speaks_for_server=speaks)
         self.reloader = Reloader(
             config_path, overrides, lambda: self.config, self._apply, self.credentials, self.stats
         )
         self.drain = Drain(self.core, self.listeners)
         self.overload = OverloadGuard(self.core, lambda: self.config)
-        self.peer_watch = PeerWatch(lambda: self.config, self.credentials)
+        self.peer_watch = PeerWatch(lambda: self.config, self.credentials, speaks_for_server=speaks)
         self.streams = StreamService(
             lambda: self.config,
             self.core,
@@ -130,8 +131,7 @@ class Server:
         try:
             await self._serve(task_status, handle_signals)
         finally:
-            if self.worker is None or self.worker[0] == 0:  # one writer for the peer table
-                self.peer_watch.save(_now())
+            self.peer_watch.save(_now())  # merged with what the other workers wrote
         log.info("server_stopped")
 
     async def _serve(

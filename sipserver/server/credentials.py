@@ -27,7 +27,12 @@ log = structlog.get_logger("sipserver")
 
 
 class Credentials:
-    def __init__(self, on_change: Callable[[CertInfo], None]) -> None:
+    def __init__(
+        self, on_change: Callable[[CertInfo], None], *, speaks_for_server: bool = True
+    ) -> None:
+        """`speaks_for_server`: this process logs the daily expiry warnings (with workers,
+        worker 0 does, so that a server says each once a day, not once per worker)."""
+        self.speaks_for_server = speaks_for_server
         self.current: ServerCredentials | None = None
         self.anchors: tuple[CertInfo, ...] = ()  # the trust anchors, described once
         self.server_context: SSL.Context | None = None
@@ -75,7 +80,7 @@ class Credentials:
         if self.current is None:
             return
         ours = self.current.certificate
-        notice = expiry_notice(ours.info.not_after, now)
+        notice = expiry_notice(ours.info.not_after, now) if self.speaks_for_server else None
         if notice is not None and self._daily.due(f"server:{ours.info.thumbprint_sha1}", now):
             if notice.expired:
                 log.error(
@@ -91,7 +96,7 @@ class Credentials:
                     path=ours.path,
                     **ours.info.log_fields(),
                 )
-        for info in self.anchors:
+        for info in self.anchors if self.speaks_for_server else ():
             self._check_anchor(info, now)
         self._reselect(config, now)
 

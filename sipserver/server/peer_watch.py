@@ -7,11 +7,13 @@ out."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -29,6 +31,17 @@ SAVE_EVERY = 300.0  # seconds: last-seen times are written at most this often
 EXPIRED_REASONS = {"certificate_expired", "certificate_not_yet_valid", "untrusted_chain"}
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """The table's lock (a file beside it): one worker at a time reads-merges-writes."""
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def load_book(path: Path) -> PeerBook:
     try:
         return PeerBook.from_json(json.loads(path.read_text("utf-8")))
@@ -37,9 +50,18 @@ def load_book(path: Path) -> PeerBook:
 
 
 class PeerWatch:
-    def __init__(self, config: Callable[[], Config], credentials: Credentials) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        credentials: Credentials,
+        *,
+        speaks_for_server: bool = True,
+    ) -> None:
+        """`speaks_for_server`: this process logs the daily expiry warnings; with workers
+        every one records what it sees in the shared table, and worker 0 warns for all."""
         self._config = config
         self._credentials = credentials
+        self.speaks_for_server = speaks_for_server
         self.book = PeerBook()
         self._daily = DailyOnce()
         self._dirty = False
@@ -54,18 +76,24 @@ class PeerWatch:
         log.info("peer_table_loaded", path=str(self.path), peers=len(self.book.records))
 
     def save(self, now: dt.datetime | None = None) -> None:
-        """Write the table atomically (a temporary file renamed over the old one)."""
+        """Merge with what the file holds (our other workers write it too), then write it
+        atomically (a temporary file renamed over the old one), under a lock."""
         path = self.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".peers-", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(self.book.to_json(), out, indent=1)
-            os.replace(tmp, path)
+            with _locked(path):
+                self._merge_file()
+                fd, tmp = tempfile.mkstemp(prefix=".peers-", dir=path.parent)
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(self.book.to_json(), out, indent=1)
+                os.replace(tmp, path)
         except OSError as exc:
             log.warning("peer_table_write_failed", path=str(path), reason=str(exc))
             return
         self._dirty, self._saved_at = False, now
+
+    def _merge_file(self) -> None:
+        self.book.merge(load_book(self.path))
 
     def observed(
         self,
@@ -123,12 +151,16 @@ class PeerWatch:
         )
 
     def check(self, now: dt.datetime) -> None:
-        """Daily warnings for every allow-listed peer in the window; save what changed."""
+        """Daily warnings for every allow-listed peer in the window (what any worker saw);
+        save what changed."""
+        if self._dirty:
+            self.save(now)
+        elif self.speaks_for_server:
+            with contextlib.suppress(OSError), _locked(self.path):
+                self._merge_file()
         names = [p.name for p in self._config().peers]
         for record, _ in self.book.notices(now, self._warn_days, names):
             self._warn(record, now)
-        if self._dirty:
-            self.save(now)
 
     def days_left(self, now: dt.datetime) -> list[tuple[str, float]]:
         names = {p.name for p in self._config().peers}
@@ -147,6 +179,8 @@ class PeerWatch:
         return self._config().tls.peer_expiry_warning_days
 
     def _warn(self, record: PeerCertificate, now: dt.datetime) -> None:
+        if not self.speaks_for_server:
+            return
         notice = expiry_notice(record.expires, now, self._warn_days)
         if notice is None or notice.expired:
             return  # an expired one cannot connect: `refused` reports it while it tries

@@ -57,6 +57,20 @@ def test_the_book_survives_its_json_form() -> None:
     assert PeerBook.from_json({"peers": "garbage"}).records == {}
 
 
+def test_merging_keeps_per_peer_the_certificate_seen_last() -> None:
+    ours, theirs = PeerBook(), PeerBook()
+    _, old = cert(50)
+    _, new = cert(400)
+    ours.observe("gw1", "gw1.example.test", new, "san_dns", "inbound", NOW)
+    theirs.observe("gw1", "gw1.example.test", old, "san_dns", "inbound", NOW - dt.timedelta(1))
+    theirs.observe("gw2", "gw2.example.test", old, "san_dns", "inbound", NOW)
+    ours.merge(theirs)
+    assert ours.records["gw1"].serial == new.serial  # ours was seen later
+    assert ours.records["gw2"].serial == old.serial  # only they saw gw2
+    theirs.merge(ours)
+    assert theirs.records == ours.records
+
+
 def test_warnings_come_once_a_utc_day_and_the_table_is_saved(tmp_path: Path) -> None:
     config = parse_config(
         table("server", {"fqdn": "sip.example.test"})
