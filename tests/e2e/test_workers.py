@@ -8,10 +8,12 @@ worker wrote it."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import signal
 import subprocess
+import threading
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -249,3 +251,68 @@ def test_the_peer_table_holds_what_either_worker_saw_and_worker_0_warns_once(
     assert {line["worker"] for line in warned} == {0}
     table = json.loads((server.workdir / "peers.json").read_text())
     assert sorted(table["peers"]) == sorted(names)
+
+
+def summed(admin: int, family: str, **labels: str) -> float:
+    text = page(admin, "/metrics")
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(family + "{") and all(w in line for w in wanted)
+    )
+
+
+def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    uas_port, admin = free_port(), free_port()
+    server = two_workers(start_server, uas_port, admin)
+    server.wait_for("server_ready")
+    uac = call_uac(tmp_path / "uac.xml")
+    samples: list[tuple[float, float]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:  # what a Prometheus scraping every 100 ms would see
+        while not sampling.wait(0.1):
+            samples.append(
+                (
+                    summed(admin, "sipserver_messages_total", direction="in"),
+                    summed(admin, "sipserver_calls_total"),
+                )
+            )
+
+    def callers(calls_each: int, rate: int, count: int = CALLERS) -> list[subprocess.Popen[str]]:
+        return [
+            subprocess.Popen(
+                sipp_caller_command(uac, server.sip_port, "5000", calls=calls_each, rate=rate),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=tmp_path,
+            )
+            for _ in range(count)
+        ]
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port, calls=100_000):
+        sampler.start()
+        load = callers(calls_each=60, rate=20)  # 8 x 20 calls/s for 3 s
+        server.wait_count("call_routed", 40, worker=1, timeout=30)
+        os.kill(worker_pid(server.process.pid, 1), signal.SIGKILL)
+        server.wait_for("worker_replaced", worker_index=1, timeout=15)
+        for caller in load:  # calls the dead worker held are lost; the rest go on
+            caller.communicate(timeout=90)
+        # After it: every call completes, whichever worker the kernel gives it to (16
+        # sockets: all on one worker is one run in 32,768).
+        before = len(server.events("call_routed"))
+        for caller in callers(calls_each=CALLS_EACH, rate=10, count=16):
+            out, _ = caller.communicate(timeout=90)
+            assert caller.returncode == 0, out[-3000:]
+        routed = server.wait_count("call_routed", before + 16 * CALLS_EACH)[before:]
+        assert {line["worker"] for line in routed} == {0, 1}, "the replacement took no call"
+        sampling.set()
+        sampler.join(10)
+    assert len(samples) > 10
+    for (messages, calls), (later_messages, later_calls) in itertools.pairwise(samples):
+        assert later_messages >= messages and later_calls >= calls, samples
