@@ -34,7 +34,7 @@ def drain(stream: object, copy_to: Path | None = None) -> None:
 
     def run() -> None:
         if hasattr(stream, "read1"):
-            with open(copy_to or os.devnull, "ab") as raw_sink:
+            with open(copy_to or os.devnull, "ab", buffering=0) as raw_sink:
                 while chunk := stream.read1(65536):
                     raw_sink.write(chunk)
             return
@@ -63,7 +63,9 @@ def start_server(
     # for a second of logging at the highest rates, whatever the reader's scheduling.
     with contextlib.suppress(OSError):
         fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    early: list[bytes] = []  # what came before server_ready belongs in the log file too
     for line in proc.stdout:
+        early.append(line)
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
@@ -73,6 +75,9 @@ def start_server(
             ports.setdefault(event["transport"], event["port"])  # the shared port, with workers
         if event["event"] == "server_ready":
             break
+    if server_log is not None:
+        with open(server_log, "ab") as sink:
+            sink.writelines(early)
     drain(proc.stdout, server_log)
     return proc, ports
 

@@ -155,6 +155,12 @@ def _cluster_metrics(cluster: ClusterState) -> Iterator[Metric]:
     )
     dropped.add_metric([], cluster.dropped)
     yield dropped
+    republished = CounterMetricFamily(
+        "sipserver_cluster_republished",
+        "Times every binding we hold was published (at start, and when the store lost them)",
+    )
+    republished.add_metric([], cluster.republished)
+    yield republished
 
 
 def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:

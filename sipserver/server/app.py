@@ -147,12 +147,8 @@ class Server:
                 self.streams.serve_tcp,
                 self.streams.serve_tls,
                 self.worker,
+                self._ports_known,
             )
-            self.core.set_ports(
-                self.listeners.sip_port or cfg.server.sip_port,
-                self.listeners.tls_port or cfg.server.tls_port,
-            )
-            self._share_bindings(nursery)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self.streams.idle_timer.run)
             if cfg.server.watch_interval > 0:
@@ -193,6 +189,17 @@ class Server:
             elif admin is not None:
                 await nursery.start(serve_admin, pages, admin[0], admin[1])
             task_status.started(list(self.listeners.open))
+
+    def _ports_known(self) -> None:
+        """Our Via and Record-Route name the ports actually bound (a worker's own), and
+        bindings are shared, before the first message can arrive on a shared port."""
+        cfg = self.config
+        self.core.set_ports(
+            self.listeners.sip_port or cfg.server.sip_port,
+            self.listeners.tls_port or cfg.server.tls_port,
+        )
+        assert self.streams.nursery is not None
+        self._share_bindings(self.streams.nursery)
 
     def _share_bindings(self, nursery: trio.Nursery) -> None:
         """With a shared store: publish our bindings there, and let calls find the flows

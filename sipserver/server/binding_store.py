@@ -229,6 +229,7 @@ class BindingStore:
             counters.errors,
             tuple(sorted(counters.lookups.items())),
             counters.dropped,
+            counters.republished,
         )
 
     def _count(self, result: str) -> None:

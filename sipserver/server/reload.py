@@ -60,6 +60,8 @@ class Reloader:
                 "config_reload_partial",
                 reason="listen addresses, ports and transports change only on restart",
             )
+        if new.cluster != old.cluster:
+            log.warning("config_reload_partial", reason="[cluster] changes only on restart")
         self._apply(new, credentials)
         log.info("config_reloaded", config=new.source, peers=len(new.peers), why=why)
         self._stats.reloads["ok"] += 1

@@ -45,6 +45,7 @@ class ClusterState:
     errors: int  # failed exchanges
     lookups: tuple[tuple[str, int], ...]  # found | none | failed -> count
     dropped: int  # bindings of processes that were gone
+    republished: int  # times every binding of ours was published again
 
 
 @dataclass(frozen=True, slots=True)

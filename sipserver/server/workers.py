@@ -255,16 +255,31 @@ class Supervisor:
 
     async def _scrape(self) -> list[list[Metric]]:
         """Every worker's metrics: what it answers now, else the last it answered."""
+        processes = list(self.processes)
+        answers = await self._ask_all("/metrics")
         out: list[list[Metric]] = []
-        for index, path in enumerate(self.admin_sockets):
-            process = self.processes[index]
-            answer = await _get(path, "/metrics")
-            if answer is not None and answer[0] == 200 and self.processes[index] is process:
+        for index, answer in enumerate(answers):
+            same = self.processes[index] is processes[index] and index not in self.down
+            if answer is not None and answer[0] == 200 and same:  # not a dead worker's last
                 self._last_metrics[index] = list(text_string_to_metric_families(answer[1].decode()))
             last = self._last_metrics[index]
             if last is not None:
                 out.append(last)
         return out
+
+    async def _ask_all(self, path: str) -> list[tuple[int, bytes] | None]:
+        """Every worker's admin page at once (a scrape waits for the slowest, at most
+        ASK_TIMEOUT); none from a worker that is down or being replaced."""
+        answers: list[tuple[int, bytes] | None] = [None] * self.count
+
+        async def ask(index: int) -> None:
+            answers[index] = await _get(self.admin_sockets[index], path)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(self.count):
+                if index not in self.down:
+                    nursery.start_soon(ask, index)
+        return answers
 
     async def _first_failure(self, failed: trio.Event, scope: trio.CancelScope) -> None:
         await failed.wait()
@@ -311,7 +326,7 @@ class Supervisor:
         return 404, "text/plain", b"/healthz or /metrics\n"
 
     async def _health(self) -> Page:
-        answers = [await _get(path, "/healthz") for path in self.admin_sockets]
+        answers = await self._ask_all("/healthz")
         workers: list[dict[str, Any]] = []
         for index, answer in enumerate(answers):
             down = self.down.get(index)

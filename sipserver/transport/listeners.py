@@ -72,20 +72,28 @@ class Listeners:
         serve_tcp: StreamHandler,
         serve_tls: StreamHandler,
         worker: tuple[int, int] | None = None,
+        ports_known: Callable[[], None] = lambda: None,
     ) -> None:
         """Open every listener. As worker `index` of `count`, the configured ports are
         shared with the other workers (SO_REUSEPORT) and the worker opens ports of its own,
-        which its Via and Record-Route name, so that what answers it comes back to it."""
+        which its Via and Record-Route name, so that what answers it comes back to it.
+        `ports_known()` is called once the ports for our Via are open, before any shared
+        port is: a worker that replaces a dead one joins while traffic flows, and what it
+        sends before naming its own port would be answered to the shared one (and reach
+        whichever worker the kernel picks)."""
         handlers = (serve_udp, serve_tcp, serve_tls)
-        shared = worker is not None
-        await self._open_set(
-            nursery, settings, settings.sip_port, settings.tls_port, handlers, shared
-        )
         if worker is not None:
             index, count = worker
             base = settings.worker_port_base
             own_sip, own_tls = (base + index, base + count + index) if base else (0, 0)
             await self._open_set(nursery, settings, own_sip, own_tls, handlers, False, own=True)
+            ports_known()
+        shared = worker is not None
+        await self._open_set(
+            nursery, settings, settings.sip_port, settings.tls_port, handlers, shared
+        )
+        if worker is None:
+            ports_known()
         if not self.open:
             raise StartupError("no listener could be opened")
 

@@ -60,8 +60,9 @@ def assert_sipp_ok(result: subprocess.CompletedProcess[str]) -> None:
 
 @contextlib.contextmanager
 def sipp_callee(
-    scenario: Path, port: int, transport: str = "u1", calls: int = 1
+    scenario: Path, port: int, transport: str = "u1", calls: int = 1, limit: int | None = None
 ) -> Iterator[subprocess.Popen[str]]:
+    """`limit`: calls open at once before sipp stops taking new ones (sipp's -l)."""
     process = subprocess.Popen(
         [
             need("sipp"),
@@ -79,6 +80,7 @@ def sipp_callee(
             "40s",
             "-timeout_error",
             "-nostdin",
+            *(["-l", str(limit)] if limit is not None else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
