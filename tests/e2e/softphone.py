@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import ssl
 import uuid
+from pathlib import Path
 
 from tests.certs import Issued
 from tests.e2e.conftest import SERVER_FQDN, Pki
@@ -16,9 +17,12 @@ INSTANCE = "<urn:uuid:00000000-0000-1000-8000-00000000c0de>"
 
 
 class TlsPhone:
-    def __init__(self, pki: Pki, cert: Issued, port: int, name: str = "phone1") -> None:
+    def __init__(
+        self, pki: Pki, cert: Issued, port: int, name: str = "phone1", cafile: Path | None = None
+    ) -> None:
+        """`cafile`: what the server's certificate must chain to (default: the test CA)."""
         cert_path, key_path = cert.write_pair(pki.root / "phones", f"{name}-{uuid.uuid4().hex[:6]}")
-        context = ssl.create_default_context(cafile=str(pki.ca_file))
+        context = ssl.create_default_context(cafile=str(cafile or pki.ca_file))
         context.load_cert_chain(str(cert_path), str(key_path))
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.sock = context.wrap_socket(raw, server_hostname=SERVER_FQDN)

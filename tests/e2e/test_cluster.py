@@ -185,3 +185,22 @@ def test_an_instance_that_dies_takes_its_phones_with_it(
         assert redis.cli("HLEN", "sipserver:reg:7001") == "0"
     finally:
         phone.close()
+
+
+def test_a_phone_that_moves_to_the_other_instance_is_reached_there_from_both(
+    start_server: StartServer, redis: Redis, pki: Pki
+) -> None:
+    a, b = instance(start_server, redis), instance(start_server, redis)
+    first = registered(a, pki, "phone1", "7001")
+    first.close()  # the phone loses its connection to A and registers with B
+    a.wait_for("registration_removed", number="7001")
+    a.wait_for("cluster_bindings_written", withdrawn=1)
+    phone = AnsweringPhone(registered(b, pki, "phone1", "7001"))
+    try:
+        for entry in (a, b, a):
+            result = gateway_call(pki, entry.tls_port, "7001")
+            assert (result.final, result.bye) == ("SIP/2.0 200 OK", "SIP/2.0 200 OK")
+    finally:
+        phone.close()
+    assert phone.count("INVITE") == 3
+    assert redis.cli("HLEN", "sipserver:reg:7001") == "1"  # A's binding was withdrawn

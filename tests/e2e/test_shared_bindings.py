@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import ssl
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from tests.certs import Issued, make_leaf
 from tests.configs import dial_plan, peer, table
-from tests.e2e.conftest import Pki, RunningServer, StartServer, free_port
+from tests.e2e.conftest import SERVER_FQDN, Pki, RunningServer, StartServer, free_port
 from tests.e2e.softphone import TlsPhone
 from tests.e2e.test_workers import worker_pid
 from tests.e2e.tls_gateway import AnsweringPhone, gateway_call
@@ -93,13 +97,48 @@ def test_every_call_reaches_the_phone_whichever_worker_it_lands_on(
     assert hops and all(line["peer_fqdn"] == "sip.example.test" for line in hops)
 
 
-def test_a_stranger_cannot_use_the_handover(
-    two_workers: RunningServer, phone: TlsPhone, pki: Pki
+def test_with_a_self_signed_certificate_the_workers_prove_themselves_and_a_forgery_fails(
+    start_server: StartServer, pki: Pki, phone_cert: Issued, tmp_path: Path
 ) -> None:
-    """gw1 preloading a Route that names a caller is routed as gw1, never as a sibling."""
+    """The default set-up (a generated, self-signed certificate): the workers hand calls to
+    each other with it, and a certificate that only copies its name is refused."""
+    ours = make_leaf(None, dns=[SERVER_FQDN])
+    server = start_server(
+        server_extra="workers = 2", extra_config=PHONE_PLAN, certificates={"sip": ours}
+    )
+    server.wait_count("cluster_sharing_bindings", 2)
+    trusted = tmp_path / "trusted.pem"  # what the phone and the gateway trust
+    trusted.write_bytes(pki.ca.cert_pem + ours.cert_pem)
+    phone = TlsPhone(pki, phone_cert, server.tls_port, cafile=trusted)
     assert phone.register().startswith(b"SIP/2.0 200 OK")
-    result = gateway_call(pki, two_workers.tls_port, "7999")
-    assert result.final == "SIP/2.0 404 Not Found"
+    holder = server.wait_for("registration_added", number="7001")["worker"]
+    server.wait_for("cluster_bindings_written", worker=holder, published=1)
+    answering = AnsweringPhone(phone)
+    try:
+        results = [gateway_call(pki, server.tls_port, "7001", cafile=trusted) for _ in range(16)]
+    finally:
+        answering.close()
+    assert [r.final for r in results] == ["SIP/2.0 200 OK"] * 16
+    handed = server.events("call_routed")
+    assert any(line.get("target") == "sipserver-sibling" for line in handed), "none handed over"
+    # A certificate of our own making that names us, with another key: not us.
+    forged = make_leaf(None, dns=[SERVER_FQDN])
+    context = ssl.create_default_context(cafile=str(trusted))
+    context.load_cert_chain(*map(str, forged.write_pair(tmp_path / "forged", "forged")))
+    with (
+        socket.create_connection(("127.0.0.1", server.tls_port), timeout=5) as raw,
+        pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)),
+        context.wrap_socket(raw, server_hostname=SERVER_FQDN) as tls,
+    ):
+        tls.sendall(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+        assert tls.recv(100) == b""  # TLS 1.3 reports a refused client certificate late
+        raise ConnectionResetError("closed without an answer")
+    refused = server.wait_for("tls_peer_refused")
+    assert refused["reason"] == "untrusted_chain", refused
+    assert (
+        refused["peer_cert_thumbprint_sha256"]
+        != ours.cert.fingerprint(hashes.SHA256()).hex().upper()
+    )
 
 
 def test_the_phone_of_a_dead_worker_gets_480_at_once(

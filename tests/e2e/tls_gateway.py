@@ -10,6 +10,7 @@ import ssl
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.e2e.conftest import SERVER_FQDN, Pki
 from tests.e2e.sip_client import header, status_line
@@ -55,8 +56,10 @@ def _headers(response: bytes, name: str) -> list[str]:
     return found
 
 
-def gateway_call(pki: Pki, port: int, number: str, timeout: float = 10.0) -> CallResult:
-    context = ssl.create_default_context(cafile=str(pki.ca_file))
+def gateway_call(
+    pki: Pki, port: int, number: str, timeout: float = 10.0, cafile: Path | None = None
+) -> CallResult:
+    context = ssl.create_default_context(cafile=str(cafile or pki.ca_file))
     cert, key = pki.client_files("gw1", pki.gw1)
     context.load_cert_chain(str(cert), str(key))
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
