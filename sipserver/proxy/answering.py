@@ -344,7 +344,9 @@ class AnsweringTarget:
         return [Transmit(flow, item.data) for item in first if isinstance(item, SendMessage)]
 
     def busy(self) -> int:
-        return len(self.ringing)
+        """What a drain waits for: every call we answer until it ends (ringing, or answered
+        and not yet hung up), as it waits for a proxied call's BYE."""
+        return len(self.calls)
 
     # --- helpers ------------------------------------------------------------------------
     def _contact(self, call: AnsweredCall) -> tuple[tuple[str, str], ...]:

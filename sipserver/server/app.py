@@ -44,6 +44,7 @@ from sipserver.transport.streams import StreamConnection
 
 log = structlog.get_logger("sipserver")
 FULL_GC_AFTER = 100  # middle-generation passes per full one
+SUPERVISOR_CHECK = 1.0  # seconds between a worker's checks that its supervisor lives
 
 
 def _reachable(address: str) -> str:
@@ -158,6 +159,8 @@ class Server:
             nursery.start_soon(self._certificate_watch)
             nursery.start_soon(self.overload.run)
             nursery.start_soon(self._repeat_summaries)
+            if self.worker is not None:
+                nursery.start_soon(self._watch_supervisor, nursery.cancel_scope)
             if handle_signals:
                 await nursery.start(
                     serve_signals,
@@ -189,6 +192,16 @@ class Server:
             elif admin is not None:
                 await nursery.start(serve_admin, pages, admin[0], admin[1])
             task_status.started(list(self.listeners.open))
+
+    async def _watch_supervisor(self, stop: trio.CancelScope) -> None:
+        """A worker whose supervisor is gone (killed) drains and exits: nobody would
+        replace it or sum its counters, and it would hold the ports a new server shares."""
+        supervisor = os.getppid()
+        while os.getppid() == supervisor:
+            await trio.sleep(SUPERVISOR_CHECK)
+        log.error("supervisor_gone", supervisor_pid=supervisor, action="draining")
+        if not self.drain.started:
+            await self.drain.run(stop, "supervisor gone", self.config.server.shutdown_grace)
 
     def _ports_known(self) -> None:
         """Our Via and Record-Route name the ports actually bound (a worker's own), and

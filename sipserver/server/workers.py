@@ -188,7 +188,9 @@ class Supervisor:
         """Run worker `index`; replace it if it dies while the server is up."""
         pause = RESTART_PAUSE
         while True:
-            process = await trio.lowlevel.open_process(command)
+            # A group of its own: a terminal's Ctrl-C (or a signal to our group) reaches the
+            # supervisor alone, which forwards it once (twice would stop a drain at once).
+            process = await trio.lowlevel.open_process(command, process_group=0)
             self.processes[index] = process
             started = trio.current_time()
             if index in self.down:

@@ -202,6 +202,7 @@ def run_server(
     args: list[str] | None = None,
     state: Path | None = None,
     open_files: int | None = None,
+    new_session: bool = False,
 ) -> RunningServer:
     """`sipserver run` on this checkout (not a stale installed copy), logging JSON; returns
     once it is ready. `open_files` caps its file descriptors (util-linux's prlimit)."""
@@ -218,6 +219,7 @@ def run_server(
         text=True,
         env=env,
         cwd=workdir,
+        start_new_session=new_session,  # a process group of its own, as under a terminal
     )
     server = RunningServer(process, workdir)
     try:
@@ -247,6 +249,7 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         certificates: dict[str, Issued] | None = None,
         tls_extra: str = "",
         open_files: int | None = None,
+        new_session: bool = False,
     ) -> RunningServer:
         workdir = tmp_path / f"server{len(servers)}"
         cert_dir = workdir / "server"
@@ -271,7 +274,14 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
         config = workdir / "sipserver.toml"
         workdir.mkdir(parents=True, exist_ok=True)
         config.write_text(text)
-        server = run_server(config, workdir, args, state=workdir / "state", open_files=open_files)
+        server = run_server(
+            config,
+            workdir,
+            args,
+            state=workdir / "state",
+            open_files=open_files,
+            new_session=new_session,
+        )
         servers.append(server)
         return server
 

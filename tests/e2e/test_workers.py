@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from sipserver.pki.certinfo import serial_hex
 from tests.certs import make_leaf
-from tests.configs import one_target_plan, peer, table
+from tests.configs import answer_plan, one_target_plan, peer, table
 from tests.e2e.conftest import (
     SERVER_FQDN,
     Pki,
@@ -33,7 +34,7 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
 from tests.e2e.sip_client import options, udp_exchange
-from tests.e2e.sipp_scenarios import call_uac, call_uas
+from tests.e2e.sipp_scenarios import call_uac, call_uac_answered_then_hung_up, call_uas
 from tests.e2e.test_tls import client_context, tls_options
 
 pytestmark = pytest.mark.e2e
@@ -322,3 +323,54 @@ def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
     assert len(samples) > 10
     for (messages, calls), (later_messages, later_calls) in itertools.pairwise(samples):
         assert later_messages >= messages and later_calls >= calls, samples
+
+
+def test_ctrl_c_to_the_whole_group_drains_each_worker_once(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A terminal sends SIGINT to every process of its foreground group: the workers are in
+    a group of their own, so each gets the supervisor's forward only, and drains (a second
+    signal would stop it at once, dropping the call in progress)."""
+    server = start_server(
+        server_extra="workers = 2",
+        extra_config=answer_plan("unsecured", answer_after=0, answer_hangup_after=1.0),
+        new_session=True,
+    )
+    server.wait_for("server_ready")
+    scenario = call_uac_answered_then_hung_up(tmp_path / "hung_up.xml")
+    caller = subprocess.Popen(
+        sipp_caller_command(scenario, server.sip_port, "5000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    answered = server.wait_for("call_answered", timeout=15)
+    os.killpg(server.process.pid, signal.SIGINT)
+    out, _ = caller.communicate(timeout=60)
+    assert caller.returncode == 0, out[-3000:]  # the call in progress ended well
+    assert server.process.wait(30) == 0
+    drained = server.wait_count("server_drained", 2)
+    assert {line["worker"] for line in drained} == {0, 1}
+    assert server.events("server_stopping_now") == []
+    ended = server.wait_for("answered_call_ended", worker=answered["worker"])
+    assert ended["ended_by"] == "hangup_timer"
+
+
+def test_workers_whose_supervisor_is_killed_drain_and_exit(start_server: StartServer) -> None:
+    server = start_server(server_extra="workers = 2")
+    server.wait_for("server_ready")
+    pids = [worker_pid(server.process.pid, index) for index in (0, 1)]
+    server.process.send_signal(signal.SIGKILL)
+    gone = server.wait_count("supervisor_gone", 2, timeout=15)
+    assert {line["worker"] for line in gone} == {0, 1}
+    stopped = server.wait_count("server_stopped", 2, timeout=15)
+    assert {line["worker"] for line in stopped} == {0, 1}
+    for pid in pids:  # they exit (no zombie to reap: init adopted them)
+        deadline = time.monotonic() + 10
+        while (
+            Path(f"/proc/{pid}").exists()
+            and b"sipserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ):
+            assert time.monotonic() < deadline, f"worker {pid} still runs"
+            time.sleep(0.05)  # polling a process we cannot wait on
