@@ -138,6 +138,7 @@ class CallRecord:
         detail: str | None,
         target_cert: CertInfo | None,
         our_thumbprint_sha1: str | None,
+        target_connection_id: int | None = None,
     ) -> CallCompleted:
         inbound = call.inbound
         request = call.request
@@ -168,12 +169,15 @@ class CallRecord:
             peer=inbound.peer.name if inbound.peer else None,
             peer_fqdn=inbound.peer.fqdn if inbound.peer else None,
             transport=inbound.flow.transport,
+            remote=inbound.flow.remote_text,
+            connection_id=inbound.flow.connection_id,
             peer_cert=inbound.peer_cert,
             target_cert=target_cert,
             target=call.target.name if call.target else None,
             target_fqdn=call.target.fqdn if call.target else None,
             target_transport=target_flow.transport if target_flow else None,
             target_address=target_flow.remote_text if target_flow else None,
+            target_connection_id=target_connection_id,
             attempts=call.attempt,
             failed_attempts=call.attempts or None,
             our_thumbprint_sha1=our_thumbprint_sha1 if uses_tls else None,

@@ -25,6 +25,10 @@ class ConnectionDirectory(Protocol):
         """The connection of that id, if it is still open."""
         ...
 
+    def connection_id_of(self, flow: Flow) -> int | None:
+        """The connection a flow went out on (an outbound leg opened for it, by address)."""
+        ...
+
 
 class NoConnections:
     """A directory that knows no connection: for the core used on its own (tests, tools)."""
@@ -37,6 +41,9 @@ class NoConnections:
 
     def flow_of(self, connection_id: int) -> Flow | None:
         return None
+
+    def connection_id_of(self, flow: Flow) -> int | None:
+        return flow.connection_id
 
 
 def single_address(target: PeerSettings) -> str | None:

@@ -176,6 +176,8 @@ class CallCompleted(Event):
     peer: str | None
     peer_fqdn: str | None
     transport: str
+    remote: str  # the caller's address, and its connection (the call arrived on it)
+    connection_id: int | None
     peer_cert: CertInfo | None
     target_cert: CertInfo | None
     decision: str = "proxy"
@@ -183,6 +185,7 @@ class CallCompleted(Event):
     target_fqdn: str | None
     target_transport: str | None
     target_address: str | None
+    target_connection_id: int | None
     attempts: int
     failed_attempts: list[str] | None
     our_thumbprint_sha1: str | None

@@ -304,6 +304,7 @@ class Forwarder(Forking):
                 now,
                 detail=detail,
                 target_cert=self.connections.certificate_of(flow) if flow else None,
+                target_connection_id=self.connections.connection_id_of(flow) if flow else None,
                 our_thumbprint_sha1=self.our_thumbprint_sha1,
             )
         )

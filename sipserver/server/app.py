@@ -239,6 +239,7 @@ class Server:
 
     async def _find_bindings(self, number: str) -> None:
         """Where the number's other flows are (bounded: the store answers or fails fast)."""
+        structlog.contextvars.clear_contextvars()  # not the connection that asked
         assert self.binding_store is not None and self.sharing is not None
         found = await self.binding_store.lookup(number)
         await self.dispatch(self.sharing.found(number, found, trio.current_time()))
@@ -371,6 +372,7 @@ class Server:
 
     async def _locate(self, lookup: Lookup) -> None:
         """One RFC 3263 lookup the core asked for; its answer resumes the calls waiting."""
+        structlog.contextvars.clear_contextvars()  # not the connection that asked
         located = await self.resolver.locate(lookup)
         fields = {"fqdn": lookup.fqdn, "transport": lookup.transport}
         if located.error is not None:

@@ -36,4 +36,12 @@ def log_event(
             fields.update(value.log_fields(f"{key}_"))
         else:
             fields[key] = value
+    remote = fields.get("remote")
+    if remote is not None:
+        context = structlog.contextvars.get_contextvars()
+        if context.get("remote", remote) != remote:
+            # The event is about another connection than the one whose task logs it (a
+            # call line written when the target's answer arrives): none of this task's
+            # connection, peer or certificate fields belong on it.
+            fields = {key: None for key in context} | fields
     getattr(log, level)(event.log_name, **fields)

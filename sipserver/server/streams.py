@@ -225,10 +225,16 @@ class StreamService:
     async def _connect(self, flow: Flow) -> None:
         config = self._config()
         target = self.core.peers.by_fqdn(flow.server_name) if flow.server_name else None
+        # This task was started by whichever connection's message needed the leg: its
+        # context (that peer, its certificate) is not this connection's.
+        structlog.contextvars.clear_contextvars()
+        connection_id = next_connection_id()  # named from the first line, the handshake's
         structlog.contextvars.bind_contextvars(
             transport=flow.transport,
             remote=flow.remote_text,
+            connection_id=connection_id,
             target=target.name if target else None,
+            target_fqdn=target.fqdn if target else None,
         )
         started = time.monotonic()
         stream: trio.abc.Stream | None = None
@@ -253,8 +259,6 @@ class StreamService:
             )
             return
         local = sock_stream.socket.getsockname()[:2]
-        connection_id = next_connection_id()
-        structlog.contextvars.bind_contextvars(connection_id=connection_id)
         connection = StreamConnection(
             stream if accepted is not None else PlainStream(sock_stream),
             Flow(flow.transport, local, flow.remote, connection_id, flow.server_name),
@@ -314,6 +318,12 @@ class StreamService:
             cipher=result.cipher,
             tls_session_resumed=result.session_resumed,
             **result.certificate.log_fields("target_cert_"),
+        )
+        certificate = result.certificate
+        structlog.contextvars.bind_contextvars(  # every later line of this connection
+            target_cert_thumbprint_sha256=certificate.thumbprint_sha256,
+            target_cert_issuer=certificate.issuer,
+            target_cert_serial=certificate.serial,
         )
         return result
 

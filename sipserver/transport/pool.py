@@ -30,6 +30,7 @@ class ConnectionPool:
         # The certificate each outbound target presented last, for call lines written after
         # its connection closed.
         self._target_certs: dict[OutboundKey, CertInfo] = {}
+        self._target_ids: dict[OutboundKey, int] = {}  # and the connection it was on
 
     def set_caps(self, max_total: int, max_per_address: int, max_unverified: int) -> None:
         self.caps.max_total, self.caps.max_per_address = max_total, max_per_address
@@ -45,6 +46,7 @@ class ConnectionPool:
             self._outbound[key] = connection
             if connection.peer_cert is not None:
                 self._target_certs[key] = connection.peer_cert
+            self._target_ids[key] = connection.connection_id
 
     def remove(self, connection: StreamConnection) -> None:
         self._by_id.pop(connection.connection_id, None)
@@ -79,6 +81,14 @@ class ConnectionPool:
     def flow_of(self, connection_id: int) -> Flow | None:
         connection = self._by_id.get(connection_id)
         return connection.flow if connection is not None else None
+
+    def connection_id_of(self, flow: Flow) -> int | None:
+        if flow.connection_id is not None or not flow.transport.reliable:
+            return flow.connection_id
+        connection = self._outbound.get(outbound_key(flow))
+        if connection is not None:
+            return connection.connection_id
+        return self._target_ids.get(outbound_key(flow))
 
     def certificate_of(self, flow: Flow) -> CertInfo | None:
         if flow.connection_id is not None and (connection := self._by_id.get(flow.connection_id)):
