@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -17,6 +18,9 @@ from sipserver.config import ConfigError, load_config
 from sipserver.log import configure_logging
 from sipserver.settings import Config
 from sipserver.settings_checks import is_fqdn
+
+if TYPE_CHECKING:
+    from sipserver.server import StartupError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,18 +183,35 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _until_stopped(run: Callable[[], Awaitable[object]]) -> int:
-    """Run the server (or the workers' supervisor): 1 when it cannot start, saying why."""
-    from sipserver.server import StartupError
-
+    """Run the server (or the workers' supervisor): 2 when it cannot start, saying why in
+    one log event and one line on stderr (never a traceback: the nursery wraps the error
+    of whichever task found it in an exception group)."""
     try:
         trio.run(run)
-    except StartupError as exc:
-        structlog.get_logger("sipserver").error("server_start_failed", error=str(exc))
-        print(f"sipserver: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 0
+    except BaseException as exc:
+        failure = _startup_error(exc)
+        if failure is None:
+            raise
+        structlog.get_logger("sipserver").error(
+            "server_start_failed", reason=str(failure), key=failure.key
+        )
+        print(f"sipserver: cannot start: {failure}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _startup_error(exc: BaseException) -> StartupError | None:
+    from sipserver.server import StartupError
+
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _startup_error(inner)) is not None:
+                return found
+    return None
 
 
 def _supervise(args: argparse.Namespace, config: Config, count: int) -> int:

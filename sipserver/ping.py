@@ -87,6 +87,7 @@ def ping(
     server_name: str | None = None,
 ) -> PingResult:
     family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+    context = _tls_context(cert, key, ca) if target.transport == "tls" else None
     started = time.monotonic()
     if target.transport == "udp":
         return _ping_udp(target, family, timeout, started)
@@ -108,7 +109,8 @@ def ping(
         raw.settimeout(timeout)
         if target.transport == "tcp":
             return _exchange(raw, target, started, timeout, None)
-        return _ping_tls(raw, target, started, timeout, cert, key, ca, server_name or target.host)
+        assert context is not None
+        return _ping_tls(raw, target, started, timeout, context, ca, server_name or target.host)
 
 
 def _ping_udp(target: Target, family: int, timeout: float, started: float) -> PingResult:
@@ -173,26 +175,54 @@ def _exchange(
         ) from exc
 
 
+def _load_problem(exc: BaseException, key_expected_inside: bool = False) -> str:
+    """Why a certificate, key or CA file could not be used, in words."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    text = str(exc).lower()
+    if "pem lib" in text or "no start line" in text or "key values mismatch" in text:
+        if "key values mismatch" in text:
+            return "the key does not belong to the certificate"
+        if key_expected_inside:
+            return "no private key in it (append the key, or pass --key)"
+        return "not a PEM certificate and key that belong together"
+    return str(exc)
+
+
+def _tls_context(cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext:
+    """Our side of the handshake, built before we connect: a file we cannot use is said
+    in one line, whether or not the server is there."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False  # the SIP identity (RFC 5922) is checked below
+    if ca:
+        try:
+            context.load_verify_locations(ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise PingFailed(f"cannot use --ca {ca}: {_load_problem(exc)}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    if cert:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            which = f"--cert {cert}" + (f" with --key {key}" if key else "")
+            raise PingFailed(f"cannot use {which}: {_load_problem(exc, key is None)}") from exc
+    return context
+
+
 def _ping_tls(
     raw: socket.socket,
     target: Target,
     started: float,
     timeout: float,
-    cert: str | None,
-    key: str | None,
+    context: ssl.SSLContext,
     ca: str | None,
     server_name: str,
 ) -> PingResult:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False  # the SIP identity (RFC 5922) is checked below
-    if ca:
-        context.load_verify_locations(ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
-        context.verify_mode = ssl.CERT_NONE
-    if cert:
-        context.load_cert_chain(cert, key)
     try:
         tls = context.wrap_socket(raw, server_hostname=server_name)
     except ssl.SSLCertVerificationError as exc:

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sipserver.server.stats import ClusterState, StatsSnapshot
+from sipserver.transport.listeners import StartupError
 
 log = structlog.get_logger("sipserver")
 Snapshot = Callable[[], StatsSnapshot]
@@ -230,7 +231,13 @@ async def serve_admin(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The admin listener on host:port (admin.address)."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on admin.address {host}:{port}: {exc.strerror or exc}",
+            "admin.address",
+        ) from exc
     bound = listeners[0].socket.getsockname()[1]
     log.info("admin_listener_started", address=host, port=bound)
     task_status.started(bound)

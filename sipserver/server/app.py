@@ -127,7 +127,7 @@ class Server:
             try:
                 self.credentials.install(self.credentials.prepare(cfg, _now()), cfg)
             except CertificateSetupError as exc:
-                raise StartupError(str(exc)) from exc
+                raise StartupError(str(exc), "tls.certificate_dir") from exc
         self.peer_watch.load()
         try:
             await self._serve(task_status, handle_signals)

@@ -140,7 +140,7 @@ class Supervisor:
             try:  # once, here: N workers must not each generate a certificate of their own
                 Credentials(lambda _: None).prepare(self.config, dt.datetime.now(dt.UTC))
             except CertificateSetupError as exc:
-                raise StartupError(str(exc)) from exc
+                raise StartupError(str(exc), "tls.certificate_dir") from exc
         sip, tls = self._shared_ports()
         failed = trio.Event()
         # Signals are ours from the start: a SIGHUP during start-up must not kill us.
@@ -158,7 +158,8 @@ class Supervisor:
                 listeners = await trio.open_tcp_listeners(admin[1], host=admin[0])
             except OSError as exc:
                 raise StartupError(
-                    f"cannot listen on admin.address {admin[0]}:{admin[1]}: {exc.strerror}"
+                    f"cannot listen on admin.address {admin[0]}:{admin[1]}: {exc.strerror}",
+                    "admin.address",
                 ) from exc
         async with trio.open_nursery() as nursery:
             await nursery.start(self.store.serve, self.store_socket)

@@ -29,7 +29,12 @@ StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
 
 
 class StartupError(SipServerError):
-    """The server cannot start: what failed and what to do about it."""
+    """The server cannot start: what failed and what to do about it, and the configuration
+    key it concerns when there is one."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +150,11 @@ class Listeners:
                             reason=exc.strerror,
                         )
                         continue
-                    raise StartupError(_bind_error(transport, address, port, exc)) from exc
+                    key = "server.tls_port" if transport == Transport.TLS else "server.sip_port"
+                    if exc.errno == errno.EADDRNOTAVAIL:
+                        key = "server.addresses"
+                    message = _bind_error(transport, address, port, exc)
+                    raise StartupError(message, key) from exc
                 # Port 0 picks a free port once; UDP and TCP then share it, like 5060 does.
                 if transport == Transport.TLS and tls_port == 0:
                     tls_port = bound

@@ -207,3 +207,23 @@ def test_ping_shows_why_a_request_was_refused_and_survives_a_closed_pipe(
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
+
+
+def test_ping_with_a_certificate_it_cannot_use_says_which_file_in_one_line(
+    pki: Pki, tmp_path: Path
+) -> None:
+    cert_only = tmp_path / "cert-only.pem"
+    cert_only.write_bytes(pki.gw1.cert_pem)
+    cases = {
+        ("--cert", str(tmp_path / "missing.pem")): "missing.pem: no such file",
+        ("--cert", str(cert_only)): "cert-only.pem: no private key in it",
+        ("--ca", str(tmp_path / "none.pem")): "--ca " + str(tmp_path / "none.pem") + ": no such",
+    }
+    for args, expected in cases.items():
+        result = cli("ping", "sip:127.0.0.1:9", "--tls", *args)  # fails before connecting
+        assert result.returncode == 1
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 1 and "FAILED: cannot use" in lines[0] and expected in lines[0], (
+            result.stdout + result.stderr
+        )
+        assert "Traceback" not in result.stderr

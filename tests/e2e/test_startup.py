@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -61,32 +62,51 @@ def test_selected_certificate_event_has_every_field_in_admin_form(
     assert event["serial"] == serial_hex(pki.server.cert.serial_number)
 
 
-def test_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+def run_on(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sipserver", "run", "--address", "127.0.0.1", *args]
+    return subprocess.run(
+        [*command, "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "SIPSERVER_STATE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)},
+    )
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_STREAM], ids=["udp", "tcp"])
+def test_port_in_use_is_one_line_and_exit_code_2(tmp_path: Path, kind: int) -> None:
+    """Whichever listener finds the port taken (TCP is opened inside the server's nursery,
+    which wraps the error): one server_start_failed event, one line on stderr."""
+    with socket.socket(socket.AF_INET, kind) as taken:
         taken.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sipserver",
-                "run",
-                "--address",
-                "127.0.0.1",
-                "--sip-port",
-                str(port),
-                "--tls-port",
-                "0",
-                "--log-format",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "SIPSERVER_STATE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)},
+        result = run_on(tmp_path, "--sip-port", str(port), "--tls-port", "0")
+    transport = "udp" if kind == socket.SOCK_DGRAM else "tcp"
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"sipserver: cannot start: cannot listen on {transport} 127.0.0.1:{port}: address "
+        "already in use (another SIP server running?)\n"
+    )
+    failed = [json.loads(line) for line in result.stdout.splitlines() if "start_failed" in line]
+    assert [(f["event"], f["key"]) for f in failed] == [("server_start_failed", "server.sip_port")]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_admin_address_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "admin.toml"
+        config.write_text(
+            f'[server]\nsip_port = 0\ntls_port = 0\n[admin]\naddress = "127.0.0.1:{port}"\n'
         )
-    assert result.returncode == 1
-    assert f"cannot listen on udp 127.0.0.1:{port}: address already in use" in result.stderr
+        result = run_on(tmp_path, "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("sipserver: cannot start: cannot listen on admin.address")
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stdout
 
 
 def test_sighup_reload_applies_a_good_file_and_keeps_running_on_a_bad_one(
