@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sipserver.certstore import CertificateSetupError, load_candidates, pkcs12_password
-from sipserver.pki.lab import make_lab_pki
+from sipserver.pki.lab import Pair, make_lab_pki
 from sipserver.pki.select import choose_certificate, rank_reason
 from sipserver.settings import Config
 
@@ -153,26 +153,42 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         path.write_bytes(data)
 
 
-def write_lab_pki(out: Path, server: str, peers: list[str]) -> None:
-    """A lab CA, our certificate and one per peer, laid out as a lab config expects."""
-    ca, leaves = make_lab_pki(server, peers, dt.datetime.now(dt.UTC))
-    _write(out / "ca" / "ca.crt", ca.cert_pem)
-    _write(out / "ca" / "ca.key", ca.key_pem, private=True)
+def write_lab_pki(out: Path, server: str, peers: list[str]) -> bool:
+    """A lab CA, our certificate and one per peer, laid out as a lab config expects. A lab
+    CA already in `out` signs the new certificates (every earlier one stays trusted), and
+    a server certificate already there is kept. True when the CA was already there."""
+    ca_cert, ca_key = out / "ca" / "ca.crt", out / "ca" / "ca.key"
+    existing = Pair("ca", ca_cert.read_bytes(), ca_key.read_bytes()) if ca_key.exists() else None
+    server_cert = out / "sipserver" / "server" / f"{server}.crt"
+    keep_server = existing is not None and server_cert.exists()
+    ca, leaves = make_lab_pki(
+        None if keep_server else server, peers, dt.datetime.now(dt.UTC), existing_ca=existing
+    )
+    _write(ca_cert, ca.cert_pem)
+    _write(ca_key, ca.key_pem, private=True)
     _write(out / "sipserver" / "trust" / "ca.crt", ca.cert_pem)
-    server_pair, peer_pairs = leaves[0], leaves[1:]
-    _write(out / "sipserver" / "server" / f"{server}.crt", server_pair.cert_pem)
-    _write(out / "sipserver" / "server" / f"{server}.key", server_pair.key_pem, private=True)
+    peer_pairs = leaves if keep_server else leaves[1:]
+    if not keep_server:
+        server_pair = leaves[0]
+        _write(server_cert, server_pair.cert_pem)
+        _write(server_cert.with_suffix(".key"), server_pair.key_pem, private=True)
     for pair in peer_pairs:
         folder = out / "peers" / pair.name
         _write(folder / f"{pair.name}.crt", pair.cert_pem)
         _write(folder / f"{pair.name}.key", pair.key_pem, private=True)
         _write(folder / f"{pair.name}.pem", pair.cert_pem + pair.key_pem, private=True)
         _write(folder / "ca.crt", ca.cert_pem)
+    return existing is not None
 
 
 def lab_pki(out: Path, server: str, peers: list[str]) -> int:
-    write_lab_pki(out, server, peers)
-    print(f"""lab PKI written to {out}
+    try:
+        reused = write_lab_pki(out, server, peers)
+    except (OSError, ValueError) as exc:
+        print(f"sipserver: cannot use the lab CA in {out / 'ca'}: {exc}", file=sys.stderr)
+        return 1
+    how = "added to the existing lab CA in" if reused else "lab PKI written to"
+    print(f"""{how} {out}
 
   sipserver:  a config file in {out} (paths in it are relative to the file) says
                 [server] fqdn = "{server}"

@@ -98,6 +98,7 @@ def _baresip(out: Path, fqdn: str, phone: str, ports: LabPorts) -> None:
         "audio_player\taubridge,nil\naudio_source\taubridge,nil\naudio_alert\taubridge,nil\n"
         "module_path\t/usr/lib/baresip/modules\n"
         "module\tg711.so\nmodule\taubridge.so\nmodule\tsrtp.so\n"
+        "module\tstdio.so\n"  # the terminal: /hangup, /quit and the other commands
         "module_tmp\tuuid.so\n"
         "module_app\taccount.so\nmodule_app\tmenu.so\n"
     )

@@ -267,9 +267,7 @@ class Server:
         now = _now()
         return StatsSnapshot(
             taken_at=now,
-            listeners=tuple(
-                f"{item.transport}:{item.address}:{item.port}" for item in self.listeners.open
-            ),
+            listeners=tuple(str(item) for item in self.listeners.open),  # [::1] bracketed
             draining=core.draining,
             overloaded=core.overloaded,
             calls_shed=core.shed,

@@ -227,3 +227,24 @@ def test_ping_with_a_certificate_it_cannot_use_says_which_file_in_one_line(
             result.stdout + result.stderr
         )
         assert "Traceback" not in result.stderr
+
+
+def test_lab_pki_adds_a_peer_to_an_existing_lab_ca(tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    common = ("certs", "lab-pki", "--out", str(lab), "--server", "sip.example.test")
+    assert cli(*common, "--peer", "gw1.example.test").returncode == 0
+    ca_before = (lab / "ca" / "ca.crt").read_bytes()
+    server_before = (lab / "sipserver" / "server" / "sip.example.test.crt").read_bytes()
+    gw1 = (lab / "peers" / "gw1.example.test" / "gw1.example.test.crt").read_bytes()
+    added = cli(*common, "--peer", "pbx1.example.test")
+    assert added.returncode == 0 and "added to the existing lab CA" in added.stdout
+    # The CA, our certificate and gw1's stay: everything issued earlier is still trusted.
+    assert (lab / "ca" / "ca.crt").read_bytes() == ca_before
+    assert (lab / "sipserver" / "server" / "sip.example.test.crt").read_bytes() == server_before
+    assert (lab / "peers" / "gw1.example.test" / "gw1.example.test.crt").read_bytes() == gw1
+    ca = x509.load_pem_x509_certificate(ca_before)
+    pbx1 = x509.load_pem_x509_certificate(
+        (lab / "peers" / "pbx1.example.test" / "pbx1.example.test.crt").read_bytes()
+    )
+    assert pbx1.issuer == ca.subject
+    pbx1.verify_directly_issued_by(ca)

@@ -111,6 +111,9 @@ def test_healthz_and_metrics_after_real_traffic(
     with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
         body = json.load(response)
     assert response.status == 200 and body["status"] == "ok"
+    # IPv6 listeners in brackets, as in every address we write.
+    assert f"udp:[::1]:{server.sip_port}" in body["listeners"], body["listeners"]
+    assert f"tls:127.0.0.1:{server.tls_port}" in body["listeners"]
     assert (
         body["certificate"]["thumbprint_sha1"]
         == server.wait_for("server_certificate_selected")["thumbprint_sha1"]

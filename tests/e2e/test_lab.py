@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +189,40 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
                 callee.kill()
         routed = server.wait_for("call_routed", dial_plan="to-pbx")  # the BYE: the callee's exit
         assert routed["status"] == 200 and routed["target"] == "pbx1"
+
+
+def test_the_lab_baresip_takes_commands_from_the_terminal(tmp_path: Path) -> None:
+    """The generated baresip loads stdio: /quit (and /hangup) typed in its terminal work."""
+    lab = tmp_path / "lab"
+    made = subprocess.run(
+        [sys.executable, "-m", "sipserver", "lab", "--out", str(lab)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert made.returncode == 0, made.stderr
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: baresip on a terminal of its own
+        os.execv(need("baresip"), ["baresip", "-f", str(lab / "baresip")])
+    seen = b""
+    deadline = time.monotonic() + 20
+    typed = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([terminal], [], [], 0.5)
+        if ready:
+            with contextlib.suppress(OSError):  # the terminal closes when baresip exits
+                seen += os.read(terminal, 4096)
+        if not typed and b"baresip is ready" in seen:
+            os.write(terminal, b"/quit\n")
+            typed = True
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError(seen.decode(errors="replace")[-2000:])
+    os.close(terminal)
+    assert typed and os.waitstatus_to_exitcode(status) == 0
+    assert b"Quit" in seen
