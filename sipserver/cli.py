@@ -104,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     lab_cmd.add_argument(
         "--tunnel-port", type=int, default=5090, help="stunnel's plain-TCP port (as gw1)"
     )
+    lab_cmd.add_argument(
+        "--pbx-port",
+        type=int,
+        default=5095,
+        help="stunnel's mutual-TLS port as pbx1 (its sipp listens on the next one)",
+    )
 
     ping = sub.add_parser("ping", help="send OPTIONS and report status, round trip and certificate")
     ping.add_argument("uri", help="sip:HOST[:PORT] (sips: or --tls for TLS)")
@@ -278,7 +284,7 @@ def _lab(args: argparse.Namespace) -> int:
     if not is_fqdn(args.fqdn):
         print(f"error: {args.fqdn!r} is not a valid FQDN", file=sys.stderr)
         return 2
-    ports = LabPorts(args.sip_port, args.tls_port, args.phone_port, args.tunnel_port)
+    ports = LabPorts(args.sip_port, args.tls_port, args.phone_port, args.tunnel_port, args.pbx_port)
     steps = write_lab(args.out, args.fqdn.lower(), ports)
     numbers = ", ".join(f"{number} {mode}" for mode, number in NUMBERS.items())
     print(f"lab written to {args.out.resolve()}; answering numbers: {numbers}\n")

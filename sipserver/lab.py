@@ -14,6 +14,8 @@ from sipserver.certs_cli import write_lab_pki
 
 NUMBERS = {"unsecured": "7000", "sip-secured": "7001", "secured": "7002"}
 PHONE_NUMBER = "7100"  # baresip registers it and answers calls for it
+PBX_NUMBERS = "72xx"  # routed on to pbx1 (sipp behind stunnel) over mutual TLS
+PBX_EXAMPLE = "7200"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,14 +24,15 @@ class LabPorts:
     tls: int = 5061
     phone: int = 5080  # baresip listens here
     tunnel: int = 5090  # stunnel takes plain TCP here and speaks mutual TLS to us as gw1
+    pbx: int = 5095  # stunnel as pbx1 takes our mutual TLS here; its sipp listens on pbx + 1
 
 
-def _peer_names(fqdn: str) -> tuple[str, str]:
+def _peer_names(fqdn: str) -> tuple[str, str, str]:
     domain = fqdn.split(".", 1)[1] if fqdn.count(".") >= 2 else fqdn
-    return f"gw1.{domain}", f"phone1.{domain}"
+    return f"gw1.{domain}", f"phone1.{domain}", f"pbx1.{domain}"
 
 
-def _config(fqdn: str, gateway: str, phone: str, ports: LabPorts) -> str:
+def _config(fqdn: str, gateway: str, phone: str, pbx: str, ports: LabPorts) -> str:
     plans = "".join(
         f"""
 [[dial_plan]]
@@ -44,7 +47,8 @@ answer_after = 1.0
     )
     return f"""# A lab written by `sipserver lab`. Paths are relative to this file.
 # Numbers: {NUMBERS["unsecured"]} unsecured, {NUMBERS["sip-secured"]} sip-secured (mutual TLS), {NUMBERS["secured"]} secured (mutual TLS + SRTP),
-# answered here; {PHONE_NUMBER}: the softphone phone1 (baresip) once it has registered, secured.
+# answered here; {PHONE_NUMBER}: the softphone phone1 (baresip) once it has registered, secured;
+# {PBX_NUMBERS}: on to the PBX pbx1 (sipp behind stunnel), sip-secured: mutual TLS on both legs.
 
 [server]
 fqdn = "{fqdn}"
@@ -74,6 +78,15 @@ name = "phone1"                    # a softphone (baresip): mutual TLS only, kno
 fqdn = "{phone}"
 kind = "softphone"
 numbers = ["{PHONE_NUMBER}"]                # what it may register; calls reach it over its own connection
+
+[[peer]]
+name = "pbx1"                      # a PBX we route calls to: stunnel (its TLS) in front of sipp
+fqdn = "{pbx}"
+kind = "pbx"
+addresses = ["127.0.0.1"]          # where we send to it ({pbx} does not resolve in a lab)
+port = {ports.pbx}
+transport = "tls"
+health_check = 0                   # sipp answers calls, not OPTIONS pings; for a real PBX keep the 30 s default
 {plans}
 [[dial_plan]]
 name = "phone1"
@@ -81,6 +94,13 @@ security = "secured"
 numbers = ["{PHONE_NUMBER}"]
 from = ["gw1"]
 targets = ["phone1"]               # rings every flow phone1 registered for the number
+
+[[dial_plan]]
+name = "to-pbx1"
+security = "sip-secured"           # mutual TLS in from gw1 and out to pbx1; RTP may stay clear
+numbers = ["{PBX_NUMBERS}"]
+from = ["gw1"]
+targets = ["pbx1"]
 """
 
 
@@ -111,6 +131,18 @@ def _baresip(out: Path, fqdn: str, phone: str, ports: LabPorts) -> None:
     (folder / "contacts").write_text(f'"echo (secured)" <sip:{NUMBERS["secured"]}@{fqdn}>\n')
 
 
+def _stunnel_pbx(out: Path, pbx: str, ports: LabPorts) -> None:
+    peer = out / "peers" / pbx
+    (out / "stunnel" / "pbx1.conf").write_text(
+        "; stunnel as pbx1: mutual TLS in on the accept port (our certificate is required and\n"
+        "; must chain to the lab CA), plain SIP over TCP on to sipp.\n"
+        "foreground = yes\npid =\n\n[sip]\n"
+        f"accept = 127.0.0.1:{ports.pbx}\nconnect = 127.0.0.1:{ports.pbx + 1}\n"
+        f"cert = {peer / (pbx + '.pem')}\nCAfile = {peer / 'ca.crt'}\n"
+        "verifyChain = yes\nrequireCert = yes\n"
+    )
+
+
 def _stunnel(out: Path, fqdn: str, gateway: str, ports: LabPorts) -> None:
     folder = out / "stunnel"
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,12 +160,13 @@ def _stunnel(out: Path, fqdn: str, gateway: str, ports: LabPorts) -> None:
 def write_lab(out: Path, fqdn: str, ports: LabPorts) -> list[str]:
     """Write the lab into `out`; returns the commands to run next."""
     out = out.resolve()
-    gateway, phone = _peer_names(fqdn)
-    write_lab_pki(out, fqdn, [gateway, phone])
-    (out / "sipserver.toml").write_text(_config(fqdn, gateway, phone, ports))
+    gateway, phone, pbx = _peer_names(fqdn)
+    write_lab_pki(out, fqdn, [gateway, phone, pbx])
+    (out / "sipserver.toml").write_text(_config(fqdn, gateway, phone, pbx, ports))
     (out / "state").mkdir(exist_ok=True)
     _baresip(out, fqdn, phone, ports)
     _stunnel(out, fqdn, gateway, ports)
+    _stunnel_pbx(out, pbx, ports)
     sipp = out / "sipp"
     sipp.mkdir(exist_ok=True)
     for name in ("caller.xml", "caller-srtp.xml", "callee.xml"):
@@ -151,4 +184,9 @@ def write_lab(out: Path, fqdn: str, ports: LabPorts) -> list[str]:
         f"127.0.0.1:{ports.sip}    # as gw1 over UDP",
         f"sipp -sf {sipp / 'caller-srtp.xml'} -s {PHONE_NUMBER} -t t1 -m 1 "
         f"127.0.0.1:{ports.tunnel}    # as gw1 (stunnel running) to baresip, while it runs",
+        f"stunnel4 {out / 'stunnel' / 'pbx1.conf'} &  sipp -sf {sipp / 'callee.xml'} -t t1 "
+        f"-i 127.0.0.1 -p {ports.pbx + 1} -m 1    # pbx1: a callee behind its own mutual TLS",
+        f"sipp -sf {sipp / 'caller.xml'} -s {PBX_EXAMPLE} -t t1 -m 1 "
+        f"127.0.0.1:{ports.tunnel}    # gw1 -> sipserver -> pbx1, mutual TLS on both legs "
+        "(both stunnels running)",
     ]

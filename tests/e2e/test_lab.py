@@ -9,6 +9,7 @@ import contextlib
 import os
 import pty
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,15 @@ def lab_server(lab: Path) -> Iterator[RunningServer]:
         yield server
     finally:
         server.stop()
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def sipp(
@@ -64,6 +74,9 @@ def sipp(
 def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> None:
     lab = tmp_path / "lab"
     sip, tls, tunnel = (free_port() for _ in range(3))
+    pbx = free_port()
+    while not _free(pbx + 1):  # its sipp listens on the next port
+        pbx = free_port()
     phone = free_baresip_port()
     made = subprocess.run(
         [
@@ -81,6 +94,8 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
             str(phone),
             "--tunnel-port",
             str(tunnel),
+            "--pbx-port",
+            str(pbx),
         ],
         capture_output=True,
         text=True,
@@ -89,15 +104,6 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
     )
     assert f"sipserver run --config {lab.resolve() / 'sipserver.toml'}" in made.stdout
     assert f"baresip -f {lab.resolve() / 'baresip'}" in made.stdout
-    # The generated callee needs a proxying plan: what a user adds to reach their own PBX.
-    callee_port = free_port()
-    with (lab / "sipserver.toml").open("a") as config:
-        config.write(
-            f'\n[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\n'
-            f'addresses = ["127.0.0.1"]\nport = {callee_port}\ntransport = "udp"\nhealth_check = 0\n'
-            '\n[[dial_plan]]\nname = "to-pbx"\nsecurity = "unsecured"\nnumbers = ["8000"]\n'
-            'from = ["gw1"]\ntargets = ["pbx1"]\n'
-        )
     with lab_server(lab) as server:
         # 1. The softphone, exactly as generated, calls the secured number: SRTP end to end.
         phone_run = subprocess.run(
@@ -156,19 +162,20 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
         # 3. sipp as gw1 over UDP, to the unsecured number.
         assert_sipp_ok(sipp(lab / "sipp" / "caller.xml", "7000", "u1", f"127.0.0.1:{sip}"))
         assert server.wait_for("call_answered", number="7000")["transport"] == "udp"
-        # 4. The generated callee behind the proxy: ACK and BYE come back through its
-        # copied Record-Route.
+        # 4. gw1 -> sipserver -> pbx1 with mutual TLS on both legs, as printed: the
+        # generated stunnels on each side, the generated callee behind pbx1's.
+        assert f"-p {pbx + 1} -m 1    # pbx1" in made.stdout
         callee = subprocess.Popen(
             [
                 need("sipp"),
                 "-sf",
                 str(lab / "sipp" / "callee.xml"),
                 "-t",
-                "u1",
+                "t1",
                 "-i",
                 "127.0.0.1",
                 "-p",
-                str(callee_port),
+                str(pbx + 1),
                 "-m",
                 "1",
                 "-nostdin",
@@ -182,13 +189,24 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
             cwd=lab / "sipp",
         )
         try:
-            assert_sipp_ok(sipp(lab / "sipp" / "caller.xml", "8000", "u1", f"127.0.0.1:{sip}"))
-            assert callee.wait(30) == 0, callee.stdout.read() if callee.stdout else ""
+            with (
+                stunnel_with(lab / "stunnel" / "pbx1.conf"),
+                stunnel_with(lab / "stunnel" / "gw1.conf"),
+            ):
+                caller = sipp(lab / "sipp" / "caller.xml", "7200", "t1", f"127.0.0.1:{tunnel}")
+                assert_sipp_ok(caller)
+                assert callee.wait(30) == 0, callee.stdout.read() if callee.stdout else ""
         finally:
             if callee.poll() is None:
                 callee.kill()
-        routed = server.wait_for("call_routed", dial_plan="to-pbx")  # the BYE: the callee's exit
-        assert routed["status"] == 200 and routed["target"] == "pbx1"
+        routed = server.wait_for("call_routed", dial_plan="to-pbx1")
+        assert (routed["status"], routed["target"], routed["target_transport"]) == (
+            200,
+            "pbx1",
+            "tls",
+        )
+        assert routed["peer"] == "gw1" and routed["transport"] == "tls"
+        assert routed["target_cert_subject"] == "CN=pbx1.example.test"
 
 
 def test_the_lab_baresip_takes_commands_from_the_terminal(tmp_path: Path) -> None:
