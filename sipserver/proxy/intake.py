@@ -13,6 +13,7 @@ from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.framing import FramingError
 from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
+from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import UriError
 from sipserver.sip.via import Via
 
@@ -34,13 +35,16 @@ class Intake:
                 partial = parse_message(error.head + b"\r\n\r\n", self.limits, stream=False)
             except ParseError as exc:
                 partial = exc.partial  # type: ignore[assignment]
-            if (
-                isinstance(partial, Request)
-                and partial.method != "ACK"
-                and partial.top_via is not None
-            ):
-                response = self.responder.response(partial, error.status, error.reason)
-                return [Transmit(flow, response.to_bytes(), close_after=True)]
+            try:
+                if (
+                    isinstance(partial, Request)
+                    and partial.method != "ACK"
+                    and partial.top_via is not None
+                ):
+                    response = self.responder.response(partial, error.status, error.reason)
+                    return [Transmit(flow, response.to_bytes(), close_after=True)]
+            except (UriError, RemoteProtocolError):
+                pass  # too broken to answer (its Via, its CSeq): the connection just closes
         return [Transmit(flow, b"", close_after=True)]
 
     def malformed(
@@ -127,7 +131,9 @@ def response_flow(via: Via | None, flow: Flow) -> Flow:
     if flow.reliable or via is None:
         return flow
     rport = via.params.get("rport")
-    port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
+    port = ascii_int(rport, 5) if rport else None
+    if port is None or not 0 < port < 65536:
+        port = via.port or 5060
     return replace(flow, remote=(flow.remote[0], port))
 
 

@@ -10,6 +10,7 @@ import re
 
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.message import ParseLimits
+from sipserver.sip.numbers import ascii_int
 
 _HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
 _CR_LF = (13, 10)
@@ -103,10 +104,10 @@ class StreamFramer:
             raise FramingError("Missing Content-Length", 400, head)
         if len(lengths) > 1:
             raise FramingError("Conflicting Content-Length headers", 400, head)
-        text = lengths.pop()
-        if not text.isdigit() or len(text) > 9:
+        length = ascii_int(lengths.pop(), 9)
+        if length is None:
             raise FramingError("Malformed Content-Length", 400, head)
-        total = match.end() + int(text)
+        total = match.end() + length
         if total > self._limits.max_message_bytes:
             raise FramingError("Message Too Large", 513, head)
         self._searched = match.start()  # the end of the headers is known: keep it

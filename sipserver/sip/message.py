@@ -21,6 +21,7 @@ from sipserver.sip.headers import (
     split_list,
     split_list_cached,
 )
+from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import NameAddr, parse_name_addr
 from sipserver.sip.via import Via, parse_via
 
@@ -208,14 +209,14 @@ class Message:
 def _parse_cseq(value: str) -> tuple[int, str]:
     number, _, method = value.strip().partition(" ")
     method = method.strip()
-    if not number.isdigit() or len(number) > 10 or int(number) >= 2**31 or not method:
+    sequence = ascii_int(number, 10)
+    if sequence is None or sequence >= 2**31 or not method:
         raise RemoteProtocolError("Malformed CSeq")
-    return int(number), method
+    return sequence, method
 
 
 def _content_length_of(header: Header) -> int | None:
-    text = header.value.strip()
-    return int(text) if text.isdigit() else None
+    return ascii_int(header.value.strip(), 9)
 
 
 @dataclass(slots=True)
@@ -384,10 +385,9 @@ def _frame_body(headers: Headers, body: bytes, message: Message, stream: bool) -
         return body
     if len(lengths) > 1:
         raise ParseError("Conflicting Content-Length headers", partial=message)
-    text = lengths.pop()
-    if not text.isdigit() or len(text) > 9:
+    length = ascii_int(lengths.pop(), 9)
+    if length is None:
         raise ParseError("Malformed Content-Length", partial=message)
-    length = int(text)
     if length > len(body):
         raise ParseError("Content-Length larger than the message body", partial=message)
     # On datagrams extra bytes after the body are discarded (§18.3).

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sipserver.sip.flow import Transport
 from sipserver.sip.headers import split_list
 from sipserver.sip.message import Header, Headers, Request, Response
+from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
 from sipserver.sip.via import BRANCH_COOKIE, Via, parse_via
 
@@ -88,7 +89,8 @@ def forward_request(
     for name in strip:
         headers.remove(name)
     max_forwards = request.headers.get("Max-Forwards")
-    remaining = int(max_forwards) - 1 if max_forwards and max_forwards.strip().isdigit() else 70
+    hops = ascii_int(max_forwards.strip(), 3) if max_forwards else None
+    remaining = 70 if hops is None else hops - 1
     headers.set("Max-Forwards", str(remaining))
     for hop in reversed(record_route):
         headers.add_first("Record-Route", hop.uri())
@@ -185,7 +187,7 @@ def pop_our_routes(
         transport = Transport((popped_transport or target.transport or "udp").lower())
     except ValueError:
         return request, None, bool(popped)  # a transport we do not speak
-    flow = int(popped_flow) if popped_flow and popped_flow.isdigit() else None
+    flow = ascii_int(popped_flow, 12) if popped_flow else None
     hop = NextHop(target, transport, popped_peer, popped_security, flow)
     return request, hop, bool(popped)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import split_list, unquote
 from sipserver.sip.message import Request
+from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import UriError, parse_name_addr, parse_uri
 
 MAX_REG_ID = 2**31 - 1
@@ -77,15 +78,16 @@ def _contact(value: str) -> ContactRequest:
     params = name_addr.params
     instance = params.get("+sip.instance")
     reg_id = params.get("reg-id")
-    if reg_id is not None and not (reg_id.isdigit() and 1 <= int(reg_id) <= MAX_REG_ID):
-        raise RemoteProtocolError(f"Malformed reg-id {reg_id!r} (1 to {MAX_REG_ID})")
+    flow_number = ascii_int(reg_id, 10) if reg_id is not None else None
+    if reg_id is not None and not (flow_number is not None and 1 <= flow_number <= MAX_REG_ID):
+        raise RemoteProtocolError(f"Malformed reg-id {reg_id[:20]!r} (1 to {MAX_REG_ID})")
     if reg_id is not None and instance is None:
         raise RemoteProtocolError("reg-id without +sip.instance (RFC 5626 §4.2)")
     return ContactRequest(
         uri=name_addr.uri_text,
         expires=_seconds(params.get("expires"), "Contact expires parameter"),
         instance=unquote(instance) if instance else None,
-        reg_id=int(reg_id) if reg_id is not None else None,
+        reg_id=flow_number,
     )
 
 
@@ -93,6 +95,6 @@ def _seconds(value: str | None, what: str) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not value.isdigit():
-        raise RemoteProtocolError(f"Malformed {what} {value!r} (seconds)")
-    return min(int(value), MAX_REG_ID)
+    if value.isascii() and value.isdigit():  # a long one is read as "as long as allowed"
+        return MAX_REG_ID if len(value) > 10 else min(int(value), MAX_REG_ID)
+    raise RemoteProtocolError(f"Malformed {what} {value[:20]!r} (seconds, ASCII digits)")

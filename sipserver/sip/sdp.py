@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.numbers import ascii_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +72,10 @@ def parse_sdp(body: bytes) -> SessionDescription:
             parts = value.split()
             if len(parts) < 3:
                 raise SdpError(f"malformed m= line {number}")
-            port_text = parts[1].split("/")[0]
-            if not port_text.isdigit():
+            port = ascii_int(parts[1].split("/")[0], 5)
+            if port is None:
                 raise SdpError(f"malformed port in m= line {number}")
-            media.append(
-                MediaDescription(parts[0], int(port_text), parts[2], tuple(parts[3:]), (), number)
-            )
+            media.append(MediaDescription(parts[0], port, parts[2], tuple(parts[3:]), (), number))
         elif kind == "a":
             name, sep, attr_value = value.partition(":")
             (media_attrs if media else session_attrs).append((name, attr_value if sep else None))

@@ -11,7 +11,7 @@ from urllib.parse import unquote as percent_decode
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import Params, format_params, parse_params
 
-_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?$")
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?$")
 SIP_SCHEMES = ("sip", "sips")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.message import Message, Request
+from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_name_addr, parse_uri
 
 KNOWN_METHODS = frozenset(
@@ -77,10 +78,10 @@ def check_request_line(request: Request) -> None:
     except UriError as exc:
         raise RemoteProtocolError("Malformed Request-URI") from exc
     max_forwards = request.headers.get("Max-Forwards")
-    if max_forwards is not None and not (
-        max_forwards.strip().isdigit() and int(max_forwards) <= 255
-    ):
-        raise RemoteProtocolError("Malformed Max-Forwards")
+    if max_forwards is not None:
+        hops = ascii_int(max_forwards.strip(), 3)
+        if hops is None or hops > 255:
+            raise RemoteProtocolError("Malformed Max-Forwards")
 
 
 def check_method(request: Request) -> None:
@@ -103,4 +104,5 @@ def check_required_options(request: Request, header: str, supported: frozenset[s
 
 def max_forwards(request: Request) -> int:
     value = request.headers.get("Max-Forwards")
-    return int(value) if value is not None and value.strip().isdigit() else 70
+    hops = ascii_int(value.strip(), 3) if value is not None else None
+    return 70 if hops is None else hops
