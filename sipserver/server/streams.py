@@ -336,10 +336,12 @@ class StreamService:
         config = self._config()
         limits = config.limits
         idle = limits.unverified_idle_timeout if unverified else limits.idle_timeout
+        idle_key = "limits.unverified_idle_timeout" if unverified else "limits.idle_timeout"
         if connection.peer is not None and connection.peer.is_softphone:
             # Its registration's refresh is what keeps the flow busy: never close the
             # connection before a binding on it could have been refreshed.
             idle = max(idle, config.registrar.max_expires + REFRESH_MARGIN)
+            idle_key = "registrar.max_expires + 32 s"
         return connection.run(
             self.core.limits,
             idle,
@@ -350,6 +352,7 @@ class StreamService:
             idle_timer=self.idle_timer,
             keepalive_interval=limits.keepalive_interval if keepalive else 0.0,
             backlog=self._backlog,
+            idle_key=idle_key,
         )
 
     def _tasks(self) -> trio.Nursery:

@@ -74,6 +74,7 @@ class StreamConnection:
         "_direct",
         "_ended",
         "_held",
+        "_idle_key",
         "_idle_timeout",
         "_keepalive_scope",
         "_pending",
@@ -137,6 +138,7 @@ class StreamConnection:
         self.close_reason = "closed by peer"
         self.idle_deadline = math.inf  # trio time; pushed on by every read
         self._idle_timeout = 0.0
+        self._idle_key = "limits.idle_timeout"  # the setting that timeout came from
         self._woken: trio.Event | None = None  # made while the reader waits for close()
         self._backlog: BacklogWatch | None = None
         self._writing = False  # a writer task exists: new bytes must queue behind its write
@@ -230,7 +232,7 @@ class StreamConnection:
             self._direct.interrupt()  # wakes a reader or writer waiting on the socket
 
     def idle_expired(self) -> None:
-        self.close(f"idle for {self._idle_timeout:g} s (limits.idle_timeout)")
+        self.close(f"idle for {self._idle_timeout:g} s ({self._idle_key})")
 
     async def run(
         self,
@@ -244,13 +246,16 @@ class StreamConnection:
         idle_timer: IdleTimer | None = None,
         keepalive_interval: float = 0.0,
         backlog: BacklogWatch | None = None,
+        idle_key: str = "limits.idle_timeout",
     ) -> None:
         """Read until the peer closes, the connection idles out (with an `idle_timer`) or
         close() is called. The writer and keep-alive tasks go into `tasks` (a nursery that
-        outlives us) and are gone when this returns."""
+        outlives us) and are gone when this returns. `idle_key`: the setting the idle
+        timeout came from, named when it closes the connection."""
         self._backlog = backlog
         self._send_timeout = send_timeout
         self._idle_timeout = idle_timeout
+        self._idle_key = idle_key
         self._tasks = tasks
         self.idle_deadline = trio.current_time() + idle_timeout
         if idle_timer is not None:
