@@ -144,6 +144,10 @@ class ServerSettings:
     workers: int | str = setting(
         1, 'processes sharing the listening ports (SO_REUSEPORT); "auto" = one per CPU', workers
     )
+    user_agent: str = setting(
+        "sipserver",
+        'the Server header of our responses (no version, which scanners fingerprint); "" = none',
+    )
     worker_port_base: int = setting(
         0,
         "workers' own ports: worker i gets base+i (UDP/TCP) and base+N+i (TLS); 0 = any free",

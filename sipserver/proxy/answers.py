@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sipserver import SERVER_NAME
 from sipserver.proxy.events import Answered, CallRefused, Event, TransactionTimedOut
 from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.sip.flow import Transmit
@@ -22,12 +21,22 @@ class Responder:
         self.table = table
         self.events = events
         self.agent = agent  # our FQDN, the agent of our Warning headers
+        self.server_header: str | None = "sipserver"  # server.user_agent; None: none
 
     def response(
-        self, request: Request, status: int, reason: str, headers: Headers = (), body: bytes = b""
+        self,
+        request: Request,
+        status: int,
+        reason: str,
+        headers: Headers = (),
+        body: bytes = b"",
+        *,
+        stranger: bool = False,
     ) -> Response:
+        """`stranger`: for a source we do not serve, the shortest answer (no Server)."""
         response = make_response(request, status, reason, headers, body)
-        response.headers.add("Server", SERVER_NAME)
+        if self.server_header and not stranger:
+            response.headers.add("Server", self.server_header)
         return response
 
     def warning(self, text: str) -> tuple[str, str]:

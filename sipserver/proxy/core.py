@@ -120,6 +120,7 @@ class SipCore:
             self.us = self.us.also_named(sharing.hop_host)
         self.timers = self._fixed_timers or config.timers
         self.responder.agent = self.us.agent
+        self.responder.server_header = config.server.user_agent or None
         self.intake.configure(config, self.limits)
         self.dialogs.configure(self.peers, self.us)
         self.health_checks.configure(config, self.us, self.timers)

@@ -106,7 +106,7 @@ class Intake:
             f"add it to a [[peer]] or call over mutual TLS"
         )
         response = self.responder.response(
-            request, 403, "Forbidden", (self.responder.warning(text),)
+            request, 403, "Forbidden", (self.responder.warning(text),), stranger=True
         )
         # A stranger's connection carries nothing we will serve: answer, then close it.
         return [Transmit(reply_to, response.to_bytes(), close_after=flow.reliable)]

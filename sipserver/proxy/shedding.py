@@ -4,7 +4,6 @@ admitted keep the CPU they need."""
 
 from __future__ import annotations
 
-from sipserver import SERVER_NAME
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord
 from sipserver.proxy.events import CallShed
@@ -71,7 +70,7 @@ class LoadShedder:
         headers = (
             ("Retry-After", str(retry_after)),
             self.responder.warning(OVERLOADED),
-            ("Server", SERVER_NAME),
+            *((("Server", self.responder.server_header),) if self.responder.server_header else ()),
         )
         response = refusal(invite, flow.remote, b"SIP/2.0 503 Service Unavailable", headers)
         if response is None:

@@ -65,7 +65,8 @@ def test_sipsak_options_get_200(start_server: StartServer, transport: str) -> No
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SIP/2.0 200 OK" in result.stdout
-    assert "Allow: INVITE" in result.stdout and "Server: sipserver/" in result.stdout
+    assert "Allow: INVITE" in result.stdout and "Server: sipserver" in result.stdout
+    assert "Server: sipserver/" not in result.stdout  # no version for scanners to match
     server.wait_for("sip_request_answered", method="OPTIONS", status=200, transport=transport)
 
 
