@@ -251,7 +251,9 @@ def split_head(data: bytes) -> tuple[bytes, bytes]:
     data = data.lstrip(b"\r\n")
     match = _HEAD_END.search(data)
     if not match:
-        return data, b""
+        # A datagram is a whole message (§18.3): one without the final empty line is all
+        # head, and its last line end is not an empty header line.
+        return data.rstrip(b"\r\n"), b""
     return data[: match.start()], data[match.end() :]
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipserver.config import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.sip.flow import Flow, Transport
 from sipserver.sip.framing import FramingError, StreamFramer
 from sipserver.sip.message import ParseLimits, Response, parse_message
 from sipserver.sip.numbers import ascii_int
-from tests.unit.test_registrar import BASE, config, register
+from tests.unit.test_registrar import config, register
 
 PHONE = Flow(Transport.UDP, ("0.0.0.0", 5060), ("192.0.2.50", 5062))
 GW = Flow(Transport.UDP, ("0.0.0.0", 5060), ("192.0.2.10", 5060))
@@ -136,16 +135,3 @@ def test_a_content_length_that_is_not_a_number_is_refused_in_both_framings(value
         core, options().replace(b"Content-Length: 0", f"Content-Length: {value}".encode())
     )
     assert refused is not None and refused.status == 400
-
-
-def test_the_server_header_names_no_version_and_a_stranger_gets_none() -> None:
-    core = SipCore(config())
-    ours = answer(core, options(branch="srv1"))
-    assert ours is not None and ours.headers.get("Server") == "sipserver"
-    stranger = Flow(Transport.UDP, ("0.0.0.0", 5060), ("198.51.100.7", 5060))
-    refused = answer(core, options(branch="srv2"), stranger)
-    assert refused is not None and refused.status == 403
-    assert refused.headers.get("Server") is None
-    quiet = SipCore(parse_config(BASE.replace("[server]\n", '[server]\nuser_agent = ""\n', 1)))
-    silent = answer(quiet, options(branch="srv3"))
-    assert silent is not None and silent.status == 200 and silent.headers.get("Server") is None
