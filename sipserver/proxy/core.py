@@ -390,7 +390,7 @@ class SipCore:
         (Our processes never loop: what a sibling hands over is never handed on.)"""
         request, hop, ours = proxy_ops.pop_our_routes(request, self.us.is_ours)
         caller = self.peers.by_name(hop.peer) if hop is not None and hop.peer else None
-        if not ours or caller is None or caller is self.peers.by_name(SIBLING_NAME):
+        if not ours or caller is None or caller.name == SIBLING_NAME:
             why = "a request from another sipserver process that names no caller on our Route"
             return self.responder.answer(tx, 403, "Forbidden", now, log_reason=why)
         tx.context.request = request

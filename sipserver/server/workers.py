@@ -194,9 +194,11 @@ class Supervisor:
             process = await trio.lowlevel.open_process(command, process_group=0)
             self.processes[index] = process
             started = trio.current_time()
-            if index in self.down:
-                trio.lowlevel.spawn_system_task(self._note_replaced, index, process, started)
-            code = await process.wait()
+            async with trio.open_nursery() as lifetime:  # the replacement's watch ends with it
+                if index in self.down:
+                    lifetime.start_soon(self._note_replaced, index, process, started)
+                code = await process.wait()
+                lifetime.cancel_scope.cancel()
             if self.stopping:
                 return
             if not self.ready:

@@ -9,6 +9,7 @@ from sipserver.config import parse_config
 from sipserver.pki.certinfo import describe
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.shared_bindings import BindingsFound, RemoteBinding, SharedBinding
+from sipserver.proxy.sharing import BindingSharing
 from sipserver.settings import SIBLING_NAME
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Request, Response, parse_message
@@ -20,11 +21,10 @@ SIBLING_IN = Flow(Transport.TLS, ("127.0.0.1", 47000), ("127.0.0.1", 51000), con
 SERVER_CERT = describe(make_leaf(make_ca("sibling test CA"), dns=["sip.example.test"]).cert)
 
 
-def sharing_core(owner: str = "a") -> SipCore:
+def sharing_core(owner: str = "a") -> tuple[SipCore, BindingSharing]:
     core = SipCore(config("sip-secured"))
     core.set_ports(5060, 47000)
-    core.sharing_api = core.share_bindings(owner, "127.0.0.1")  # type: ignore[attr-defined]
-    return core
+    return core, core.share_bindings(owner, "127.0.0.1")
 
 
 def remote(
@@ -43,8 +43,7 @@ def parse(transmit: Transmit) -> Request | Response:
 
 
 def test_the_registrar_hands_its_changes_to_publish_and_withdraw() -> None:
-    core = sharing_core()
-    api = core.sharing_api  # type: ignore[attr-defined]
+    core, api = sharing_core()
     core.receive_stream_message(register(), TLS_A, core.peers.by_name("phone1"), 0.0)
     (added,) = api.take_changes()
     assert not added.withdraw and added.binding.number == "7001"
@@ -58,8 +57,7 @@ def test_the_registrar_hands_its_changes_to_publish_and_withdraw() -> None:
 
 
 def test_a_call_for_a_softphone_waits_for_the_store_then_goes_to_the_process_holding_it() -> None:
-    core = sharing_core()
-    api = core.sharing_api  # type: ignore[attr-defined]
+    core, api = sharing_core()
     gw_tls = Flow(Transport.TLS, ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=5)
     out = core.receive_stream_message(invite(), gw_tls, core.peers.by_name("gw1"), 0.0)
     assert [parse(t).status for t in out] == [100]  # type: ignore[union-attr]
@@ -79,8 +77,7 @@ def test_a_call_for_a_softphone_waits_for_the_store_then_goes_to_the_process_hol
 
 
 def test_without_an_answer_from_the_store_only_our_own_flows_ring() -> None:
-    core = sharing_core()
-    api = core.sharing_api  # type: ignore[attr-defined]
+    core, api = sharing_core()
     gw_tls = Flow(Transport.TLS, ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=5)
     core.receive_stream_message(invite(), gw_tls, core.peers.by_name("gw1"), 0.0)
     assert list(api.take_queries()) == ["7001"]
@@ -106,8 +103,7 @@ def handover(caller: str = "gw1", number: str = "7001", call_id: str = "handed-1
 
 
 def test_a_handed_over_call_rings_our_own_flows_as_if_its_caller_had_called() -> None:
-    core = sharing_core()
-    api = core.sharing_api  # type: ignore[attr-defined]
+    core, api = sharing_core()
     core.receive_stream_message(register(), TLS_A, core.peers.by_name("phone1"), 0.0)
     sibling = core.peers.by_name(SIBLING_NAME)
     out = core.receive_stream_message(handover(), SIBLING_IN, sibling, 1.0, SERVER_CERT)
@@ -128,8 +124,7 @@ def test_a_handed_over_call_rings_our_own_flows_as_if_its_caller_had_called() ->
 
 
 def test_only_our_own_processes_can_hand_a_call_over() -> None:
-    core = sharing_core()
-    api = core.sharing_api  # type: ignore[attr-defined]
+    core, api = sharing_core()
     gw_tls = Flow(Transport.TLS, ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=5)
     core.receive_stream_message(handover(), gw_tls, core.peers.by_name("gw1"), 0.0)
     assert list(api.take_queries()) == ["7001"]  # routed as gw1's own call: asks the store
