@@ -86,34 +86,24 @@ class Forking:
             self.queries.wait(number, call)  # the shell asks the store; resume() goes on
             return []
         phones, call.targets = call.targets, []
-        plan = call.plan
         usable: list[tuple[PeerSettings, Flow, str]] = []
         elsewhere: dict[tuple[str, int], None] = {}  # each other process's sibling hop, once
+        ours = sharing.owner if sharing is not None else None
         for phone in phones:
             bindings = self.registrar.bindings(phone, number)
             remote = [
-                r
-                for r in call.remote or ()
-                if r.binding.peer == phone.name and sharing is not None and r.owner != sharing.owner
+                r for r in call.remote or () if r.binding.peer == phone.name and r.owner != ours
             ]
             if not bindings and not remote:
                 call.attempts.append(f"{phone.name}: {number} not registered")
-            held: list[tuple[Transport, Flow | None, str | tuple[str, int]]] = [
-                (binding.flow.transport, binding.flow, binding.contact) for binding in bindings
+            usable += [
+                (phone, b.flow, b.contact)
+                for b in bindings
+                if self._secure_enough(call, phone, b.flow.transport)
             ]
-            held += [(r.binding.transport, None, r.hop) for r in remote]
-            for transport, flow, where in held:
-                if plan is not None and plan.requires_tls and transport != Transport.TLS:
-                    call.attempts.append(
-                        f"{phone.name}: registered over {transport.upper()}, but dial plan "
-                        f"{plan.name} is {plan.security} and needs a TLS registration"
-                    )
-                elif flow is not None:
-                    assert isinstance(where, str)
-                    usable.append((phone, flow, where))
-                else:
-                    assert isinstance(where, tuple)
-                    elsewhere[where] = None
+            for r in remote:
+                if self._secure_enough(call, phone, r.binding.transport):
+                    elsewhere[r.hop] = None
         if not usable and not elsewhere:
             why = f"Softphone for {number} unavailable: " + "; ".join(call.attempts)
             return self.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
@@ -127,6 +117,17 @@ class Forking:
                 flow = Flow(Transport.TLS, ("", 0), hop, None, server_name=sibling.fqdn)
                 out += self._send_attempt(call, sibling, Transport.TLS, call.request.uri, flow, now)
         return out
+
+    def _secure_enough(self, call: ProxyCall, phone: PeerSettings, transport: Transport) -> bool:
+        """A flow the call's dial plan allows; else why not, among the call's attempts."""
+        plan = call.plan
+        if plan is None or not plan.requires_tls or transport == Transport.TLS:
+            return True
+        call.attempts.append(
+            f"{phone.name}: registered over {transport.upper()}, but dial plan "
+            f"{plan.name} is {plan.security} and needs a TLS registration"
+        )
+        return False
 
     def _on_branch_response(
         self, call: ProxyCall, branch: Branch, response: Response, now: float
