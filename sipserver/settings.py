@@ -313,7 +313,12 @@ class RegistrarSettings:
         at_least(10),
     )
     max_bindings: int = setting(
-        10, "contacts one number may have registered at once (more: 403)", at_least(1)
+        10,
+        "contacts one number may have registered at once (past it the oldest goes)",
+        at_least(1),
+    )
+    max_contacts: int = setting(
+        20, "Contacts one REGISTER may carry (more: 400, nothing changed)", at_least(1)
     )
 
 

@@ -41,6 +41,7 @@ class Binding:
     instance: str | None
     reg_id: int | None
     cert_sha256: str | None
+    registered_at: float  # its last REGISTER: the oldest goes first past max_bindings
     active: bool = True
     scheduled: float | None = None  # for WakeUps
 
@@ -60,17 +61,16 @@ class Binding:
 
 
 def _same_uri(a: str, b: str) -> bool:
+    return _uri_key(a) == _uri_key(b)
+
+
+def _uri_key(uri: str) -> object:
+    """What makes two Contact URIs the same binding (RFC 3261 §19.1.4, in short)."""
     try:
-        ua, ub = parse_uri(a), parse_uri(b)
+        parsed = parse_uri(uri)
     except UriError:
-        return a == b
-    return (ua.scheme, ua.user, ua.host.lower(), ua.port, ua.transport) == (
-        ub.scheme,
-        ub.user,
-        ub.host.lower(),
-        ub.port,
-        ub.transport,
-    )
+        return uri
+    return (parsed.scheme, parsed.user, parsed.host.lower(), parsed.port, parsed.transport)
 
 
 class Registrar:
@@ -159,6 +159,12 @@ class Registrar:
                 "Outbound (reg-id) needs the REGISTER straight from the softphone, not via a proxy"
             )
             return self._refuse(tx, 439, "First Hop Lacks Outbound Support", why, now)
+        if len(registration.contacts) > self.settings.max_contacts:
+            why = (
+                f"{len(registration.contacts)} Contacts in one REGISTER, more than "
+                f"registrar.max_contacts ({self.settings.max_contacts})"
+            )
+            return self._refuse(tx, 400, "Bad Request", why, now)
         wanted = [self._expiry(contact, registration) for contact in registration.contacts]
         shortest = self.settings.min_expires
         if any(0 < seconds < shortest for seconds in wanted):
@@ -172,10 +178,7 @@ class Registrar:
             for binding in mine:
                 self._remove(binding, "removed", "unregistered (Contact: *)")
         changes: list[tuple[ContactRequest, int, Binding | None]] = []
-        for contact, expires in zip(registration.contacts, wanted, strict=True):
-            if not outbound and contact.reg_id is not None:
-                # §6: without Supported: outbound, reg-id means nothing to us.
-                contact = ContactRequest(contact.uri, contact.expires, contact.instance, None)
+        for contact, expires in _last_of_each(registration.contacts, wanted, outbound):
             existing = next((b for b in mine if b.active and b.matches(contact)), None)
             if (
                 existing is not None
@@ -185,8 +188,16 @@ class Registrar:
                 why = "CSeq not higher than the binding's last REGISTER (RFC 3261 §10.3)"
                 return self._refuse(tx, 500, "Server Internal Error", why, now)
             changes.append((contact, expires, existing))
+        kept = sum(1 for _, expires, _ in changes if expires > 0)
+        if kept > self.settings.max_bindings:
+            why = (
+                f"{kept} Contacts for {number} in one REGISTER, more than "
+                f"registrar.max_bindings ({self.settings.max_bindings})"
+            )
+            return self._refuse(tx, 403, "Forbidden", why, now)
         for contact, expires, existing in changes:
             self._apply(context, request, number, contact, expires, existing, now)
+        self._evict_oldest(number, now)
         used_outbound = outbound and any(c.reg_id for c in registration.contacts)
         return self._accept(tx, number, used_outbound, now)
 
@@ -228,13 +239,13 @@ class Registrar:
                 instance=contact.instance,
                 reg_id=contact.reg_id,
                 cert_sha256=context.peer_cert.thumbprint_sha256 if context.peer_cert else None,
+                registered_at=now,
             )
             _link(self.by_number, number, binding)
             _link(self._on_flow, binding.flow, binding)
             _link(self._of_peer, binding.peer, binding)
             self._count += 1
             self._note(binding, "added", now)
-            self._evict_oldest(number, now)
         else:
             binding = existing
             change = "refreshed" if binding.flow == context.flow else "replaced"
@@ -244,15 +255,20 @@ class Registrar:
                 _link(self._on_flow, binding.flow, binding)
             binding.contact, binding.expires_at = contact.uri, now + expires
             binding.call_id, binding.cseq = request.call_id or "", request.cseq[0]
+            binding.registered_at = now
             if context.peer_cert is not None:
                 binding.cert_sha256 = context.peer_cert.thumbprint_sha256
             self._note(binding, change, now)
         self._wakeups.schedule(binding)
 
     def _evict_oldest(self, number: str, now: float) -> None:
-        bindings = self.by_number[number]
+        """Past max_bindings the bindings registered longest ago go: never one this
+        REGISTER has just confirmed, however short its expiry (the phone was told 200)."""
+        bindings = self.by_number.get(number, [])
         while len(bindings) > self.settings.max_bindings:
-            oldest = min(bindings, key=lambda b: b.expires_at)
+            oldest = min(bindings, key=lambda b: b.registered_at)
+            if oldest.registered_at >= now:
+                break  # every one is this REGISTER's: max_contacts bounds them
             why = f"more than registrar.max_bindings ({self.settings.max_bindings}) for the number"
             self._remove(oldest, "removed", why)
 
@@ -338,6 +354,26 @@ class Registrar:
                 call_id=binding.call_id,
             )
         )
+
+
+def _last_of_each(
+    contacts: tuple[ContactRequest, ...], wanted: list[int], outbound: bool
+) -> list[tuple[ContactRequest, int]]:
+    """The contacts in order, a repeated one (same URI, or same instance and reg-id) once,
+    with its last expiry: RFC 3261 §10.3 step 7 applies them one after another."""
+    kept: dict[object, tuple[ContactRequest, int]] = {}
+    for contact, expires in zip(contacts, wanted, strict=True):
+        if not outbound and contact.reg_id is not None:
+            # RFC 5626 §6: without Supported: outbound, reg-id means nothing to us.
+            contact = ContactRequest(contact.uri, contact.expires, contact.instance, None)
+        key: object = (
+            (contact.instance, contact.reg_id)
+            if contact.instance is not None
+            else _uri_key(contact.uri)
+        )
+        kept.pop(key, None)
+        kept[key] = (contact, expires)
+    return list(kept.values())
 
 
 def _shared(binding: Binding, now: float) -> SharedBinding:

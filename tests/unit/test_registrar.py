@@ -205,6 +205,58 @@ def test_an_out_of_order_register_for_the_same_call_id_gets_500() -> None:
     assert response.status == 500
 
 
+def test_past_max_bindings_the_oldest_goes_never_the_binding_just_registered() -> None:
+    """Ten long bindings, then one short: the 200 lists the new one, the oldest went."""
+    core = SipCore(config())
+    for n in range(10):
+        contact = f"<sip:7001@192.0.2.50:{6000 + n}>"
+        over_tls(core, register(contact=contact, expires="600", cseq=n + 1), now=float(n))
+    core.take_events()
+    new = "<sip:7001@192.0.2.50:7000>"
+    response = only_response(over_tls(core, register(contact=new, expires="120", cseq=20), now=20))
+    listed = response.headers.get_all("Contact")
+    assert f"{new};expires=120" in listed and len(listed) == 10
+    assert not any(":6000>" in c for c in listed)  # the one registered first
+    assert changes(core) == [
+        ("added", None),
+        ("removed", "more than registrar.max_bindings (10) for the number"),
+    ]
+    # A refresh counts as registering again: 6001 is now the newest, 6002 goes next.
+    over_tls(core, register(contact="<sip:7001@192.0.2.50:6001>", expires="600", cseq=21), now=30)
+    over_tls(core, register(contact="<sip:7001@192.0.2.50:7001>", expires="120", cseq=22), now=31)
+    remaining = {b.contact for b in core.registrar.by_number["7001"]}
+    assert "sip:7001@192.0.2.50:6001" in remaining and "sip:7001@192.0.2.50:6002" not in remaining
+
+
+def test_a_contact_repeated_in_one_register_is_one_binding_with_its_last_expiry() -> None:
+    core = SipCore(config())
+    contact = "<sip:7001@192.0.2.50:5062;transport=tls>"
+    twice = f"{contact};expires=100, {contact};expires=200"
+    response = only_response(over_tls(core, register(contact=twice)))
+    assert response.status == 200
+    assert len(core.registrar.by_number["7001"]) == 1
+    assert response.headers.get_all("Contact") == [f"{contact};expires=200"]
+    assert changes(core) == [("added", None)]
+
+
+def test_too_many_contacts_in_one_register_get_400_and_change_nothing() -> None:
+    core = SipCore(config())
+    many = ", ".join(f"<sip:7001@192.0.2.50:{6000 + n}>" for n in range(21))
+    response = only_response(over_tls(core, register(contact=many)))
+    assert response.status == 400
+    assert "21 Contacts in one REGISTER, more than registrar.max_contacts (20)" in (
+        response.headers.get("Warning") or ""
+    )
+    assert core.registrar.by_number == {} and changes(core) == []
+    eleven = ", ".join(f"<sip:7001@192.0.2.50:{6000 + n}>" for n in range(11))
+    response = only_response(over_tls(core, register(contact=eleven)))
+    assert response.status == 403
+    assert "11 Contacts for 7001 in one REGISTER, more than registrar.max_bindings (10)" in (
+        response.headers.get("Warning") or ""
+    )
+    assert core.registrar.by_number == {}
+
+
 # --- RFC 5626 flows --------------------------------------------------------------------------
 def outbound_register(flow: Flow, cseq: int, core: SipCore, now: float = 0.0) -> Response:
     contact = f"<sip:7001@192.0.2.50;transport=tls;ob>;+sip.instance={INSTANCE};reg-id=1"
