@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.message import Message, Request
 from sipserver.sip.numbers import ascii_int
@@ -34,6 +36,11 @@ _REQUIRED = (
 )
 _ONCE = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
 _ENVELOPE = frozenset(key for key, _ in _REQUIRED)
+# A parameter or list element with nothing in it (`;;`, `;,`, `,,`, a trailing `;`): the
+# grammar has no empty ones (RFC 3261 §7.3.1 redefines #rule without null elements).
+_EMPTY_ELEMENT = re.compile(r"[;,]\s*(?:[;,]|$)|^\s*[;,]")
+_LISTS_CHECKED = {"via": "Via", "contact": "Contact"}
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 def check_envelope(message: Message) -> None:
@@ -82,6 +89,16 @@ def check_request_line(request: Request) -> None:
         hops = ascii_int(max_forwards.strip(), 3)
         if hops is None or hops > 255:
             raise RemoteProtocolError("Malformed Max-Forwards")
+    for header in request.headers:  # whole lines: get_all() would drop empty elements
+        if header.key in _LISTS_CHECKED and _has_empty_element(header.value):
+            name = _LISTS_CHECKED[header.key]
+            raise RemoteProtocolError(f"Malformed {name}: an empty parameter or list element")
+
+
+def _has_empty_element(value: str) -> bool:
+    if '"' in value:  # a display name may hold anything
+        value = _QUOTED.sub('""', value)
+    return _EMPTY_ELEMENT.search(value) is not None
 
 
 def check_method(request: Request) -> None:
