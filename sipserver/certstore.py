@@ -30,7 +30,34 @@ PKCS12_SUFFIXES = (".pfx", ".p12")
 
 
 class CertificateSetupError(SipServerError):
-    """No usable certificate, trust anchor, CRL or PKCS#12 password: says which and why."""
+    """No usable certificate, trust anchor, CRL or PKCS#12 password: says which and why,
+    and the configuration key it concerns."""
+
+    def __init__(self, message: str, key: str = "tls.certificate_dir") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def setup_problems(config: Config, default_state_dir: Path) -> list[tuple[str, str]]:
+    """(key, problem) for what would otherwise make the server fall back silently: a
+    certificate or trust folder that does not exist (only the default state folders are
+    created on first run), or a certificate file, PKCS#12 included, that cannot be opened.
+    `check-config`, start-up and every reload refuse the same things."""
+    problems = []
+    for key, folder, default in (
+        ("tls.certificate_dir", config.tls.certificate_dir, default_state_dir / "certs" / "server"),
+        ("tls.trust_dir", config.tls.trust_dir, default_state_dir / "certs" / "trust"),
+    ):
+        if not folder.is_dir() and folder != default:
+            problems.append(
+                (key, f"folder {folder} does not exist (create it, or correct the path)")
+            )
+    try:
+        _, unreadable = load_candidates(config.tls.certificate_dir, pkcs12_password(config))
+    except CertificateSetupError as exc:
+        return [*problems, (exc.key, str(exc))]
+    problems += [("tls.certificate_dir", f"{path}: {why}") for path, why in unreadable]
+    return problems
 
 
 def _load_certs(data: bytes) -> list[x509.Certificate]:
@@ -58,7 +85,8 @@ def pkcs12_password(config: Config) -> bytes | None:
             return config.tls.pkcs12_password_file.read_text("utf-8").splitlines()[0].encode()
         except (OSError, IndexError) as exc:
             raise CertificateSetupError(
-                f"cannot read tls.pkcs12_password_file {config.tls.pkcs12_password_file}: {exc}"
+                f"cannot read tls.pkcs12_password_file {config.tls.pkcs12_password_file}: {exc}",
+                "tls.pkcs12_password_file",
             ) from exc
     if config.tls.pkcs12_password_env is not None:
         value = os.environ.get(config.tls.pkcs12_password_env)

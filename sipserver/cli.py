@@ -237,26 +237,11 @@ def _supervise(args: argparse.Namespace, config: Config, count: int) -> int:
 
 
 def _folder_problems(config: Config) -> list[str]:
-    """What would make the server fall back silently at run time: a certificate or trust
-    folder that does not exist (the default state folders are created on first run), or a
-    certificate file, PKCS#12 included, that cannot be opened."""
-    from sipserver.certstore import CertificateSetupError, load_candidates, pkcs12_password
+    from sipserver.certstore import setup_problems
     from sipserver.config.host import HostDefaults
 
     state = HostDefaults.of_this_host().state_dir
-    problems = []
-    for key, folder, default in (
-        ("tls.certificate_dir", config.tls.certificate_dir, state / "certs" / "server"),
-        ("tls.trust_dir", config.tls.trust_dir, state / "certs" / "trust"),
-    ):
-        if not folder.is_dir() and folder != default:
-            problems.append(f"{key}: folder {folder} does not exist")
-    try:
-        _, unreadable = load_candidates(config.tls.certificate_dir, pkcs12_password(config))
-    except CertificateSetupError as exc:
-        return [*problems, str(exc)]
-    problems += [f"tls.certificate_dir: {path}: {why}" for path, why in unreadable]
-    return problems
+    return [f"{key}: {problem}" for key, problem in setup_problems(config, state)]
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -127,7 +127,7 @@ class Server:
             try:
                 self.credentials.install(self.credentials.prepare(cfg, _now()), cfg)
             except CertificateSetupError as exc:
-                raise StartupError(str(exc), "tls.certificate_dir") from exc
+                raise StartupError(str(exc), exc.key) from exc
         self.peer_watch.load()
         try:
             await self._serve(task_status, handle_signals)
@@ -380,6 +380,7 @@ class Server:
             log.info(
                 "target_located",
                 how=located.how,
+                naptr_failed=located.naptr_error,
                 destinations=destinations,
                 ttl=located.ttl,
                 **fields,

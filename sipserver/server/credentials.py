@@ -16,7 +16,9 @@ from sipserver.certstore import (
     load_candidates,
     pkcs12_password,
     prepare_credentials,
+    setup_problems,
 )
+from sipserver.config.host import HostDefaults
 from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.expiry import DailyOnce, expiry_notice
 from sipserver.pki.select import choose_certificate
@@ -45,7 +47,12 @@ class Credentials:
         self._peers_by_issuer: dict[str, set[str]] = {}
 
     def prepare(self, config: Config, now: dt.datetime) -> ServerCredentials:
-        """Choose and load (raises CertificateSetupError), without installing."""
+        """Choose and load (raises CertificateSetupError), without installing. What
+        `check-config` refuses is refused here too, at start and on every reload."""
+        problems = setup_problems(config, HostDefaults.of_this_host().state_dir)
+        if problems:
+            message = "; ".join(f"{key}: {problem}" for key, problem in problems)
+            raise CertificateSetupError(message, problems[0][0])
         return prepare_credentials(config, now, self._skips_reported)
 
     def install(self, credentials: ServerCredentials, config: Config) -> None:

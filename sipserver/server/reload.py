@@ -52,7 +52,7 @@ class Reloader:
                 else None
             )
         except (ConfigError, CertificateSetupError) as exc:
-            log.error("config_reload_failed", error=str(exc), kept=old.source)
+            log.error("config_reload_failed", error=str(exc), key=exc.key or None, kept=old.source)
             self._stats.reloads["failed"] += 1
             return False
         if _listening(new) != _listening(old):

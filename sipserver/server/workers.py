@@ -140,7 +140,7 @@ class Supervisor:
             try:  # once, here: N workers must not each generate a certificate of their own
                 Credentials(lambda _: None).prepare(self.config, dt.datetime.now(dt.UTC))
             except CertificateSetupError as exc:
-                raise StartupError(str(exc), "tls.certificate_dir") from exc
+                raise StartupError(str(exc), exc.key) from exc
         sip, tls = self._shared_ports()
         failed = trio.Event()
         # Signals are ours from the start: a SIGHUP during start-up must not kill us.

@@ -258,6 +258,8 @@ def start_server(tmp_path: Path, pki: Pki) -> Iterator[StartServer]:
                 issued.write_pair(cert_dir, stem)
         elif with_certificate:
             pki.server.write_pair(cert_dir, "sip")
+        else:  # an empty folder: a certificate is generated into it
+            cert_dir.mkdir(parents=True)
         text = (
             BASE_CONFIG.format(
                 server_extra=server_extra,

@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from sipserver.pki.certinfo import serial_hex
-from tests.e2e.conftest import REPO, Pki, StartServer
+from tests.e2e.conftest import REPO, Pki, StartServer, served_serial
 from tests.e2e.sip_client import options, status_line, udp_exchange
 
 pytestmark = pytest.mark.e2e
@@ -135,6 +135,47 @@ def test_sighup_reload_applies_a_good_file_and_keeps_running_on_a_bad_one(
     assert (
         status_line(udp_exchange("127.0.0.1", port, options("127.0.0.1", port))) == "SIP/2.0 200 OK"
     )
+
+
+def test_a_misspelled_certificate_folder_stops_the_start_instead_of_a_new_certificate(
+    tmp_path: Path,
+) -> None:
+    """Only the default state folders are created: a folder named in the configuration
+    that does not exist is a mistake, as check-config says, not a place for a new
+    self-signed certificate."""
+    config = tmp_path / "typo.toml"
+    misspelled = tmp_path / "certz"
+    config.write_text(
+        f'[server]\nsip_port = 0\ntls_port = 0\n[tls]\ncertificate_dir = "{misspelled}"\n'
+    )
+    result = run_on(tmp_path, "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"sipserver: cannot start: tls.certificate_dir: folder {misspelled} does not exist "
+        "(create it, or correct the path)\n"
+    )
+    failed = [json.loads(line) for line in result.stdout.splitlines() if "start_failed" in line]
+    assert [f["key"] for f in failed] == ["tls.certificate_dir"]
+    assert not misspelled.exists() and "Traceback" not in result.stdout
+
+
+def test_a_reload_with_a_missing_trust_folder_keeps_the_running_one(
+    start_server: StartServer, pki: Pki
+) -> None:
+    server = start_server()
+    config = server.workdir / "sipserver.toml"
+    missing = server.workdir / "no-such-trust"
+    text = config.read_text()
+    config.write_text(text.replace(str(pki.root / "trust"), str(missing)))
+    server.process.send_signal(signal.SIGHUP)
+    failed = server.wait_for("config_reload_failed")
+    assert (
+        failed["key"] == "tls.trust_dir" and f"folder {missing} does not exist" in failed["error"]
+    )
+    assert server.events("config_reloaded") == [] and server.events("trust_anchors_missing") == []
+    # TLS peers are still checked against the trust anchors that were running.
+    assert served_serial(server.tls_port, pki) == pki.server.cert.serial_number
+    assert server.wait_for("tls_peer_accepted", peer="gw1")["peer"] == "gw1"
 
 
 def test_sigterm_stops_cleanly(start_server: StartServer) -> None:
