@@ -36,6 +36,7 @@ class Located:
     ttl: float
     how: str  # naptr+srv | srv | a (no SRV) | failed
     error: str | None = None
+    naptr_error: str | None = None  # the NAPTR query failed; SRV and A/AAAA were asked anyway
 
 
 class Locations(Generic[W]):

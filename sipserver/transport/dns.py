@@ -1,7 +1,10 @@
 """Locating a target by its FQDN (RFC 3263 §4): NAPTR for the SRV name of the transport we
 use, SRV (RFC 2782: priority, then weight), then each SRV target's A/AAAA records; without
 SRV, the FQDN's own addresses at the configured port. Every lookup is bounded by
-`dns.timeout`; a failure is an answer that says why, never an exception or a hang.
+`dns.timeout`; a failure is an answer that says why, never an exception or a hang. A NAPTR
+query that fails (SERVFAIL or REFUSED, as many corporate resolvers answer it, or no answer
+within a third of the time) is no NAPTR record: SRV and then A/AAAA are asked, as RFC 3263
+and Kamailio do.
 
 dnspython's async resolver runs on trio. With `dns.nameservers` set, every query (A/AAAA
 too) goes to those servers; otherwise NAPTR/SRV follow /etc/resolv.conf and addresses come
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import random
 import socket
+from dataclasses import replace
 
 import dns.asyncresolver
 import dns.exception
@@ -25,6 +29,7 @@ from sipserver.sip.flow import Transport
 
 SRV_PREFIX = {Transport.TLS: "_sips._tcp", Transport.TCP: "_sip._tcp", Transport.UDP: "_sip._udp"}
 NAPTR_SERVICE = {Transport.TLS: "SIPS+D2T", Transport.TCP: "SIP+D2T", Transport.UDP: "SIP+D2U"}
+NAPTR_SHARE = 1 / 3  # of dns.timeout: the rest is left for SRV and addresses
 SYSTEM_ADDRESS_TTL = 60.0  # getaddrinfo tells no TTL
 
 
@@ -62,12 +67,16 @@ class Resolver:
     async def _locate(self, lookup: Lookup) -> Located:
         srv_name = f"{SRV_PREFIX[lookup.transport]}.{lookup.fqdn}"
         how = "srv"
-        naptr = await self._records(lookup.fqdn, "NAPTR")
+        naptr_error = None
+        try:
+            naptr, _ = await self._records(lookup.fqdn, "NAPTR", self.timeout * NAPTR_SHARE)
+        except LookupFailed as exc:
+            naptr, naptr_error = [], str(exc)
         wanted = NAPTR_SERVICE[lookup.transport].lower()
         usable = sorted(
             (
                 r
-                for r in naptr[0]
+                for r in naptr
                 if isinstance(r, dns.rdtypes.IN.NAPTR.NAPTR)
                 and r.flags.decode().lower() == "s"
                 and r.service.decode().lower() == wanted
@@ -78,11 +87,13 @@ class Resolver:
             srv_name, how = usable[0].replacement.to_text(omit_final_dot=True), "naptr+srv"
         srv, srv_ttl = await self._records(srv_name, "SRV")
         if srv:
-            return await self._srv_destinations(lookup, srv_name, srv, srv_ttl, how)
+            located = await self._srv_destinations(lookup, srv_name, srv, srv_ttl, how)
+            return replace(located, naptr_error=naptr_error)
         addresses, ttl = await self._addresses(lookup.fqdn)
         if not addresses:
             raise LookupFailed(f"{lookup.fqdn} has no SRV record ({srv_name}) and no address")
-        return Located(tuple((ip, lookup.port) for ip in addresses), ttl, "a")
+        destinations = tuple((ip, lookup.port) for ip in addresses)
+        return Located(destinations, ttl, "a", naptr_error=naptr_error)
 
     async def _srv_destinations(
         self, lookup: Lookup, srv_name: str, srv: list[object], srv_ttl: float, how: str
@@ -101,11 +112,13 @@ class Resolver:
             raise LookupFailed(f"no SRV target of {srv_name} has an address")
         return Located(tuple(destinations), ttl, how)
 
-    async def _records(self, name: str, rdtype: str) -> tuple[list[object], float]:
+    async def _records(
+        self, name: str, rdtype: str, lifetime: float | None = None
+    ) -> tuple[list[object], float]:
         """The records of that type, and their TTL; none when the name or type does not
-        exist. A server failure or timeout fails the whole lookup."""
+        exist. A server failure or timeout raises LookupFailed."""
         try:
-            answer = await self._resolver.resolve(name, rdtype, search=False)
+            answer = await self._resolver.resolve(name, rdtype, search=False, lifetime=lifetime)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return [], 0.0
         except dns.resolver.NoNameservers as exc:

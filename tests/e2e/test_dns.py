@@ -7,10 +7,17 @@ clear log line and a failover step."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
 import pytest
 
 from tests.certs import make_leaf
@@ -151,3 +158,68 @@ def test_a_failed_lookup_is_logged_and_the_call_moves_to_the_next_target(
     routed = server.wait_for("call_routed", dial_plan="main")
     assert routed["target"] == "pbx1"
     assert routed["failed_attempts"] == [f"pbx: {failed['reason']}"]
+
+
+@contextlib.contextmanager
+def resolver_refusing_naptr(refusal: dns.rcode.Rcode, live: int) -> Iterator[int]:
+    """A DNS server on a loopback port that answers NAPTR queries with `refusal` (as many
+    corporate resolvers do) and SRV and A queries from its records; yields its port."""
+    records = {
+        ("_sips._tcp.pbx.example.test.", dns.rdatatype.SRV): f"10 10 {live} pbx-b.example.test.",
+        ("pbx-b.example.test.", dns.rdatatype.A): "127.0.0.1",
+    }
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, source = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            query = dns.message.from_wire(data)
+            reply = dns.message.make_response(query)
+            reply.flags |= dns.flags.AA
+            question = query.question[0]
+            answer = records.get((question.name.to_text(), question.rdtype))
+            if question.rdtype == dns.rdatatype.NAPTR:
+                reply.set_rcode(refusal)
+            elif answer is None:
+                reply.set_rcode(dns.rcode.NXDOMAIN)
+            else:
+                reply.answer.append(
+                    dns.rrset.from_text(question.name, 60, "IN", question.rdtype, answer)
+                )
+            sock.sendto(reply.to_wire(), source)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "refusal", [dns.rcode.SERVFAIL, dns.rcode.REFUSED], ids=["SERVFAIL", "REFUSED"]
+)
+def test_a_failed_naptr_query_goes_on_to_srv_and_the_call_connects(
+    start_server: StartServer, pki: Pki, tmp_path: Path, refusal: dns.rcode.Rcode
+) -> None:
+    uas_port = free_port()
+    with (
+        tls_pbx(pki, tmp_path, uas_port, ["pbx.example.test"]) as live,
+        resolver_refusing_naptr(refusal, live) as dns_port,
+    ):
+        server = start_server(extra_config=dns_config(dns_port))
+        with sipp_callee(call_uas(tmp_path / "uas.xml"), uas_port, "t1") as callee:
+            assert_sipp_ok(sipp_caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5000"))
+            assert_callee_ok(callee)
+    located = server.wait_for("target_located", fqdn="pbx.example.test")
+    assert (located["how"], located["destinations"]) == ("srv", [f"127.0.0.1:{live}"])
+    assert "DNS NAPTR query for pbx.example.test failed" in located["naptr_failed"]
+    assert server.wait_for("call_routed", dial_plan="main")["status"] == 200
