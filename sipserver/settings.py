@@ -192,7 +192,14 @@ class LimitsSettings:
     max_connections_per_address: int = setting(200, "connections from one address", at_least(1))
     max_unverified_connections: int = setting(
         1000,
-        "connections with no proven peer yet (TCP from an unknown address, TLS in handshake)",
+        "connections with no proven peer yet (TCP from an unknown address, TLS in handshake);"
+        " when full, the oldest is evicted for a new one",
+        at_least(1),
+    )
+    max_unverified_per_address: int = setting(
+        50,
+        "of those, how many one address may hold (TLS handshakes from configured peers'"
+        " addresses have a budget of their own)",
         at_least(1),
     )
     unverified_idle_timeout: float = setting(

@@ -105,6 +105,13 @@ class _Collector(Collector):
         )
         shed.add_metric([], snap.calls_shed)
         yield shed
+        evicted = CounterMetricFamily(
+            "sipserver_connections_evicted",
+            "Connections without a proven peer closed to admit a newer one "
+            "(limits.max_unverified_connections full)",
+        )
+        evicted.add_metric([], snap.connections_evicted)
+        yield evicted
         bindings = GaugeMetricFamily(
             "sipserver_registered_bindings",
             "Softphone bindings (registered contacts) now, by the transport of their flow",

@@ -88,6 +88,7 @@ class Server:
             limits.max_connections,
             limits.max_connections_per_address,
             limits.max_unverified_connections,
+            limits.max_unverified_per_address,
         )
         self.core = SipCore(config, connections=self.pool, entropy=os.urandom)
         self.listeners = Listeners()
@@ -255,6 +256,7 @@ class Server:
             limits.max_connections,
             limits.max_connections_per_address,
             limits.max_unverified_connections,
+            limits.max_unverified_per_address,
         )
         if credentials is not None:
             self.credentials.install(credentials, new)
@@ -275,6 +277,7 @@ class Server:
             tls_expected=Transport.TLS in self.config.server.transports,
             connections=dict(self.pool.count_by_transport()),
             tls_handshakes=dict(self.stats.tls_handshakes),
+            connections_evicted=self.pool.caps.evicted,
             messages=dict(self.stats.messages),
             calls=core.calls,
             targets_up=core.targets_up,

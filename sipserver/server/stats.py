@@ -65,6 +65,7 @@ class StatsSnapshot:
     tls_expected: bool  # a TLS listener is configured, so a certificate must be in use
     connections: dict[str, int]  # transport -> open
     tls_handshakes: dict[tuple[str, str], int]
+    connections_evicted: int  # strangers' connections closed to admit newer ones
     messages: dict[tuple[str, str, str, str], int]
     calls: dict[tuple[str, str, str], int]
     targets_up: tuple[tuple[str, bool], ...]

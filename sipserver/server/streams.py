@@ -85,15 +85,27 @@ class StreamService:
         # Every connection to a listener has the same local address: one tuple for all.
         local = self._local_addresses.setdefault(local, local)
         # Plain TCP from a peer's address is that peer at once; anything else (TLS before
-        # its handshake, TCP from an address of no peer) is held in the strangers' budget.
-        known = None if transport == Transport.TLS else self.core.peers.by_address(remote[0])
-        budget: Budget = (
-            "handshake" if transport == Transport.TLS else "peer" if known else "stranger"
-        )
-        refusal = self.pool.caps.admit(remote[0], budget)
-        if refusal is not None:
-            await self._refuse(stream, transport, remote, refusal)
+        # its handshake, TCP from an address of no peer) is held in a budget of its own,
+        # from which a newer stranger may evict it (limits.py).
+        known = self.core.peers.by_address(remote[0])
+        budget: Budget
+        if transport == Transport.TLS:
+            budget = "peer_handshake" if known else "handshake"
+        else:
+            budget = "peer" if known else "stranger"
+        unproven = trio.CancelScope()
+        evicted: list[str] = []
+
+        def evict(reason: str) -> None:
+            evicted.append(reason)
+            unproven.cancel()
+
+        admission = self.pool.caps.admit(remote[0], budget, evict)
+        if isinstance(admission, str):
+            await self._refuse(stream, transport, remote, admission)
             return
+        if transport == Transport.TLS:
+            known = None  # a TLS connection is its certificate's peer, not its address's
         connection_id = next_connection_id()
         structlog.contextvars.bind_contextvars(
             transport=transport, remote=format_address(remote), connection_id=connection_id
@@ -103,14 +115,17 @@ class StreamService:
         flow = Flow(transport, local, remote, connection_id)
         try:
             if transport == Transport.TLS:
-                accepted = await self._accept_tls(stream, remote)
+                with unproven:
+                    accepted = await self._accept_tls(stream, remote)
+                if evicted:
+                    self._evicted(transport, remote, evicted[0])
+                    return
                 if accepted is None:
                     return
-                refusal = self.pool.caps.promote()
+                refusal = self.pool.caps.promote(admission)
                 if refusal is not None:
                     await self._refuse(accepted.stream, transport, remote, refusal)
                     return
-                budget = "peer"
                 connection = StreamConnection(
                     accepted.stream,
                     flow,
@@ -125,11 +140,18 @@ class StreamService:
                 queue = self._config().limits.send_queue_bytes
                 connection = StreamConnection(PlainStream(stream), flow, known, queue)
             self.pool.add(connection)
-            await self._run(connection, unverified=budget == "stranger")
+            if budget == "stranger":  # it may be evicted for a newer one
+                with unproven:
+                    await self._run(connection, unverified=True)
+            else:
+                await self._run(connection)
+            if evicted:
+                connection.close_reason = evicted[0]
+                self._evicted(transport, remote, evicted[0])
         except Exception:
             log.exception("internal_error")
         finally:
-            self.pool.caps.release(remote[0], budget)
+            self.pool.caps.release(admission)
             if connection is not None:
                 self.pool.remove(connection)
                 with trio.move_on_after(1, shield=True):
@@ -155,6 +177,10 @@ class StreamService:
                 "connection_refused", transport=transport, remote=format_address(remote), reason=why
             )
         await trio.aclose_forcefully(stream)
+
+    def _evicted(self, transport: Transport, remote: tuple[str, int], why: str) -> None:
+        if self._first("connection_evicted", remote, "evicted"):
+            log.warning("connection_evicted", transport=transport, reason=why)
 
     def _first(self, event: str, remote: tuple[str, int], reason: str) -> bool:
         interval = self._config().log.repeat_interval

@@ -21,8 +21,16 @@ def outbound_key(flow: Flow) -> OutboundKey:
 
 
 class ConnectionPool:
-    def __init__(self, max_total: int, max_per_address: int, max_unverified: int = 1000) -> None:
-        self.caps = ConnectionTable(max_total, max_per_address, max_unverified)
+    def __init__(
+        self,
+        max_total: int,
+        max_per_address: int,
+        max_unverified: int = 1000,
+        max_unverified_per_address: int = 50,
+    ) -> None:
+        self.caps = ConnectionTable(
+            max_total, max_per_address, max_unverified, max_unverified_per_address
+        )
         self._by_id: dict[int, StreamConnection] = {}
         self._by_peer: dict[tuple[str, str], StreamConnection] = {}
         self._outbound: dict[OutboundKey, StreamConnection] = {}
@@ -32,9 +40,16 @@ class ConnectionPool:
         self._target_certs: dict[OutboundKey, CertInfo] = {}
         self._target_ids: dict[OutboundKey, int] = {}  # and the connection it was on
 
-    def set_caps(self, max_total: int, max_per_address: int, max_unverified: int) -> None:
+    def set_caps(
+        self,
+        max_total: int,
+        max_per_address: int,
+        max_unverified: int,
+        max_unverified_per_address: int,
+    ) -> None:
         self.caps.max_total, self.caps.max_per_address = max_total, max_per_address
         self.caps.max_unverified = max_unverified
+        self.caps.max_unverified_per_address = max_unverified_per_address
 
     # --- open connections ---------------------------------------------------------------
     def add(self, connection: StreamConnection, *, outbound: bool = False) -> None:

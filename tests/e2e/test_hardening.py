@@ -153,17 +153,17 @@ def test_strangers_holding_connections_never_lock_an_allow_listed_peer_out(
     held = [socket.create_connection(("127.0.0.1", server.sip_port)) for _ in range(10)]
     try:
         server.wait_count("connection_opened", 10)
-        extra = socket.create_connection(("127.0.0.1", server.sip_port))
-        extra.settimeout(5)
-        assert extra.recv(100) == b""  # refused: the strangers' budget is full
-        extra.close()
-        refused = server.wait_for("connection_refused")
-        assert "limits.max_unverified_connections" in refused["reason"]
+        # The strangers' budget is full: the oldest is evicted to admit the newcomer.
+        held.append(socket.create_connection(("127.0.0.1", server.sip_port)))
+        held[0].settimeout(5)
+        assert held[0].recv(100) == b""
+        evicted = server.wait_for("connection_evicted")
+        assert "limits.max_unverified_connections" in evicted["reason"]
         # An allow-listed gateway over mutual TLS still gets in and is answered.
         reply = tls_options(server, client_context(pki, pki.gw1, "gw1"))
         assert status_line(reply) == "SIP/2.0 200 OK"
         # A stranger that sends a request gets its 403 and then the connection closes.
-        stranger = held[0]
+        stranger = held[1]
         stranger.sendall(options("127.0.0.1", server.sip_port, "TCP"))
         assert status_line(read_response(stranger)) == "SIP/2.0 403 Forbidden"
         stranger.settimeout(5)
@@ -171,6 +171,39 @@ def test_strangers_holding_connections_never_lock_an_allow_listed_peer_out(
     finally:
         for sock in held:
             sock.close()
+
+
+def test_strangers_idle_in_tls_handshakes_never_lock_a_peer_out_of_tls(
+    start_server: StartServer, pki: Pki
+) -> None:
+    """Three times an address's share of idle TLS connections from one stranger address:
+    it only ever holds its share, and gw1 is answered every time, from its configured
+    address (a budget of its own) and from the stranger's (it evicts the stranger's oldest
+    idle connection)."""
+    server = start_server(
+        peer_addresses='"::1"',
+        handshake_timeout=60,
+        limits="max_unverified_connections = 20\nmax_unverified_per_address = 10",
+    )
+    held = [socket.create_connection(("127.0.0.1", server.tls_port)) for _ in range(30)]
+    try:
+        evicted = server.wait_count("connection_evicted", 20)
+        assert evicted[0]["reason"] == (
+            "evicted, the oldest of this address's 10 TLS handshakes, to admit its newer one "
+            "(limits.max_unverified_per_address)"
+        )
+        context = client_context(pki, pki.gw1, "gw1")
+        answered = [
+            status_line(tls_options(server, context, host)) for host in ["::1", "127.0.0.1"] * 10
+        ]
+        assert answered == ["SIP/2.0 200 OK"] * 20
+        for sock in held[:20]:  # the oldest went, the newest are held
+            sock.settimeout(5)
+            assert sock.recv(100) == b""
+    finally:
+        for sock in held:
+            sock.close()
+    assert server.events("connection_refused") == []
 
 
 def test_a_silent_stranger_is_dropped_after_the_short_idle_limit(start_server: StartServer) -> None:
