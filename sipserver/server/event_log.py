@@ -10,14 +10,29 @@ import structlog
 
 from sipserver.log import enabled
 from sipserver.pki.certinfo import CertInfo
-from sipserver.proxy.events import Event, MessageMalformed, UnknownSourceRefused
+from sipserver.proxy.events import (
+    Answered,
+    CallRefused,
+    Event,
+    MessageMalformed,
+    UnknownSourceRefused,
+)
 from sipserver.server.repeats import RepeatFilter
 
 log = structlog.get_logger("sipserver")
 
 
-# Events that a source can repeat without end: summarised per address and reason.
+# Events that a source can repeat without end: summarised per address and kind of reason.
+# Our refusals of an allow-listed peer's requests too (a gateway running a scanner), but
+# not the call lines of calls that were routed and failed.
 REPEATABLE = (MessageMalformed, UnknownSourceRefused)
+REPEATABLE_ANSWERS = (Answered, CallRefused)
+
+
+def _repeatable(event: Event) -> bool:
+    if isinstance(event, REPEATABLE):
+        return True
+    return isinstance(event, Answered) and type(event) in REPEATABLE_ANSWERS and event.status >= 400
 
 
 def log_event(
@@ -26,9 +41,9 @@ def log_event(
     level = event.log_level
     if not enabled(level):
         return
-    if repeats is not None and isinstance(event, REPEATABLE):
-        name = event.log_name
-        if not repeats.first(name, event.remote, event.reason, now, interval):
+    if repeats is not None and _repeatable(event):
+        said = event.fields()
+        if not repeats.first(event.log_name, said["remote"], said["reason"], now, interval):
             return
     fields: dict[str, Any] = {}
     for key, value in event.fields().items():

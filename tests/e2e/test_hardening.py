@@ -12,7 +12,8 @@ import urllib.request
 import orjson
 import pytest
 
-from tests.e2e.conftest import Pki, StartServer
+from sipserver.server.repeats import reason_kind
+from tests.e2e.conftest import Pki, RunningServer, StartServer
 from tests.e2e.sip_client import options, read_response, status_line, udp_exchange
 from tests.e2e.test_tls import client_context, tls_options
 
@@ -76,6 +77,61 @@ def test_a_refusal_storm_costs_a_few_log_lines_with_the_count(start_server: Star
     server.wait_until(lambda _: accounted() == 300, 10, "all 300 refusals accounted for")
     logged = [e for e in server.events("sip_request_malformed") if e["reason"] == "Missing Call-ID"]
     assert 1 <= len(logged) <= 5  # one per second of the storm at most
+
+
+def accounted(server: RunningServer, event: str, kind: str) -> int:
+    """Refusals of one kind logged one by one plus those counted into summaries."""
+    logged = [e for e in server.events(event) if reason_kind(e["reason"]) == kind]
+    counted = [
+        e
+        for e in server.events("refusals_repeated")
+        if e["refusal"] == event and e["reason"] == kind
+    ]
+    return len(logged) + sum(e["count"] for e in counted)
+
+
+def test_a_flood_of_different_bad_lines_is_summarised_as_one_kind(
+    start_server: StartServer,
+) -> None:
+    """The text an attacker chooses does not make each refusal a new line to log."""
+    server = start_server(log_extra="repeat_interval = 1.0")
+    port = server.sip_port
+    kind = "Malformed header line '…'"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for batch in range(10):  # in batches: the kernel must not drop what we count
+            for n in range(batch * 50, batch * 50 + 50):
+                data = options("127.0.0.1", port, extra=f"bad-line-{n}\r\n")
+                sock.sendto(data, ("127.0.0.1", port))
+            done = batch * 50 + 50
+            server.wait_until(
+                lambda _, done=done: accounted(server, "sip_request_malformed", kind) == done,
+                10,
+                f"{done} accounted",
+            )
+    logged = server.events("sip_request_malformed")
+    # One line per repeat interval at most (each batch waited for a summary): not 500.
+    assert 1 <= len(logged) <= 11 and logged[0]["reason"] == "Malformed header line 'bad-line-0'"
+
+
+def test_an_allow_listed_gateway_scanning_numbers_is_summarised(start_server: StartServer) -> None:
+    """svcrack-like: a gateway calls 300 numbers no dial plan knows; each gets its 404
+    with the reason, and the log says it a few times with the count."""
+    server = start_server(log_extra="repeat_interval = 1.0")
+    port = server.sip_port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        for n in range(300):
+            invite = options("127.0.0.1", port, method="INVITE", uri=f"sip:{1000 + n}@127.0.0.1")
+            sock.sendto(invite, ("127.0.0.1", port))
+            while status_line(answer := sock.recvfrom(65535)[0]).startswith("SIP/2.0 1"):
+                pass  # (a 404 read here may be an earlier one's retransmission: no ACK)
+            assert status_line(answer).startswith("SIP/2.0 404"), answer
+    first = server.wait_for("no_dial_plan")
+    kind = reason_kind(first["reason"])
+    assert first["reason"] == "No dial plan for number 1000 from peer gw1 (gw1.example.test)"
+    assert kind == "No dial plan for number N from peer gwN (gwN.example.test)"
+    server.wait_until(lambda _: accounted(server, "no_dial_plan", kind) == 300, 10, "all 300")
+    assert 1 <= len(server.events("no_dial_plan")) <= 5
 
 
 def test_an_sslv3_client_hello_is_refused_as_tls_parameters(start_server: StartServer) -> None:
