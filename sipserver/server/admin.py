@@ -112,6 +112,12 @@ class _Collector(Collector):
         )
         evicted.add_metric([], snap.connections_evicted)
         yield evicted
+        dropped = CounterMetricFamily(
+            "sipserver_udp_receive_dropped",
+            "Datagrams the kernel dropped because our UDP receive queue was full",
+        )
+        dropped.add_metric([], snap.udp_receive_dropped)
+        yield dropped
         bindings = GaugeMetricFamily(
             "sipserver_registered_bindings",
             "Softphone bindings (registered contacts) now, by the transport of their flow",
@@ -197,6 +203,7 @@ def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
         # Shedding load is the server working as designed: still healthy, but say so.
         "overloaded": snap.overloaded,
         "calls_shed": snap.calls_shed,
+        "udp_receive_dropped": snap.udp_receive_dropped,
         # A peer certificate about to expire is the peer's problem to fix: still 200.
         "peers_expiring": list(snap.peers_expiring),
         "registered_bindings": sum(snap.bindings.values()),

@@ -35,7 +35,7 @@ from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
 from sipserver.server.streams import StreamService
 from sipserver.settings import Config
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
-from sipserver.transport.direct import raw_socket, unread_bytes
+from sipserver.transport.direct import datagram_queue, raw_socket
 from sipserver.transport.dns import Resolver
 from sipserver.transport.listeners import Listener, Listeners, StartupError
 from sipserver.transport.pool import ConnectionPool
@@ -278,6 +278,9 @@ class Server:
             connections=dict(self.pool.count_by_transport()),
             tls_handshakes=dict(self.stats.tls_handshakes),
             connections_evicted=self.pool.caps.evicted,
+            udp_receive_dropped=sum(
+                datagram_queue(raw_socket(sock))[1] for sock in self.listeners.udp_sockets.values()
+            ),
             messages=dict(self.stats.messages),
             calls=core.calls,
             targets_up=core.targets_up,
@@ -412,7 +415,7 @@ class Server:
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("udp_receive_error", reason=exc.strerror)
                 continue
-            if self.overload.active and (waiting := unread_bytes(raw)):
+            if self.overload.active and (waiting := datagram_queue(raw)[0]):
                 self.overload.note_backlog(waiting)  # datagrams waiting: falling behind?
             flow = Flow(Transport.UDP, local, (address[0], address[1]))
             if len(data) > limit:

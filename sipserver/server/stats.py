@@ -66,6 +66,7 @@ class StatsSnapshot:
     connections: dict[str, int]  # transport -> open
     tls_handshakes: dict[tuple[str, str], int]
     connections_evicted: int  # strangers' connections closed to admit newer ones
+    udp_receive_dropped: int  # datagrams the kernel dropped: our receive queue was full
     messages: dict[tuple[str, str, str, str], int]
     calls: dict[tuple[str, str, str], int]
     targets_up: tuple[tuple[str, bool], ...]

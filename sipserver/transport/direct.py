@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import fcntl
 import socket
+import struct
 import termios
 from typing import Protocol
 
@@ -53,6 +54,27 @@ def unread_bytes(sock: socket.socket | None) -> int:
     except OSError:
         return 0
     return count[0]
+
+
+# Linux's SO_MEMINFO: the socket's memory accounting, of which the receive queue's bytes
+# (SK_MEMINFO_RMEM_ALLOC, index 0) and the datagrams dropped because it was full
+# (SK_MEMINFO_DROPS, index 8).
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+_MEMINFO = struct.Struct("9I")
+
+
+def datagram_queue(sock: socket.socket | None) -> tuple[int, int]:
+    """(bytes queued, datagrams dropped so far) of a UDP socket. FIONREAD would give only
+    the next datagram's size however many wait behind it; the queue's memory (kernel
+    accounting, a few hundred bytes more per datagram than its payload) tells a backlog
+    apart from one datagram."""
+    if sock is None:
+        return 0, 0
+    try:
+        info = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
+    except (OSError, struct.error):
+        return unread_bytes(sock), 0
+    return info[0], info[8]
 
 
 def interrupt(sock: socket.socket | None) -> None:
