@@ -52,6 +52,9 @@ def setup_problems(config: Config, default_state_dir: Path) -> list[tuple[str, s
             problems.append(
                 (key, f"folder {folder} does not exist (create it, or correct the path)")
             )
+    keylog = config.tls.keylog_file
+    if keylog is not None and not (keylog.parent.is_dir() and os.access(keylog.parent, os.W_OK)):
+        problems.append(("tls.keylog_file", f"cannot write {keylog}: no such folder, or not ours"))
     try:
         _, unreadable = load_candidates(config.tls.certificate_dir, pkcs12_password(config))
     except CertificateSetupError as exc:

@@ -19,9 +19,11 @@ from sipserver.settings_checks import (
     fqdn,
     fqdn_or_ip,
     header_name,
+    hep_address,
     ip_address,
     ip_addresses,
     ip_and_port,
+    methods,
     nameservers,
     not_empty,
     not_negative,
@@ -180,6 +182,12 @@ class TlsSettings:
     )
     peer_table: Path = setting(
         Path("peers.json"), "the peers' last certificates (default: <state dir>/peers.json)"
+    )
+    keylog_file: Path | None = setting(
+        None,
+        "append every TLS session's secrets here (NSS key log format) so that Wireshark can"
+        " decrypt a capture; unset = off. Anyone with the file reads the calls: a warning at"
+        " start and in /healthz while it is on",
     )
 
 
@@ -340,6 +348,20 @@ class DnsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureSettings:
+    hep: str | None = setting(
+        None,
+        '"udp:IP:PORT" or "tcp:IP:PORT": a HEP v3 collector (Homer, sngrep) that gets a copy'
+        " of every SIP message received and sent, decrypted; unset = off",
+        hep_address,
+    )
+    hep_id: int = setting(2001, "the capture agent ID in each HEP packet", at_least(0))
+    methods: tuple[str, ...] = setting(
+        (), "only these methods and their responses (e.g. INVITE, BYE); empty = all", methods
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AdminSettings:
     address: str | None = setting(
         None, '"127.0.0.1:9060": /healthz and /metrics; unset = off', ip_and_port
@@ -388,6 +410,7 @@ class Config:
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
     source: str = "<embedded default>"
 
     def peer(self, name: str) -> PeerSettings:
@@ -408,4 +431,5 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "registrar": (RegistrarSettings, False),
     "dns": (DnsSettings, False),
     "cluster": (ClusterSettings, False),
+    "capture": (CaptureSettings, False),
 }

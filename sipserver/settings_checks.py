@@ -109,6 +109,18 @@ def ip_and_port(value: str) -> str | None:
     return None if ok else f"{value!r} has no valid port"
 
 
+def hep_address(value: str) -> str | None:
+    transport, _, address = value.partition(":")
+    if transport not in ("udp", "tcp") or ip_and_port(address) is not None:
+        return f"{value!r} is not udp:IP:PORT or tcp:IP:PORT (e.g. udp:127.0.0.1:9060)"
+    return None
+
+
+def methods(values: tuple[str, ...]) -> str | None:
+    bad = next((v for v in values if not re.match(r"^[A-Z]+$", v)), None)
+    return None if bad is None else f"{bad!r} is not a SIP method in capitals (e.g. INVITE)"
+
+
 def env_name(value: str) -> str | None:
     ok = re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value)
     return None if ok else f"{value!r} is not an environment variable name"

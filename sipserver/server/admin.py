@@ -118,6 +118,14 @@ class _Collector(Collector):
         )
         dropped.add_metric([], snap.udp_receive_dropped)
         yield dropped
+        captured = CounterMetricFamily(
+            "sipserver_capture",
+            "SIP messages mirrored to the HEP collector ([capture] hep), by result",
+            labels=["result"],
+        )
+        captured.add_metric(["sent"], snap.capture_sent)
+        captured.add_metric(["dropped"], snap.capture_dropped)
+        yield captured
         bindings = GaugeMetricFamily(
             "sipserver_registered_bindings",
             "Softphone bindings (registered contacts) now, by the transport of their flow",
@@ -204,6 +212,8 @@ def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
         "overloaded": snap.overloaded,
         "calls_shed": snap.calls_shed,
         "udp_receive_dropped": snap.udp_receive_dropped,
+        # Whoever reads this file can decrypt the calls: say so for as long as it is on.
+        "tls_keylog_file": snap.tls_keylog_file,
         # A peer certificate about to expire is the peer's problem to fix: still 200.
         "peers_expiring": list(snap.peers_expiring),
         "registered_bindings": sum(snap.bindings.values()),

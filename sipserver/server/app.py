@@ -24,6 +24,7 @@ from sipserver.proxy.locations import Lookup
 from sipserver.proxy.sharing import BindingSharing
 from sipserver.server.admin import serve_admin, serve_admin_socket, snapshot_pages
 from sipserver.server.binding_store import BindingStore, owner_name
+from sipserver.server.capture import HepCapture
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
 from sipserver.server.event_log import log_event
@@ -99,6 +100,7 @@ class Server:
         )
         self.drain = Drain(self.core, self.listeners)
         self.overload = OverloadGuard(self.core, lambda: self.config)
+        self.capture = HepCapture(lambda: self.config)
         self.peer_watch = PeerWatch(lambda: self.config, self.credentials, speaks_for_server=speaks)
         self.streams = StreamService(
             lambda: self.config,
@@ -110,6 +112,7 @@ class Server:
             self.peer_watch,
             self.repeats,
             self.overload,
+            self.capture,
         )
         self.resolver = Resolver(config.dns.nameservers, config.dns.timeout)
         self._timer_wakeup = trio.Event()
@@ -159,6 +162,7 @@ class Server:
                 nursery.start_soon(self.reloader.watch, self.reloader.watched_files())
             nursery.start_soon(self._certificate_watch)
             nursery.start_soon(self.overload.run)
+            nursery.start_soon(self.capture.run)
             nursery.start_soon(self._repeat_summaries)
             if self.worker is not None:
                 nursery.start_soon(self._watch_supervisor, nursery.cancel_scope)
@@ -278,6 +282,9 @@ class Server:
             connections=dict(self.pool.count_by_transport()),
             tls_handshakes=dict(self.stats.tls_handshakes),
             connections_evicted=self.pool.caps.evicted,
+            capture_sent=self.capture.sent,
+            capture_dropped=self.capture.dropped,
+            tls_keylog_file=str(keylog.path) if (keylog := self.credentials.keylog) else None,
             udp_receive_dropped=sum(
                 datagram_queue(raw_socket(sock))[1] for sock in self.listeners.udp_sockets.values()
             ),
@@ -346,10 +353,14 @@ class Server:
             now, interval = trio.current_time(), self.config.log.repeat_interval
             for event in events:
                 log_event(event, self.repeats, now, interval)
+        capturing = self.config.capture.hep is not None
         for transmit in transmits:
             flow = transmit.flow
             if transmit.data:
                 self.stats.count_message("out", flow.transport, transmit.data)
+                if capturing:
+                    on = self.pool.flow_for(flow) if flow.transport != Transport.UDP else flow
+                    self.capture.capture(on.transport, on.local, on.remote, transmit.data)
             if flow.transport == Transport.UDP:
                 await self._send_datagram(flow, transmit.data)
             elif flow.connection_id is None:
@@ -427,6 +438,8 @@ class Server:
                 )
                 continue
             self.stats.count_message("in", "udp", data)
+            if self.config.capture.hep is not None:
+                self.capture.capture("udp", flow.remote, local, data)
             try:
                 transmits = self.core.receive_datagram(data, flow, trio.current_time())
             except Exception:

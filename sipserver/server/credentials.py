@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from OpenSSL import SSL
@@ -23,6 +24,7 @@ from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.expiry import DailyOnce, expiry_notice
 from sipserver.pki.select import choose_certificate
 from sipserver.settings import Config
+from sipserver.transport.keylog import KeyLog
 from sipserver.transport.tls_context import build_client_context, build_server_context
 
 log = structlog.get_logger("sipserver")
@@ -45,6 +47,7 @@ class Credentials:
         # Issuer (RFC 4514) -> peers seen with certificates from it, to say who an
         # expiring CA affects.
         self._peers_by_issuer: dict[str, set[str]] = {}
+        self.keylog: KeyLog | None = None  # tls.keylog_file, while it is set
 
     def prepare(self, config: Config, now: dt.datetime) -> ServerCredentials:
         """Choose and load (raises CertificateSetupError), without installing. What
@@ -63,10 +66,36 @@ class Credentials:
         client = build_client_context(
             credentials.certificate, credentials.trust_anchors, min_version
         )
+        self._use_keylog(config.tls.keylog_file)
+        if self.keylog is not None:
+            self.keylog.attach(server)
+            self.keylog.attach(client)
         # New connections use these; established ones keep theirs.
         self.current, self.server_context, self.client_context = credentials, server, client
         self.anchors = tuple(describe(anchor) for anchor in credentials.trust_anchors)
         self._on_change(credentials.certificate.info)
+
+    def _use_keylog(self, path: Path | None) -> None:
+        """Open (or, after a reload, switch or close) the TLS key log, and say loudly
+        that it is on: whoever reads it can decrypt the calls."""
+        if self.keylog is not None and self.keylog.path == path:
+            return
+        if self.keylog is not None:
+            self.keylog.close()
+            self.keylog = None
+            log.info("tls_keylog_off")
+        if path is not None:
+            try:
+                self.keylog = KeyLog(path)
+            except OSError as exc:  # check-config's checks make this rare
+                log.error("tls_keylog_failed", path=str(path), reason=exc.strerror)
+                return
+            log.warning(
+                "tls_keylog_on",
+                path=str(path),
+                consequence="every TLS session's secrets are written there: anyone who can"
+                " read the file can decrypt captured calls; unset tls.keylog_file when done",
+            )
 
     def note_issuer(self, peer: str, issuer: str) -> None:
         self._peers_by_issuer.setdefault(issuer, set()).add(peer)

@@ -67,6 +67,9 @@ class StatsSnapshot:
     tls_handshakes: dict[tuple[str, str], int]
     connections_evicted: int  # strangers' connections closed to admit newer ones
     udp_receive_dropped: int  # datagrams the kernel dropped: our receive queue was full
+    capture_sent: int  # HEP packets sent to the collector
+    capture_dropped: int  # messages not captured: queue full or collector unreachable
+    tls_keylog_file: str | None  # where TLS secrets are written, while they are
     messages: dict[tuple[str, str, str, str], int]
     calls: dict[tuple[str, str, str], int]
     targets_up: tuple[tuple[str, bool], ...]

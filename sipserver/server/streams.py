@@ -15,6 +15,7 @@ import trio
 
 from sipserver.errors import SipServerError
 from sipserver.proxy.core import SipCore
+from sipserver.server.capture import HepCapture
 from sipserver.server.credentials import Credentials
 from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.repeats import RepeatFilter
@@ -52,10 +53,12 @@ class StreamService:
         peer_watch: PeerWatch,
         repeats: RepeatFilter,
         backlog: BacklogWatch | None = None,
+        capture: HepCapture | None = None,
     ) -> None:
         self.peer_watch = peer_watch
         self.repeats = repeats
         self._backlog = backlog
+        self.capture = capture
         self._config = config
         self.core = core
         self.pool = pool
@@ -387,6 +390,9 @@ class StreamService:
 
     async def _message(self, connection: StreamConnection, data: bytes) -> None:
         self.stats.count_message("in", connection.flow.transport, data)
+        if self.capture is not None and self._config().capture.hep is not None:
+            flow = connection.flow
+            self.capture.capture(flow.transport, flow.remote, flow.local, data)
         tls_peer = connection.peer if connection.verified else None
         try:
             transmits = self.core.receive_stream_message(

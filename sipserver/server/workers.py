@@ -354,6 +354,7 @@ class Supervisor:
             "overloaded": any(w.get("overloaded") for w in workers),
             "calls_shed": sum(int(w.get("calls_shed", 0)) for w in workers),
             "udp_receive_dropped": sum(int(w.get("udp_receive_dropped", 0)) for w in workers),
+            "tls_keylog_file": first.get("tls_keylog_file"),
             "peers_expiring": sorted({p for w in workers for p in w.get("peers_expiring", [])}),
             "registered_bindings": sum(int(w.get("registered_bindings", 0)) for w in workers),
             "cluster_store": _worst_store([w.get("cluster_store") for w in workers]),

@@ -111,6 +111,15 @@ class ConnectionPool:
         return self._target_certs.get(outbound_key(flow))
 
     # --- outbound legs ------------------------------------------------------------------
+    def flow_for(self, flow: Flow) -> Flow:
+        """The flow a transmit will really go over: its connection's, with our local
+        address and port, when one is open (for the capture)."""
+        if flow.connection_id is not None:
+            connection = self._by_id.get(flow.connection_id)
+        else:
+            connection = self._outbound.get(outbound_key(flow))
+        return connection.flow if connection is not None else flow
+
     def send_outbound(self, transmit: Transmit) -> bool:
         """Queue on the open connection to the flow's far end, or hold it until one is
         open. True when nobody is opening one yet: the caller must start that."""
