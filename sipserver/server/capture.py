@@ -14,7 +14,7 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from sipserver.server import hep
+from sipserver.server.hep import encode, method_of
 from sipserver.settings import CaptureSettings, Config
 
 log = structlog.get_logger("sipserver")
@@ -62,11 +62,11 @@ class HepCapture:
                 if settings.hep is None:
                     continue
                 wanted = settings.methods
-                if wanted and hep.method_of(data) not in wanted:
+                if wanted and method_of(data) not in wanted:
                     continue
                 fraction, seconds = math.modf(when)
                 try:
-                    packet = hep.encode(
+                    packet = encode(
                         transport,
                         source,
                         destination,
