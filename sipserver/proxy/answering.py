@@ -203,7 +203,7 @@ class AnsweringTarget:
         out = self.responder.send(tx, ok, now)
         call.invite_tx = call.invite = call.prepared = None
         self._expect_ack(call, out[0].data if out else None, now)
-        self.record.count(call.plan, "answered_here")
+        self.record.count(call.plan, "answered_here", call.inbound.peer)
         inbound = call.inbound
         self.events.append(
             CallAnswered(

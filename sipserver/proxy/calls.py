@@ -120,14 +120,22 @@ class ClientContext:
 
 class CallRecord:
     def __init__(self) -> None:
-        # (dial plan, security, outcome) -> calls
-        self.outcomes: Counter[tuple[str, str, str]] = Counter()
+        # (caller peer, dial plan, security, outcome) -> calls. Every value comes from the
+        # configuration or a closed set: nothing a peer sends makes a new metric series.
+        self.outcomes: Counter[tuple[str, str, str, str]] = Counter()
         # Calls answered through us and not yet hung up (Call-ID -> answered at), so that a
         # drain also waits for their BYE, which must pass through our Record-Route.
         self.open_dialogs: dict[str, float] = {}
 
-    def count(self, plan: DialPlanSettings | None, outcome: str) -> None:
-        self.outcomes[(plan.name if plan else "", plan.security if plan else "", outcome)] += 1
+    def count(self, plan: DialPlanSettings | None, outcome: str, peer: PeerSettings | None) -> None:
+        self.outcomes[
+            (
+                peer.name if peer else "",
+                plan.name if plan else "",
+                plan.security if plan else "",
+                outcome,
+            )
+        ] += 1
 
     def completed(
         self,
@@ -153,7 +161,9 @@ class CallRecord:
         elif request.method == "BYE":
             self.open_dialogs.pop(call_id, None)
         if call.plan is not None and not call.handed_over:
-            self.count(call.plan, "answered" if status < 300 else f"failed_{status}")
+            # The target chose the status: counted by its class (a closed set).
+            outcome = "answered" if status < 300 else f"failed_{status // 100}xx"
+            self.count(call.plan, outcome, inbound.peer)
         target_flow = call.target_flow
         uses_tls = Transport.TLS in (
             inbound.flow.transport,

@@ -418,7 +418,7 @@ class SipCore:
             self.config, request, peer, tx.context.flow.transport, self.health.is_up
         )
         if isinstance(decision, router.Reject):
-            self.record.count(decision.plan, f"refused_{decision.status}")
+            self.record.count(decision.plan, f"refused_{decision.status}", peer)
             return self.responder.answer(
                 tx,
                 decision.status,
@@ -443,7 +443,7 @@ class SipCore:
             )
         if isinstance(decision, router.Answer):
             return self.answering.start(tx, request, decision.plan, decision.number, now)
-        self.record.count(decision.plan, "redirected")
+        self.record.count(decision.plan, "redirected", peer)
         return self.responder.answer(
             tx,
             302,

@@ -52,7 +52,7 @@ class LoadShedder:
 
     def refuse(self, tx: ServerTransaction, retry_after: int, now: float) -> list[Transmit]:
         self.shed += 1
-        self.record.count(None, "shed_503")
+        self.record.count(None, "shed_503", tx.context.peer)
         return self.responder.unavailable(tx, OVERLOADED, retry_after, now, CallShed)
 
     def refuse_at_door(
@@ -77,7 +77,7 @@ class LoadShedder:
             return None
         self.sheds("INVITE", in_dialog=False)  # the share's turn is taken here
         self.shed += 1
-        self.record.count(None, "shed_503")
+        self.record.count(None, "shed_503", peer)
         self.responder.events.append(
             CallShed(
                 call_id=invite.call_id.decode("utf-8", "replace"),

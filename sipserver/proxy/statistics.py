@@ -14,7 +14,7 @@ class CoreStatistics:
     draining: bool
     overloaded: bool
     shed: int  # calls refused with 503 because of overload
-    calls: dict[tuple[str, str, str], int]  # (dial plan, security, outcome) -> calls
+    calls: dict[tuple[str, str, str, str], int]  # (peer, dial plan, security, outcome) -> calls
     registrations: dict[str, int]  # change (added, refreshed, ...) -> how many
     bindings: dict[str, int]  # transport -> softphone bindings now
     targets_up: tuple[tuple[str, bool], ...]  # health-checked targets

@@ -16,7 +16,12 @@ from typing import Any
 import structlog
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from sipserver.server.stats import ClusterState, StatsSnapshot
@@ -47,6 +52,32 @@ class _Collector(Collector):
         for (result, reason), value in snap.tls_handshakes.items():
             handshakes.add_metric([result, reason], value)
         yield handshakes
+        by_peer = CounterMetricFamily(
+            "sipserver_peer_tls_handshakes",
+            "Accepted TLS handshakes by peer, full or resumed (a peer that resumes saves a"
+            " full handshake's CPU)",
+            labels=["peer", "session"],
+        )
+        for (peer, session), value in snap.peer_handshakes.items():
+            by_peer.add_metric([peer, session], value)
+        yield by_peer
+        refusals = CounterMetricFamily(
+            "sipserver_refusals",
+            "Requests and connections refused, by peer (empty: a source that is no peer) and"
+            " reason (an event name or TLS refusal code)",
+            labels=["peer", "reason"],
+        )
+        for (peer, reason), value in snap.refusals.items():
+            refusals.add_metric([peer, reason], value)
+        yield refusals
+        setup = HistogramMetricFamily(
+            "sipserver_call_setup_seconds",
+            "Seconds from a call's INVITE to its final answer, by dial plan",
+            labels=["dial_plan"],
+        )
+        for plan, histogram in snap.setup_seconds.items():
+            setup.add_metric([plan], histogram.cumulative(), histogram.total)
+        yield setup
         messages = CounterMetricFamily(
             "sipserver_messages",
             "SIP messages by direction, transport, method or status",
@@ -57,8 +88,8 @@ class _Collector(Collector):
         yield messages
         calls = CounterMetricFamily(
             "sipserver_calls",
-            "Calls by dial plan, security mode and outcome",
-            labels=["dial_plan", "security", "outcome"],
+            "Calls by the calling peer, dial plan, security mode and outcome",
+            labels=["peer", "dial_plan", "security", "outcome"],
         )
         for outcome_labels, value in snap.calls.items():
             calls.add_metric(list(outcome_labels), value)

@@ -281,6 +281,9 @@ class Server:
             tls_expected=Transport.TLS in self.config.server.transports,
             connections=dict(self.pool.count_by_transport()),
             tls_handshakes=dict(self.stats.tls_handshakes),
+            refusals=dict(self.stats.refusals),
+            peer_handshakes=dict(self.stats.peer_handshakes),
+            setup_seconds=dict(self.stats.setup_seconds),
             connections_evicted=self.pool.caps.evicted,
             capture_sent=self.capture.sent,
             capture_dropped=self.capture.dropped,
@@ -352,6 +355,7 @@ class Server:
         if events:
             now, interval = trio.current_time(), self.config.log.repeat_interval
             for event in events:
+                self.stats.note_event(event)
                 log_event(event, self.repeats, now, interval)
         capturing = self.config.capture.hep is not None
         for transmit in transmits:

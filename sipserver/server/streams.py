@@ -208,6 +208,7 @@ class StreamService:
         )
         self.stats.tls_handshakes[outcome] += 1
         if isinstance(result, TlsRefused):
+            self.stats.refusals[("", f"tls_{result.reason}")] += 1
             cert_fields = result.certificate.log_fields("peer_cert_") if result.certificate else {}
             self.peer_watch.refused(result.certificate, result.reason, _now())
             if self._first("tls_peer_refused", remote, result.reason):
@@ -231,6 +232,8 @@ class StreamService:
             our_thumbprint_sha1=ours.thumbprint_sha1,
         )
         self.credentials.note_issuer(result.peer.name, result.certificate.issuer)
+        session = "resumed" if result.session_resumed else "full"
+        self.stats.peer_handshakes[(result.peer.name, session)] += 1
         self.peer_watch.observed(
             result.peer, result.certificate, result.identity_source, "inbound", _now()
         )

@@ -73,7 +73,7 @@ def test_rings_then_answers_with_plain_rtp_at_the_discard_port_and_logs_the_call
     (answered,) = [e.fields() for e in core.take_events() if e.log_name == "call_answered"]
     assert answered["dial_plan"] == "echo" and answered["number"] == "5000"
     assert answered["media"] == ["audio RTP/AVP"] and answered["setup_ms"] == 2000.0
-    assert core.statistics().calls[("echo", "unsecured", "answered_here")] == 1
+    assert core.statistics().calls[("gw1", "echo", "unsecured", "answered_here")] == 1
 
 
 def test_secured_answers_srtp_with_a_key_of_its_own_and_refuses_plain_rtp() -> None:

@@ -318,7 +318,7 @@ def test_overloaded_core_sheds_new_calls_but_keeps_admitted_ones_and_dialogs() -
     assert to(second, ("192.0.2.20", 5060)) == []
     stats = core.statistics()
     assert stats.overloaded and stats.shed == 1
-    assert stats.calls[("", "", "shed_503")] == 1
+    assert stats.calls[("gw1", "", "", "shed_503")] == 1
     # Over again: new calls are routed.
     core.set_overloaded(False)
     third = core.receive_datagram(invite().replace(b"caller1", b"caller3"), CALLER, 0.4)
