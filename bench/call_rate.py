@@ -54,6 +54,8 @@ WORKERS = 1  # --workers: server.workers
 MUTUAL_TLS = ("mtls-tcp", "mtls-new", "mtls-full")  # the caller through stunnel, callee on TCP
 NEW_CONNECTION_PER_CALL = ("mtls-new", "mtls-full", "tcp-new")
 TLS_CALLER = "stunnel"  # --tls-caller: who places mutual-TLS calls
+CAPTURE = False  # --capture: [capture] hep to a UDP socket here (bound, never read)
+_SINKS: list[socket.socket] = []
 C_CALLER_SOURCE = Path(__file__).parent / "tls_caller.c"
 
 
@@ -100,6 +102,12 @@ def start_bench_server(
         f'port = {target_port}\ntransport = "{target_transport}"\nhealth_check = 0\n'
         f'[[dial_plan]]\nname = "bench"\nsecurity = "{security}"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
     )
+    if CAPTURE:
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        _SINKS.append(sink)
+        with config.open("a") as text:
+            text.write(f'[capture]\nhep = "udp:127.0.0.1:{sink.getsockname()[1]}"\n')
     proc, ports = start_server(config, SERVER_LOG)
     return proc, ports["udp"], ports["tls"]
 
@@ -368,8 +376,15 @@ def main() -> int:
         "(mtls-new/mtls-full: a TLS client per call at a fraction of stunnel's CPU) or from "
         "bench/tls_caller.c (all three, a fraction of the Python caller's CPU; gcc, libgnutls28-dev)",
     )
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="mirror every message as HEP to a local UDP socket ([capture] hep), to measure "
+        "what capture costs",
+    )
     args = parser.parse_args()
-    global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER
+    global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER, CAPTURE
+    CAPTURE = args.capture
     WORKERS = args.workers
     TLS_CALLER = args.tls_caller
     SHED_OK = args.overload

@@ -4,6 +4,7 @@ A packet is `HEP3`, its total length, then chunks of (vendor 0, type, length, va
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import struct
@@ -29,28 +30,42 @@ def encode(
     message: bytes,
 ) -> bytes:
     """The HEP v3 packet for one SIP message (`transport`: udp, tcp or tls)."""
+    head = _addressing(transport, source, destination)
+    call_id = call_id_of(message)
+    tail = _chunk(0x0011, call_id) if call_id else b""
+    length = 6 + len(head) + _MIDDLE.size + len(message) + len(tail)
+    middle = _MIDDLE.pack(
+        0, 0x0009, 10, seconds,
+        0, 0x000A, 10, microseconds,
+        0, 0x000B, 7, PROTOCOL_SIP,
+        0, 0x000C, 10, agent_id,
+        0, 0x000F, 6 + len(message),
+    )  # fmt: skip
+    return b"".join((b"HEP3", struct.pack("!H", length), head, middle, message, tail))
+
+
+# Timestamp (seconds, microseconds), protocol type, agent ID, and the payload chunk's header.
+_MIDDLE = struct.Struct("!HHHI HHHI HHHB HHHI HHH")
+
+
+@functools.lru_cache(maxsize=4096)
+def _addressing(transport: str, source: tuple[str, int], destination: tuple[str, int]) -> bytes:
+    """The chunks that depend only on the flow (family, protocol, addresses, ports): a
+    flow carries many messages, so they are built once."""
     src, dst = _address(source[0]), _address(destination[0])
     if src.version != dst.version:  # e.g. a v4-mapped peer on a v6 socket
         src, dst = _same_family(src, dst)
     v6 = src.version == 6
-    chunks = [
-        _chunk(0x0001, bytes([10 if v6 else 2])),
-        _chunk(0x0002, bytes([IPPROTO[transport]])),
-        _chunk(0x0005 if v6 else 0x0003, src.packed),
-        _chunk(0x0006 if v6 else 0x0004, dst.packed),
-        _chunk(0x0007, struct.pack("!H", source[1])),
-        _chunk(0x0008, struct.pack("!H", destination[1])),
-        _chunk(0x0009, struct.pack("!I", seconds)),
-        _chunk(0x000A, struct.pack("!I", microseconds)),
-        _chunk(0x000B, bytes([PROTOCOL_SIP])),
-        _chunk(0x000C, struct.pack("!I", agent_id)),
-        _chunk(0x000F, message),
-    ]
-    call_id = call_id_of(message)
-    if call_id:
-        chunks.append(_chunk(0x0011, call_id))
-    body = b"".join(chunks)
-    return b"HEP3" + struct.pack("!H", 6 + len(body)) + body
+    return b"".join(
+        (
+            _chunk(0x0001, bytes([10 if v6 else 2])),
+            _chunk(0x0002, bytes([IPPROTO[transport]])),
+            _chunk(0x0005 if v6 else 0x0003, src.packed),
+            _chunk(0x0006 if v6 else 0x0004, dst.packed),
+            _chunk(0x0007, struct.pack("!H", source[1])),
+            _chunk(0x0008, struct.pack("!H", destination[1])),
+        )
+    )
 
 
 def call_id_of(message: bytes) -> bytes | None:
