@@ -364,7 +364,9 @@ class Server:
                 self.stats.count_message("out", flow.transport, transmit.data)
                 if capturing:
                     on = self.pool.flow_for(flow) if flow.transport != Transport.UDP else flow
-                    self.capture.capture(on.transport, on.local, on.remote, transmit.data)
+                    if on.connection_id is not None or on.transport == Transport.UDP:
+                        # (one for a connection still being opened is captured when it is)
+                        self.capture.capture(on.transport, on.local, on.remote, transmit.data)
             if flow.transport == Transport.UDP:
                 await self._send_datagram(flow, transmit.data)
             elif flow.connection_id is None:

@@ -301,7 +301,12 @@ class StreamService:
         )
         self.pool.add(connection, outbound=True)
         log.info("outbound_connection_opened", seconds=round(time.monotonic() - started, 3))
+        capturing = self.capture is not None and config.capture.hep is not None
         for waiting in self.pool.take_waiting(flow):
+            if capturing and waiting.data and self.capture is not None:
+                # Captured now, when the connection it goes on (our port) exists.
+                on = connection.flow
+                self.capture.capture(on.transport, on.local, on.remote, waiting.data)
             connection.queue(waiting)
         try:
             await self._run(connection, keepalive=True)

@@ -68,10 +68,12 @@ def _wait_bound(port: int, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError("sngrep never listened")
 
 
-def sip_messages(pcap: Path) -> list[bytes]:
-    """The SIP message in each packet of a pcap (classic format, as sngrep writes it)."""
+def sip_packets(pcap: Path) -> list[tuple[str, int, str, int, bytes]]:
+    """(source, its port, destination, its port, SIP message) of each packet of a pcap
+    as sngrep writes it: classic format, Ethernet, IPv4."""
     data = pcap.read_bytes()
-    messages = []
+    assert struct.unpack_from("<I", data, 20) == (1,)  # Ethernet
+    packets = []
     offset = 24
     while offset + 16 <= len(data):
         (length,) = struct.unpack_from("<I", data, offset + 8)
@@ -79,8 +81,14 @@ def sip_messages(pcap: Path) -> list[bytes]:
         offset += 16 + length
         found = START_LINE.search(packet)
         if found:
-            messages.append(packet[found.start() :])
-    return messages
+            source, destination = socket.inet_ntoa(packet[26:30]), socket.inet_ntoa(packet[30:34])
+            ports = struct.unpack_from("!HH", packet, 34)
+            packets.append((source, ports[0], destination, ports[1], packet[found.start() :]))
+    return packets
+
+
+def sip_messages(pcap: Path) -> list[bytes]:
+    return [packet[-1] for packet in sip_packets(pcap)]
 
 
 def summary(message: bytes) -> tuple[str, int]:
@@ -124,6 +132,13 @@ def test_every_message_of_both_legs_of_an_mtls_call_reaches_sngrep_over_hep(
             assert seen[(message, leg)] >= 1, (message, leg, seen)
     assert seen[("200 OK", 1)] == 2 and seen[("200 OK", 2)] == 2, seen  # INVITE's and BYE's
     assert all(m.count(b"Call-ID:") == 1 for m in sip_messages(pcap))
+    # Real addresses and ports on every one, the first INVITE on our new leg to the PBX
+    # included (captured once its connection, and so our port, exists).
+    for source, source_port, destination, destination_port, _ in sip_packets(pcap):
+        assert (source, destination) == ("127.0.0.1", "127.0.0.1")
+        assert source_port and destination_port
+    ports = {(p[1], p[3]) for p in sip_packets(pcap)}
+    assert pbx in {port for pair in ports for port in pair}, ports
 
 
 def test_tshark_decrypts_a_captured_mtls_call_with_the_key_log(
