@@ -15,6 +15,7 @@ from typing import Any
 from sipserver.settings_checks import (
     Check,
     at_least,
+    deny_patterns,
     env_name,
     fqdn,
     fqdn_or_ip,
@@ -285,6 +286,12 @@ class DialPlanSettings:
     )
     from_peers: tuple[str, ...] = setting(
         ..., "the peers whose calls belong here", some, key="from"
+    )
+    deny_numbers: tuple[str, ...] = setting(
+        (),
+        "numbers of this plan refused with 403 (toll fraud): patterns as in numbers, e.g."
+        ' "1900*", "011*"; "!" before one makes it an exception ("+*", "!+44*")',
+        deny_patterns,
     )
     targets: tuple[str, ...] = setting((), "peer names, tried in order (none for answer)")
     action: Action = setting(Action.PROXY, "proxy, redirect, or answer (sipserver answers)")

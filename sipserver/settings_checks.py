@@ -140,6 +140,20 @@ def number_patterns(values: tuple[str, ...]) -> str | None:
     return None if values else "must list at least one number pattern"
 
 
+def deny_patterns(values: tuple[str, ...]) -> str | None:
+    """Number patterns to refuse; one that starts with "!" is an exception to them."""
+    for value in values:
+        pattern = value[1:] if value.startswith("!") else value
+        if not pattern or pattern == "+" or not _NUMBER_PATTERN.match(pattern):
+            return (
+                f"{value!r} is not a number pattern (digits with an optional leading +, "
+                'x for one digit, a trailing * for any rest; "!" before it: an exception)'
+            )
+    if values and all(v.startswith("!") for v in values):
+        return "lists only exceptions: name the numbers to deny too"
+    return None
+
+
 def numbers(values: tuple[str, ...]) -> str | None:
     bad = next((v for v in values if not _NUMBER.match(v)), None)
     if bad is not None:

@@ -29,6 +29,19 @@ def number_matches(pattern: str, number: str) -> bool:
     return _compile(pattern).match(number) is not None
 
 
+def denied_by(plan: DialPlanSettings, number: str) -> str | None:
+    """The deny_numbers pattern that refuses this number in this plan, or None (no
+    pattern matches, or an exception - "!pattern" - does)."""
+    denied = None
+    for pattern in plan.deny_numbers:
+        if pattern.startswith("!"):
+            if number_matches(pattern[1:], number):
+                return None
+        elif denied is None and number_matches(pattern, number):
+            denied = pattern
+    return denied
+
+
 def find_dial_plan(
     plans: Sequence[DialPlanSettings], peer_name: str, number: str
 ) -> DialPlanSettings | None:

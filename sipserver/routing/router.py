@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sipserver.routing.dialplan import find_dial_plan, normalise_number
+from sipserver.routing.dialplan import denied_by, find_dial_plan, normalise_number
 from sipserver.settings import Config, DialPlanSettings, PeerSettings
 from sipserver.sip.message import Request
 from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
@@ -67,6 +67,15 @@ def route(
         shown = number or "(no user part)"
         return Reject(
             404, "Not Found", f"No dial plan for number {shown} from {who}", "no_dial_plan"
+        )
+    denied = denied_by(plan, number)
+    if denied is not None:
+        return Reject(
+            403,
+            "Forbidden",
+            f"Number {number} is denied by dial plan {plan.name} (deny_numbers {denied})",
+            "call_refused_denied_number",
+            plan,
         )
     if plan.requires_tls and transport != "tls":
         return Reject(

@@ -19,6 +19,14 @@ PLANS = (
     + dial_plan("hq", "secured", ["pbx1"], numbers=["+14255550100"], action="redirect")
     + dial_plan("branch", "sip-secured", ["pbx1"], numbers=["+1425*"], action="redirect")
     + dial_plan("lobby", "unsecured", ["pbx2"], action="redirect")
+    + dial_plan(
+        "trunk",
+        "unsecured",
+        ["pbx2"],
+        numbers=["9*"],
+        action="redirect",
+        deny_numbers=["91900*", "9011*", "!901144*"],
+    )
 )
 
 
@@ -91,3 +99,23 @@ def test_secured_plan_over_mutual_tls(server: RunningServer, pki: Pki, tmp_path:
     assert refused["dial_plan"] == "hq" and refused["peer_fqdn"] == "gw1.example.test"
     assert refused["peer_cert_thumbprint_sha256"]
     server.wait_for("call_redirected", dial_plan="hq", transport="tls")
+
+
+def test_a_denied_number_gets_403_naming_the_pattern_and_an_exception_passes(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Toll fraud: premium (1900) and international (011) numbers of a plan refused, except
+    the one country allowed (011 44)."""
+    scenario = invite_expecting(
+        tmp_path / "403.xml",
+        403,
+        checks={
+            "Warning": r"Number 919005550100 is denied by dial plan trunk \(deny_numbers 91900\*\)"
+        },
+    )
+    assert_sipp_ok(sipp_caller(scenario, server.sip_port, "919005550100"))
+    refused = server.wait_for("call_refused_denied_number")
+    assert (refused["dial_plan"], refused["status"], refused["peer"]) == ("trunk", 403, "gw1")
+    allowed = invite_expecting(tmp_path / "302.xml", 302)
+    assert_sipp_ok(sipp_caller(allowed, server.sip_port, "9011441234567"))
+    assert server.wait_for("call_redirected", dial_plan="trunk")["status"] == 302

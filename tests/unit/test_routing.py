@@ -250,3 +250,64 @@ def test_a_secured_call_keeps_srtp_in_dialog_re_invite_without_it_gets_488() -> 
     assert all(t.flow.remote != ("192.0.2.20", 5071) for t in plain)
     srtp = core.receive_stream_message(reinvite(SRTP, "re2"), caller, config.peer("gw1"), 2.0)
     assert any(t.flow.remote == ("192.0.2.20", 5071) for t in srtp)
+
+
+DENYING = parse_config(
+    table("server", {"fqdn": "sip.example.test"})
+    + peer("gw1", kind="gateway", addresses=["192.0.2.10"], health_check=None)
+    + peer("pbx1", addresses=["192.0.2.20"], health_check=None)
+    + dial_plan(
+        "trunk",
+        "unsecured",
+        ["pbx1"],
+        numbers=["*"],
+        deny_numbers=["1900*", "011*", "+*", "!+44*", "!+1425*"],
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("number", "denied_by"),
+    [
+        ("19005550100", "1900*"),
+        ("011441234567", "011*"),
+        ("+33123456789", "+*"),  # international, and not one of the allowed countries
+        ("+441234567890", None),  # an exception: "!+44*"
+        ("+14255550100", None),
+        ("5550100", None),
+    ],
+)
+def test_denied_numbers_get_403_naming_the_pattern(number: str, denied_by: str | None) -> None:
+    decision = route(DENYING, invite(number), DENYING.peer("gw1"), "udp")
+    if denied_by is None:
+        assert not isinstance(decision, Reject), decision
+        return
+    assert isinstance(decision, Reject)
+    assert (decision.status, decision.log_event, decision.plan) == (
+        403,
+        "call_refused_denied_number",
+        DENYING.dial_plans[0],
+    )
+    assert (
+        decision.warning
+        == f"Number {number} is denied by dial plan trunk (deny_numbers {denied_by})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("deny", "problem"),
+    [
+        (["19OO*"], "is not a number pattern"),
+        (["!+44*"], "lists only exceptions"),
+    ],
+)
+def test_a_bad_deny_pattern_is_a_config_error_naming_the_key(deny: list[str], problem: str) -> None:
+    text = (
+        table("server", {"fqdn": "sip.example.test"})
+        + peer("pbx1", addresses=["192.0.2.20"], health_check=None)
+        + peer("gw1", kind="gateway", addresses=["192.0.2.10"], health_check=None)
+        + dial_plan("trunk", "unsecured", ["pbx1"], numbers=["*"], deny_numbers=deny)
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    assert "dial_plan[0].deny_numbers" in str(raised.value) and problem in str(raised.value)
