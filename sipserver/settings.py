@@ -195,6 +195,11 @@ class TlsSettings:
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
     max_message_bytes: int = setting(65535, "largest SIP message accepted", at_least(1024))
+    max_calls: int = setting(
+        0,
+        "calls in progress in the whole server at most (a last guard); 0 = no limit",
+        not_negative,
+    )
     max_header_count: int = setting(256, "most header lines in one message", at_least(8))
     max_line_bytes: int = setting(8192, "longest header line", at_least(256))
     max_connections: int = setting(10000, "TCP/TLS connections in all", at_least(1))
@@ -265,6 +270,15 @@ class PeerSettings:
     health_check: float = setting(
         30.0, "seconds between OPTIONS pings; 0 turns them off", off_or_seconds
     )
+    max_calls: int = setting(
+        0, "its calls in progress at most (more: 503 + Retry-After); 0 = no limit", not_negative
+    )
+    max_call_rate: float = setting(
+        0.0, "new calls a second it may start (a token bucket); 0 = no limit", not_negative
+    )
+    max_call_burst: int = setting(
+        0, "calls it may start at once above max_call_rate (0: one second's worth)", not_negative
+    )
 
     @property
     def is_softphone(self) -> bool:
@@ -286,6 +300,9 @@ class DialPlanSettings:
     )
     from_peers: tuple[str, ...] = setting(
         ..., "the peers whose calls belong here", some, key="from"
+    )
+    max_calls: int = setting(
+        0, "calls in progress in this plan at most (a trunk's capacity); 0 = no limit", not_negative
     )
     deny_numbers: tuple[str, ...] = setting(
         (),

@@ -281,6 +281,7 @@ class AnsweringTarget:
 
     def _end(self, call: AnsweredCall, ended_by: str, now: float) -> None:
         self.calls.pop((call.call_id, call.our_tag), None)
+        self.record.limits.ended(call.call_id)
         self.ringing.pop(call.invite_key, None)
         duration = round(now - call.answered_at, 1) if call.answered_at is not None else None
         self.events.append(

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sipserver.pki.certinfo import CertInfo
+from sipserver.proxy.admission import CallLimits
 from sipserver.proxy.events import CallCompleted, MediaAnswerViolation
 from sipserver.proxy.shared_bindings import RemoteBinding
 from sipserver.proxy.transactions import ServerContext
@@ -126,6 +127,7 @@ class CallRecord:
         # Calls answered through us and not yet hung up (Call-ID -> answered at), so that a
         # drain also waits for their BYE, which must pass through our Record-Route.
         self.open_dialogs: dict[str, float] = {}
+        self.limits = CallLimits()  # calls in progress, for admission control
 
     def count(self, plan: DialPlanSettings | None, outcome: str, peer: PeerSettings | None) -> None:
         self.outcomes[
@@ -158,8 +160,12 @@ class CallRecord:
                 now - oldest[1] > FORGET_DIALOGS_AFTER
             ):
                 del self.open_dialogs[oldest[0]]
+                self.limits.ended(oldest[0])
+        elif call.plan is not None and request.method == "INVITE":
+            self.limits.ended(call_id)  # failed, cancelled or timed out: no dialog
         elif request.method == "BYE":
             self.open_dialogs.pop(call_id, None)
+            self.limits.ended(call_id)
         if call.plan is not None and not call.handed_over:
             # The target chose the status: counted by its class (a closed set).
             outcome = "answered" if status < 300 else f"failed_{status // 100}xx"

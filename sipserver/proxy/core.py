@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from sipserver.pki.certinfo import CertInfo
+from sipserver.proxy.admission import LimitReached
 from sipserver.proxy.answering import AnsweringTarget, repeatable_bytes
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord
@@ -38,7 +39,7 @@ from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.routing import router
 from sipserver.routing.health import HealthTable
 from sipserver.routing.peers import PeerTable
-from sipserver.settings import SIBLING_NAME, Config, PeerSettings
+from sipserver.settings import SIBLING_NAME, Config, DialPlanSettings, PeerSettings
 from sipserver.sip import proxy_ops, validate
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport
@@ -396,6 +397,32 @@ class SipCore:
         tx.context.request = request
         return self._route(tx, request, now, caller=caller)
 
+    def _over_limit(
+        self,
+        tx: ServerTransaction,
+        plan: DialPlanSettings,
+        reached: LimitReached,
+        peer: PeerSettings,
+        now: float,
+    ) -> list[Transmit]:
+        """503 + Retry-After, not 486: the callee is not busy, this route is full, and a
+        gateway fails over to its next route on a 503 (RFC 3261 §21.5.4) but gives the
+        caller a busy tone on a 486."""
+        self.record.count(plan, "refused_503", peer)
+        retry = str(self.config.routing.retry_after)
+        return self.responder.answer(
+            tx,
+            503,
+            "Service Unavailable",
+            now,
+            headers=(self.responder.warning(reached.warning), ("Retry-After", retry)),
+            log_reason=reached.warning,
+            event=CallRefused,
+            refusal="call_limit_reached",
+            dial_plan=plan.name,
+            security=plan.security,
+        )
+
     def _route(
         self,
         tx: ServerTransaction,
@@ -431,6 +458,16 @@ class SipCore:
                 dial_plan=decision.plan.name if decision.plan else None,
                 security=decision.plan.security if decision.plan else None,
             )
+        if (
+            isinstance(decision, (router.Proxy, router.Answer))
+            and request.method == "INVITE"
+            and caller is None  # a call a sibling handed over was admitted where it entered
+        ):
+            reached = self.record.limits.admit(
+                self.config, peer, decision.plan, request.call_id or "", now
+            )
+            if reached is not None:
+                return self._over_limit(tx, decision.plan, reached, peer, now)
         if isinstance(decision, router.Proxy):
             return self.forwarder.start_call(
                 tx,

@@ -18,6 +18,9 @@ class CoreStatistics:
     registrations: dict[str, int]  # change (added, refreshed, ...) -> how many
     bindings: dict[str, int]  # transport -> softphone bindings now
     targets_up: tuple[tuple[str, bool], ...]  # health-checked targets
+    active_by_peer: dict[str, int]  # calls in progress, for admission control
+    active_by_plan: dict[str, int]
+    limit_refusals: dict[tuple[str, str], int]  # (limit, peer or plan) -> calls refused
 
     @classmethod
     def of(
@@ -36,4 +39,7 @@ class CoreStatistics:
             dict(registrar.changes),
             dict(registrar.count_by_transport()),
             targets_up,
+            dict(record.limits.by_peer),
+            dict(record.limits.by_plan),
+            dict(record.limits.refused),
         )

@@ -136,6 +136,31 @@ class _Collector(Collector):
         )
         shed.add_metric([], snap.calls_shed)
         yield shed
+        by_peer_now = GaugeMetricFamily(
+            "sipserver_peer_active_calls",
+            "Calls in progress by calling peer (INVITE to BYE or failure), for max_calls",
+            labels=["peer"],
+        )
+        for name, value in snap.active_by_peer.items():
+            by_peer_now.add_metric([name], value)
+        yield by_peer_now
+        by_plan_now = GaugeMetricFamily(
+            "sipserver_dial_plan_active_calls",
+            "Calls in progress by dial plan, for its max_calls",
+            labels=["dial_plan"],
+        )
+        for name, value in snap.active_by_plan.items():
+            by_plan_now.add_metric([name], value)
+        yield by_plan_now
+        limited = CounterMetricFamily(
+            "sipserver_call_limit_refusals",
+            "New calls refused with 503 by a limit: peer_max_calls, peer_max_call_rate,"
+            " plan_max_calls or server_max_calls, with the peer's or plan's name",
+            labels=["limit", "name"],
+        )
+        for (limit, name), value in snap.limit_refusals.items():
+            limited.add_metric([limit, name], value)
+        yield limited
         evicted = CounterMetricFamily(
             "sipserver_connections_evicted",
             "Connections without a proven peer closed to admit a newer one "

@@ -301,6 +301,9 @@ class Server:
             peer_days_left=tuple(self.peer_watch.days_left(now)),
             peers_expiring=tuple(self.peer_watch.expiring(now)),
             registrations=core.registrations,
+            active_by_peer=core.active_by_peer,
+            active_by_plan=core.active_by_plan,
+            limit_refusals=core.limit_refusals,
             bindings=core.bindings,
             cluster=self.binding_store.state() if self.binding_store is not None else None,
         )

@@ -139,3 +139,6 @@ class StatsSnapshot:
     registrations: dict[str, int] = field(default_factory=dict)  # change -> count
     bindings: dict[str, int] = field(default_factory=dict)  # transport -> softphone bindings
     cluster: ClusterState | None = None  # when bindings are shared
+    active_by_peer: dict[str, int] = field(default_factory=dict)  # calls in progress
+    active_by_plan: dict[str, int] = field(default_factory=dict)
+    limit_refusals: dict[tuple[str, str], int] = field(default_factory=dict)  # limit, name

@@ -56,7 +56,12 @@ COUNTER_SCRAPE = 5.0  # how often the supervisor keeps a copy of each worker's c
 MONOTONIC_TYPES = {"counter", "histogram", "summary"}
 # Gauges that add up over workers; the others show the worst (highest, or for target_up
 # and certificate days, lowest) worker's value.
-SUMMED_GAUGES = {"sipserver_connections_open", "sipserver_registered_bindings"}
+SUMMED_GAUGES = {
+    "sipserver_connections_open",
+    "sipserver_registered_bindings",
+    "sipserver_peer_active_calls",
+    "sipserver_dial_plan_active_calls",
+}
 LOWEST_GAUGES = {
     "sipserver_cluster_store_up",
     "sipserver_target_up",
