@@ -1,0 +1,77 @@
+"""Call admission control with real sipp load: a gateway over its max_calls gets 503 for
+exactly the excess while another gateway's calls all succeed, a denied number gets 403,
+and the counts are back at zero when the calls have ended."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.certs import make_leaf
+from tests.configs import dial_plan, peer, table
+from tests.e2e.conftest import Pki, StartServer, free_port
+from tests.e2e.peers import sipp_caller_command, stunnel_client
+from tests.e2e.sipp_scenarios import call_uac
+
+pytestmark = pytest.mark.e2e
+LIMIT, CALLS = 3, 6
+
+
+def test_a_gateway_over_max_calls_gets_503_for_the_excess_and_another_is_not_held_back(
+    start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    admin = free_port()
+    server = start_server(
+        peer_addresses='"127.0.0.1"',
+        extra_config=peer("gw2", kind="gateway", addresses=[])  # mutual TLS only, no limit
+        + dial_plan(
+            "echo", "unsecured", [], numbers=["5xxx"], from_=["gw1", "gw2"], action="answer",
+            answer_after=2.0,
+        )
+        + table("admin", {"address": f"127.0.0.1:{admin}"}),
+    )  # fmt: skip
+    # gw1 (127.0.0.1, UDP) gets its limit with a reload, as an operator would add it.
+    config = server.workdir / "sipserver.toml"
+    config.write_text(
+        config.read_text().replace('name = "gw1"\n', f'name = "gw1"\nmax_calls = {LIMIT}\n', 1)
+    )
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for("config_reloaded")
+    uac = call_uac(tmp_path / "uac.xml", shed_retry_after=30)
+    gw2 = make_leaf(pki.ca, dns=["gw2.example.test"])
+    with stunnel_client(pki, tmp_path, server.tls_port, gw2) as tls_local:
+        # Every call starts within 60 ms and rings for 2 s: all are in progress at once.
+        callers = [
+            subprocess.Popen(
+                sipp_caller_command(uac, port, "5000", transport, calls=CALLS, rate=100),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+            )
+            for port, transport in ((server.sip_port, "u1"), (tls_local, "t1"))
+        ]  # fmt: skip
+        for caller in callers:
+            out, _ = caller.communicate(timeout=90)
+            assert caller.returncode == 0, out[-3000:]
+    refused = server.wait_count("call_limit_reached", CALLS - LIMIT)
+    assert len(server.events("call_limit_reached")) == CALLS - LIMIT
+    assert {(e["peer"], e["status"]) for e in refused} == {("gw1", 503)}
+    assert (
+        refused[0]["reason"] == f"Peer gw1 has {LIMIT} calls in progress, its max_calls ({LIMIT})"
+    )
+    answered = server.wait_count("answered_call_ended", LIMIT + CALLS, timeout=30)
+    assert len(answered) == LIMIT + CALLS
+    gw2_calls = [e for e in server.events("call_answered") if e["peer"] == "gw2"]
+    assert len(gw2_calls) == CALLS
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as page:
+        metrics = page.read().decode()
+    active = [
+        line for line in metrics.splitlines() if line.startswith("sipserver_peer_active_calls{")
+    ]
+    assert active == [], active  # every call ended: no peer has one in progress
+    assert (
+        f'sipserver_call_limit_refusals_total{{limit="peer_max_calls",name="gw1"}} {float(CALLS - LIMIT)}'
+        in metrics
+    )
