@@ -55,6 +55,7 @@ MUTUAL_TLS = ("mtls-tcp", "mtls-new", "mtls-full")  # the caller through stunnel
 NEW_CONNECTION_PER_CALL = ("mtls-new", "mtls-full", "tcp-new")
 TLS_CALLER = "stunnel"  # --tls-caller: who places mutual-TLS calls
 CAPTURE = False  # --capture: [capture] hep to a UDP socket here (bound, never read)
+ADMISSION = False  # --admission: every call-admission limit set, none ever reached
 _SINKS: list[socket.socket] = []
 C_CALLER_SOURCE = Path(__file__).parent / "tls_caller.c"
 
@@ -98,10 +99,14 @@ def start_bench_server(
         f"workers = {WORKERS}\n"
         '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n'
         '[[peer]]\nname = "gw1"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
-        f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
+        + ("max_calls = 1000000\nmax_call_rate = 1000000.0\n" if ADMISSION else "")
+        + f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
         f'port = {target_port}\ntransport = "{target_transport}"\nhealth_check = 0\n'
         f'[[dial_plan]]\nname = "bench"\nsecurity = "{security}"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
     )
+    if ADMISSION:
+        with config.open("a") as text:
+            text.write("max_calls = 1000000\n[limits]\nmax_calls = 1000000\n")
     if CAPTURE:
         sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sink.bind(("127.0.0.1", 0))
@@ -382,9 +387,16 @@ def main() -> int:
         help="mirror every message as HEP to a local UDP socket ([capture] hep), to measure "
         "what capture costs",
     )
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="set every call-admission limit (peer max_calls and max_call_rate, the plan's and"
+        " the server's max_calls) so high none is reached, to measure what counting costs",
+    )
     args = parser.parse_args()
-    global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER, CAPTURE
+    global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER, CAPTURE, ADMISSION
     CAPTURE = args.capture
+    ADMISSION = args.admission
     WORKERS = args.workers
     TLS_CALLER = args.tls_caller
     SHED_OK = args.overload

@@ -5,7 +5,7 @@ the core's CPU microseconds per call; `--profile` prints where they go (cProfile
 `--shed`: the core overloaded with a backlog waiting, so every call is refused (INVITE,
 503, and the ACK for it): what a shed call costs.
 
-    python bench/core_calls.py [--calls 5000] [--profile] [--shed]
+    python bench/core_calls.py [--calls 5000] [--profile] [--shed] [--admission]
 """
 
 from __future__ import annotations
@@ -147,8 +147,21 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--shed", action="store_true", help="every call refused with 503")
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="every call-admission limit set (none reached): what counting calls costs",
+    )
     args = parser.parse_args()
-    config = parse_config(CONFIG)
+    text = CONFIG
+    if args.admission:
+        text = text.replace(
+            'addresses = ["127.0.0.1"]\n[[peer]]\nname = "pbx1"',
+            'addresses = ["127.0.0.1"]\nmax_calls = 1000000\nmax_call_rate = 1000000.0\n'
+            '[[peer]]\nname = "pbx1"',
+        )
+        text += "max_calls = 1000000\n[limits]\nmax_calls = 1000000\n"
+    config = parse_config(text)
     core = SipCore(config)
     call = one_call
     if args.shed:
