@@ -14,7 +14,7 @@ import pytest
 from tests.certs import make_leaf
 from tests.configs import dial_plan, peer, table
 from tests.e2e.conftest import Pki, StartServer, free_port
-from tests.e2e.peers import sipp_caller_command, stunnel_client
+from tests.e2e.peers import assert_sipp_ok, sipp_caller_command, stunnel_client
 from tests.e2e.sipp_scenarios import call_uac
 
 pytestmark = pytest.mark.e2e
@@ -75,3 +75,46 @@ def test_a_gateway_over_max_calls_gets_503_for_the_excess_and_another_is_not_hel
         f'sipserver_call_limit_refusals_total{{limit="peer_max_calls",name="gw1"}} {float(CALLS - LIMIT)}'
         in metrics
     )
+
+
+def test_max_call_rate_holds_within_ten_percent_over_ten_seconds(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """sipp offers 20 calls a second for 10 s to a gateway allowed 5 a second (a burst of
+    5): 5 x 10 + 5 = 55 calls are admitted, within 10 %, and the rest get 503."""
+    rate, burst, offered = 5.0, 5, 200
+    server = start_server(
+        extra_config=dial_plan(
+            "echo", "unsecured", [], numbers=["5xxx"], action="answer", answer_after=0.0
+        )
+    )
+    config = server.workdir / "sipserver.toml"
+    config.write_text(
+        config.read_text().replace(
+            'name = "gw1"\n',
+            f'name = "gw1"\nmax_call_rate = {rate}\nmax_call_burst = {burst}\n',
+            1,
+        )
+    )
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for("config_reloaded")
+    uac = call_uac(tmp_path / "uac.xml", shed_retry_after=30)
+    command = sipp_caller_command(uac, server.sip_port, "5000", "u1", calls=offered, rate=20)
+    assert_sipp_ok(
+        subprocess.run(command, capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    )
+    server.wait_until(
+        lambda _: (
+            len(server.events("call_answered")) + len(server.events("call_limit_reached"))
+            == offered
+        ),
+        10,
+        "every call answered or refused",
+    )
+    refused = server.events("call_limit_reached")
+    assert refused[0]["reason"] == (
+        f"Peer gw1 starts calls faster than its max_call_rate (5/s, burst {burst})"
+    )
+    answered = len(server.events("call_answered"))
+    expected = rate * offered / 20 + burst  # 10 s of tokens, and the burst
+    assert abs(answered - expected) <= 0.1 * expected, (answered, expected)
