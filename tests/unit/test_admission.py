@@ -147,3 +147,19 @@ def test_a_reload_that_lowers_a_limit_keeps_the_calls_and_admits_none_until_unde
     assert final(core.receive_datagram(invite(11), CALLER, 0.3)) is not None  # still 1 >= 1
     reply(core, requests[2], 486, 0.4)
     assert final(core.receive_datagram(invite(12), CALLER, 0.5)) is None  # under: admitted
+
+
+def test_a_ringing_call_that_timer_c_ends_is_no_longer_counted() -> None:
+    """RFC 3261 §16.8: a call still ringing when Timer C fires gets 408; it counts no more,
+    and the late 487 the callee sends counts nothing again."""
+    core = SipCore(parse_config(config(gw1={"max_calls": 1})))
+    request = forwarded(core.receive_datagram(invite(1), CALLER, 0.0))
+    reply(core, request, 180, 1.0)
+    refused = final(core.receive_datagram(invite(2), CALLER, 2.0))
+    assert refused is not None and refused.status == 503  # the ringing call holds the limit
+    timed_out = final(core.handle_timers(181.0))
+    assert timed_out is not None and timed_out.status == 408
+    assert core.record.limits.active == 0
+    reply(core, request, 487, 181.2)
+    assert core.record.limits.active == 0
+    assert final(core.receive_datagram(invite(3), CALLER, 182.0)) is None  # admitted again
