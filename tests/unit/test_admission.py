@@ -4,6 +4,8 @@ limit; counts that return to zero however a call ends; a reload that lowers a li
 
 from __future__ import annotations
 
+from typing import Any
+
 from sipserver.config import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.sip.flow import Flow, Transmit, Transport
@@ -12,8 +14,11 @@ from tests.configs import dial_plan, peer, table
 from tests.unit.test_proxy import PBX1, answer, parse
 
 
-def config(gw1: dict[str, object] | None = None, plan: dict[str, object] | None = None,
-           limits: dict[str, object] | None = None) -> str:  # fmt: skip
+def config(
+    gw1: dict[str, Any] | None = None,
+    plan: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> str:
     return (
         table("server", {"fqdn": "sip.example.test", "sip_port": 5060, "tls_port": 5061})
         + (table("limits", limits) if limits else "")
