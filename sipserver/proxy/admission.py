@@ -84,20 +84,16 @@ class CallLimits:
                 f"The server has {self.active} calls in progress, its limit "
                 f"(limits.max_calls {server_max})",
             )
-        if plan.max_calls and self.by_plan[plan.name] >= plan.max_calls:
-            return LimitReached(
-                "plan_max_calls",
-                plan.name,
-                f"Dial plan {plan.name} has {self.by_plan[plan.name]} calls in progress, its "
-                f"max_calls ({plan.max_calls})",
-            )
-        if peer.max_calls and self.by_peer[peer.name] >= peer.max_calls:
-            return LimitReached(
-                "peer_max_calls",
-                peer.name,
-                f"Peer {peer.name} has {self.by_peer[peer.name]} calls in progress, its "
-                f"max_calls ({peer.max_calls})",
-            )
+        for limit, who, name, counts, most in (
+            ("plan_max_calls", "Dial plan", plan.name, self.by_plan, plan.max_calls),
+            ("peer_max_calls", "Peer", peer.name, self.by_peer, peer.max_calls),
+        ):
+            if most and counts[name] >= most:
+                return LimitReached(
+                    limit,
+                    name,
+                    f"{who} {name} has {counts[name]} calls in progress, its max_calls ({most})",
+                )
         if peer.max_call_rate and not self._take_token(peer, now):
             return LimitReached(
                 "peer_max_call_rate",

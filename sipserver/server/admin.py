@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -30,6 +30,20 @@ from sipserver.transport.listeners import StartupError
 log = structlog.get_logger("sipserver")
 Snapshot = Callable[[], StatsSnapshot]
 REQUEST_TIMEOUT = 5.0  # seconds a scraper gets to send its request
+
+
+def _family(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    labels: tuple[str, ...],
+    values: Mapping[Any, float],  # label values (a tuple) -> sample
+) -> Metric:
+    """One metric family from its samples, keyed by their label values."""
+    family = kind(name, documentation, labels=list(labels))
+    for label_values, value in values.items():
+        family.add_metric(list(label_values), value)
+    return family
 
 
 class _Collector(Collector):
@@ -52,24 +66,22 @@ class _Collector(Collector):
         for (result, reason), value in snap.tls_handshakes.items():
             handshakes.add_metric([result, reason], value)
         yield handshakes
-        by_peer = CounterMetricFamily(
+        yield _family(
+            CounterMetricFamily,
             "sipserver_peer_tls_handshakes",
             "Accepted TLS handshakes by peer, full or resumed (a peer that resumes saves a"
             " full handshake's CPU)",
-            labels=["peer", "session"],
+            ("peer", "session"),
+            snap.peer_handshakes,
         )
-        for (peer, session), value in snap.peer_handshakes.items():
-            by_peer.add_metric([peer, session], value)
-        yield by_peer
-        refusals = CounterMetricFamily(
+        yield _family(
+            CounterMetricFamily,
             "sipserver_refusals",
             "Requests and connections refused, by peer (empty: a source that is no peer) and"
             " reason (an event name or TLS refusal code)",
-            labels=["peer", "reason"],
+            ("peer", "reason"),
+            snap.refusals,
         )
-        for (peer, reason), value in snap.refusals.items():
-            refusals.add_metric([peer, reason], value)
-        yield refusals
         setup = HistogramMetricFamily(
             "sipserver_call_setup_seconds",
             "Seconds from a call's INVITE to its final answer, by dial plan",
@@ -136,52 +148,50 @@ class _Collector(Collector):
         )
         shed.add_metric([], snap.calls_shed)
         yield shed
-        by_peer_now = GaugeMetricFamily(
+        yield _family(
+            GaugeMetricFamily,
             "sipserver_peer_active_calls",
             "Calls in progress by calling peer (INVITE to BYE or failure), for max_calls",
-            labels=["peer"],
+            ("peer",),
+            {(name,): value for name, value in snap.active_by_peer.items()},
         )
-        for name, value in snap.active_by_peer.items():
-            by_peer_now.add_metric([name], value)
-        yield by_peer_now
-        by_plan_now = GaugeMetricFamily(
+        yield _family(
+            GaugeMetricFamily,
             "sipserver_dial_plan_active_calls",
             "Calls in progress by dial plan, for its max_calls",
-            labels=["dial_plan"],
+            ("dial_plan",),
+            {(name,): value for name, value in snap.active_by_plan.items()},
         )
-        for name, value in snap.active_by_plan.items():
-            by_plan_now.add_metric([name], value)
-        yield by_plan_now
-        limited = CounterMetricFamily(
+        yield _family(
+            CounterMetricFamily,
             "sipserver_call_limit_refusals",
             "New calls refused with 503 by a limit: peer_max_calls, peer_max_call_rate,"
             " plan_max_calls or server_max_calls, with the peer's or plan's name",
-            labels=["limit", "name"],
+            ("limit", "name"),
+            snap.limit_refusals,
         )
-        for (limit, name), value in snap.limit_refusals.items():
-            limited.add_metric([limit, name], value)
-        yield limited
-        evicted = CounterMetricFamily(
+        yield _family(
+            CounterMetricFamily,
             "sipserver_connections_evicted",
             "Connections without a proven peer closed to admit a newer one "
             "(limits.max_unverified_connections full)",
+            (),
+            {(): snap.connections_evicted},
         )
-        evicted.add_metric([], snap.connections_evicted)
-        yield evicted
-        dropped = CounterMetricFamily(
+        yield _family(
+            CounterMetricFamily,
             "sipserver_udp_receive_dropped",
             "Datagrams the kernel dropped because our UDP receive queue was full",
+            (),
+            {(): snap.udp_receive_dropped},
         )
-        dropped.add_metric([], snap.udp_receive_dropped)
-        yield dropped
-        captured = CounterMetricFamily(
+        yield _family(
+            CounterMetricFamily,
             "sipserver_capture",
             "SIP messages mirrored to the HEP collector ([capture] hep), by result",
-            labels=["result"],
+            ("result",),
+            {("sent",): snap.capture_sent, ("dropped",): snap.capture_dropped},
         )
-        captured.add_metric(["sent"], snap.capture_sent)
-        captured.add_metric(["dropped"], snap.capture_dropped)
-        yield captured
         bindings = GaugeMetricFamily(
             "sipserver_registered_bindings",
             "Softphone bindings (registered contacts) now, by the transport of their flow",

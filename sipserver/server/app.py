@@ -83,14 +83,8 @@ class Server:
         self.sharing: BindingSharing | None = None
         self.binding_store: BindingStore | None = None
         self.stats = ServerStats()
-        limits = config.limits
         self.repeats = RepeatFilter()
-        self.pool = ConnectionPool(
-            limits.max_connections,
-            limits.max_connections_per_address,
-            limits.max_unverified_connections,
-            limits.max_unverified_per_address,
-        )
+        self.pool = ConnectionPool(config.limits)
         self.core = SipCore(config, connections=self.pool, entropy=os.urandom)
         self.listeners = Listeners()
         speaks = worker is None or worker[0] == 0  # one voice per server for daily warnings
@@ -255,13 +249,7 @@ class Server:
             self.resolver = Resolver(new.dns.nameservers, new.dns.timeout)
         self.config = new
         self.core.configure(new)
-        limits = new.limits
-        self.pool.set_caps(
-            limits.max_connections,
-            limits.max_connections_per_address,
-            limits.max_unverified_connections,
-            limits.max_unverified_per_address,
-        )
+        self.pool.caps.configure(new.limits)
         if credentials is not None:
             self.credentials.install(credentials, new)
         self.pool.close_removed_softphones(new)

@@ -67,12 +67,16 @@ class HepCapture:
                 nursery.start_soon(self._report_drops)
                 while True:
                     await self._wake.wait()
-                    self._wake = trio.Event()
-                    packets = self._encode_queued()
-                    if packets:
-                        await self._send(packets)
+                    await self.flush()
         finally:
             self._close()
+
+    async def flush(self) -> None:
+        """Encode and send everything queued now."""
+        self._wake = trio.Event()
+        packets = self._encode_queued()
+        if packets:
+            await self._send(packets)
 
     def _encode_queued(self) -> list[bytes]:
         settings = self.settings

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from sipserver.settings import LimitsSettings
+
 # peer: proven (or plain TCP from a peer's address); stranger: plain TCP from no peer's
 # address; handshake: TLS not yet proven, from no peer's address; peer_handshake: TLS not
 # yet proven, from a configured peer's address.
@@ -60,6 +62,19 @@ class ConnectionTable:
         self._by_age: dict[str, dict[Admission, None]] = {b: {} for b in SHARED_BY_STRANGERS}
         self._by_age_at: dict[tuple[str, str], dict[Admission, None]] = {}
         self.evicted = 0
+
+    @classmethod
+    def of(cls, limits: LimitsSettings) -> ConnectionTable:
+        table = cls(0, 0)
+        table.configure(limits)
+        return table
+
+    def configure(self, limits: LimitsSettings) -> None:
+        """The caps a (re)loaded configuration sets; connections already open stay."""
+        self.max_total = limits.max_connections
+        self.max_per_address = limits.max_connections_per_address
+        self.max_unverified = limits.max_unverified_connections
+        self.max_unverified_per_address = limits.max_unverified_per_address
 
     @property
     def total(self) -> int:

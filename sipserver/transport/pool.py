@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 from sipserver.pki.certinfo import CertInfo
-from sipserver.settings import Config
+from sipserver.settings import Config, LimitsSettings
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.transport.limits import ConnectionTable
 from sipserver.transport.streams import StreamConnection
@@ -21,16 +21,8 @@ def outbound_key(flow: Flow) -> OutboundKey:
 
 
 class ConnectionPool:
-    def __init__(
-        self,
-        max_total: int,
-        max_per_address: int,
-        max_unverified: int = 1000,
-        max_unverified_per_address: int = 50,
-    ) -> None:
-        self.caps = ConnectionTable(
-            max_total, max_per_address, max_unverified, max_unverified_per_address
-        )
+    def __init__(self, limits: LimitsSettings) -> None:
+        self.caps = ConnectionTable.of(limits)
         self._by_id: dict[int, StreamConnection] = {}
         self._by_peer: dict[tuple[str, str], StreamConnection] = {}
         self._outbound: dict[OutboundKey, StreamConnection] = {}
@@ -39,17 +31,6 @@ class ConnectionPool:
         # its connection closed.
         self._target_certs: dict[OutboundKey, CertInfo] = {}
         self._target_ids: dict[OutboundKey, int] = {}  # and the connection it was on
-
-    def set_caps(
-        self,
-        max_total: int,
-        max_per_address: int,
-        max_unverified: int,
-        max_unverified_per_address: int,
-    ) -> None:
-        self.caps.max_total, self.caps.max_per_address = max_total, max_per_address
-        self.caps.max_unverified = max_unverified
-        self.caps.max_unverified_per_address = max_unverified_per_address
 
     # --- open connections ---------------------------------------------------------------
     def add(self, connection: StreamConnection, *, outbound: bool = False) -> None:
