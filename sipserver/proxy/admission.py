@@ -4,13 +4,20 @@ dial plan and the server have in progress, and how fast each peer starts new one
 A call counts from its INVITE until it fails or its dialog ends (BYE, or the built-in
 answering target hanging up). Limits are read from the configuration at each new call,
 so a reload changes them at once: calls in progress carry on, and below a lowered limit no
-new call is admitted until the count is under it. Counts are per process."""
+new call is admitted until the count is under it.
+
+With several processes (workers, instances) each counts the calls it admitted and learns the
+others' counts through the shared store a few times a second (`CallCounts`): a limit holds
+for the server as a whole, give or take the calls admitted elsewhere since the last
+exchange. Each process keeps its own token bucket per peer and takes from it the calls the
+peer started elsewhere. When the store is away, each process counts alone."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from sipserver.settings import Config, DialPlanSettings, PeerSettings
 
@@ -22,12 +29,38 @@ class LimitReached:
     warning: str  # what the Warning header and the log line say
 
 
+@dataclass(frozen=True, slots=True)
+class CallCounts:
+    """What one process tells the others: its calls in progress (in all, per peer, per dial
+    plan) and how many calls each peer has started there since it began."""
+
+    active: int = 0
+    by_peer: Mapping[str, int] = field(default_factory=dict)
+    by_plan: Mapping[str, int] = field(default_factory=dict)
+    started: Mapping[str, int] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class _Bucket:
     """A token bucket: `rate` tokens a second, at most `burst` saved up."""
 
     tokens: float
     updated: float
+    rate: float
+    burst: int
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+
+def limits_set(config: Config) -> bool:
+    """Whether any call limit is configured (only then are counts worth sharing)."""
+    return bool(
+        config.limits.max_calls
+        or any(p.max_calls or p.max_call_rate for p in config.peers)
+        or any(plan.max_calls for plan in config.dial_plans)
+    )
 
 
 class CallLimits:
@@ -36,11 +69,46 @@ class CallLimits:
         self.by_peer: Counter[str] = Counter()
         self.by_plan: Counter[str] = Counter()
         self.refused: Counter[tuple[str, str]] = Counter()  # (limit, name) -> refusals
+        self.started: Counter[str] = Counter()  # peer -> calls admitted here, ever
         self._buckets: dict[str, _Bucket] = {}
+        self._elsewhere = CallCounts()  # the other processes' calls, summed
+        self._seen_started: dict[str, Mapping[str, int]] = {}  # owner -> its last `started`
 
     @property
     def active(self) -> int:
         return len(self._calls)
+
+    def counts(self) -> CallCounts:
+        """Ours, for the other processes."""
+        return CallCounts(self.active, dict(self.by_peer), dict(self.by_plan), dict(self.started))
+
+    def counted_elsewhere(self, others: Mapping[str, CallCounts], now: float) -> None:
+        """The live other processes' counts, by owner (all of them: one that is missing
+        has gone, and its calls with it). Calls a peer started elsewhere since the last
+        exchange are taken from its bucket here."""
+        by_peer: Counter[str] = Counter()
+        by_plan: Counter[str] = Counter()
+        for owner, theirs in others.items():
+            by_peer.update(theirs.by_peer)
+            by_plan.update(theirs.by_plan)
+            before = self._seen_started.get(owner)
+            if before is None:
+                continue  # new to us: what it started before now is not news
+            for peer, started in theirs.started.items():
+                bucket = self._buckets.get(peer)
+                if bucket is not None and started > before.get(peer, 0):
+                    bucket.refill(now)
+                    bucket.tokens = max(
+                        -bucket.burst, bucket.tokens - started + before.get(peer, 0)
+                    )
+        total = sum(theirs.active for theirs in others.values())
+        self._elsewhere = CallCounts(total, by_peer, by_plan)
+        self._seen_started = {owner: theirs.started for owner, theirs in others.items()}
+
+    def count_alone(self) -> None:
+        """The store is away: limits hold for this process's calls only."""
+        self._elsewhere = CallCounts()
+        self._seen_started = {}
 
     def admit(
         self,
@@ -60,6 +128,7 @@ class CallLimits:
         self._calls[call_id] = (peer.name, plan.name)
         self.by_peer[peer.name] += 1
         self.by_plan[plan.name] += 1
+        self.started[peer.name] += 1
         return None
 
     def ended(self, call_id: str) -> None:
@@ -76,23 +145,33 @@ class CallLimits:
     def _over(
         self, config: Config, peer: PeerSettings, plan: DialPlanSettings, now: float
     ) -> LimitReached | None:
+        elsewhere = self._elsewhere
         server_max = config.limits.max_calls
-        if server_max and self.active >= server_max:
+        active = self.active + elsewhere.active
+        if server_max and active >= server_max:
             return LimitReached(
                 "server_max_calls",
                 "",
-                f"The server has {self.active} calls in progress, its limit "
+                f"The server has {active} calls in progress, its limit "
                 f"(limits.max_calls {server_max})",
             )
-        for limit, who, name, counts, most in (
-            ("plan_max_calls", "Dial plan", plan.name, self.by_plan, plan.max_calls),
-            ("peer_max_calls", "Peer", peer.name, self.by_peer, peer.max_calls),
+        for limit, who, name, here, there, most in (
+            (
+                "plan_max_calls",
+                "Dial plan",
+                plan.name,
+                self.by_plan,
+                elsewhere.by_plan,
+                plan.max_calls,
+            ),
+            ("peer_max_calls", "Peer", peer.name, self.by_peer, elsewhere.by_peer, peer.max_calls),
         ):
-            if most and counts[name] >= most:
+            count = here[name] + there.get(name, 0)
+            if most and count >= most:
                 return LimitReached(
                     limit,
                     name,
-                    f"{who} {name} has {counts[name]} calls in progress, its max_calls ({most})",
+                    f"{who} {name} has {count} calls in progress, its max_calls ({most})",
                 )
         if peer.max_call_rate and not self._take_token(peer, now):
             return LimitReached(
@@ -107,9 +186,11 @@ class CallLimits:
         burst = _burst(peer)
         bucket = self._buckets.get(peer.name)
         if bucket is None:
-            bucket = self._buckets[peer.name] = _Bucket(float(burst), now)
-        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * peer.max_call_rate)
-        bucket.updated = now
+            bucket = self._buckets[peer.name] = _Bucket(
+                float(burst), now, peer.max_call_rate, burst
+            )
+        bucket.rate, bucket.burst = peer.max_call_rate, burst  # as a reload left them
+        bucket.refill(now)
         if bucket.tokens < 1.0:
             return False
         bucket.tokens -= 1.0

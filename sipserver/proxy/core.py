@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from sipserver.pki.certinfo import CertInfo
-from sipserver.proxy.admission import LimitReached
+from sipserver.proxy.admission import CallLimits, LimitReached
 from sipserver.proxy.answering import AnsweringTarget, repeatable_bytes
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord
@@ -143,6 +143,12 @@ class SipCore:
         self.registrar.publishing = True
         self.configure(self.config)
         return BindingSharing(self.forwarder, self.registrar)
+
+    @property
+    def call_limits(self) -> CallLimits:
+        """The calls in progress that admission counts: the shell shares their counts with
+        our other processes (`counts()`, `counted_elsewhere()`)."""
+        return self.record.limits
 
     def set_overloaded(self, overloaded: bool, shed_ratio: float = 1.0) -> None:
         """While overloaded, refuse `shed_ratio` of new calls (spread evenly) with 503."""

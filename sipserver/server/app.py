@@ -32,6 +32,7 @@ from sipserver.server.overload import OverloadGuard
 from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.reload import Reloader
 from sipserver.server.repeats import RepeatFilter
+from sipserver.server.shared_call_counts import SharedCallCounts
 from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
 from sipserver.server.streams import StreamService
 from sipserver.settings import Config
@@ -82,6 +83,7 @@ class Server:
         self.shared_store = shared_store
         self.sharing: BindingSharing | None = None
         self.binding_store: BindingStore | None = None
+        self.call_counts: SharedCallCounts | None = None
         self.stats = ServerStats()
         self.repeats = RepeatFilter()
         self.pool = ConnectionPool(config.limits)
@@ -211,30 +213,42 @@ class Server:
             self.listeners.tls_port or cfg.server.tls_port,
         )
         assert self.streams.nursery is not None
-        self._share_bindings(self.streams.nursery)
+        self._share_state(self.streams.nursery)
 
-    def _share_bindings(self, nursery: trio.Nursery) -> None:
+    def _share_state(self, nursery: trio.Nursery) -> None:
         """With a shared store: publish our bindings there, and let calls find the flows
-        that our other processes hold (reached through their own TLS port)."""
+        that our other processes hold (reached through their own TLS port); share the
+        call counts that admission control limits."""
         cluster = self.config.cluster
         url = cluster.store or self.shared_store  # Redis across machines, else the supervisor's
-        own_tls = [item for item in self.listeners.open if item.transport == Transport.TLS]
-        if url is None or not own_tls:
+        if url is None:
             return
-        own_tls.sort(key=lambda item: (not item.own, ":" in item.address))
-        hop = (cluster.advertise or _reachable(own_tls[0].address), own_tls[0].port)
         index = self.worker[0] if self.worker is not None else 0
         owner = owner_name(index, os.getpid())
-        sharing = self.sharing = self.core.share_bindings(owner, hop[0])
         address = StoreAddress.parse(url)
-        client = RespClient(address, cluster.timeout)
-        self.binding_store = BindingStore(
-            client, owner, hop, lambda: sharing.ours(trio.current_time())
+        own_tls = [item for item in self.listeners.open if item.transport == Transport.TLS]
+        if own_tls:
+            own_tls.sort(key=lambda item: (not item.own, ":" in item.address))
+            hop = (cluster.advertise or _reachable(own_tls[0].address), own_tls[0].port)
+            sharing = self.sharing = self.core.share_bindings(owner, hop[0])
+            self.binding_store = BindingStore(
+                RespClient(address, cluster.timeout),
+                owner,
+                hop,
+                lambda: sharing.ours(trio.current_time()),
+            )
+            log.info(
+                "cluster_sharing_bindings", store=str(address), owner=owner, hop=format_address(hop)
+            )
+            nursery.start_soon(self.binding_store.run)
+        self.call_counts = SharedCallCounts(
+            RespClient(address, cluster.timeout),
+            owner,
+            self.core.call_limits,
+            self.config,
+            heartbeat=self.binding_store is None,
         )
-        log.info(
-            "cluster_sharing_bindings", store=str(address), owner=owner, hop=format_address(hop)
-        )
-        nursery.start_soon(self.binding_store.run)
+        nursery.start_soon(self.call_counts.run)
 
     async def _find_bindings(self, number: str) -> None:
         """Where the number's other flows are (bounded: the store answers or fails fast)."""
@@ -250,6 +264,8 @@ class Server:
         self.config = new
         self.core.configure(new)
         self.pool.caps.configure(new.limits)
+        if self.call_counts is not None:
+            self.call_counts.configure(new)
         if credentials is not None:
             self.credentials.install(credentials, new)
         self.pool.close_removed_softphones(new)

@@ -38,6 +38,7 @@ from sipserver.server.admin import METRICS_TYPE, Page, serve_http
 from sipserver.server.binding_store import owner_name
 from sipserver.server.credentials import Credentials
 from sipserver.server.local_store import LocalStore
+from sipserver.server.shared_call_counts import COUNTS_KEY
 from sipserver.settings import Config
 from sipserver.sip.flow import Transport
 from sipserver.transport.listeners import StartupError, port_free_for_both
@@ -218,7 +219,9 @@ class Supervisor:
             self.restarts[index] += 1
             self._retire(index)
             # Its flows died with it: calls for its phones get 480 now, not a timeout.
-            removed = self.store.remove_fields(f"{owner_name(index, process.pid)}|".encode())
+            owner = owner_name(index, process.pid)
+            removed = self.store.remove_fields(f"{owner}|".encode())
+            self.store.execute([b"HDEL", COUNTS_KEY.encode(), owner.encode()])  # its calls too
             # Its admin socket would stop the replacement from listening.
             with contextlib.suppress(OSError):
                 os.unlink(self.admin_sockets[index])
