@@ -121,7 +121,8 @@ def invite_expecting(
     actions, uses = _checks(checks, "check")
     path.write_text(f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="INVITE expecting {status}">
-{_invite(proto, crypto)}  <recv response="{status}">
+{_invite(proto, crypto)}  <recv response="180" optional="true"/>
+  <recv response="{status}">
     <action>{actions}</action>
   </recv>
 {_ACK_FOR_FINAL}  <!-- keep the call open long enough to see a retransmitted final, which would be unexpected -->
@@ -241,9 +242,11 @@ def call_uas(
     answer_proto: str = "RTP/AVP",
     answer_crypto: bool = False,
     answer_delay_ms: int = 0,
+    refuse: str | None = None,
 ) -> Path:
     """The callee: 180 then (after answer_delay_ms) 200 copying Record-Route, ACK, BYE,
-    200; or with cancel=True: 180, then CANCEL -> 200 and 487, ACK."""
+    200; or with cancel=True: 180, then CANCEL -> 200 and 487, ACK; or with `refuse`
+    ("486 Busy Here"): 180, then that final answer, ACK."""
     actions, uses = _checks(checks_on_invite, "in")
     reply = """[last_Via:]
       [last_Record-Route:]
@@ -265,7 +268,23 @@ def call_uas(
     ]]>
   </send>
 """
-    if cancel:
+    if refuse is not None:
+        body += f"""  <send>
+    <![CDATA[
+
+      SIP/2.0 {refuse}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]U[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+"""
+    elif cancel:
         body += """  <recv request="CANCEL"/>
   <send>
     <![CDATA[

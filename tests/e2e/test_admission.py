@@ -12,10 +12,17 @@ from pathlib import Path
 import pytest
 
 from tests.certs import make_leaf
-from tests.configs import dial_plan, peer, table
+from tests.configs import dial_plan, one_target_plan, peer, table
 from tests.e2e.conftest import Pki, StartServer, free_port
-from tests.e2e.peers import assert_sipp_ok, sipp_caller_command, stunnel_client
-from tests.e2e.sipp_scenarios import call_uac
+from tests.e2e.peers import (
+    assert_callee_ok,
+    assert_sipp_ok,
+    sipp_callee,
+    sipp_caller,
+    sipp_caller_command,
+    stunnel_client,
+)
+from tests.e2e.sipp_scenarios import call_uac, call_uas, invite_expecting
 
 pytestmark = pytest.mark.e2e
 LIMIT, CALLS = 3, 6
@@ -118,3 +125,96 @@ def test_max_call_rate_holds_within_ten_percent_over_ten_seconds(
     answered = len(server.events("call_answered"))
     expected = rate * offered / 20 + burst  # 10 s of tokens, and the burst
     assert abs(answered - expected) <= 0.1 * expected, (answered, expected)
+
+
+def active_calls(admin: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as page:
+        metrics = page.read().decode()
+    return [
+        line for line in metrics.splitlines() if line.startswith("sipserver_peer_active_calls{")
+    ]
+
+
+def test_counts_return_to_zero_after_cancel_refusal_timeout_and_a_dead_target(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """gw1 may have one call at a time: each way a proxied call can end without a dialog
+    must give its count back, or the next call would get 503. (Timer C, at least 180 s,
+    is covered by the core's unit test.)"""
+    ringer, busy, silent, dead, admin = (free_port() for _ in range(5))
+    server = start_server(
+        extra_config=peer("pbx1", port=ringer, transport="udp")
+        + peer("pbx2", port=busy, transport="udp")
+        + peer("pbx3", port=silent, transport="udp")
+        + peer("pbx4", port=dead, transport="tcp")
+        + dial_plan("cancelled", "unsecured", ["pbx1"], numbers=["51xx"])
+        + dial_plan("refused", "unsecured", ["pbx2"], numbers=["52xx"])
+        + dial_plan("silent", "unsecured", ["pbx3"], numbers=["53xx"])
+        + dial_plan("dead", "unsecured", ["pbx4"], numbers=["54xx"])
+        + dial_plan("echo", "unsecured", [], numbers=["5xxx"], action="answer", answer_after=0.0)
+        + table("timers", {"t1": 0.05})  # Timer B = 64 x T1 = 3.2 s
+        + table("admin", {"address": f"127.0.0.1:{admin}"}),
+    )
+    config = server.workdir / "sipserver.toml"
+    config.write_text(
+        config.read_text().replace('name = "gw1"\n', 'name = "gw1"\nmax_calls = 1\n', 1)
+    )
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for("config_reloaded")
+    with sipp_callee(call_uas(tmp_path / "ring.xml", cancel=True), ringer) as callee:
+        assert_sipp_ok(
+            sipp_caller(call_uac(tmp_path / "cancel.xml", cancel=True), server.sip_port, "5100")
+        )
+        assert_callee_ok(callee)
+    assert server.wait_for("call_ended", dial_plan="cancelled")["status"] == 487
+    assert active_calls(admin) == []
+    with sipp_callee(call_uas(tmp_path / "busy.xml", refuse="486 Busy Here"), busy) as callee:
+        assert_sipp_ok(
+            sipp_caller(invite_expecting(tmp_path / "486.xml", 486), server.sip_port, "5200")
+        )
+        assert_callee_ok(callee)
+    assert active_calls(admin) == []
+    timeout = invite_expecting(tmp_path / "408.xml", 408, checks={"Warning": "pbx3: timeout"})
+    assert_sipp_ok(sipp_caller(timeout, server.sip_port, "5300"))
+    assert active_calls(admin) == []
+    refused = invite_expecting(tmp_path / "503.xml", 503, checks={"Warning": "pbx4"})
+    assert_sipp_ok(sipp_caller(refused, server.sip_port, "5400"))
+    assert active_calls(admin) == []
+    assert_sipp_ok(sipp_caller(call_uac(tmp_path / "uac.xml"), server.sip_port, "5000"))
+    assert server.wait_for("call_answered")["peer"] == "gw1"
+    assert server.events("call_limit_reached") == []  # no call found the count held
+    server.wait_for("answered_call_ended")
+    assert active_calls(admin) == []
+
+
+def test_a_reload_that_lowers_max_calls_keeps_the_calls_and_admits_none_until_under(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    uas_port = free_port()
+    server = start_server(extra_config=one_target_plan("unsecured", uas_port, "udp"))
+    # Three calls ring for 3 s at the PBX (all in progress at once), then are answered.
+    uas = call_uas(tmp_path / "uas.xml", answer_delay_ms=3000)
+    with sipp_callee(uas, uas_port, calls=4) as callee:
+        ringing = subprocess.Popen(
+            sipp_caller_command(call_uac(tmp_path / "uac.xml"), server.sip_port, "5000", calls=3, rate=100),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        )  # fmt: skip
+        server.wait_count("call_attempt_started", 3)
+        config = server.workdir / "sipserver.toml"
+        config.write_text(
+            config.read_text().replace('name = "gw1"\n', 'name = "gw1"\nmax_calls = 1\n', 1)
+        )
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for("config_reloaded")
+        over = invite_expecting(
+            tmp_path / "503.xml",
+            503,
+            checks={"Warning": r"Peer gw1 has 3 calls in progress, its max_calls \(1\)"},
+        )
+        assert_sipp_ok(sipp_caller(over, server.sip_port, "5001"))
+        out, _ = ringing.communicate(timeout=60)
+        assert ringing.returncode == 0, out[-3000:]  # the three carried on to their end
+        assert len(server.wait_count("call_routed", 3)) == 3
+        assert_sipp_ok(sipp_caller(call_uac(tmp_path / "after.xml"), server.sip_port, "5002"))
+        assert_callee_ok(callee)
+    assert len(server.events("call_limit_reached")) == 1
