@@ -78,6 +78,11 @@ class CallLimits:
     def active(self) -> int:
         return len(self._calls)
 
+    @property
+    def elsewhere(self) -> CallCounts:
+        """The other processes' calls in progress, as last learned."""
+        return self._elsewhere
+
     def counts(self) -> CallCounts:
         """Ours, for the other processes."""
         return CallCounts(self.active, dict(self.by_peer), dict(self.by_plan), dict(self.started))

@@ -44,8 +44,9 @@ class SharedCallCounts:
         self.limits = limits
         self._wanted = limits_set(config)
         self._heartbeat = heartbeat
-        self._shared = True
+        self._shared: bool | None = None  # unknown until the first exchange
         self._published = False
+        self._learned: tuple[int, dict[str, int]] | None = None  # what we last logged
 
     def configure(self, config: Config) -> None:
         self._wanted = limits_set(config)
@@ -87,18 +88,26 @@ class SharedCallCounts:
             gone = [owner for owner in owners if owner not in alive]
             if gone:
                 await self.client.call(("HDEL", COUNTS_KEY, *gone))
-        others = {owner: decode_counts(listed[owner]) for owner in owners if owner in alive}
-        self.limits.counted_elsewhere(
-            {owner: counts for owner, counts in others.items() if counts is not None},
-            trio.current_time(),
-        )
-        if not self._shared:
+        decoded = {owner: decode_counts(listed[owner]) for owner in owners if owner in alive}
+        others = {owner: counts for owner, counts in decoded.items() if counts is not None}
+        self.limits.counted_elsewhere(others, trio.current_time())
+        learned = (self.limits.elsewhere.active, dict(self.limits.elsewhere.by_peer))
+        if learned != self._learned:
+            self._learned = learned
+            log.debug(
+                "call_counts_elsewhere",
+                processes=len(others),
+                active=learned[0],
+                by_peer=learned[1],
+            )
+        if self._shared is not True:
             self._shared = True
             log.info("call_counts_shared", store=str(self.client.address), processes=len(alive) + 1)
 
     def _unshared(self, exc: StoreError) -> None:
         self.limits.count_alone()
-        if self._shared:
+        self._learned = None
+        if self._shared is not False:
             self._shared = False
             log.warning(
                 "call_counts_unshared",

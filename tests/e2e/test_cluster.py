@@ -21,6 +21,8 @@ import pytest
 from tests.certs import make_leaf
 from tests.configs import dial_plan, peer, table
 from tests.e2e.conftest import Pki, RunningServer, StartServer, free_port, need
+from tests.e2e.peers import sipp_caller_command
+from tests.e2e.sipp_scenarios import call_uac
 from tests.e2e.softphone import TlsPhone
 from tests.e2e.tls_gateway import AnsweringPhone, gateway_call
 
@@ -210,3 +212,41 @@ def test_a_phone_that_moves_to_the_other_instance_is_reached_there_from_both(
         phone.close()
     assert phone.count("INVITE") == 3
     assert redis.cli("HLEN", "sipserver:reg:7001") == "1"  # A's binding was withdrawn
+
+
+def test_a_peers_max_calls_holds_across_instances(
+    start_server: StartServer, redis: Redis, tmp_path: Path
+) -> None:
+    """gw1 may have 4 calls in progress on the server as a whole: 3 ringing on one instance
+    leave it 1 on the other, whose refusal counts all 4."""
+    limited = table("cluster", {"store": redis.url}) + dial_plan(
+        "echo", "unsecured", [], numbers=["5xxx"], action="answer", answer_after=3.0
+    )
+    a, b = (start_server(extra_config=limited) for _ in range(2))
+    for server in (a, b):
+        config = server.workdir / "sipserver.toml"
+        config.write_text(
+            config.read_text().replace('name = "gw1"\n', 'name = "gw1"\nmax_calls = 4\n', 1)
+        )
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for("config_reloaded")
+        server.wait_for("call_counts_shared")
+    uac = call_uac(tmp_path / "uac.xml", shed_retry_after=30)
+    ringing = subprocess.Popen(
+        sipp_caller_command(uac, a.sip_port, "5000", calls=3, rate=100),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    b.wait_for("call_counts_elsewhere", active=3, by_peer={"gw1": 3})
+    second = subprocess.run(
+        sipp_caller_command(uac, b.sip_port, "5000", calls=2, rate=100),
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:]
+    out, _ = ringing.communicate(timeout=60)
+    assert ringing.returncode == 0, out[-3000:]
+    (refused,) = b.wait_count("call_limit_reached", 1)
+    assert refused["reason"] == "Peer gw1 has 4 calls in progress, its max_calls (4)"
+    assert len(b.wait_count("call_answered", 1)) == 1
+    assert len(a.wait_count("call_answered", 3)) == 3 and a.events("call_limit_reached") == []
+    assert redis.cli("HLEN", "sipserver:calls") == "2"  # each instance publishes its own
+    b.wait_for("call_counts_elsewhere", active=0)  # and learn the calls have ended
