@@ -15,7 +15,13 @@ from tests.e2e.conftest import SERVER_FQDN, Pki, free_port, need
 
 
 def sipp_caller_command(
-    scenario: Path, port: int, number: str, transport: str = "u1", calls: int = 1, rate: int = 10
+    scenario: Path,
+    port: int,
+    number: str,
+    transport: str = "u1",
+    calls: int = 1,
+    rate: int = 10,
+    timeout: str = "40s",
 ) -> list[str]:
     return [
         need("sipp"),
@@ -34,7 +40,7 @@ def sipp_caller_command(
         "-r",
         str(rate),
         "-timeout",
-        "40s",
+        timeout,
         "-timeout_error",
         "-nostdin",
         f"127.0.0.1:{port}",
@@ -60,7 +66,12 @@ def assert_sipp_ok(result: subprocess.CompletedProcess[str]) -> None:
 
 @contextlib.contextmanager
 def sipp_callee(
-    scenario: Path, port: int, transport: str = "u1", calls: int = 1, limit: int | None = None
+    scenario: Path,
+    port: int,
+    transport: str = "u1",
+    calls: int = 1,
+    limit: int | None = None,
+    timeout: str = "40s",
 ) -> Iterator[subprocess.Popen[str]]:
     """`limit`: calls open at once before sipp stops taking new ones (sipp's -l)."""
     process = subprocess.Popen(
@@ -77,7 +88,7 @@ def sipp_callee(
             "-m",
             str(calls),
             "-timeout",
-            "40s",
+            timeout,
             "-timeout_error",
             "-nostdin",
             *(["-l", str(limit)] if limit is not None else []),

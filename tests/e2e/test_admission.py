@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sipserver.server.repeats import reason_kind
 from tests.certs import make_leaf
 from tests.configs import dial_plan, one_target_plan, peer, table
 from tests.e2e.conftest import Pki, StartServer, free_port
@@ -23,6 +24,7 @@ from tests.e2e.peers import (
     stunnel_client,
 )
 from tests.e2e.sipp_scenarios import call_uac, call_uas, invite_expecting
+from tests.e2e.test_hardening import accounted
 
 pytestmark = pytest.mark.e2e
 LIMIT, CALLS = 3, 6
@@ -217,4 +219,75 @@ def test_a_reload_that_lowers_max_calls_keeps_the_calls_and_admits_none_until_un
         assert len(server.wait_count("call_routed", 3)) == 3
         assert_sipp_ok(sipp_caller(call_uac(tmp_path / "after.xml"), server.sip_port, "5002"))
         assert_callee_ok(callee)
+    assert len(server.events("call_limit_reached")) == 1
+
+
+def test_refusals_at_a_limit_are_summarised_like_other_refusals(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A gateway hammering its limit gets a 503 for each call, and the log says it about
+    once a second with the count, not 99 times."""
+    server = start_server(
+        log_extra="repeat_interval = 1.0",
+        extra_config=dial_plan(
+            "echo", "unsecured", [], numbers=["5xxx"], action="answer", answer_after=0.0
+        ),
+    )
+    config = server.workdir / "sipserver.toml"
+    config.write_text(
+        config.read_text().replace(
+            'name = "gw1"\n', 'name = "gw1"\nmax_call_rate = 0.01\nmax_call_burst = 1\n', 1
+        )
+    )
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for("config_reloaded")
+    uac = call_uac(tmp_path / "uac.xml", shed_retry_after=30)
+    assert_sipp_ok(
+        subprocess.run(
+            sipp_caller_command(uac, server.sip_port, "5000", calls=100, rate=50),
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )
+    )  # fmt: skip
+    kind = reason_kind(server.wait_for("call_limit_reached")["reason"])
+    server.wait_until(
+        lambda _: accounted(server, "call_limit_reached", kind) == 99,
+        10,
+        "99 refusals accounted for",
+    )
+    assert 1 <= len(server.events("call_limit_reached")) <= 5  # 2 s of calls: not 99 lines
+    assert len(server.events("call_answered")) == 1
+
+
+def test_a_call_that_rings_until_timer_c_gives_its_count_back(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """RFC 3261 §16.8: the PBX rings and never answers; after Timer C (180 s, the least
+    the RFC allows) the proxy cancels it and answers 408, and gw1 (max_calls = 1) may call
+    again. The longest test here: it waits for the timer itself."""
+    uas_port, admin = free_port(), free_port()
+    server = start_server(
+        extra_config=one_target_plan("unsecured", uas_port, "udp")
+        + table("admin", {"address": f"127.0.0.1:{admin}"})
+    )
+    config = server.workdir / "sipserver.toml"
+    config.write_text(
+        config.read_text().replace('name = "gw1"\n', 'name = "gw1"\nmax_calls = 1\n', 1)
+    )
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for("config_reloaded")
+    ringing = invite_expecting(tmp_path / "408.xml", 408, checks={"Warning": "Timer C"})
+    command = sipp_caller_command(ringing, server.sip_port, "5000", timeout="200s")
+    uas = call_uas(tmp_path / "uas.xml", cancel=True)
+    with sipp_callee(uas, uas_port, timeout="200s") as callee:
+        caller = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        )
+        server.wait_for("call_attempt_started")
+        assert_sipp_ok(
+            sipp_caller(invite_expecting(tmp_path / "503.xml", 503), server.sip_port, "5001")
+        )
+        out, _ = caller.communicate(timeout=200)
+        assert caller.returncode == 0, out[-3000:]
+        assert_callee_ok(callee)
+    assert active_calls(admin) == []
     assert len(server.events("call_limit_reached")) == 1
