@@ -30,6 +30,42 @@ pytestmark = pytest.mark.e2e
 LIMIT, CALLS = 3, 6
 
 
+# First in this first e2e module: it waits 3 minutes, while the other workers go on.
+def test_a_call_that_rings_until_timer_c_gives_its_count_back(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """RFC 3261 §16.8: the PBX rings and never answers; after Timer C (180 s, the least
+    the RFC allows) the proxy cancels it and answers 408, and gw1 (max_calls = 1) may call
+    again. The longest test here: it waits for the timer itself."""
+    uas_port, admin = free_port(), free_port()
+    server = start_server(
+        extra_config=one_target_plan("unsecured", uas_port, "udp")
+        + table("admin", {"address": f"127.0.0.1:{admin}"})
+    )
+    config = server.workdir / "sipserver.toml"
+    config.write_text(
+        config.read_text().replace('name = "gw1"\n', 'name = "gw1"\nmax_calls = 1\n', 1)
+    )
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for("config_reloaded")
+    ringing = invite_expecting(tmp_path / "408.xml", 408, checks={"Warning": "Timer C"})
+    command = sipp_caller_command(ringing, server.sip_port, "5000", timeout="200s")
+    uas = call_uas(tmp_path / "uas.xml", cancel=True)
+    with sipp_callee(uas, uas_port, timeout="200s") as callee:
+        caller = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        )
+        server.wait_for("call_attempt_started")
+        assert_sipp_ok(
+            sipp_caller(invite_expecting(tmp_path / "503.xml", 503), server.sip_port, "5001")
+        )
+        out, _ = caller.communicate(timeout=200)
+        assert caller.returncode == 0, out[-3000:]
+        assert_callee_ok(callee)
+    assert active_calls(admin) == []
+    assert len(server.events("call_limit_reached")) == 1
+
+
 def test_a_gateway_over_max_calls_gets_503_for_the_excess_and_another_is_not_held_back(
     start_server: StartServer, pki: Pki, tmp_path: Path
 ) -> None:
@@ -256,38 +292,3 @@ def test_refusals_at_a_limit_are_summarised_like_other_refusals(
     )
     assert 1 <= len(server.events("call_limit_reached")) <= 5  # 2 s of calls: not 99 lines
     assert len(server.events("call_answered")) == 1
-
-
-def test_a_call_that_rings_until_timer_c_gives_its_count_back(
-    start_server: StartServer, tmp_path: Path
-) -> None:
-    """RFC 3261 §16.8: the PBX rings and never answers; after Timer C (180 s, the least
-    the RFC allows) the proxy cancels it and answers 408, and gw1 (max_calls = 1) may call
-    again. The longest test here: it waits for the timer itself."""
-    uas_port, admin = free_port(), free_port()
-    server = start_server(
-        extra_config=one_target_plan("unsecured", uas_port, "udp")
-        + table("admin", {"address": f"127.0.0.1:{admin}"})
-    )
-    config = server.workdir / "sipserver.toml"
-    config.write_text(
-        config.read_text().replace('name = "gw1"\n', 'name = "gw1"\nmax_calls = 1\n', 1)
-    )
-    server.process.send_signal(signal.SIGHUP)
-    server.wait_for("config_reloaded")
-    ringing = invite_expecting(tmp_path / "408.xml", 408, checks={"Warning": "Timer C"})
-    command = sipp_caller_command(ringing, server.sip_port, "5000", timeout="200s")
-    uas = call_uas(tmp_path / "uas.xml", cancel=True)
-    with sipp_callee(uas, uas_port, timeout="200s") as callee:
-        caller = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
-        )
-        server.wait_for("call_attempt_started")
-        assert_sipp_ok(
-            sipp_caller(invite_expecting(tmp_path / "503.xml", 503), server.sip_port, "5001")
-        )
-        out, _ = caller.communicate(timeout=200)
-        assert caller.returncode == 0, out[-3000:]
-        assert_callee_ok(callee)
-    assert active_calls(admin) == []
-    assert len(server.events("call_limit_reached")) == 1
