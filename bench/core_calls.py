@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sipserver.config import parse_config  # noqa: E402
+from sipserver.config.loader import parse_config  # noqa: E402
 from sipserver.proxy.core import SipCore  # noqa: E402
 from sipserver.sip.flow import Flow, Transmit, Transport  # noqa: E402
 from sipserver.sip.message import Request, parse_message  # noqa: E402

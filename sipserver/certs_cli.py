@@ -13,9 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sipserver.certstore import CertificateSetupError, load_candidates, pkcs12_password
+from sipserver.config.schema import Config
 from sipserver.pki.lab import Pair, make_lab_pki
 from sipserver.pki.select import choose_certificate, rank_reason
-from sipserver.settings import Config
 
 
 def _rows(config: Config, now: dt.datetime) -> list[dict[str, Any]]:

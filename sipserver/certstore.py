@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives.serialization import (
     pkcs12,
 )
 
+from sipserver.config.schema import Config
 from sipserver.errors import SipServerError
 from sipserver.pki.certinfo import describe
 from sipserver.pki.generate import generate_self_signed
 from sipserver.pki.revocation import LoadedCrl, RevocationChecker
 from sipserver.pki.select import Candidate, Selection, choose_certificate
-from sipserver.settings import Config
 
 log = structlog.get_logger("sipserver")
 

@@ -14,10 +14,10 @@ import structlog
 import trio
 
 from sipserver import __version__
-from sipserver.config import ConfigError, load_config
+from sipserver.config.checks import is_fqdn
+from sipserver.config.loader import ConfigError, load_config
+from sipserver.config.schema import Config
 from sipserver.log import configure_logging
-from sipserver.settings import Config
-from sipserver.settings_checks import is_fqdn
 
 if TYPE_CHECKING:
     from sipserver.server import StartupError

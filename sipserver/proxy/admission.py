@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sipserver.settings import Config, DialPlanSettings, PeerSettings
+from sipserver.config.schema import Config, DialPlanSettings, PeerSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sipserver.config.schema import DialPlanSettings
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord, ClientContext
 from sipserver.proxy.events import AnsweredCallEnded, CallAnswered, Event
@@ -20,7 +21,6 @@ from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.proxy.wakeups import WakeUps
 from sipserver.routing import router
-from sipserver.settings import DialPlanSettings
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.message import Request, make_request
 from sipserver.sip.responses import local_tag

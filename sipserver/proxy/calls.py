@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from sipserver.config.choices import Security
+from sipserver.config.schema import DialPlanSettings, PeerSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.admission import CallLimits
 from sipserver.proxy.events import CallCompleted, MediaAnswerViolation
 from sipserver.proxy.shared_bindings import RemoteBinding
 from sipserver.proxy.transactions import ServerContext
-from sipserver.settings import DialPlanSettings, PeerSettings, Security
 from sipserver.sip.flow import Flow, Transport
 from sipserver.sip.message import Request, Response
 from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations

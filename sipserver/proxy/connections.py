@@ -7,8 +7,8 @@ from __future__ import annotations
 import functools
 from typing import Protocol
 
+from sipserver.config.schema import IPNetwork, PeerSettings
 from sipserver.pki.certinfo import CertInfo
-from sipserver.settings import IPNetwork, PeerSettings
 from sipserver.sip.flow import Flow, Transport
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from sipserver.config.schema import SIBLING_NAME, Config, DialPlanSettings, PeerSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.admission import CallLimits, LimitReached
 from sipserver.proxy.answering import AnsweringTarget, repeatable_bytes
@@ -39,7 +40,6 @@ from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.routing import router
 from sipserver.routing.health import HealthTable
 from sipserver.routing.peers import PeerTable
-from sipserver.settings import SIBLING_NAME, Config, DialPlanSettings, PeerSettings
 from sipserver.sip import proxy_ops, validate
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sipserver.config.choices import Security
+from sipserver.config.schema import Config, DialPlanSettings, PeerSettings
 from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.calls import (
     Branch,
@@ -30,7 +32,6 @@ from sipserver.proxy.shared_bindings import BindingQueries, BindingsFound, Shari
 from sipserver.proxy.targets import TargetPicker, Waiting, note_failure
 from sipserver.proxy.transactions import TransactionTable
 from sipserver.routing.health import HealthTable
-from sipserver.settings import Config, DialPlanSettings, PeerSettings, Security
 from sipserver.sip import proxy_ops
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from sipserver.config.schema import Config, PeerSettings
 from sipserver.proxy.calls import ClientContext, ProxyCall
 from sipserver.proxy.connections import ConnectionDirectory, target_flow
 from sipserver.proxy.events import Event, TargetHealthChanged, TargetHealthChecked
@@ -14,7 +15,6 @@ from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.locations import Locations, Lookup
 from sipserver.proxy.transactions import TransactionTable
 from sipserver.routing.health import HealthTable
-from sipserver.settings import Config, PeerSettings
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.timers import TimerValues

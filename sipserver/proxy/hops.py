@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from sipserver.settings import Config
+from sipserver.config.schema import Config
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Flow, Transport
 from sipserver.sip.message import Request

@@ -13,13 +13,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sipserver.config.schema import Config, PeerSettings, RegistrarSettings
 from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.events import Event, RegistrationChanged
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.shared_bindings import BindingChange, SharedBinding
 from sipserver.proxy.transactions import ServerContext
 from sipserver.proxy.wakeups import WakeUps
-from sipserver.settings import Config, PeerSettings, RegistrarSettings
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.headers import quote

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sipserver.settings import SIBLING_NAME, PeerKind, PeerSettings
+from sipserver.config.choices import PeerKind
+from sipserver.config.schema import SIBLING_NAME, PeerSettings
 from sipserver.sip.flow import Transport
 
 W = TypeVar("W")  # what waits for a query (a call)

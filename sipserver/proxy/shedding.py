@@ -4,10 +4,10 @@ admitted keep the CPU they need."""
 
 from __future__ import annotations
 
+from sipserver.config.schema import PeerSettings
 from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord
 from sipserver.proxy.events import CallShed
-from sipserver.settings import PeerSettings
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.stateless import read_new_invite, refusal
 from sipserver.sip.transaction import ServerTransaction

@@ -7,9 +7,9 @@ import collections
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sipserver.config.schema import PeerSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.wakeups import WakeUps
-from sipserver.settings import PeerSettings
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow
 from sipserver.sip.matching import client_key

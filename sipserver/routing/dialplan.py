@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from sipserver.settings import DialPlanSettings
+from sipserver.config.schema import DialPlanSettings
 
 _VISUAL_SEPARATORS = re.compile(r"[-.()\s]")  # RFC 3966 visual separators
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sipserver.settings import PeerSettings
+from sipserver.config.schema import PeerSettings
 
 
 @dataclass(slots=True)

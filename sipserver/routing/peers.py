@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from sipserver.settings import PeerSettings
+from sipserver.config.schema import PeerSettings
 
 
 class PeerTable:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sipserver.config.schema import Config, DialPlanSettings, PeerSettings
 from sipserver.routing.dialplan import denied_by, find_dial_plan, normalise_number
-from sipserver.settings import Config, DialPlanSettings, PeerSettings
 from sipserver.sip.message import Request
 from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
 from sipserver.sip.uri import parse_uri

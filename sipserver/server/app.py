@@ -19,6 +19,7 @@ import structlog
 import trio
 
 from sipserver.certstore import CertificateSetupError, ServerCredentials
+from sipserver.config.schema import Config
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.locations import Lookup
 from sipserver.proxy.sharing import BindingSharing
@@ -35,7 +36,6 @@ from sipserver.server.repeats import RepeatFilter
 from sipserver.server.shared_call_counts import SharedCallCounts
 from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
 from sipserver.server.streams import StreamService
-from sipserver.settings import Config
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.transport.direct import datagram_queue, raw_socket
 from sipserver.transport.dns import Resolver

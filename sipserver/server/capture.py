@@ -17,8 +17,8 @@ from collections.abc import Callable
 import structlog
 import trio
 
+from sipserver.config.schema import CaptureSettings, Config
 from sipserver.server.hep import encode, method_of
-from sipserver.settings import CaptureSettings, Config
 
 log = structlog.get_logger("sipserver")
 QUEUE = 4096  # messages waiting for the sender

@@ -20,10 +20,10 @@ from sipserver.certstore import (
     setup_problems,
 )
 from sipserver.config.host import HostDefaults
+from sipserver.config.schema import Config
 from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.expiry import DailyOnce, expiry_notice
 from sipserver.pki.select import choose_certificate
-from sipserver.settings import Config
 from sipserver.transport.keylog import KeyLog
 from sipserver.transport.tls_context import build_client_context, build_server_context
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import structlog
 import trio
 
+from sipserver.config.schema import Config
 from sipserver.proxy.core import SipCore
-from sipserver.settings import Config
 
 log = structlog.get_logger("sipserver")
 WINDOW = 0.1  # seconds per measurement

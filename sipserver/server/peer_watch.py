@@ -18,12 +18,12 @@ from pathlib import Path
 
 import structlog
 
+from sipserver.config.schema import Config, PeerSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.pki.expiry import DailyOnce, expiry_notice
 from sipserver.pki.identity import match_peer
 from sipserver.pki.peer_book import PeerBook, PeerCertificate
 from sipserver.server.credentials import Credentials
-from sipserver.settings import Config, PeerSettings
 
 log = structlog.get_logger("sipserver")
 SAVE_EVERY = 300.0  # seconds: last-seen times are written at most this often

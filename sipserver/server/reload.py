@@ -13,10 +13,10 @@ import structlog
 import trio
 
 from sipserver.certstore import CertificateSetupError, ServerCredentials
-from sipserver.config import ConfigError, load_config
+from sipserver.config.loader import ConfigError, load_config
+from sipserver.config.schema import Config
 from sipserver.server.credentials import Credentials
 from sipserver.server.stats import ServerStats
-from sipserver.settings import Config
 from sipserver.sip.flow import Transport
 
 log = structlog.get_logger("sipserver")

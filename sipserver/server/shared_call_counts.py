@@ -17,9 +17,9 @@ import json
 import structlog
 import trio
 
+from sipserver.config.schema import Config
 from sipserver.proxy.admission import CallCounts, CallLimits, limits_set
 from sipserver.server.binding_store import ALIVE_TTL, PREFIX, alive_key
-from sipserver.settings import Config
 from sipserver.transport.resp import Reply, RespClient, StoreError, milliseconds
 
 log = structlog.get_logger("sipserver")

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 import trio
 
+from sipserver.config.schema import Config, PeerSettings
 from sipserver.errors import SipServerError
 from sipserver.proxy.core import SipCore
 from sipserver.server.capture import HepCapture
@@ -20,7 +21,6 @@ from sipserver.server.credentials import Credentials
 from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.repeats import RepeatFilter
 from sipserver.server.stats import ServerStats
-from sipserver.settings import Config, PeerSettings
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.sip.framing import FramingError
 from sipserver.transport.direct import BacklogWatch, PlainStream

@@ -34,12 +34,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from sipserver.certstore import CertificateSetupError
+from sipserver.config.schema import Config
 from sipserver.server.admin import METRICS_TYPE, Page, serve_http
 from sipserver.server.binding_store import owner_name
 from sipserver.server.credentials import Credentials
 from sipserver.server.local_store import LocalStore
 from sipserver.server.shared_call_counts import COUNTS_KEY
-from sipserver.settings import Config
 from sipserver.sip.flow import Transport
 from sipserver.transport.listeners import StartupError, port_free_for_both
 

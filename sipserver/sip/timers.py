@@ -29,7 +29,11 @@ class TimerValues:
     )
     timer_c: float = field(
         default=180.0,
-        metadata={"doc": "proxy INVITE timeout (s), at least 180", "check": _timer_c_ok},
+        metadata={
+            "doc": "proxy INVITE timer (s), at least 180: a call ringing longer is CANCELled "
+            "and answered 408",
+            "check": _timer_c_ok,
+        },
     )
 
     def cross_check(self) -> tuple[str, str] | None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from sipserver.settings import LimitsSettings
+from sipserver.config.schema import LimitsSettings
 
 # peer: proven (or plain TCP from a peer's address); stranger: plain TCP from no peer's
 # address; handshake: TLS not yet proven, from no peer's address; peer_handshake: TLS not

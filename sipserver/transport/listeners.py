@@ -14,8 +14,8 @@ from typing import Any
 import structlog
 import trio
 
+from sipserver.config.schema import ServerSettings
 from sipserver.errors import SipServerError
-from sipserver.settings import ServerSettings
 from sipserver.sip.flow import Transport, format_address
 from sipserver.transport.udp import bound_socket, open_udp_socket
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from sipserver.config.schema import Config, LimitsSettings
 from sipserver.pki.certinfo import CertInfo
-from sipserver.settings import Config, LimitsSettings
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.transport.limits import ConnectionTable
 from sipserver.transport.streams import StreamConnection

@@ -23,8 +23,8 @@ from contextvars import ContextVar
 import structlog
 import trio
 
+from sipserver.config.schema import PeerSettings
 from sipserver.pki.certinfo import CertInfo
-from sipserver.settings import PeerSettings
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.framing import PING, FramingError, KeepAlivePing, StreamFramer
 from sipserver.sip.message import ParseLimits

@@ -12,11 +12,11 @@ from typing import Any
 import trio
 from OpenSSL import SSL
 
+from sipserver.config.schema import PeerSettings
 from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.identity import match_peer
 from sipserver.pki.revocation import RevocationChecker
 from sipserver.pki.verify_errors import describe_verify_error
-from sipserver.settings import PeerSettings
 from sipserver.transport.tls_context import (
     VerifyRecord,
     new_client_connection,

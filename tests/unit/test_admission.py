@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Request, Response

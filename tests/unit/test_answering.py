@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipserver.config import ConfigError, parse_config
+from sipserver.config.loader import ConfigError, parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Request, Response, parse_message

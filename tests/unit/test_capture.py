@@ -9,7 +9,7 @@ import struct
 
 import trio
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.server import capture as capture_module
 from sipserver.server.capture import HepCapture
 

@@ -16,7 +16,7 @@ from sipserver.certstore import (
     prepare_credentials,
     write_generated,
 )
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from tests.certs import NOW, make_ca, make_leaf
 
 CA = make_ca()

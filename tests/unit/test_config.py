@@ -1,5 +1,5 @@
 """Configuration files: loading, errors that name key and line, and the declaration of
-every key (sipserver/settings.py) kept in step with its documentation."""
+every key (sipserver/config/schema.py) kept in step with its documentation."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sipserver.cli import main
-from sipserver.config import ConfigError, load_config, parse_config
-from sipserver.settings import SECTIONS
+from sipserver.config.loader import ConfigError, load_config, parse_config
+from sipserver.config.schema import SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def every_key() -> list[str]:
 
 @pytest.mark.parametrize("key", every_key())
 def test_every_declared_key_is_documented_and_has_a_meaning(key: str) -> None:
-    """Keys are declared once, in sipserver/settings.py; the README table and the
+    """Keys are declared once, in sipserver/config/schema.py; the README table and the
     commented example configuration must follow."""
     section, name = key.split(".")
     cls = SECTIONS[section][0]

@@ -25,7 +25,7 @@ def test_systemd_unit_runs_unprivileged_with_reload_and_drain() -> None:
 
 
 def test_the_compose_example_configuration_is_valid() -> None:
-    from sipserver.config import load_config
+    from sipserver.config.loader import load_config
 
     config = load_config(UNIT.parent / "container" / "example-conf" / "sipserver.toml")
     assert [p.name for p in config.peers][:2] == ["gw1", "pbx1"]

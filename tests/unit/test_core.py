@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
+from sipserver.config.schema import Config
 from sipserver.proxy.core import SipCore
-from sipserver.settings import Config
 from sipserver.sip.flow import Flow
 from sipserver.sip.framing import FramingError
 from sipserver.sip.message import Response, parse_message

@@ -9,7 +9,7 @@ import dns.rdtypes.IN.SRV
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.locations import Located, Lookup
 from sipserver.sip.flow import Flow, Transmit, Transport

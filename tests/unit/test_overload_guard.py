@@ -4,7 +4,7 @@ and a read that leaves none ends that."""
 
 from __future__ import annotations
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.server.overload import OverloadGuard
 from tests.configs import table

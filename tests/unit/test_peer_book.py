@@ -7,7 +7,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.pki.certinfo import describe
 from sipserver.pki.peer_book import PeerBook
 from sipserver.server.credentials import Credentials

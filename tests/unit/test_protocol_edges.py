@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.sip.flow import Flow, Transport
 from tests.unit.test_numbers import answer, options

@@ -3,7 +3,7 @@ failover, CANCEL and timeouts, with injected time and no sockets."""
 
 from __future__ import annotations
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.message import Request, Response, parse_message

@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.events import CallShed
 from sipserver.sip.flow import Flow, Transmit

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
+from sipserver.config.schema import Config
 from sipserver.proxy.connections import NoConnections
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.events import RegistrationChanged
-from sipserver.settings import Config
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Request, Response, parse_message
 from tests.configs import dial_plan, peer, table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipserver.config import ConfigError, parse_config
+from sipserver.config.loader import ConfigError, parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.routing.dialplan import find_dial_plan, normalise_number, number_matches
 from sipserver.routing.router import Redirect, Reject, route

@@ -5,12 +5,12 @@ its own flows only. A peer that is not one of our processes cannot hand a call o
 
 from __future__ import annotations
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
+from sipserver.config.schema import SIBLING_NAME
 from sipserver.pki.certinfo import describe
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.shared_bindings import BindingsFound, RemoteBinding, SharedBinding
 from sipserver.proxy.sharing import BindingSharing
-from sipserver.settings import SIBLING_NAME
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Request, Response, parse_message
 from tests.certs import make_ca, make_leaf

@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 from structlog.testing import capture_logs
 
-from sipserver.config import parse_config
+from sipserver.config.loader import parse_config
 from sipserver.proxy.admission import CallCounts
 from sipserver.proxy.core import SipCore
 from sipserver.server.binding_store import alive_key

@@ -9,7 +9,7 @@ import os
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sipserver.config import ConfigError, parse_config
+from sipserver.config.loader import ConfigError, parse_config
 from sipserver.server.workers import Supervisor, merge_metrics, worker_count
 
 WORKER_0 = """# HELP sipserver_calls_total Calls

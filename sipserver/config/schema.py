@@ -1,18 +1,17 @@
 """The configuration as frozen dataclasses: every key is declared once, here, with its type,
-default, meaning and check. `sipserver.config` reads TOML into these types; the core only
+default, meaning and check. `sipserver.config.loader` reads TOML into these types; the core only
 ever sees them. Pure: no file, host or clock access (host defaults come from the loader).
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sipserver.settings_checks import (
+from sipserver.config.checks import (
     Check,
     at_least,
     deny_patterns,
@@ -38,62 +37,20 @@ from sipserver.settings_checks import (
     store_url,
     workers,
 )
+from sipserver.config.choices import (
+    Action,
+    KeyType,
+    LogFormat,
+    LogLevel,
+    PeerKind,
+    Security,
+    TlsVersion,
+    UnknownSource,
+)
 from sipserver.sip.flow import Transport
 from sipserver.sip.timers import TimerValues
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class Security(enum.StrEnum):
-    """A dial plan's VoIP security mode (Exchange UM's three settings)."""
-
-    UNSECURED = "unsecured"
-    SIP_SECURED = "sip-secured"
-    SECURED = "secured"
-
-    @property
-    def requires_tls(self) -> bool:
-        return self is not Security.UNSECURED
-
-
-class PeerKind(enum.StrEnum):
-    GATEWAY = "gateway"
-    PBX = "pbx"
-    SOFTPHONE = "softphone"  # registers its numbers; reached over the flow it registered on
-
-
-class Action(enum.StrEnum):
-    PROXY = "proxy"
-    REDIRECT = "redirect"
-    ANSWER = "answer"  # sipserver answers the call itself (an echo-test number for interop)
-
-
-class UnknownSource(enum.StrEnum):
-    REJECT = "reject"  # 403 with a Warning that says why
-    DROP = "drop"  # no answer at all
-
-
-class LogLevel(enum.StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-class LogFormat(enum.StrEnum):
-    AUTO = "auto"
-    JSON = "json"
-    CONSOLE = "console"
-
-
-class TlsVersion(enum.StrEnum):
-    V1_2 = "1.2"
-    V1_3 = "1.3"
-
-
-class KeyType(enum.StrEnum):
-    EC_P256 = "ec-p256"
-    RSA_2048 = "rsa-2048"
 
 
 DEFAULT_SIP_PORT = 5060
@@ -110,10 +67,12 @@ def setting(
     *,
     key: str | None = None,
     factory: Callable[[], Any] | None = None,
+    shown: str | None = None,
 ) -> Any:
-    """One configuration key: its default (`...` = required), what it means, its check, and
-    its TOML name when that is not a Python name."""
-    metadata = {"doc": doc, "check": check, "key": key}
+    """One configuration key: its default (`...` = required), what it means (Markdown, for
+    docs/configuration.md), its check, its TOML name when that is not a Python name, and
+    how the reference shows its default when the loader fills it in (`shown`)."""
+    metadata = {"doc": doc, "check": check, "key": key, "shown": shown}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     if default is ...:
@@ -124,36 +83,59 @@ def setting(
 # --- the sections -------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    fqdn: str = setting(..., "our FQDN (default: the host name); what TLS peers verify", fqdn)
+    fqdn: str = setting(
+        ..., "our FQDN (default: the host name); what TLS peers verify", fqdn, shown="host name"
+    )
     addresses: tuple[str, ...] = setting(("0.0.0.0", "::"), "addresses to listen on", ip_addresses)
-    sip_port: int = setting(DEFAULT_SIP_PORT, "plain SIP port (UDP and TCP)", port)
+    sip_port: int = setting(
+        DEFAULT_SIP_PORT, "UDP and TCP (0 = a free port, shared by UDP and TCP)", port
+    )
     tls_port: int = setting(DEFAULT_TLS_PORT, "mutual-TLS SIP port", port)
     transports: tuple[Transport, ...] = setting(tuple(Transport), "listeners to open", some)
     unknown_source: UnknownSource = setting(
-        UnknownSource.REJECT, "what a request from no configured peer gets"
+        UnknownSource.REJECT, "5060 requests from no peer's address: `reject` (403) or `drop`"
     )
     watch_interval: float = setting(
         1.0, "seconds between checks of config/certificate/trust files; 0 = off", off_or_seconds
     )
     shutdown_grace: float = setting(
-        30.0, "seconds transactions in flight get to finish on SIGTERM", not_negative
+        30.0,
+        "seconds calls in flight (and answered calls until their BYE) get after SIGTERM",
+        not_negative,
     )
     advertised_host: str | None = setting(
-        None, "host for our Via/Record-Route when peers cannot resolve fqdn", fqdn_or_ip
+        None,
+        (
+            "host in our Via and Record-Route, e.g. the instance's IP when peers cannot "
+            "resolve the FQDN (keep the FQDN for TLS legs)"
+        ),
+        fqdn_or_ip,
+        shown="`fqdn`",
     )
     reload_debounce: float = setting(
         0.5, "quiet seconds after a file change before the reload", not_negative
     )
     workers: int | str = setting(
-        1, 'processes sharing the listening ports (SO_REUSEPORT); "auto" = one per CPU', workers
+        1,
+        (
+            'processes sharing the listening ports (`SO_REUSEPORT`), or `"auto"`: one per CPU'
+            ' (see "Every core")'
+        ),
+        workers,
     )
     user_agent: str = setting(
         "sipserver",
-        'the Server header of our responses (no version, which scanners fingerprint); "" = none',
+        (
+            "the `Server` header of our responses; no version by default (svmap and friends "
+            'fingerprint it); `""` sends none; a stranger\'s 403 never carries it'
+        ),
     )
     worker_port_base: int = setting(
         0,
-        "workers' own ports: worker i gets base+i (UDP/TCP) and base+N+i (TLS); 0 = any free",
+        (
+            "with workers: worker *i* also listens on `base+i` (UDP/TCP) and `base+N+i` "
+            "(TLS), the ports its Via and Record-Route name; `0` = any free ports"
+        ),
         port,
     )
 
@@ -161,14 +143,20 @@ class ServerSettings:
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     certificate_dir: Path = setting(
-        Path("certs/server"), "our certificates (default: <state dir>/certs/server)"
+        Path("certs/server"),
+        "our certificates (default: <state dir>/certs/server)",
+        shown="`<state>/certs/server`",
     )
     trust_dir: Path = setting(
-        Path("certs/trust"), "trust anchors and CRLs (default: <state dir>/certs/trust)"
+        Path("certs/trust"),
+        "trust anchors and CRLs (default: <state dir>/certs/trust)",
+        shown="`<state>/certs/trust`",
     )
     handshake_timeout: float = setting(5.0, "seconds a peer gets to finish TLS", positive)
     min_version: TlsVersion = setting(TlsVersion.V1_2, "lowest TLS version accepted")
-    generated_key_type: KeyType = setting(KeyType.EC_P256, "key of a generated certificate")
+    generated_key_type: KeyType = setting(
+        KeyType.EC_P256, "key of a generated certificate: `ec-p256` or `rsa-2048`"
+    )
     pkcs12_password_file: Path | None = setting(
         None, "file holding the password of .pfx/.p12 files in certificate_dir"
     )
@@ -179,16 +167,26 @@ class TlsSettings:
         3600.0, "seconds between expiry checks and re-selection", positive
     )
     peer_expiry_warning_days: int = setting(
-        30, "days before a peer certificate's expiry that warnings start", at_least(1)
+        30,
+        (
+            "days before a peer's certificate (or the trust anchor it chains to) expires that"
+            " `peer_certificate_expiring` warnings start, once a day"
+        ),
+        at_least(1),
     )
     peer_table: Path = setting(
-        Path("peers.json"), "the peers' last certificates (default: <state dir>/peers.json)"
+        Path("peers.json"),
+        "where each peer's last certificate is kept across restarts (written atomically)",
+        shown="`<state>/peers.json`",
     )
     keylog_file: Path | None = setting(
         None,
-        "append every TLS session's secrets here (NSS key log format) so that Wireshark can"
-        " decrypt a capture; unset = off. Anyone with the file reads the calls: a warning at"
-        " start and in /healthz while it is on",
+        (
+            "append every TLS session's secrets here (NSS key log format, mode 0600) so "
+            "Wireshark/tshark decrypt a capture; off when unset. Whoever reads it reads the "
+            "calls: `tls_keylog_on` (warning) at start and `tls_keylog_file` in `/healthz` "
+            "while it is on"
+        ),
     )
 
 
@@ -197,7 +195,10 @@ class LimitsSettings:
     max_message_bytes: int = setting(65535, "largest SIP message accepted", at_least(1024))
     max_calls: int = setting(
         0,
-        "calls in progress in the whole server at most (a last guard); 0 = no limit",
+        (
+            "calls in progress in the whole server at most, a last guard (0 = no limit); past"
+            ' it `503` (see "Toll fraud and admission control")'
+        ),
         not_negative,
     )
     max_header_count: int = setting(256, "most header lines in one message", at_least(8))
@@ -206,35 +207,69 @@ class LimitsSettings:
     max_connections_per_address: int = setting(200, "connections from one address", at_least(1))
     max_unverified_connections: int = setting(
         1000,
-        "connections with no proven peer yet (TCP from an unknown address, TLS in handshake);"
-        " when full, the oldest is evicted for a new one",
+        (
+            "connections with no proven peer yet, counted apart from `max_connections` so "
+            "strangers never lock peers out: plain TCP from an address of no peer (its own "
+            "budget), TLS connections still in their handshake (another budget of this size),"
+            " and TLS handshakes from configured peers' `addresses` (a third, which strangers"
+            " never reach). When a strangers' budget is full, its oldest connection is "
+            "evicted to admit the new one (`connection_evicted`, "
+            "`sipserver_connections_evicted_total`)"
+        ),
         at_least(1),
     )
     max_unverified_per_address: int = setting(
         50,
-        "of those, how many one address may hold (TLS handshakes from configured peers'"
-        " addresses have a budget of their own)",
+        (
+            "of a strangers' budget, how much one source address may hold; past it the "
+            "address's own oldest connection is evicted for its new one, so a few addresses "
+            "with thousands of idle connections keep no one out (a peer behind the same "
+            "address included)"
+        ),
         at_least(1),
     )
     unverified_idle_timeout: float = setting(
-        10.0, "seconds a TCP connection from an address of no peer may stay silent", positive
+        10.0,
+        (
+            "seconds a TCP connection from an address of no peer may stay silent; a "
+            "stranger's request gets its 403 and the connection closes"
+        ),
+        positive,
     )
-    idle_timeout: float = setting(300.0, "seconds a silent connection is kept", positive)
-    send_timeout: float = setting(10.0, "seconds a blocked send may take", positive)
+    idle_timeout: float = setting(
+        300.0, "seconds without data before a connection closes", positive
+    )
+    send_timeout: float = setting(
+        10.0, "seconds a write may block before the connection closes", positive
+    )
     keepalive_interval: float = setting(
-        30.0, "CRLFCRLF pings on our outbound connections; 0 = off", off_or_seconds
+        30.0, "seconds between CRLFCRLF pings on our outbound connections; 0 = off", off_or_seconds
     )
     send_queue_bytes: int = setting(
-        1 << 20, "bytes queued for one peer before it counts as not reading", at_least(65536)
+        1 << 20,
+        (
+            "bytes queued for one connection; past it, a peer's own answers wait (up to "
+            "`send_timeout`) and anything from other connections closes it"
+        ),
+        at_least(65536),
     )
     overload_busy: float = setting(
         0.98,
-        "share of the time the event loop may be busy (0-1) before new calls get 503; 0 = never",
+        (
+            "share of the time (0 to 1) the event loop may be at work before new calls "
+            "(out-of-dialog INVITEs) get `503` + `Retry-After`; admitted calls and in-dialog "
+            "requests go on; 0 = never shed"
+        ),
         lambda v: None if 0 <= v <= 1 else "must be between 0 (off) and 1",
     )
     overload_backlog_bytes: int = setting(
         16384,
-        "unread bytes left after a read that mean we fall behind; 0 = busy alone decides",
+        (
+            "unread bytes left in the kernel (and TLS buffer; on UDP the receive queue's "
+            "memory) after a read that mean the server falls behind; overload needs both the "
+            "busy loop and a backlog, and in overload every new call read with such a backlog"
+            " behind it is shed (0 = the busy loop alone decides)"
+        ),
         not_negative,
     )
     overload_retry_after: int = setting(
@@ -244,11 +279,19 @@ class LimitsSettings:
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
-    level: LogLevel = setting(LogLevel.INFO, "lowest level written")
+    level: LogLevel = setting(LogLevel.INFO, "`debug`, `info`, `warning`, `error`")
     format: LogFormat = setting(LogFormat.AUTO, "json, console, or auto (console on a TTY)")
     repeat_interval: float = setting(
         10.0,
-        "seconds over which the same refusal from one address is counted into one line; 0 = all",
+        (
+            "seconds over which the same kind of refusal (`connection_refused`, "
+            "`connection_evicted`, `tls_peer_refused`, `sip_request_refused`, "
+            "`sip_request_malformed`, and our 4xx to 6xx answers to peers' requests such as "
+            "`no_dial_plan`) from one address is logged once and then counted; the kind is "
+            "the reason without the quoted text and numbers the sender chose, so a flood of "
+            "different bad lines or a gateway scanning numbers is one kind; each interval a "
+            "`refusals_repeated` line gives the count; 0 = log every one"
+        ),
         not_negative,
     )
 
@@ -257,21 +300,40 @@ class LogSettings:
 class PeerSettings:
     name: str = setting(..., "the peer's name in dial plans and logs", not_empty)
     fqdn: str = setting(..., "the name its certificate must carry (RFC 5922)", fqdn)
-    kind: PeerKind = setting(PeerKind.GATEWAY, "gateway, pbx or softphone")
-    numbers: tuple[str, ...] = setting(
-        (), "softphone: the numbers (AOR user parts) it may register", numbers
+    kind: PeerKind = setting(
+        PeerKind.GATEWAY, '`gateway`, `pbx` or `softphone` (registers; see "Softphones")'
     )
-    addresses: tuple[IPNetwork, ...] = setting((), "source addresses on the plain SIP port")
+    numbers: tuple[str, ...] = setting(
+        (),
+        (
+            "`softphone` only (and required): the numbers it may register, digits with an "
+            "optional leading `+`"
+        ),
+        numbers,
+    )
+    addresses: tuple[IPNetwork, ...] = setting(
+        (), "IPs/networks accepted on 5060 (first matching peer wins)"
+    )
     allow_wildcard: bool = setting(False, "accept a wildcard certificate for fqdn")
     port: int | None = setting(
-        None, "where we send to it (default 5061 for tls, else 5060)", send_port
+        None,
+        "where we send to it (default 5061 for tls, else 5060)",
+        send_port,
+        shown="5061 (tls) / 5060",
     )
-    transport: Transport = setting(Transport.TLS, "what we use towards it when a mode allows")
+    transport: Transport = setting(
+        Transport.TLS, "`tls`, `tcp` or `udp`: what we use towards it (secured modes need `tls`)"
+    )
     health_check: float = setting(
         30.0, "seconds between OPTIONS pings; 0 turns them off", off_or_seconds
     )
     max_calls: int = setting(
-        0, "its calls in progress at most (more: 503 + Retry-After); 0 = no limit", not_negative
+        0,
+        (
+            "its calls in progress at most, from INVITE to BYE or failure (answered here "
+            "included); 0 = no limit"
+        ),
+        not_negative,
     )
     max_call_rate: float = setting(
         0.0, "new calls a second it may start (a token bucket); 0 = no limit", not_negative
@@ -294,29 +356,60 @@ class PeerSettings:
 @dataclass(frozen=True, slots=True)
 class DialPlanSettings:
     name: str = setting(..., "the plan's name in logs and metrics", not_empty)
-    security: Security = setting(..., "unsecured, sip-secured or secured")
+    security: Security = setting(
+        ..., "`unsecured`, `sip-secured`, `secured` (Exchange UM's VoIPSecurity)"
+    )
     numbers: tuple[str, ...] = setting(
-        ..., 'exact, "x" = one digit, trailing "*" = any rest', number_patterns
+        ...,
+        (
+            "patterns for the Request-URI user part: exact, `x` = one digit, trailing `*` = "
+            "any rest (visual separators `-.()` ignored)"
+        ),
+        number_patterns,
     )
     from_peers: tuple[str, ...] = setting(
-        ..., "the peers whose calls belong here", some, key="from"
+        ..., "peers whose calls belong to this plan; the first matching plan wins", some, key="from"
     )
     max_calls: int = setting(
         0, "calls in progress in this plan at most (a trunk's capacity); 0 = no limit", not_negative
     )
     deny_numbers: tuple[str, ...] = setting(
         (),
-        "numbers of this plan refused with 403 (toll fraud): patterns as in numbers, e.g."
-        ' "1900*", "011*"; "!" before one makes it an exception ("+*", "!+44*")',
+        (
+            "numbers this plan refuses with `403` and a Warning naming the pattern "
+            "(`call_refused_denied_number`), checked before anything else the plan does: "
+            'patterns as in `numbers`; one starting with `!` is an exception (`["1900*", '
+            '"011*", "+*", "!+44*"]`: premium, international dialling and every `+` number '
+            "but the UK's)"
+        ),
         deny_patterns,
     )
-    targets: tuple[str, ...] = setting((), "peer names, tried in order (none for answer)")
-    action: Action = setting(Action.PROXY, "proxy, redirect, or answer (sipserver answers)")
+    targets: tuple[str, ...] = setting(
+        (),
+        (
+            'peers, in order; secured modes require targets with `transport = "tls"` '
+            "(softphones: a TLS registration); softphones are rung by number, in parallel on "
+            "every flow (not with `redirect`)"
+        ),
+        shown="required (none for `answer`)",
+    )
+    action: Action = setting(
+        Action.PROXY,
+        (
+            '`proxy`, `redirect`, or `answer`: sipserver answers the call itself (see "The '
+            'answering target")'
+        ),
+    )
     answer_after: float = setting(
         1.0, "answer: seconds of ringing (180) before the 200 OK", not_negative
     )
     answer_hangup_after: float = setting(
-        0.0, "answer: seconds after the answer when we hang up (0 = the caller does)", not_negative
+        0.0,
+        (
+            "`answer` only: seconds after the answer when sipserver hangs up with a BYE (0: "
+            "the caller hangs up)"
+        ),
+        not_negative,
     )
 
     @property
@@ -333,16 +426,20 @@ class RoutingSettings:
         3, "failed health checks before a target is skipped", at_least(1)
     )
     identity_header: str = setting(
-        "X-Peer-Identity", "header naming the verified caller", header_name
+        "X-Peer-Identity", "header carrying the verified caller identity downstream", header_name
     )
 
 
 @dataclass(frozen=True, slots=True)
 class RegistrarSettings:
     min_expires: int = setting(
-        60, "shortest registration accepted (shorter: 423 Interval Too Brief)", at_least(1)
+        60,
+        ("shortest registration accepted; shorter gets `423 Interval Too Brief` + `Min-Expires`"),
+        at_least(1),
     )
-    max_expires: int = setting(3600, "longest registration granted (longer is cut)", at_least(1))
+    max_expires: int = setting(
+        3600, "longest registration granted; longer requests are cut to it", at_least(1)
+    )
     default_expires: int = setting(
         3600, "a registration that asks for no expiry gets this", at_least(1)
     )
@@ -364,10 +461,17 @@ class RegistrarSettings:
 @dataclass(frozen=True, slots=True)
 class DnsSettings:
     nameservers: tuple[str, ...] = setting(
-        (), '"IP:PORT" servers to ask instead of /etc/resolv.conf (split DNS, tests)', nameservers
+        (),
+        (
+            '`"IP:PORT"` DNS servers asked for targets\' NAPTR, SRV and A/AAAA records instead'
+            " of `/etc/resolv.conf`"
+        ),
+        nameservers,
     )
     timeout: float = setting(
-        5.0, "seconds one location of a target (NAPTR, SRV, A/AAAA) may take", positive
+        5.0,
+        ("seconds one target's whole lookup may take; longer is a failed lookup (a failover step)"),
+        positive,
     )
 
 
@@ -388,7 +492,7 @@ class CaptureSettings:
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     address: str | None = setting(
-        None, '"127.0.0.1:9060": /healthz and /metrics; unset = off', ip_and_port
+        None, "`IP:PORT` of the `/healthz` and `/metrics` listener; absent = off", ip_and_port
     )
 
     @property
@@ -412,6 +516,7 @@ class ClusterSettings:
         "the IP other instances reach our TLS port at (default: the first listen address "
         "that is not 0.0.0.0 or ::, else loopback)",
         ip_address,
+        shown="first listen address",
     )
     timeout: float = setting(
         0.25,
