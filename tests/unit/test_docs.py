@@ -25,3 +25,52 @@ def test_the_baresip_settings_in_docs_interop_are_what_sipserver_lab_writes(tmp_
         for name in ("config", "accounts")
     ]
     assert shown == written
+
+
+def test_the_configuration_page_is_written_from_the_schema() -> None:
+    from sipserver.config.reference import page
+
+    assert (REPO / "docs" / "configuration.md").read_text() == page(), (
+        "docs/configuration.md is stale: python -m sipserver.config.reference > "
+        "docs/configuration.md"
+    )
+
+
+def written_values(path: Path) -> list[tuple[str, object, object]]:
+    """(key, value in the file, the schema's default) for every key a single table of the
+    file sets, where the default does not come from the host."""
+    import dataclasses
+    import tomllib
+
+    from sipserver.config.reference import key_name, toml_value
+    from sipserver.config.schema import SECTIONS
+
+    data = tomllib.loads(path.read_text())
+    found = []
+    for section, (cls, array) in SECTIONS.items():
+        if array or section not in data:
+            continue
+        specs = {key_name(spec): spec for spec in dataclasses.fields(cls)}
+        for key, value in data[section].items():
+            spec = specs[key]
+            if spec.metadata.get("shown"):
+                continue
+            if spec.default is not dataclasses.MISSING:
+                default = spec.default
+            elif spec.default_factory is not dataclasses.MISSING:
+                default = spec.default_factory()
+            else:
+                continue
+            schema = None if default is None else tomllib.loads(f"v = {toml_value(default)}")["v"]
+            found.append((f"{section}.{key}", value, schema))
+    return found
+
+
+def test_the_default_file_and_the_example_agree_with_the_schema_on_every_value() -> None:
+    """A default is written once, in the schema: default.toml and the commented example
+    may repeat it, but never with another value."""
+    for path in (REPO / "sipserver" / "default.toml", REPO / "config" / "sipserver.toml"):
+        values = written_values(path)
+        assert len(values) >= 10, path  # the check reads the file's keys
+        wrong = [(key, file, schema) for key, file, schema in values if file != schema]
+        assert not wrong, f"{path.name}: (key, file, schema) {wrong}"
