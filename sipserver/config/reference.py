@@ -56,7 +56,7 @@ def shown_default(spec: dataclasses.Field[Any]) -> str:
     if shown:
         return str(shown)
     if spec.default is not dataclasses.MISSING:
-        return f"`{toml_value(spec.default)}`" if spec.default is not None else "–"
+        return f"`{toml_value(spec.default)}`" if spec.default is not None else "unset"
     if spec.default_factory is not dataclasses.MISSING:
         return f"`{toml_value(spec.default_factory())}`"
     return "required"

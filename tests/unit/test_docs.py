@@ -74,3 +74,63 @@ def test_the_default_file_and_the_example_agree_with_the_schema_on_every_value()
         assert len(values) >= 10, path  # the check reads the file's keys
         wrong = [(key, file, schema) for key, file, schema in values if file != schema]
         assert not wrong, f"{path.name}: (key, file, schema) {wrong}"
+
+
+def logged_names() -> set[str]:
+    """Every event name the code logs: `log.<level>("name", ...)` calls, event classes'
+    `name`, and the names events compose (`sip_request_malformed`, `registration_added`)."""
+    import ast
+
+    names: set[str] = set()
+    for path in (REPO / "sipserver").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"debug", "info", "warning", "error", "exception"}
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and re.fullmatch(r"[a-z_]+", node.args[0].value)
+            ):
+                names.add(node.args[0].value)
+            if (
+                isinstance(node, ast.Assign)
+                and [getattr(t, "id", None) for t in node.targets] == ["name"]
+                and isinstance(node.value, ast.Constant)
+            ):
+                names.add(str(node.value.value))
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg in {"refusal", "log_event"}
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                names.add(node.value.value)
+    names.discard("event")  # the base class's placeholder
+    names |= {f"sip_{kind}_malformed" for kind in ("request", "response")}
+    changes = ("added", "refreshed", "replaced", "removed", "expired")  # RegistrationChanged
+    names |= {f"registration_{change}" for change in changes}
+    return names
+
+
+def test_the_log_events_page_is_written_from_the_table_and_names_every_event() -> None:
+    from sipserver.server.log_reference import EVENTS, page
+
+    assert (REPO / "docs" / "log-events.md").read_text() == page(), (
+        "docs/log-events.md is stale: python -m sipserver.server.log_reference > docs/log-events.md"
+    )
+    documented = {name for event in EVENTS for name in event.names}
+    source = "".join(p.read_text() for p in (REPO / "sipserver").rglob("*.py"))
+    logged = logged_names()
+    assert not logged - documented, f"logged but not in the table: {sorted(logged - documented)}"
+    stale = [n for n in documented - logged if f'"{n}"' not in source]
+    assert not stale, f"in the table but never logged: {stale}"
+    for event in EVENTS:
+        levels = event.level.split(" / ")
+        assert {level.split()[0].rstrip(",;") for level in levels} <= {
+            "debug",
+            "info",
+            "warning",
+            "error",
+        }, event.names
