@@ -119,7 +119,7 @@ class ServerSettings:
         1,
         (
             'processes sharing the listening ports (`SO_REUSEPORT`), or `"auto"`: one per CPU'
-            ' (see "Every core")'
+            " (see [Every core](operations.md#every-core-workers))"
         ),
         workers,
     )
@@ -197,7 +197,7 @@ class LimitsSettings:
         0,
         (
             "calls in progress in the whole server at most, a last guard (0 = no limit); past"
-            ' it `503` (see "Toll fraud and admission control")'
+            " it `503` (see [admission control](operations.md#toll-fraud-and-admission-control))"
         ),
         not_negative,
     )
@@ -301,7 +301,8 @@ class PeerSettings:
     name: str = setting(..., "the peer's name in dial plans and logs", not_empty)
     fqdn: str = setting(..., "the name its certificate must carry (RFC 5922)", fqdn)
     kind: PeerKind = setting(
-        PeerKind.GATEWAY, '`gateway`, `pbx` or `softphone` (registers; see "Softphones")'
+        PeerKind.GATEWAY,
+        "`gateway`, `pbx` or `softphone` (registers; see [Softphones](calls.md#softphones-the-registrar))",
     )
     numbers: tuple[str, ...] = setting(
         (),
@@ -396,8 +397,8 @@ class DialPlanSettings:
     action: Action = setting(
         Action.PROXY,
         (
-            '`proxy`, `redirect`, or `answer`: sipserver answers the call itself (see "The '
-            'answering target")'
+            "`proxy`, `redirect`, or `answer`: sipserver answers the call itself (see"
+            " [the answering target](calls.md#the-answering-target))"
         ),
     )
     answer_after: float = setting(

@@ -147,7 +147,7 @@ class PeerWatch:
             serial=info.serial,
             issuer=info.issuer,
             not_after=info.not_after.isoformat(),
-            fix="the peer must present a renewed certificate (see README: Certificate renewals)",
+            fix="the peer must present a renewed certificate (see docs/operations.md: Certificate renewals)",
         )
 
     def check(self, now: dt.datetime) -> None:

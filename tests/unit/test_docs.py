@@ -134,3 +134,37 @@ def test_the_log_events_page_is_written_from_the_table_and_names_every_event() -
             "warning",
             "error",
         }, event.names
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def test_the_readme_is_a_short_manual_with_a_table_of_contents() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.encode()) <= 20_000
+    assert "## Contents" in readme
+    for page in ("operations", "calls", "configuration", "log-events", "interop", "architecture"):
+        assert f"(docs/{page}.md)" in readme, page
+    assert "apt-get update" in readme and "pip install ." in readme  # the two commands
+
+
+def test_every_link_between_the_pages_leads_somewhere() -> None:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not ours to check
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", file.read_text(), re.M)
+                if anchor not in {slug(h) for h in headings}:
+                    broken.append(f"{page.name}: {target}")
+    assert not broken, broken
