@@ -1,5 +1,5 @@
 """`python -m sipserver`: the same as the `sipserver` command."""
 
-from sipserver.cli import main
+from sipserver.commands.main import main
 
 raise SystemExit(main())

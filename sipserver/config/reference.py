@@ -22,7 +22,7 @@ sipserver/config/schema.py; edit the schema, not this page (a test keeps them eq
 
 sipserver reads one TOML file (`sipserver run --config PATH`; without it, the embedded
 default `sipserver/default.toml`). Every key below has its default; a file names only what
-it changes. [`config/sipserver.toml`](../config/sipserver.toml) is a commented example with
+it changes. [`examples/sipserver.toml`](../examples/sipserver.toml) is a commented example with
 every key. Unknown keys and wrong types are errors that name the file, line and key path
 (`sipserver.toml:12: peer[1].fqdn: 'gw 1' is not a valid FQDN`); `sipserver check-config
 PATH` runs every check the server runs at start and at each reload (a reload with a bad file

@@ -11,12 +11,12 @@ from sipserver.config.schema import DialPlanSettings, PeerSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.admission import CallLimits
 from sipserver.proxy.events import CallCompleted, MediaAnswerViolation
+from sipserver.proxy.live_transactions import ServerContext
 from sipserver.proxy.shared_bindings import RemoteBinding
-from sipserver.proxy.transactions import ServerContext
 from sipserver.sip.flow import Flow, Transport
 from sipserver.sip.message import Request, Response
 from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
-from sipserver.sip.transaction import ClientTransaction, ServerTransaction
+from sipserver.sip.transaction_machine import ClientTransaction, ServerTransaction
 
 FORGET_DIALOGS_AFTER = 86400.0  # seconds: a BYE that never came through us
 

@@ -15,10 +15,9 @@ from dataclasses import replace
 from sipserver.config.schema import SIBLING_NAME, Config, DialPlanSettings, PeerSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.admission import CallLimits, LimitReached
-from sipserver.proxy.answering import AnsweringTarget, repeatable_bytes
-from sipserver.proxy.answers import Responder
+from sipserver.proxy.answer_target import AnsweringTarget, repeatable_bytes
 from sipserver.proxy.calls import CallRecord
-from sipserver.proxy.connections import ConnectionDirectory, NoConnections
+from sipserver.proxy.connection_directory import ConnectionDirectory, NoConnections
 from sipserver.proxy.dialogs import DialogRouter
 from sipserver.proxy.events import (
     CallRedirected,
@@ -27,19 +26,20 @@ from sipserver.proxy.events import (
     ResponseUnmatched,
 )
 from sipserver.proxy.forwarder import Forwarder
-from sipserver.proxy.health import HealthChecker
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.intake import Intake, response_flow, stamp_via
+from sipserver.proxy.live_transactions import ServerContext, TransactionTable
 from sipserver.proxy.locations import Located, Lookup
+from sipserver.proxy.pinger import HealthChecker
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.responder import Responder
 from sipserver.proxy.shared_bindings import Sharing, sibling_peer
 from sipserver.proxy.sharing import BindingSharing
 from sipserver.proxy.shedding import LoadShedder
 from sipserver.proxy.statistics import CoreStatistics
-from sipserver.proxy.transactions import ServerContext, TransactionTable
 from sipserver.routing import router
-from sipserver.routing.health import HealthTable
 from sipserver.routing.peers import PeerTable
+from sipserver.routing.target_health import HealthTable
 from sipserver.sip import proxy_ops, validate
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport
@@ -48,7 +48,7 @@ from sipserver.sip.matching import server_key
 from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
 from sipserver.sip.stateless import acks_a_refusal
 from sipserver.sip.timers import TimerValues
-from sipserver.sip.transaction import (
+from sipserver.sip.transaction_machine import (
     ClientTransaction,
     RequestReceived,
     ServerTransaction,

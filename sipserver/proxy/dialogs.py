@@ -5,15 +5,15 @@ carries the dial plan's mode, so this needs no state)."""
 from __future__ import annotations
 
 from sipserver.config.schema import PeerSettings
-from sipserver.proxy.answers import Responder
 from sipserver.proxy.forwarder import Forwarder
 from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.responder import Responder
 from sipserver.routing import router
 from sipserver.routing.peers import PeerTable
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Transmit
 from sipserver.sip.message import Request
-from sipserver.sip.transaction import ServerTransaction
+from sipserver.sip.transaction_machine import ServerTransaction
 
 
 class DialogRouter:

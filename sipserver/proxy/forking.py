@@ -6,17 +6,17 @@ A mixin of the Forwarder, which sends the branches and relays what comes back.""
 from __future__ import annotations
 
 from sipserver.config.schema import PeerSettings
-from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.calls import Branch, ProxyCall, best_response
 from sipserver.proxy.events import Event
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.responder import Headers, Responder
 from sipserver.proxy.shared_bindings import BindingQueries, Sharing
 from sipserver.proxy.targets import note_failure
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Response
 from sipserver.sip.timers import TimerValues
-from sipserver.sip.transaction import (
+from sipserver.sip.transaction_machine import (
     ClientTransaction,
     Output,
     ResponseReceived,

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 from sipserver.config.choices import Security
 from sipserver.config.schema import Config, DialPlanSettings, PeerSettings
-from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.calls import (
     Branch,
     CallRecord,
@@ -18,7 +17,7 @@ from sipserver.proxy.calls import (
     answer_media_violation,
     identity_value,
 )
-from sipserver.proxy.connections import ConnectionDirectory
+from sipserver.proxy.connection_directory import ConnectionDirectory
 from sipserver.proxy.events import (
     Answered,
     AttemptStarted,
@@ -27,18 +26,19 @@ from sipserver.proxy.events import (
 )
 from sipserver.proxy.forking import Forking
 from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.live_transactions import TransactionTable
 from sipserver.proxy.registrar import Registrar
+from sipserver.proxy.responder import Headers, Responder
 from sipserver.proxy.shared_bindings import BindingQueries, BindingsFound, Sharing
 from sipserver.proxy.targets import TargetPicker, Waiting, note_failure
-from sipserver.proxy.transactions import TransactionTable
-from sipserver.routing.health import HealthTable
+from sipserver.routing.target_health import HealthTable
 from sipserver.sip import proxy_ops
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.matching import client_key
 from sipserver.sip.message import Request, Response
 from sipserver.sip.timers import TimerValues
-from sipserver.sip.transaction import (
+from sipserver.sip.transaction_machine import (
     ClientTransaction,
     Output,
     ResponseReceived,

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from sipserver.config.choices import UnknownSource
 from sipserver.config.schema import Config, PeerSettings
-from sipserver.proxy.answers import Responder
 from sipserver.proxy.events import Event, FramingLost, MessageMalformed, UnknownSourceRefused
+from sipserver.proxy.responder import Responder
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.framing import FramingError

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sipserver.config.schema import Config, PeerSettings, RegistrarSettings
-from sipserver.proxy.answers import Headers, Responder
 from sipserver.proxy.events import Event, RegistrationChanged
 from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.live_transactions import ServerContext
+from sipserver.proxy.responder import Headers, Responder
 from sipserver.proxy.shared_bindings import BindingChange, SharedBinding
-from sipserver.proxy.transactions import ServerContext
 from sipserver.proxy.wakeups import WakeUps
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.headers import quote
 from sipserver.sip.message import Request
 from sipserver.sip.registration import ContactRequest, Registration, read_registration
-from sipserver.sip.transaction import ServerTransaction
+from sipserver.sip.transaction_machine import ServerTransaction
 from sipserver.sip.uri import UriError, parse_uri
 
 

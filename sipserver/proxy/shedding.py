@@ -5,12 +5,12 @@ admitted keep the CPU they need."""
 from __future__ import annotations
 
 from sipserver.config.schema import PeerSettings
-from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord
 from sipserver.proxy.events import CallShed
+from sipserver.proxy.responder import Responder
 from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.stateless import read_new_invite, refusal
-from sipserver.sip.transaction import ServerTransaction
+from sipserver.sip.transaction_machine import ServerTransaction
 
 OVERLOADED = "Server overloaded"
 

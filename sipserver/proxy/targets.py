@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from sipserver.config.schema import SIBLING_NAME, PeerSettings
 from sipserver.proxy.calls import ProxyCall
-from sipserver.proxy.connections import ConnectionDirectory, target_flow
+from sipserver.proxy.connection_directory import ConnectionDirectory, target_flow
 from sipserver.proxy.events import AttemptFailed, Event
 from sipserver.proxy.locations import Locations, Lookup
 from sipserver.proxy.registrar import Registrar
-from sipserver.routing.health import HealthTable
+from sipserver.routing.target_health import HealthTable
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Flow, Transport
 

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sipserver.server.stats import ClusterState, StatsSnapshot
+from sipserver.server.snapshot import ClusterState, StatsSnapshot
 from sipserver.transport.listeners import StartupError
 
 log = structlog.get_logger("sipserver")

@@ -26,6 +26,7 @@ from sipserver.proxy.sharing import BindingSharing
 from sipserver.server.admin import serve_admin, serve_admin_socket, snapshot_pages
 from sipserver.server.binding_store import BindingStore, owner_name
 from sipserver.server.capture import HepCapture
+from sipserver.server.connections import StreamService
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
 from sipserver.server.event_log import log_event
@@ -34,15 +35,14 @@ from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.reload import Reloader
 from sipserver.server.repeats import RepeatFilter
 from sipserver.server.shared_call_counts import SharedCallCounts
-from sipserver.server.stats import CertificateState, ServerStats, StatsSnapshot
-from sipserver.server.streams import StreamService
+from sipserver.server.snapshot import CertificateState, ServerStats, StatsSnapshot
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
+from sipserver.transport.connection import StreamConnection
 from sipserver.transport.direct import datagram_queue, raw_socket
 from sipserver.transport.dns import Resolver
 from sipserver.transport.listeners import Listener, Listeners, StartupError
 from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.resp import RespClient, StoreAddress
-from sipserver.transport.streams import StreamConnection
 
 log = structlog.get_logger("sipserver")
 FULL_GC_AFTER = 100  # middle-generation passes per full one

@@ -31,7 +31,7 @@ from sipserver.proxy.shared_bindings import (
     RemoteBinding,
     SharedBinding,
 )
-from sipserver.server.stats import ClusterState
+from sipserver.server.snapshot import ClusterState
 from sipserver.sip.flow import Transport
 from sipserver.transport.resp import Reply, RespClient, StoreError, milliseconds
 

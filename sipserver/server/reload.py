@@ -16,7 +16,7 @@ from sipserver.certstore import CertificateSetupError, ServerCredentials
 from sipserver.config.loader import ConfigError, load_config
 from sipserver.config.schema import Config
 from sipserver.server.credentials import Credentials
-from sipserver.server.stats import ServerStats
+from sipserver.server.snapshot import ServerStats
 from sipserver.sip.flow import Transport
 
 log = structlog.get_logger("sipserver")

@@ -10,8 +10,8 @@ from collections import Counter
 from sipserver.config.schema import Config, LimitsSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.transport.connection import StreamConnection
 from sipserver.transport.limits import ConnectionTable
-from sipserver.transport.streams import StreamConnection
 
 OutboundKey = tuple[str, str, int]  # transport, host, port
 

@@ -57,8 +57,8 @@ LAYERS = [
     ("sipserver.config", "sipserver.certstore", "sipserver.log"),
     ("sipserver.transport",),
     ("sipserver.server",),
-    ("sipserver.ping", "sipserver.certs_cli", "sipserver.lab"),
-    ("sipserver.cli", "sipserver.__main__"),
+    ("sipserver.commands.ping", "sipserver.commands.certs", "sipserver.commands.lab"),
+    ("sipserver.commands.main", "sipserver.commands", "sipserver.__main__"),
 ]
 
 

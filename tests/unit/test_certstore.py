@@ -141,7 +141,7 @@ def test_a_pkcs12_with_a_wrong_password_is_an_error_naming_the_file(tmp_path: Pa
 def test_check_config_fails_on_missing_folders_and_unreadable_certificates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sipserver.cli import main
+    from sipserver.commands.main import main
 
     config = tmp_path / "sipserver.toml"
     config.write_text(

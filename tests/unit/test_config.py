@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sipserver.cli import main
+from sipserver.commands.main import main
 from sipserver.config.loader import ConfigError, load_config, parse_config
 from sipserver.config.schema import SECTIONS
 
@@ -25,7 +25,7 @@ def test_embedded_default_loads() -> None:
 
 
 def test_documented_example_loads_and_resolves_paths_next_to_the_file() -> None:
-    config = load_config(REPO / "config" / "sipserver.toml")
+    config = load_config(REPO / "examples" / "sipserver.toml")
     assert config.server.fqdn == "sip.example.test"
     assert config.tls.certificate_dir == REPO / "certs" / "server"
     assert [str(a) for a in config.peers[0].addresses] == ["192.0.2.10/32", "2001:db8::/64"]
@@ -122,10 +122,10 @@ def test_every_declared_key_is_documented_and_has_a_meaning(key: str) -> None:
     cls = SECTIONS[section][0]
     spec = next(f for f in dataclasses.fields(cls) if (f.metadata.get("key") or f.name) == name)
     assert spec.metadata.get("doc"), f"{key} has no doc in its declaration"
-    example = (REPO / "config" / "sipserver.toml").read_text()
+    example = (REPO / "examples" / "sipserver.toml").read_text()
     assert re.search(rf"^#?\s*{re.escape(name)}\s*=", example, re.M), f"{key} not in the example"
 
 
 def test_the_documented_example_passes_check_config_in_a_fresh_clone() -> None:
-    """config/sipserver.toml says to check it with check-config: that must succeed."""
-    assert main(["check-config", str(REPO / "config" / "sipserver.toml")]) == 0
+    """examples/sipserver.toml says to check it with check-config: that must succeed."""
+    assert main(["check-config", str(REPO / "examples" / "sipserver.toml")]) == 0

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_baresip_settings_in_docs_interop_are_what_sipserver_lab_writes(tmp_path: Path) -> None:
     """docs/interop.md shows baresip's config and account exactly as `sipserver lab` writes
     them with its default ports; the lab's end-to-end test runs those files."""
-    from sipserver.lab import LabPorts, write_lab
+    from sipserver.commands.lab import LabPorts, write_lab
 
     write_lab(tmp_path / "lab", "sip.example.test", LabPorts())
     docs = (REPO / "docs" / "interop.md").read_text()
@@ -69,7 +69,7 @@ def written_values(path: Path) -> list[tuple[str, object, object]]:
 def test_the_default_file_and_the_example_agree_with_the_schema_on_every_value() -> None:
     """A default is written once, in the schema: default.toml and the commented example
     may repeat it, but never with another value."""
-    for path in (REPO / "sipserver" / "default.toml", REPO / "config" / "sipserver.toml"):
+    for path in (REPO / "sipserver" / "default.toml", REPO / "examples" / "sipserver.toml"):
         values = written_values(path)
         assert len(values) >= 10, path  # the check reads the file's keys
         wrong = [(key, file, schema) for key, file, schema in values if file != schema]

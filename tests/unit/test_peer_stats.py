@@ -4,7 +4,7 @@ peer and a closed set of reasons, setup time by dial plan."""
 from __future__ import annotations
 
 from sipserver.proxy.events import Answered, CallCompleted, MessageMalformed, UnknownSourceRefused
-from sipserver.server.stats import SETUP_BUCKETS, ServerStats
+from sipserver.server.snapshot import SETUP_BUCKETS, ServerStats
 
 
 def completed(plan: str | None, setup_ms: float) -> CallCompleted:

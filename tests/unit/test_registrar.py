@@ -7,7 +7,7 @@ import pytest
 
 from sipserver.config.loader import parse_config
 from sipserver.config.schema import Config
-from sipserver.proxy.connections import NoConnections
+from sipserver.proxy.connection_directory import NoConnections
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.events import RegistrationChanged
 from sipserver.sip.flow import Flow, Transmit, Transport

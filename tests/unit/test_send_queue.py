@@ -11,8 +11,8 @@ import trio.testing
 
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import ParseLimits
+from sipserver.transport.connection import StreamConnection
 from sipserver.transport.direct import PlainStream
-from sipserver.transport.streams import StreamConnection
 
 FLOW = Flow(Transport.TCP, ("127.0.0.1", 5060), ("192.0.2.1", 40000), connection_id=1)
 CHUNK = 16384

@@ -6,7 +6,7 @@ import pytest
 
 from sipserver.sip.matching import server_key
 from sipserver.sip.message import Request, Response, parse_message
-from sipserver.sip.transaction import (
+from sipserver.sip.transaction_machine import (
     ClientTransaction,
     InvalidTransition,
     RequestReceived,

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipserver.config.schema import DialPlanSettings
-from sipserver.proxy.answers import Responder
 from sipserver.proxy.calls import CallRecord, ClientContext
 from sipserver.proxy.events import AnsweredCallEnded, CallAnswered, Event
 from sipserver.proxy.hops import OurAddress
-from sipserver.proxy.transactions import ServerContext, TransactionTable
+from sipserver.proxy.live_transactions import ServerContext, TransactionTable
+from sipserver.proxy.responder import Responder
 from sipserver.proxy.wakeups import WakeUps
 from sipserver.routing import router
 from sipserver.sip.flow import Flow, Transmit
@@ -27,7 +27,7 @@ from sipserver.sip.responses import local_tag
 from sipserver.sip.sdp import SdpError, parse_sdp
 from sipserver.sip.sdp_answer import NoAcceptableMedia, answer_sdp
 from sipserver.sip.timers import TimerValues
-from sipserver.sip.transaction import ClientTransaction, SendMessage, ServerTransaction
+from sipserver.sip.transaction_machine import ClientTransaction, SendMessage, ServerTransaction
 from sipserver.sip.uri import UriError, parse_name_addr
 
 SDP = (("Content-Type", "application/sdp"),)

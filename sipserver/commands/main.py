@@ -264,7 +264,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from sipserver.lab import NUMBERS, LabPorts, write_lab
+    from sipserver.commands.lab import NUMBERS, LabPorts, write_lab
 
     if not is_fqdn(args.fqdn):
         print(f"error: {args.fqdn!r} is not a valid FQDN", file=sys.stderr)
@@ -280,30 +280,30 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from sipserver import certs_cli
+    from sipserver.commands import certs as certs_command
 
     if args.certs_command == "lab-pki":
         for name in [args.server, *args.peer]:
             if not is_fqdn(name):
                 print(f"error: {name!r} is not a valid FQDN", file=sys.stderr)
                 return 2
-        return certs_cli.lab_pki(args.out, args.server.lower(), [p.lower() for p in args.peer])
+        return certs_command.lab_pki(args.out, args.server.lower(), [p.lower() for p in args.peer])
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.certs_command == "show":
-        return certs_cli.show(config, args.json)
+        return certs_command.show(config, args.json)
     if args.certs_command == "peers":
-        return certs_cli.peers(config, args.json)
-    return certs_cli.export(config, args.der, args.out)
+        return certs_command.peers(config, args.json)
+    return certs_command.export(config, args.der, args.out)
 
 
 def _ping(args: argparse.Namespace) -> int:
     import time
 
-    from sipserver.ping import PingFailed, describe_result, parse_target, ping
+    from sipserver.commands.ping import PingFailed, describe_result, parse_target, ping
 
     transport = "tls" if args.tls else "tcp" if args.tcp else None
     try:

@@ -14,7 +14,12 @@ from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.flow import Flow
 from sipserver.sip.matching import client_key
 from sipserver.sip.message import Request, Response
-from sipserver.sip.transaction import ClientTransaction, ServerTransaction, State, Transaction
+from sipserver.sip.transaction_machine import (
+    ClientTransaction,
+    ServerTransaction,
+    State,
+    Transaction,
+)
 from sipserver.sip.transaction_tables import SERVER_NON_INVITE
 
 

@@ -7,11 +7,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from sipserver.proxy.events import Answered, CallRefused, Event, TransactionTimedOut
-from sipserver.proxy.transactions import ServerContext, TransactionTable
+from sipserver.proxy.live_transactions import ServerContext, TransactionTable
 from sipserver.sip.flow import Transmit
 from sipserver.sip.message import Request, Response
 from sipserver.sip.responses import make_response, warning_value
-from sipserver.sip.transaction import Output, SendMessage, ServerTransaction, Terminated, TimedOut
+from sipserver.sip.transaction_machine import (
+    Output,
+    SendMessage,
+    ServerTransaction,
+    Terminated,
+    TimedOut,
+)
 
 Headers = tuple[tuple[str, str], ...]
 

@@ -9,16 +9,16 @@ from collections.abc import Sequence
 
 from sipserver.config.schema import Config, PeerSettings
 from sipserver.proxy.calls import ClientContext, ProxyCall
-from sipserver.proxy.connections import ConnectionDirectory, target_flow
+from sipserver.proxy.connection_directory import ConnectionDirectory, target_flow
 from sipserver.proxy.events import Event, TargetHealthChanged, TargetHealthChecked
 from sipserver.proxy.hops import OurAddress
+from sipserver.proxy.live_transactions import TransactionTable
 from sipserver.proxy.locations import Locations, Lookup
-from sipserver.proxy.transactions import TransactionTable
-from sipserver.routing.health import HealthTable
+from sipserver.routing.target_health import HealthTable
 from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.timers import TimerValues
-from sipserver.sip.transaction import (
+from sipserver.sip.transaction_machine import (
     ClientTransaction,
     Output,
     ResponseReceived,

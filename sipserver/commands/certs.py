@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sipserver.certstore import CertificateSetupError, load_candidates, pkcs12_password
 from sipserver.config.schema import Config
-from sipserver.pki.lab import Pair, make_lab_pki
+from sipserver.pki.lab_pki import Pair, make_lab_pki
 from sipserver.pki.select import choose_certificate, rank_reason
 
 

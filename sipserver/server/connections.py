@@ -20,14 +20,14 @@ from sipserver.server.capture import HepCapture
 from sipserver.server.credentials import Credentials
 from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.repeats import RepeatFilter
-from sipserver.server.stats import ServerStats
+from sipserver.server.snapshot import ServerStats
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.sip.framing import FramingError
+from sipserver.transport.connection import StreamConnection, next_connection_id
 from sipserver.transport.direct import BacklogWatch, PlainStream
 from sipserver.transport.idle import IdleTimer
 from sipserver.transport.limits import Budget
 from sipserver.transport.pool import ConnectionPool
-from sipserver.transport.streams import StreamConnection, next_connection_id
 from sipserver.transport.tls_handshake import TlsAccepted, TlsRefused, tls_handshake
 
 log = structlog.get_logger("sipserver")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from sipserver.certs_cli import write_lab_pki
+from sipserver.commands.certs import write_lab_pki
 
 NUMBERS = {"unsecured": "7000", "sip-secured": "7001", "secured": "7002"}
 PHONE_NUMBER = "7100"  # baresip registers it and answers calls for it
