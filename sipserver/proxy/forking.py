@@ -1,9 +1,12 @@
 """Calls forked in parallel: a softphone that registered several flows (or several
 softphones sharing a number) ring at once; the first 2xx wins and the other branches are
 cancelled; when every branch has failed the caller gets the best answer (RFC 3261 §16.7).
-A mixin of the Forwarder, which sends the branches and relays what comes back."""
+The Forwarder owns one `Branches` and is its `CallLeg`: it sends each branch and relays
+what comes back."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from sipserver.config.schema import PeerSettings
 from sipserver.proxy.calls import Branch, ProxyCall, best_response
@@ -25,16 +28,13 @@ from sipserver.sip.transaction_machine import (
 )
 
 
-class Forking:
-    registrar: Registrar
-    responder: Responder
-    events: list[Event]
+class CallLeg(Protocol):
+    """What the branches ask of the Forwarder that owns them."""
+
     timers: TimerValues
     sharing: Sharing | None
-    queries: BindingQueries[ProxyCall]
 
-    # --- what the Forwarder provides ------------------------------------------------------
-    def _send_attempt(
+    def send_attempt(
         self,
         call: ProxyCall,
         target: PeerSettings | None,
@@ -42,8 +42,7 @@ class Forking:
         uri: str,
         flow: Flow,
         now: float,
-    ) -> list[Transmit]:
-        raise NotImplementedError
+    ) -> list[Transmit]: ...
 
     def fail(
         self,
@@ -53,35 +52,45 @@ class Forking:
         warning: str,
         now: float,
         headers: Headers = (),
-    ) -> list[Transmit]:
-        raise NotImplementedError
+    ) -> list[Transmit]: ...
 
-    def _relay_final(self, call: ProxyCall, response: Response, now: float) -> list[Transmit]:
-        raise NotImplementedError
+    def relay_final(self, call: ProxyCall, response: Response, now: float) -> list[Transmit]: ...
 
-    def _relay_late_2xx(
+    def relay_late_2xx(
         self, server_tx: ServerTransaction, response: Response, now: float
-    ) -> list[Transmit]:
-        raise NotImplementedError
+    ) -> list[Transmit]: ...
 
-    def _keep_for_2xx_retransmissions(self, call: ProxyCall, tx: ClientTransaction) -> None:
-        raise NotImplementedError
+    def keep_for_2xx_retransmissions(self, call: ProxyCall, tx: ClientTransaction) -> None: ...
 
-    def _cancel_on(
+    def cancel_on(
         self, call: ProxyCall, invite_tx: ClientTransaction, flow: Flow, now: float
-    ) -> list[Transmit]:
-        raise NotImplementedError
+    ) -> list[Transmit]: ...
 
-    def _check_answer_media(self, call: ProxyCall, response: Response) -> None:
-        raise NotImplementedError
+    def check_answer_media(self, call: ProxyCall, response: Response) -> None: ...
+
+
+class Branches:
+    def __init__(
+        self,
+        leg: CallLeg,
+        registrar: Registrar,
+        responder: Responder,
+        events: list[Event],
+        queries: BindingQueries[ProxyCall],
+    ) -> None:
+        self.leg = leg
+        self.registrar = registrar
+        self.responder = responder
+        self.events = events
+        self.queries = queries
 
     # --- forking ----------------------------------------------------------------------
-    def _fork(self, call: ProxyCall, now: float) -> list[Transmit]:
+    def fork(self, call: ProxyCall, now: float) -> list[Transmit]:
         """Every registered flow of the softphones that own the number rings at once; the
         first 2xx wins and the other branches are cancelled. Flows that other processes of
         ours hold ring through them: one branch per process, which rings its own flows."""
         number = call.number or ""
-        sharing = self.sharing
+        sharing = self.leg.sharing
         if sharing is not None and call.remote is None and not call.handed_over:
             self.queries.wait(number, call)  # the shell asks the store; resume() goes on
             return []
@@ -106,16 +115,18 @@ class Forking:
                     elsewhere[r.hop] = None
         if not usable and not elsewhere:
             why = f"Softphone for {number} unavailable: " + "; ".join(call.attempts)
-            return self.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
+            return self.leg.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
         call.branches = []
         out: list[Transmit] = []
         for phone, flow, contact in usable:
-            out += self._send_attempt(call, phone, flow.transport, contact, flow, now)
+            out += self.leg.send_attempt(call, phone, flow.transport, contact, flow, now)
         if sharing is not None:
             sibling = sharing.sibling
             for hop in elsewhere:
                 flow = Flow(Transport.TLS, ("", 0), hop, None, server_name=sibling.fqdn)
-                out += self._send_attempt(call, sibling, Transport.TLS, call.request.uri, flow, now)
+                out += self.leg.send_attempt(
+                    call, sibling, Transport.TLS, call.request.uri, flow, now
+                )
         return out
 
     def _secure_enough(self, call: ProxyCall, phone: PeerSettings, transport: Transport) -> bool:
@@ -134,13 +145,13 @@ class Forking:
     ) -> list[Transmit]:
         status = response.status
         if 200 <= status < 300:
-            self._keep_for_2xx_retransmissions(call, branch.tx)
+            self.leg.keep_for_2xx_retransmissions(call, branch.tx)
             if call.done:
-                return self._relay_late_2xx(call.server_tx, response, now)
+                return self.leg.relay_late_2xx(call.server_tx, response, now)
             branch.final = status
             call.target, call.target_flow = branch.target, branch.flow
-            out = self._cancel_branches(call, now)
-            return out + self._relay_final(call, response, now)
+            out = self.cancel_all(call, now)
+            return out + self.leg.relay_final(call, response, now)
         if status == 100 or not branch.pending:
             return []
         if status < 200:
@@ -148,12 +159,12 @@ class Forking:
             if call.done or call.cancelled:
                 return self._cancel_branch(call, branch, now)
             call.provisional = True
-            self._check_answer_media(call, response)
+            self.leg.check_answer_media(call, response)
             return self.responder.send(call.server_tx, proxy_ops.strip_top_via(response), now)
         branch.final, branch.response = status, response
         return self._branches_settled(call, now)
 
-    def _branch_failed(
+    def failed(
         self, call: ProxyCall, branch: Branch, status: int, reason: str, now: float
     ) -> list[Transmit]:
         if not branch.pending:
@@ -172,15 +183,15 @@ class Forking:
         best = best_response(branches)
         if best is not None and best.response is not None:
             call.target, call.target_flow = best.target, best.flow
-            return self._relay_final(call, best.response, now)
+            return self.leg.relay_final(call, best.response, now)
         if call.cancelled:
-            return self.fail(call.server_tx, 487, "Request Terminated", "cancelled", now)
+            return self.leg.fail(call.server_tx, 487, "Request Terminated", "cancelled", now)
         why = "Every registered flow failed: " + "; ".join(call.attempts)
         if all(b.final == 408 for b in branches):
-            return self.fail(call.server_tx, 408, "Request Timeout", why, now)
-        return self.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
+            return self.leg.fail(call.server_tx, 408, "Request Timeout", why, now)
+        return self.leg.fail(call.server_tx, 480, "Temporarily Unavailable", why, now)
 
-    def _cancel_branches(self, call: ProxyCall, now: float) -> list[Transmit]:
+    def cancel_all(self, call: ProxyCall, now: float) -> list[Transmit]:
         """Cancel the branches still ringing; one that has not rung yet is cancelled when
         its first provisional response comes (§9.1)."""
         out: list[Transmit] = []
@@ -193,25 +204,23 @@ class Forking:
         if branch.cancel_sent:
             return []
         branch.cancel_sent = True
-        return self._cancel_on(call, branch.tx, branch.flow, now)
+        return self.leg.cancel_on(call, branch.tx, branch.flow, now)
 
-    def _branch_of(self, call: ProxyCall, tx: ClientTransaction) -> Branch | None:
+    def branch_of(self, call: ProxyCall, tx: ClientTransaction) -> Branch | None:
         return next((b for b in call.branches or () if b.tx is tx), None)
 
-    def _on_branch_output(
+    def on_output(
         self, call: ProxyCall, tx: ClientTransaction, item: Output, now: float
     ) -> list[Transmit]:
-        branch = self._branch_of(call, tx)
+        branch = self.branch_of(call, tx)
         if branch is None:
             return []
         if isinstance(item, ResponseReceived):
             return self._on_branch_response(call, branch, item.response, now)
         if isinstance(item, TimedOut) and item.timer == "C":
             out = self._cancel_branch(call, branch, now) if branch.provisional else []
-            seconds = f"{self.timers.timer_c:g}"
-            return out + self._branch_failed(
-                call, branch, 408, f"no answer within {seconds} s", now
-            )
+            seconds = f"{self.leg.timers.timer_c:g}"
+            return out + self.failed(call, branch, 408, f"no answer within {seconds} s", now)
         if isinstance(item, TimedOut):
-            return self._branch_failed(call, branch, 408, "timeout", now)
+            return self.failed(call, branch, 408, "timeout", now)
         return []

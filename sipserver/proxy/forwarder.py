@@ -24,7 +24,7 @@ from sipserver.proxy.events import (
     CallFailed,
     Event,
 )
-from sipserver.proxy.forking import Forking
+from sipserver.proxy.forking import Branches
 from sipserver.proxy.hops import OurAddress
 from sipserver.proxy.live_transactions import TransactionTable
 from sipserver.proxy.registrar import Registrar
@@ -52,7 +52,7 @@ from sipserver.sip.transaction_machine import (
 INVITE_LIKE = ("INVITE", "SUBSCRIBE", "REFER")  # requests that may create a dialog
 
 
-class Forwarder(Forking):
+class Forwarder:
     def __init__(
         self,
         table: TransactionTable,
@@ -75,6 +75,7 @@ class Forwarder(Forking):
         self.our_thumbprint_sha1: str | None = None
         self.sharing: Sharing | None = None  # set when bindings are shared between processes
         self.queries: BindingQueries[ProxyCall] = BindingQueries()
+        self.branches = Branches(self, registrar, responder, events, self.queries)
 
     def configure(
         self, config: Config, us: OurAddress, timers: TimerValues, health: HealthTable
@@ -110,14 +111,14 @@ class Forwarder(Forking):
 
     def _try_next(self, call: ProxyCall, now: float) -> list[Transmit]:
         if call.targets and call.targets[0].is_softphone:
-            return self._fork(call, now)
+            return self.branches.fork(call, now)
         attempt = self.picker.next(call, now)
         if attempt is None:
             return self._exhausted(call, now)
         if isinstance(attempt, Waiting):
             return []  # the shell looks the target up; resume() carries on
         target, transport, uri, flow = attempt.target, attempt.transport, attempt.uri, attempt.flow
-        return self._send_attempt(call, target, transport, uri, flow, now)
+        return self.send_attempt(call, target, transport, uri, flow, now)
 
     def resume(self, call: ProxyCall, now: float) -> list[Transmit]:
         """A lookup this call waited for is answered."""
@@ -145,9 +146,9 @@ class Forwarder(Forking):
         if flow is None:
             why = f"No route to {uri}: not an allow-listed peer"
             return self.fail(call.server_tx, 404, "Not Found", why, now)
-        return self._send_attempt(call, peer, transport, call.request.uri, flow, now)
+        return self.send_attempt(call, peer, transport, call.request.uri, flow, now)
 
-    def _send_attempt(
+    def send_attempt(
         self,
         call: ProxyCall,
         target: PeerSettings | None,
@@ -322,8 +323,8 @@ class Forwarder(Forking):
             call = tx.context.call
             if call is not None and tx.context.kind == "forward" and call.client_tx is tx:
                 out += self._attempt_failed(call, reason, now)
-            elif call is not None and (branch := self._branch_of(call, tx)) is not None:
-                out += self._branch_failed(call, branch, 503, reason, now)
+            elif call is not None and (branch := self.branches.branch_of(call, tx)) is not None:
+                out += self.branches.failed(call, branch, 503, reason, now)
         return out
 
     # --- responses ----------------------------------------------------------------------
@@ -350,11 +351,11 @@ class Forwarder(Forking):
                 if call is not None:  # its deadline may linger in the heap: keep no call
                     tx.context = ClientContext(None, context.flow, context.kind)
             elif isinstance(item, ResponseReceived) and context.answered is not None:
-                out += self._relay_late_2xx(context.answered, item.response, now)
+                out += self.relay_late_2xx(context.answered, item.response, now)
             elif call is None:
                 continue
             elif context.kind == "fork":
-                out += self._on_branch_output(call, tx, item, now)
+                out += self.branches.on_output(call, tx, item, now)
             elif context.kind != "forward":
                 continue
             elif isinstance(item, ResponseReceived):
@@ -368,39 +369,39 @@ class Forwarder(Forking):
         self, call: ProxyCall, tx: ClientTransaction, response: Response, now: float
     ) -> list[Transmit]:
         if call.done and 200 <= response.status < 300:
-            return self._relay_late_2xx(call.server_tx, response, now)
+            return self.relay_late_2xx(call.server_tx, response, now)
         if call.client_tx is not tx or call.done or response.status == 100:
             return []
         if response.status == 503 and (call.targets or call.hops) and not call.cancelled:
             return self._attempt_failed(call, "503 Service Unavailable", now)
         if response.status < 200:
             call.provisional = True
-            self._check_answer_media(call, response)
+            self.check_answer_media(call, response)
             upstream = proxy_ops.strip_top_via(response)
             out = self.responder.send(call.server_tx, upstream, now)
             if call.cancelled and not call.cancel_sent:
                 out += self._send_cancel(call, now)
             return out
         if response.status < 300:
-            self._keep_for_2xx_retransmissions(call, tx)
-        return self._relay_final(call, response, now)
+            self.keep_for_2xx_retransmissions(call, tx)
+        return self.relay_final(call, response, now)
 
-    def _relay_final(self, call: ProxyCall, response: Response, now: float) -> list[Transmit]:
+    def relay_final(self, call: ProxyCall, response: Response, now: float) -> list[Transmit]:
         if response.status < 300:
-            self._check_answer_media(call, response)
+            self.check_answer_media(call, response)
         upstream = proxy_ops.strip_top_via(response)
         call.done = True
         self.calls.pop(call.inbound.key, None)
         self._complete(call, upstream.status, now)
         return self.responder.send(call.server_tx, upstream, now)
 
-    def _keep_for_2xx_retransmissions(self, call: ProxyCall, tx: ClientTransaction) -> None:
+    def keep_for_2xx_retransmissions(self, call: ProxyCall, tx: ClientTransaction) -> None:
         if tx.state is State.ACCEPTED:
             # Only the way back is kept for the 2xx retransmissions of Accepted; the call
             # itself (requests, targets) can go.
             tx.context = ClientContext(None, tx.context.flow, "accepted", answered=call.server_tx)
 
-    def _relay_late_2xx(
+    def relay_late_2xx(
         self, server_tx: ServerTransaction, response: Response, now: float
     ) -> list[Transmit]:
         """A 2xx after the call was settled: a retransmission of the answer, or an answer
@@ -447,7 +448,7 @@ class Forwarder(Forking):
             return None
         call.cancelled = True
         if call.branches is not None:
-            return self._cancel_branches(call, now)
+            return self.branches.cancel_all(call, now)
         if call.cancel_sent or not call.provisional:
             return []
         return self._send_cancel(call, now)
@@ -456,9 +457,9 @@ class Forwarder(Forking):
         if call.client_tx is None or call.target_flow is None:
             return []
         call.cancel_sent = True
-        return self._cancel_on(call, call.client_tx, call.target_flow, now)
+        return self.cancel_on(call, call.client_tx, call.target_flow, now)
 
-    def _cancel_on(
+    def cancel_on(
         self, call: ProxyCall, invite_tx: ClientTransaction, flow: Flow, now: float
     ) -> list[Transmit]:
         if invite_tx.request is None:
@@ -477,6 +478,6 @@ class Forwarder(Forking):
     def busy(self) -> int:
         return sum(1 for call in self.calls.values() if not call.done)
 
-    def _check_answer_media(self, call: ProxyCall, response: Response) -> None:
+    def check_answer_media(self, call: ProxyCall, response: Response) -> None:
         if (violation := answer_media_violation(call, response)) is not None:
             self.events.append(violation)
