@@ -43,3 +43,15 @@ class CoreStatistics:
             dict(record.limits.by_plan),
             dict(record.limits.refused),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionCounts:
+    """What the core is holding, as counts: for tests that nothing is left behind."""
+
+    server: int
+    settled: int
+    client_kinds: tuple[str, ...]  # forward | health | ... for each client transaction
+    proxied_calls: int
+    answered_calls: int  # by the answering target
+    answering_wakeups: int

@@ -79,8 +79,8 @@ def test_a_peer_over_max_calls_gets_503_naming_the_limit_and_another_peer_does_n
         refused.headers.get("Warning") or ""
     )
     assert final(core.receive_datagram(invite(4, GW2), GW2, 0.0), GW2) is None  # gw2 goes on
-    assert core.record.limits.by_peer == {"gw1": 2, "gw2": 1}
-    assert core.record.limits.refused == {("peer_max_calls", "gw1"): 1}
+    assert core.call_limits.by_peer == {"gw1": 2, "gw2": 1}
+    assert core.call_limits.refused == {("peer_max_calls", "gw1"): 1}
 
 
 def test_counts_return_to_zero_however_the_calls_end() -> None:
@@ -89,14 +89,14 @@ def test_counts_return_to_zero_however_the_calls_end() -> None:
     # 5: answered by the built-in target, then BYE.
     requests = {n: forwarded(core.receive_datagram(invite(n), CALLER, 0.0)) for n in (1, 2, 3, 4)}
     core.receive_datagram(invite(5, number="7000"), CALLER, 0.0)
-    assert core.record.limits.active == 5
+    assert core.call_limits.active == 5
     reply(core, requests[1], 486, 0.1)
     cancel = invite(2).replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
     core.receive_datagram(cancel, CALLER, 0.1)
     reply(core, requests[2], 180, 0.2)
     reply(core, requests[2], 487, 0.3)
     reply(core, requests[4], 200, 0.3)
-    assert core.record.limits.active == 3  # 3 still trying, 4 and 5 in their dialogs
+    assert core.call_limits.active == 3  # 3 still trying, 4 and 5 in their dialogs
     bye = (
         b"BYE sip:b@192.0.2.20:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye4\r\n"
         b"Route: <sip:sip.example.test:5060;transport=udp;lr;peer=gw1>, <sip:sip.example.test:5060;transport=udp;lr;peer=pbx1>\r\n"
@@ -111,8 +111,8 @@ def test_counts_return_to_zero_however_the_calls_end() -> None:
     out: list[Transmit] = []
     for now in (2.0, 40.0, 70.0, 200.0):  # the answering target's call ends, 3 times out
         out += core.handle_timers(now)
-    assert core.record.limits.active == 0 and not core.record.limits.by_peer
-    assert not core.record.limits.by_plan
+    assert core.call_limits.active == 0 and not core.call_limits.by_peer
+    assert not core.call_limits.by_plan
 
 
 def test_a_plan_and_the_server_have_their_own_limits() -> None:
@@ -137,7 +137,7 @@ def test_the_call_rate_is_a_token_bucket_with_its_burst() -> None:
     admitted = statuses.count(100)
     assert statuses[:4] == [100] * 4 and statuses[4:6] == [503, 503]  # the burst spent
     assert admitted == 10  # 3 at once, then 2 a second over 3.8 s: 10.6 tokens in all
-    assert core.record.limits.refused[("peer_max_call_rate", "gw1")] == 20 - admitted
+    assert core.call_limits.refused[("peer_max_call_rate", "gw1")] == 20 - admitted
 
 
 def test_a_reload_that_lowers_a_limit_keeps_the_calls_and_admits_none_until_under() -> None:
@@ -146,7 +146,7 @@ def test_a_reload_that_lowers_a_limit_keeps_the_calls_and_admits_none_until_unde
     core.configure(parse_config(config(gw1={"max_calls": 1})))
     refused = final(core.receive_datagram(invite(10), CALLER, 0.1))
     assert refused is not None and refused.status == 503
-    assert core.record.limits.by_peer["gw1"] == 3  # nothing dropped
+    assert core.call_limits.by_peer["gw1"] == 3  # nothing dropped
     reply(core, requests[0], 486, 0.2)
     reply(core, requests[1], 486, 0.2)
     assert final(core.receive_datagram(invite(11), CALLER, 0.3)) is not None  # still 1 >= 1
@@ -164,7 +164,7 @@ def test_a_ringing_call_that_timer_c_ends_is_no_longer_counted() -> None:
     assert refused is not None and refused.status == 503  # the ringing call holds the limit
     timed_out = final(core.handle_timers(181.0))
     assert timed_out is not None and timed_out.status == 408
-    assert core.record.limits.active == 0
+    assert core.call_limits.active == 0
     reply(core, request, 487, 181.2)
-    assert core.record.limits.active == 0
+    assert core.call_limits.active == 0
     assert final(core.receive_datagram(invite(3), CALLER, 182.0)) is None  # admitted again

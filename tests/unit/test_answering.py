@@ -121,7 +121,7 @@ def test_udp_2xx_is_resent_until_the_ack_then_bye_ends_the_call() -> None:
     assert [r.status for r in replies(core.receive_datagram(bye, UDP, 5.0))] == [200]
     (ended,) = [e.fields() for e in core.take_events() if e.log_name == "answered_call_ended"]
     assert ended["ended_by"] == "caller_bye" and ended["duration_s"] == 5.0
-    assert not core.answering.calls
+    assert not core.transactions().answered_calls
 
 
 def test_reinvite_gets_a_new_answer_and_a_secured_call_refuses_plain_rtp_in_dialog() -> None:
@@ -208,13 +208,15 @@ def test_a_call_nobody_hangs_up_ends_after_a_day_and_many_calls_cost_no_scan() -
         tag = replies(core.receive_datagram(raw, UDP, 0.0))[-1].to.tag  # type: ignore[union-attr]
         ack = invite(b"", method="ACK", to_tag=tag, branch=f"z9hG4bKa{n}")  # type: ignore[arg-type]
         core.receive_datagram(ack.replace(b"call-1", f"call-{n}".encode()), UDP, 0.1)
-    assert len(core.answering.calls) == 300
-    assert len(core.answering.wakeups) <= 2 * 300 + 256  # ended and moved wake-ups dropped
+    assert core.transactions().answered_calls == 300
+    assert (
+        core.transactions().answering_wakeups <= 2 * 300 + 256
+    )  # ended and moved wake-ups dropped
     core.take_events()
     core.handle_timers(86400.0)
     ended = [e.fields() for e in core.take_events() if e.log_name == "answered_call_ended"]
     assert len(ended) == 300 and {e["ended_by"] for e in ended} == {"longest_call"}
-    assert not core.answering.calls
+    assert not core.transactions().answered_calls
 
 
 def test_a_bye_in_the_early_dialog_ends_the_ringing_invite_with_487() -> None:
@@ -224,5 +226,5 @@ def test_a_bye_in_the_early_dialog_ends_the_ringing_invite_with_487() -> None:
     bye = invite(b"", method="BYE", to_tag=tag, cseq=2, branch="z9hG4bKbye")  # type: ignore[arg-type]
     out = replies(core.receive_datagram(bye, UDP, 1.0))
     assert sorted((r.status, r.cseq[1]) for r in out) == [(200, "BYE"), (487, "INVITE")]
-    assert core.busy() == 0 and not core.answering.calls
+    assert core.busy() == 0 and not core.transactions().answered_calls
     assert [r for r in replies(core.handle_timers(30.0)) if r.status == 200] == []

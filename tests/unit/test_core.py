@@ -173,7 +173,7 @@ def test_retransmitted_options_gets_the_same_answer_and_transaction_ends_with_ti
     core = SipCore(config())
     first = core.receive_datagram(req(), GW, 0.0)
     # Answered: only the key, the response bytes and where they go wait out Timer J.
-    assert not core.table.server and len(core.table.settled) == 1
+    assert core.transactions().server == 0 and core.transactions().settled == 1
     assert core.next_deadline() == 32.0
     again = core.receive_datagram(req(), GW, 1.0)
     assert first[0].data == again[0].data and again[0].flow == first[0].flow
@@ -191,7 +191,7 @@ def test_options_over_tcp_leave_nothing_behind() -> None:
     tcp = Flow("tcp", ("127.0.0.1", 5060), ("192.0.2.10", 40000))
     out = core.receive_stream_message(req().replace(b"UDP", b"TCP"), tcp, None, 0.0)
     assert parse_message(out[0].data).status == 200  # type: ignore[union-attr]
-    assert core.transaction_count == 0 and not core.table.settled
+    assert core.transaction_count == 0 and not core.transactions().settled
 
 
 def test_cancel_without_pending_invite_gets_481() -> None:

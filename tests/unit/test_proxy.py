@@ -55,7 +55,7 @@ def answer(request: Request, status: int, reason: str = "X", extra: str = "") ->
 
 def forwarding(core: SipCore) -> int:
     """Client transactions of calls (health-check pings aside)."""
-    return sum(1 for tx in core.table.client.values() if tx.context.kind != "health")
+    return sum(1 for kind in core.transactions().client_kinds if kind != "health")
 
 
 def start() -> tuple[SipCore, list[Transmit]]:
@@ -260,8 +260,8 @@ def test_timer_c_on_a_ringing_call_cancels_the_callee_and_answers_408() -> None:
     (forwarded,) = to(out, ("192.0.2.20", 5060))
     assert isinstance(forwarded, Request)
     core.receive_datagram(answer(forwarded, 180, "Ringing"), PBX1, 1.0)
-    (ringing,) = [tx for tx in core.table.client.values() if tx.context.kind == "forward"]
-    assert ringing.deadline == 181.0  # Timer C, 180 s after the last provisional
+    early = core.handle_timers(180.9)  # Timer C runs 180 s from the last provisional
+    assert [m for m in to(early, CALLER.remote) if isinstance(m, Response)] == []
     fired = core.handle_timers(181.0)
     upstream = [m for m in to(fired, CALLER.remote) if isinstance(m, Response)]
     assert [m.status for m in upstream] == [408]
@@ -288,7 +288,11 @@ def test_timer_c_gives_up_on_a_callee_that_never_answers_the_cancel() -> None:
     while deadline is not None and deadline < 400:
         core.handle_timers(deadline)
         deadline = core.next_deadline()
-    assert core.transaction_count == 0 and forwarding(core) == 0 and not core.forwarder.calls
+    assert (
+        core.transaction_count == 0
+        and forwarding(core) == 0
+        and not core.transactions().proxied_calls
+    )
 
 
 def test_a_2xx_that_crosses_our_408_still_reaches_the_caller() -> None:
@@ -400,7 +404,7 @@ def test_a_failed_flow_fails_only_the_attempts_sent_on_it() -> None:
     core, out = start()
     flow_to_pbx1 = next(t.flow for t in out if t.flow.remote == ("192.0.2.20", 5060))
     assert core.transport_failed(PBX2, "connection refused", 0.1) == []  # nothing went there
-    assert [tx.context.kind for tx in core.table.clients_on(flow_to_pbx1)] == ["forward"]
+    assert core.client_kinds_on(flow_to_pbx1) == ["forward"]
     out = core.transport_failed(flow_to_pbx1, "connection refused", 0.2)
     assert [m.method for m in to(out, ("192.0.2.21", 5060)) if isinstance(m, Request)] == ["INVITE"]
-    assert core.table.clients_on(flow_to_pbx1) == []
+    assert core.client_kinds_on(flow_to_pbx1) == []

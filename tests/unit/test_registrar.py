@@ -136,21 +136,21 @@ def test_too_short_an_expiry_gets_423_with_min_expires_and_changes_nothing() -> 
     response = only_response(over_tls(core, register(expires="30")))
     assert (response.status, response.headers.get("Min-Expires")) == (423, "60")
     assert "below registrar.min_expires (60 s)" in (response.headers.get("Warning") or "")
-    assert core.registrar.by_number == {}
+    assert core.bindings_by_number() == {}
 
 
 def test_expires_0_and_contact_star_remove_bindings() -> None:
     core = SipCore(config())
     over_tls(core, register())
     over_tls(core, register(contact="<sip:7001@192.0.2.50:6000>", cseq=2))
-    assert len(core.registrar.by_number["7001"]) == 2
+    assert len(core.bindings_by_number()["7001"]) == 2
     core.take_events()
     gone = only_response(over_tls(core, register(expires="0", cseq=3)))
     assert gone.headers.get_all("Contact") == ["<sip:7001@192.0.2.50:6000>;expires=300"]
     assert changes(core) == [("removed", "unregistered (expires 0)")]
     star = only_response(over_tls(core, register(contact="*", expires="0", cseq=4)))
     assert (star.status, star.headers.get_all("Contact")) == (200, [])
-    assert "7001" not in core.registrar.by_number
+    assert "7001" not in core.bindings_by_number()
 
 
 def test_a_query_without_contact_lists_the_bindings_and_changes_nothing() -> None:
@@ -186,7 +186,7 @@ def test_refused_registrations_say_why(data: bytes, status: int, why: str) -> No
     assert why in (response.headers.get("Warning") or response.reason), response.headers.get(
         "Warning"
     )
-    assert core.registrar.by_number == {}
+    assert core.bindings_by_number() == {}
 
 
 def test_a_gateway_may_not_register() -> None:
@@ -224,7 +224,7 @@ def test_past_max_bindings_the_oldest_goes_never_the_binding_just_registered() -
     # A refresh counts as registering again: 6001 is now the newest, 6002 goes next.
     over_tls(core, register(contact="<sip:7001@192.0.2.50:6001>", expires="600", cseq=21), now=30)
     over_tls(core, register(contact="<sip:7001@192.0.2.50:7001>", expires="120", cseq=22), now=31)
-    remaining = {b.contact for b in core.registrar.by_number["7001"]}
+    remaining = {b.contact for b in core.bindings_by_number()["7001"]}
     assert "sip:7001@192.0.2.50:6001" in remaining and "sip:7001@192.0.2.50:6002" not in remaining
 
 
@@ -234,7 +234,7 @@ def test_a_contact_repeated_in_one_register_is_one_binding_with_its_last_expiry(
     twice = f"{contact};expires=100, {contact};expires=200"
     response = only_response(over_tls(core, register(contact=twice)))
     assert response.status == 200
-    assert len(core.registrar.by_number["7001"]) == 1
+    assert len(core.bindings_by_number()["7001"]) == 1
     assert response.headers.get_all("Contact") == [f"{contact};expires=200"]
     assert changes(core) == [("added", None)]
 
@@ -247,14 +247,14 @@ def test_too_many_contacts_in_one_register_get_400_and_change_nothing() -> None:
     assert "21 Contacts in one REGISTER, more than registrar.max_contacts (20)" in (
         response.headers.get("Warning") or ""
     )
-    assert core.registrar.by_number == {} and changes(core) == []
+    assert core.bindings_by_number() == {} and changes(core) == []
     eleven = ", ".join(f"<sip:7001@192.0.2.50:{6000 + n}>" for n in range(11))
     response = only_response(over_tls(core, register(contact=eleven)))
     assert response.status == 403
     assert "11 Contacts for 7001 in one REGISTER, more than registrar.max_bindings (10)" in (
         response.headers.get("Warning") or ""
     )
-    assert core.registrar.by_number == {}
+    assert core.bindings_by_number() == {}
 
 
 # --- RFC 5626 flows --------------------------------------------------------------------------
@@ -272,11 +272,11 @@ def test_outbound_registration_is_acknowledged_and_a_new_flow_replaces_the_old()
     assert "reg-id=1" in first.headers.get_all("Contact")[0]
     assert "+sip.instance=" + INSTANCE in first.headers.get_all("Contact")[0]
     outbound_register(TLS_B, 2, core, now=5.0)
-    (binding,) = core.registrar.by_number["7001"]
+    (binding,) = core.bindings_by_number()["7001"]
     assert binding.flow == TLS_B
     assert [c for c, _ in changes(core)] == ["added", "replaced"]
     core.transport_failed(TLS_A, "closed by peer", 6.0)  # the old flow ends: nothing lost
-    assert core.registrar.by_number["7001"] == [binding]
+    assert core.bindings_by_number()["7001"] == [binding]
 
 
 def test_a_binding_ends_with_its_connection_and_calls_then_get_480_at_once() -> None:
@@ -298,7 +298,7 @@ def test_bindings_expire_when_not_refreshed() -> None:
     assert core.next_deadline() == 60.0
     core.handle_timers(60.0)
     assert changes(core) == [("expired", "not refreshed in time")]
-    assert core.registrar.by_number == {}
+    assert core.bindings_by_number() == {}
 
 
 # --- calls to softphones ---------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_a_sip_secured_call_needs_a_tls_binding() -> None:
     core.receive_datagram(
         register(transport="UDP", contact="<sip:7001@192.0.2.50:5062>"), UDP_PHONE, 0.0
     )
-    assert core.registrar.by_number["7001"][0].flow == UDP_PHONE
+    assert core.bindings_by_number()["7001"][0].flow == UDP_PHONE
     tls_gw = Flow(Transport.TLS, ("0.0.0.0", 5061), ("192.0.2.10", 40000), connection_id=9)
     out = core.receive_stream_message(invite(), tls_gw, core.config.peer("gw1"), 1.0)
     final = parse(out[-1])
@@ -406,13 +406,13 @@ def test_bindings_survive_a_reload_and_go_with_their_softphone() -> None:
     over_tls(core, register())
     core.take_events()
     core.configure(config())
-    assert len(core.registrar.by_number["7001"]) == 1
+    assert len(core.bindings_by_number()["7001"]) == 1
     without_phone1 = parse_config(
         BASE.replace('name = "phone1"', 'name = "phone9"')
         + dial_plan("phones", "unsecured", ["phone2"], numbers=["70xx"])
     )
     core.configure(without_phone1)
-    assert core.registrar.by_number == {}
+    assert core.bindings_by_number() == {}
     assert changes(core) == [("removed", "peer no longer configured as a softphone")]
 
 

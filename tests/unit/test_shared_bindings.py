@@ -44,7 +44,7 @@ def parse(transmit: Transmit) -> Request | Response:
 
 def test_the_registrar_hands_its_changes_to_publish_and_withdraw() -> None:
     core, api = sharing_core()
-    core.receive_stream_message(register(), TLS_A, core.peers.by_name("phone1"), 0.0)
+    core.receive_stream_message(register(), TLS_A, core.peer_named("phone1"), 0.0)
     (added,) = api.take_changes()
     assert not added.withdraw and added.binding.number == "7001"
     assert (added.binding.connection_id, added.binding.expires_in) == (1, 300)
@@ -59,7 +59,7 @@ def test_the_registrar_hands_its_changes_to_publish_and_withdraw() -> None:
 def test_a_call_for_a_softphone_waits_for_the_store_then_goes_to_the_process_holding_it() -> None:
     core, api = sharing_core()
     gw_tls = Flow(Transport.TLS, ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=5)
-    out = core.receive_stream_message(invite(), gw_tls, core.peers.by_name("gw1"), 0.0)
+    out = core.receive_stream_message(invite(), gw_tls, core.peer_named("gw1"), 0.0)
     assert [parse(t).status for t in out] == [100]  # type: ignore[union-attr]
     assert list(api.take_queries()) == ["7001"]
     sent = api.found("7001", BindingsFound((remote(), remote(owner="a"))), 0.01)
@@ -79,7 +79,7 @@ def test_a_call_for_a_softphone_waits_for_the_store_then_goes_to_the_process_hol
 def test_without_an_answer_from_the_store_only_our_own_flows_ring() -> None:
     core, api = sharing_core()
     gw_tls = Flow(Transport.TLS, ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=5)
-    core.receive_stream_message(invite(), gw_tls, core.peers.by_name("gw1"), 0.0)
+    core.receive_stream_message(invite(), gw_tls, core.peer_named("gw1"), 0.0)
     assert list(api.take_queries()) == ["7001"]
     (refused,) = api.found("7001", BindingsFound((), "the binding store failed: timeout"), 0.3)
     response = parse(refused)
@@ -104,8 +104,8 @@ def handover(caller: str = "gw1", number: str = "7001", call_id: str = "handed-1
 
 def test_a_handed_over_call_rings_our_own_flows_as_if_its_caller_had_called() -> None:
     core, api = sharing_core()
-    core.receive_stream_message(register(), TLS_A, core.peers.by_name("phone1"), 0.0)
-    sibling = core.peers.by_name(SIBLING_NAME)
+    core.receive_stream_message(register(), TLS_A, core.peer_named("phone1"), 0.0)
+    sibling = core.peer_named(SIBLING_NAME)
     out = core.receive_stream_message(handover(), SIBLING_IN, sibling, 1.0, SERVER_CERT)
     assert list(api.take_queries()) == []  # never handed on again
     forwarded = [parse(t) for t in out if t.flow == TLS_A]
@@ -126,9 +126,9 @@ def test_a_handed_over_call_rings_our_own_flows_as_if_its_caller_had_called() ->
 def test_only_our_own_processes_can_hand_a_call_over() -> None:
     core, api = sharing_core()
     gw_tls = Flow(Transport.TLS, ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=5)
-    core.receive_stream_message(handover(), gw_tls, core.peers.by_name("gw1"), 0.0)
+    core.receive_stream_message(handover(), gw_tls, core.peer_named("gw1"), 0.0)
     assert list(api.take_queries()) == ["7001"]  # routed as gw1's own call: asks the store
-    sibling = core.peers.by_name(SIBLING_NAME)
+    sibling = core.peer_named(SIBLING_NAME)
     refused = core.receive_stream_message(
         handover(caller=SIBLING_NAME, call_id="other"), SIBLING_IN, sibling, 1.0, SERVER_CERT
     )
@@ -138,7 +138,7 @@ def test_only_our_own_processes_can_hand_a_call_over() -> None:
 
 def test_without_sharing_there_is_no_sibling() -> None:
     core = SipCore(config("unsecured"))
-    assert core.peers.by_name(SIBLING_NAME) is None
+    assert core.peer_named(SIBLING_NAME) is None
     out = core.receive_datagram(invite(), GW, 0.0)  # no store to ask: 480 at once
     assert parse(out[-1]).status == 480  # type: ignore[union-attr]
     assert parse_config('[server]\nfqdn = "sip.example.test"\n').cluster.store is None
