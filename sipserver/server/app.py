@@ -30,6 +30,7 @@ from sipserver.server.connections import StreamService
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
 from sipserver.server.event_log import log_event
+from sipserver.server.live_config import LiveConfig
 from sipserver.server.overload import OverloadGuard
 from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.reload import Reloader
@@ -77,7 +78,7 @@ class Server:
         ports (the supervisor in server/workers.py starts them); `admin_socket`: where it
         serves /healthz and /metrics for the supervisor; `shared_store`: the store where
         our processes share softphone bindings (server/binding_store.py)."""
-        self.config = config
+        self.live = LiveConfig(config)
         self.worker = worker
         self.admin_socket = admin_socket
         self.shared_store = shared_store
@@ -92,14 +93,14 @@ class Server:
         speaks = worker is None or worker[0] == 0  # one voice per server for daily warnings
         self.credentials = Credentials(self.core.use_certificate, speaks_for_server=speaks)
         self.reloader = Reloader(
-            config_path, overrides, lambda: self.config, self._apply, self.credentials, self.stats
+            config_path, overrides, self.live, self._apply, self.credentials, self.stats
         )
         self.drain = Drain(self.core, self.listeners)
-        self.overload = OverloadGuard(self.core, lambda: self.config)
-        self.capture = HepCapture(lambda: self.config)
-        self.peer_watch = PeerWatch(lambda: self.config, self.credentials, speaks_for_server=speaks)
+        self.overload = OverloadGuard(self.core, self.live)
+        self.capture = HepCapture(self.live)
+        self.peer_watch = PeerWatch(self.live, self.credentials, speaks_for_server=speaks)
         self.streams = StreamService(
-            lambda: self.config,
+            self.live,
             self.core,
             self.pool,
             self.credentials,
@@ -113,6 +114,10 @@ class Server:
         self.resolver = Resolver(config.dns.nameservers, config.dns.timeout)
         self._timer_wakeup = trio.Event()
         self._timer_armed_for: float | None = None  # the deadline the timer task sleeps until
+
+    @property
+    def config(self) -> Config:
+        return self.live.current
 
     # --- lifecycle ---------------------------------------------------------------------
     async def run(
@@ -261,7 +266,7 @@ class Server:
         """Swap in a validated configuration (and its certificates) at once."""
         if new.dns != self.config.dns:
             self.resolver = Resolver(new.dns.nameservers, new.dns.timeout)
-        self.config = new
+        self.live.current = new
         self.core.configure(new)
         self.pool.caps.configure(new.limits)
         if self.call_counts is not None:

@@ -12,13 +12,13 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
 
 import structlog
 import trio
 
-from sipserver.config.schema import CaptureSettings, Config
+from sipserver.config.schema import CaptureSettings
 from sipserver.server.hep import encode, method_of
+from sipserver.server.live_config import LiveConfig
 
 log = structlog.get_logger("sipserver")
 QUEUE = 4096  # messages waiting for the sender
@@ -30,7 +30,7 @@ Captured = tuple[float, str, tuple[str, int], tuple[str, int], bytes]
 
 
 class HepCapture:
-    def __init__(self, config: Callable[[], Config]) -> None:
+    def __init__(self, config: LiveConfig) -> None:
         self._config = config
         self._queue: deque[Captured] = deque()
         self._wake = trio.Event()
@@ -45,7 +45,7 @@ class HepCapture:
 
     @property
     def settings(self) -> CaptureSettings:
-        return self._config().capture
+        return self._config.current.capture
 
     def capture(
         self, transport: str, source: tuple[str, int], destination: tuple[str, int], data: bytes

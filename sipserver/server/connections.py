@@ -13,11 +13,12 @@ from typing import Any
 import structlog
 import trio
 
-from sipserver.config.schema import Config, PeerSettings
+from sipserver.config.schema import PeerSettings
 from sipserver.errors import SipServerError
 from sipserver.proxy.core import SipCore
 from sipserver.server.capture import HepCapture
 from sipserver.server.credentials import Credentials
+from sipserver.server.live_config import LiveConfig
 from sipserver.server.peer_watch import PeerWatch
 from sipserver.server.repeats import RepeatFilter
 from sipserver.server.snapshot import ServerStats
@@ -44,7 +45,7 @@ Dispatch = Callable[[list[Transmit], StreamConnection | None], Awaitable[None]]
 class StreamService:
     def __init__(
         self,
-        config: Callable[[], Config],
+        config: LiveConfig,
         core: SipCore,
         pool: ConnectionPool,
         credentials: Credentials,
@@ -133,14 +134,14 @@ class StreamService:
                     accepted.stream,
                     flow,
                     accepted.peer,
-                    self._config().limits.send_queue_bytes,
+                    self._config.current.limits.send_queue_bytes,
                     verified=True,
                     peer_cert=accepted.certificate,
                 )
                 del accepted  # the connection holds what it needs; this frame lives as long
             else:
                 log.info("connection_opened", peer=known.name if known else None)
-                queue = self._config().limits.send_queue_bytes
+                queue = self._config.current.limits.send_queue_bytes
                 connection = StreamConnection(PlainStream(stream), flow, known, queue)
             self.pool.add(connection)
             if budget == "stranger":  # it may be evicted for a newer one
@@ -186,7 +187,7 @@ class StreamService:
             log.warning("connection_evicted", transport=transport, reason=why)
 
     def _first(self, event: str, remote: tuple[str, int], reason: str) -> bool:
-        interval = self._config().log.repeat_interval
+        interval = self._config.current.log.repeat_interval
         return self.repeats.first(event, remote[0], reason, trio.current_time(), interval)
 
     async def _accept_tls(
@@ -195,7 +196,7 @@ class StreamService:
         credentials = self.credentials.current
         assert self.credentials.server_context is not None and credentials is not None
         ours = credentials.certificate.info
-        config = self._config()
+        config = self._config.current
         result = await tls_handshake(
             stream,
             self.credentials.server_context,
@@ -255,7 +256,7 @@ class StreamService:
         self.nursery.start_soon(self._connect, flow)
 
     async def _connect(self, flow: Flow) -> None:
-        config = self._config()
+        config = self._config.current
         target = self.core.peers.by_fqdn(flow.server_name) if flow.server_name else None
         # This task was started by whichever connection's message needed the leg: its
         # context (that peer, its certificate) is not this connection's.
@@ -334,7 +335,7 @@ class StreamService:
         result = await tls_handshake(
             stream,
             context,
-            self._config().tls.handshake_timeout,
+            self._config.current.tls.handshake_timeout,
             (),
             credentials.revocation if credentials else None,
             target=target,
@@ -370,7 +371,7 @@ class StreamService:
     ) -> Coroutine[Any, Any, None]:
         """The connection's run() with our settings, to be awaited by the caller: an async
         wrapper would be one more frame held by every idle connection."""
-        config = self._config()
+        config = self._config.current
         limits = config.limits
         idle = limits.unverified_idle_timeout if unverified else limits.idle_timeout
         idle_key = "limits.unverified_idle_timeout" if unverified else "limits.idle_timeout"
@@ -398,7 +399,7 @@ class StreamService:
 
     async def _message(self, connection: StreamConnection, data: bytes) -> None:
         self.stats.count_message("in", connection.flow.transport, data)
-        if self.capture is not None and self._config().capture.hep is not None:
+        if self.capture is not None and self._config.current.capture.hep is not None:
             flow = connection.flow
             self.capture.capture(flow.transport, flow.remote, flow.local, data)
         tls_peer = connection.peer if connection.verified else None

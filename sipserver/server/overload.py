@@ -7,13 +7,12 @@ does not drowns them all."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import structlog
 import trio
 
-from sipserver.config.schema import Config
 from sipserver.proxy.core import SipCore
+from sipserver.server.live_config import LiveConfig
 
 log = structlog.get_logger("sipserver")
 WINDOW = 0.1  # seconds per measurement
@@ -46,7 +45,7 @@ class OverloadGuard:
     while connections report backlogs (bytes waiting unread after a read): busy alone may be a
     server working hard and keeping up."""
 
-    def __init__(self, core: SipCore, config: Callable[[], Config]) -> None:
+    def __init__(self, core: SipCore, config: LiveConfig) -> None:
         self.core = core
         self._config = config
         self.load = LoopLoad()
@@ -62,7 +61,7 @@ class OverloadGuard:
 
     def note_backlog(self, unread: int) -> None:
         """Bytes left unread after a read (0 included: the backlog is gone)."""
-        limits = self._config().limits
+        limits = self._config.current.limits
         behind = 0 < limits.overload_backlog_bytes < unread
         if behind:
             self.backlogs += 1
@@ -84,7 +83,7 @@ class OverloadGuard:
                 await trio.sleep(WINDOW)
                 elapsed = time.perf_counter() - started
                 self.busy = max(0.0, 1.0 - (self.load.waited - waited) / elapsed)
-                limits = self._config().limits
+                limits = self._config.current.limits
                 limit = limits.overload_busy
                 self.active = limit > 0 and (self.core.overloaded or self.busy >= limit / 2)
                 backlog_seen = limits.overload_backlog_bytes == 0 or self.backlogs > backlogs

@@ -13,17 +13,18 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
 
-from sipserver.config.schema import Config, PeerSettings
+from sipserver.config.schema import PeerSettings
 from sipserver.pki.certinfo import CertInfo
 from sipserver.pki.expiry import DailyOnce, expiry_notice
 from sipserver.pki.identity import match_peer
 from sipserver.pki.peer_book import PeerBook, PeerCertificate
 from sipserver.server.credentials import Credentials
+from sipserver.server.live_config import LiveConfig
 
 log = structlog.get_logger("sipserver")
 SAVE_EVERY = 300.0  # seconds: last-seen times are written at most this often
@@ -52,7 +53,7 @@ def load_book(path: Path) -> PeerBook:
 class PeerWatch:
     def __init__(
         self,
-        config: Callable[[], Config],
+        config: LiveConfig,
         credentials: Credentials,
         *,
         speaks_for_server: bool = True,
@@ -69,7 +70,7 @@ class PeerWatch:
 
     @property
     def path(self) -> Path:
-        return self._config().tls.peer_table
+        return self._config.current.tls.peer_table
 
     def load(self) -> None:
         self.book = load_book(self.path)
@@ -131,7 +132,7 @@ class PeerWatch:
         certificate from an allow-listed peer: an error once a day while it keeps trying."""
         if info is None or reason not in EXPIRED_REASONS:
             return
-        peer = match_peer(info, self._config().peers).peer
+        peer = match_peer(info, self._config.current.peers).peer
         if not isinstance(peer, PeerSettings):
             return
         if not self._daily.due(f"refused:{peer.name}:{info.thumbprint_sha256}", now):
@@ -158,12 +159,12 @@ class PeerWatch:
         elif self.speaks_for_server:
             with contextlib.suppress(OSError), _locked(self.path):
                 self._merge_file()
-        names = [p.name for p in self._config().peers]
+        names = [p.name for p in self._config.current.peers]
         for record, _ in self.book.notices(now, self._warn_days, names):
             self._warn(record, now)
 
     def days_left(self, now: dt.datetime) -> list[tuple[str, float]]:
-        names = {p.name for p in self._config().peers}
+        names = {p.name for p in self._config.current.peers}
         return [
             (r.peer, round(r.days_left(now), 3))
             for r in self.book.records.values()
@@ -171,12 +172,12 @@ class PeerWatch:
         ]
 
     def expiring(self, now: dt.datetime) -> list[str]:
-        names = [p.name for p in self._config().peers]
+        names = [p.name for p in self._config.current.peers]
         return sorted(r.peer for r, _ in self.book.notices(now, self._warn_days, names))
 
     @property
     def _warn_days(self) -> int:
-        return self._config().tls.peer_expiry_warning_days
+        return self._config.current.tls.peer_expiry_warning_days
 
     def _warn(self, record: PeerCertificate, now: dt.datetime) -> None:
         if not self.speaks_for_server:

@@ -16,6 +16,7 @@ from sipserver.certstore import CertificateSetupError, ServerCredentials
 from sipserver.config.loader import ConfigError, load_config
 from sipserver.config.schema import Config
 from sipserver.server.credentials import Credentials
+from sipserver.server.live_config import LiveConfig
 from sipserver.server.snapshot import ServerStats
 from sipserver.sip.flow import Transport
 
@@ -28,7 +29,7 @@ class Reloader:
         self,
         config_path: Path | None,
         overrides: Callable[[Config], Config],
-        current: Callable[[], Config],
+        current: LiveConfig,
         apply: Callable[[Config, ServerCredentials | None], None],
         credentials: Credentials,
         stats: ServerStats,
@@ -43,7 +44,7 @@ class Reloader:
     def reload(self, why: str = "SIGHUP") -> bool:
         """Re-read config, certificates, trust anchors and CRLs, and swap them in at once;
         on any error keep what is running. Established connections and calls carry on."""
-        old = self._current()
+        old = self._current.current
         try:
             new = self._overrides(load_config(self._config_path)) if self._config_path else old
             credentials = (
@@ -70,7 +71,7 @@ class Reloader:
     def watched_files(self) -> Snapshot:
         """Modification time and size of the config file and everything in the
         certificate and trust folders."""
-        config = self._current()
+        config = self._current.current
         paths: list[Path] = [self._config_path] if self._config_path else []
         for folder in (config.tls.certificate_dir, config.tls.trust_dir):
             if folder.is_dir():
@@ -88,12 +89,12 @@ class Reloader:
         """Reload when watched files change, once they have been quiet for
         server.reload_debounce seconds (editors and ACME clients write in steps)."""
         while True:
-            await trio.sleep(self._current().server.watch_interval)
+            await trio.sleep(self._current.current.server.watch_interval)
             current = await trio.to_thread.run_sync(self.watched_files)
             if current == known:
                 continue
             while True:  # debounce: wait until a snapshot repeats
-                await trio.sleep(self._current().server.reload_debounce)
+                await trio.sleep(self._current.current.server.reload_debounce)
                 settled = await trio.to_thread.run_sync(self.watched_files)
                 if settled == current:
                     break

@@ -12,6 +12,7 @@ import trio
 from sipserver.config.loader import parse_config
 from sipserver.server import capture as capture_module
 from sipserver.server.capture import HepCapture
+from sipserver.server.live_config import LiveConfig
 
 INVITE = b"INVITE sip:5000@x SIP/2.0\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\r\n"
 OK = b"SIP/2.0 200 OK\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\r\n"
@@ -22,7 +23,7 @@ def settings(hep: str, methods: str = "") -> HepCapture:
     config = parse_config(
         f'[server]\nfqdn = "sip.example.test"\n[capture]\nhep = "{hep}"\n{methods}'
     )
-    return HepCapture(lambda: config)
+    return HepCapture(LiveConfig(config))
 
 
 def payloads(stream: bytes) -> list[bytes]:

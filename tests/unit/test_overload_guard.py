@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
+from sipserver.server.live_config import LiveConfig
 from sipserver.server.overload import OverloadGuard
 from tests.configs import table
 
@@ -16,7 +17,7 @@ def _guard(backlog_bytes: int) -> tuple[OverloadGuard, SipCore]:
         + table("limits", {"overload_backlog_bytes": backlog_bytes})
     )
     core = SipCore(config)
-    return OverloadGuard(core, lambda: config), core
+    return OverloadGuard(core, LiveConfig(config)), core
 
 
 def test_a_backlog_over_the_limit_sheds_every_new_call_only_while_overloaded() -> None:

@@ -11,6 +11,7 @@ from sipserver.config.loader import parse_config
 from sipserver.pki.certinfo import describe
 from sipserver.pki.peer_book import PeerBook
 from sipserver.server.credentials import Credentials
+from sipserver.server.live_config import LiveConfig
 from sipserver.server.peer_watch import PeerWatch, load_book
 from tests.certs import NOW, make_ca, make_leaf
 from tests.configs import peer, table
@@ -77,7 +78,7 @@ def test_warnings_come_once_a_utc_day_and_the_table_is_saved(tmp_path: Path) -> 
         + table("tls", {"peer_table": str(tmp_path / "peers.json"), "peer_expiry_warning_days": 30})
         + peer("gw1", kind="gateway", health_check=None)
     )
-    watch = PeerWatch(lambda: config, Credentials(on_change=lambda _: None))
+    watch = PeerWatch(LiveConfig(config), Credentials(on_change=lambda _: None))
     _, info = cert(10)
     day = NOW.replace(hour=23, minute=0, second=0, microsecond=0)
     with capture_logs() as logs:
