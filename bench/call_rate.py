@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import (
     cpu_seconds_tree,
@@ -393,6 +394,16 @@ def main() -> int:
         help="set every call-admission limit (peer max_calls and max_call_rate, the plan's and"
         " the server's max_calls) so high none is reached, to measure what counting costs",
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="add each step's figures to this JSON file (a list; bench/plot.py draws it)",
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every rate, also past the first step that is not clean (for the plots)",
+    )
     args = parser.parse_args()
     global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER, CAPTURE, ADMISSION
     CAPTURE = args.capture
@@ -473,11 +484,16 @@ def main() -> int:
                     ),
                     flush=True,
                 )
-                if (
+                clean = not (
                     result["failed"]
                     or result["achieved"] < rate * 0.9
                     or result["p99"] > args.max_p99
-                ):
+                )
+                if args.json is not None:
+                    save_step(args, transport, rate, result, clean)
+                if not clean:
+                    if args.keep_going:
+                        continue
                     break
                 best = (rate, result)
             if best:
@@ -491,6 +507,32 @@ def main() -> int:
             else:
                 print(f"best {transport}: below {rates[0]} calls/s", flush=True)
     return 0
+
+
+def save_step(
+    args: argparse.Namespace, transport: str, rate: int, result: dict[str, Any], clean: bool
+) -> None:
+    """One step's figures, with what produced them, added to the --json file."""
+    steps = json.loads(args.json.read_text()) if args.json.exists() else []
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    steps.append(
+        {
+            "proxy": args.proxy,
+            "transport": transport,
+            "workers": args.workers,
+            "tls_caller": args.tls_caller,
+            "rate": rate,
+            "seconds": args.seconds,
+            "clean": clean,
+            "commit": commit,
+            "date": time.strftime("%Y-%m-%d"),
+            **{key: value for key, value in result.items() if isinstance(value, int | float)},
+        }
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(steps, indent=1) + "\n")
 
 
 if __name__ == "__main__":
