@@ -52,22 +52,23 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
-        connections = GaugeMetricFamily(
-            "sipserver_connections_open", "Open TCP/TLS connections", labels=["transport"]
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
+        yield _family(
+            gauge,
+            "sipserver_connections_open",
+            "Open TCP/TLS connections",
+            ("transport",),
+            {(t,): snap.connections.get(t, 0) for t in ("tcp", "tls")},
         )
-        for transport in ("tcp", "tls"):
-            connections.add_metric([transport], snap.connections.get(transport, 0))
-        yield connections
-        handshakes = CounterMetricFamily(
+        yield _family(
+            counter,
             "sipserver_tls_handshakes",
             "TLS handshakes by result and reason",
-            labels=["result", "reason"],
+            ("result", "reason"),
+            snap.tls_handshakes,
         )
-        for (result, reason), value in snap.tls_handshakes.items():
-            handshakes.add_metric([result, reason], value)
-        yield handshakes
         yield _family(
-            CounterMetricFamily,
+            counter,
             "sipserver_peer_tls_handshakes",
             "Accepted TLS handshakes by peer, full or resumed (a peer that resumes saves a"
             " full handshake's CPU)",
@@ -75,7 +76,7 @@ class _Collector(Collector):
             snap.peer_handshakes,
         )
         yield _family(
-            CounterMetricFamily,
+            counter,
             "sipserver_refusals",
             "Requests and connections refused, by peer (empty: a source that is no peer) and"
             " reason (an event name or TLS refusal code)",
@@ -90,80 +91,83 @@ class _Collector(Collector):
         for plan, histogram in snap.setup_seconds.items():
             setup.add_metric([plan], histogram.cumulative(), histogram.total)
         yield setup
-        messages = CounterMetricFamily(
+        yield _family(
+            counter,
             "sipserver_messages",
             "SIP messages by direction, transport, method or status",
-            labels=["direction", "transport", "kind", "method_or_status"],
+            ("direction", "transport", "kind", "method_or_status"),
+            snap.messages,
         )
-        for labels, value in snap.messages.items():
-            messages.add_metric(list(labels), value)
-        yield messages
-        calls = CounterMetricFamily(
+        yield _family(
+            counter,
             "sipserver_calls",
             "Calls by the calling peer, dial plan, security mode and outcome",
-            labels=["peer", "dial_plan", "security", "outcome"],
+            ("peer", "dial_plan", "security", "outcome"),
+            snap.calls,
         )
-        for outcome_labels, value in snap.calls.items():
-            calls.add_metric(list(outcome_labels), value)
-        yield calls
-        targets = GaugeMetricFamily(
+        yield _family(
+            gauge,
             "sipserver_target_up",
             "1 when a dial-plan target passes its health checks",
-            labels=["target"],
+            ("target",),
+            {(name,): 1 if up else 0 for name, up in snap.targets_up},
         )
-        for name, up in snap.targets_up:
-            targets.add_metric([name], 1 if up else 0)
-        yield targets
-        days = GaugeMetricFamily(
+        yield _family(
+            gauge,
             "sipserver_certificate_days_to_expiry",
             "Days until not_after",
-            labels=["role", "subject", "thumbprint_sha1"],
+            ("role", "subject", "thumbprint_sha1"),
+            {
+                (cert.role, cert.info.subject, cert.info.thumbprint_sha1): round(
+                    cert.info.days_left(snap.taken_at), 3
+                )
+                for cert in snap.certificates
+            },
         )
-        for cert in snap.certificates:
-            days.add_metric(
-                [cert.role, cert.info.subject, cert.info.thumbprint_sha1],
-                round(cert.info.days_left(snap.taken_at), 3),
-            )
-        yield days
-        peer_days = GaugeMetricFamily(
+        yield _family(
+            gauge,
             "sipserver_peer_certificate_days_to_expiry",
             "Days until the last certificate a peer presented (or its trust anchor) expires",
-            labels=["peer"],
+            ("peer",),
+            {(peer,): days_left for peer, days_left in snap.peer_days_left},
         )
-        for peer, days_left in snap.peer_days_left:
-            peer_days.add_metric([peer], days_left)
-        yield peer_days
-        overloaded = GaugeMetricFamily(
-            "sipserver_overloaded", "1 while new calls are refused with 503 because of load"
-        )
-        overloaded.add_metric([], 1 if snap.overloaded else 0)
-        yield overloaded
-        busy = GaugeMetricFamily(
-            "sipserver_event_loop_busy_ratio", "Share of the last window the event loop worked"
-        )
-        busy.add_metric([], snap.busy)
-        yield busy
-        shed = CounterMetricFamily(
-            "sipserver_calls_shed", "New calls refused with 503 because of overload"
-        )
-        shed.add_metric([], snap.calls_shed)
-        yield shed
         yield _family(
-            GaugeMetricFamily,
+            gauge,
+            "sipserver_overloaded",
+            "1 while new calls are refused with 503 because of load",
+            (),
+            {(): 1 if snap.overloaded else 0},
+        )
+        yield _family(
+            gauge,
+            "sipserver_event_loop_busy_ratio",
+            "Share of the last window the event loop worked",
+            (),
+            {(): snap.busy},
+        )
+        yield _family(
+            counter,
+            "sipserver_calls_shed",
+            "New calls refused with 503 because of overload",
+            (),
+            {(): snap.calls_shed},
+        )
+        yield _family(
+            gauge,
             "sipserver_peer_active_calls",
             "Calls in progress by calling peer (INVITE to BYE or failure), for max_calls",
             ("peer",),
             {(name,): value for name, value in snap.active_by_peer.items()},
         )
         yield _family(
-            GaugeMetricFamily,
+            gauge,
             "sipserver_dial_plan_active_calls",
             "Calls in progress by dial plan, for its max_calls",
             ("dial_plan",),
             {(name,): value for name, value in snap.active_by_plan.items()},
         )
         yield _family(
-            CounterMetricFamily,
+            counter,
             "sipserver_call_limit_refusals",
             "New calls refused with 503 by a limit: peer_max_calls, peer_max_call_rate,"
             " plan_max_calls or server_max_calls, with the peer's or plan's name",
@@ -171,7 +175,7 @@ class _Collector(Collector):
             snap.limit_refusals,
         )
         yield _family(
-            CounterMetricFamily,
+            counter,
             "sipserver_connections_evicted",
             "Connections without a proven peer closed to admit a newer one "
             "(limits.max_unverified_connections full)",
@@ -179,76 +183,83 @@ class _Collector(Collector):
             {(): snap.connections_evicted},
         )
         yield _family(
-            CounterMetricFamily,
+            counter,
             "sipserver_udp_receive_dropped",
             "Datagrams the kernel dropped because our UDP receive queue was full",
             (),
             {(): snap.udp_receive_dropped},
         )
         yield _family(
-            CounterMetricFamily,
+            counter,
             "sipserver_capture",
             "SIP messages mirrored to the HEP collector ([capture] hep), by result",
             ("result",),
             {("sent",): snap.capture_sent, ("dropped",): snap.capture_dropped},
         )
-        bindings = GaugeMetricFamily(
+        yield _family(
+            gauge,
             "sipserver_registered_bindings",
             "Softphone bindings (registered contacts) now, by the transport of their flow",
-            labels=["transport"],
+            ("transport",),
+            {(t,): snap.bindings.get(t, 0) for t in ("udp", "tcp", "tls")},
         )
-        for transport in ("udp", "tcp", "tls"):
-            bindings.add_metric([transport], snap.bindings.get(transport, 0))
-        yield bindings
-        registrations = CounterMetricFamily(
+        changes = ("added", "refreshed", "replaced", "removed", "expired")
+        yield _family(
+            counter,
             "sipserver_registrations",
             "Softphone bindings added, refreshed, replaced, removed and expired",
-            labels=["change"],
+            ("change",),
+            {(change,): snap.registrations.get(change, 0) for change in changes},
         )
-        for change in ("added", "refreshed", "replaced", "removed", "expired"):
-            registrations.add_metric([change], snap.registrations.get(change, 0))
-        yield registrations
         if snap.cluster is not None:
             yield from _cluster_metrics(snap.cluster)
-        reloads = CounterMetricFamily(
-            "sipserver_reloads", "Configuration reloads by result", labels=["result"]
+        yield _family(
+            counter,
+            "sipserver_reloads",
+            "Configuration reloads by result",
+            ("result",),
+            {(result,): snap.reloads.get(result, 0) for result in ("ok", "failed")},
         )
-        for result in ("ok", "failed"):
-            reloads.add_metric([result], snap.reloads.get(result, 0))
-        yield reloads
 
 
 def _cluster_metrics(cluster: ClusterState) -> Iterator[Metric]:
-    up = GaugeMetricFamily(
-        "sipserver_cluster_store_up", "1 while the shared binding store answers, else 0"
+    counter, gauge = CounterMetricFamily, GaugeMetricFamily
+    yield _family(
+        gauge,
+        "sipserver_cluster_store_up",
+        "1 while the shared binding store answers, else 0",
+        (),
+        {(): 1.0 if cluster.up else 0.0},
     )
-    up.add_metric([], 1.0 if cluster.up else 0.0)
-    yield up
-    errors = CounterMetricFamily(
-        "sipserver_cluster_store_errors", "Exchanges with the binding store that failed"
-    )
-    errors.add_metric([], cluster.errors)
-    yield errors
-    lookups = CounterMetricFamily(
-        "sipserver_cluster_lookups",
-        "Look-ups of other processes' bindings for a call, by result",
-        labels=["result"],
+    yield _family(
+        counter,
+        "sipserver_cluster_store_errors",
+        "Exchanges with the binding store that failed",
+        (),
+        {(): cluster.errors},
     )
     counted = dict(cluster.lookups)
-    for result in ("found", "none", "failed"):
-        lookups.add_metric([result], counted.get(result, 0))
-    yield lookups
-    dropped = CounterMetricFamily(
-        "sipserver_cluster_bindings_dropped", "Bindings of processes that were gone, removed"
+    yield _family(
+        counter,
+        "sipserver_cluster_lookups",
+        "Look-ups of other processes' bindings for a call, by result",
+        ("result",),
+        {(result,): counted.get(result, 0) for result in ("found", "none", "failed")},
     )
-    dropped.add_metric([], cluster.dropped)
-    yield dropped
-    republished = CounterMetricFamily(
+    yield _family(
+        counter,
+        "sipserver_cluster_bindings_dropped",
+        "Bindings of processes that were gone, removed",
+        (),
+        {(): cluster.dropped},
+    )
+    yield _family(
+        counter,
         "sipserver_cluster_republished",
         "Times every binding we hold was published (at start, and when the store lost them)",
+        (),
+        {(): cluster.republished},
     )
-    republished.add_metric([], cluster.republished)
-    yield republished
 
 
 def health(snap: StatsSnapshot) -> tuple[int, dict[str, Any]]:
