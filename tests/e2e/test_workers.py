@@ -371,3 +371,68 @@ def test_workers_whose_supervisor_is_killed_drain_and_exit(start_server: StartSe
         exited, _, _ = select.select([handle], [], [], 10)
         os.close(handle)
         assert exited, "a worker still runs after its supervisor was killed"
+
+
+def test_call_limits_hold_across_workers_and_forget_a_worker_that_dies(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """gw1 may have 2 calls in progress: two ringing on worker 0 (sent to its own port)
+    leave none to worker 1, whose refusal counts both; when worker 0 is killed, the
+    supervisor removes its counts at once and worker 1 admits calls again."""
+    server = start_server(
+        server_extra="workers = 2\n",
+        extra_config=answer_plan("unsecured", answer_after=30.0),
+    )
+    server.wait_for("server_ready")
+    config = server.workdir / "sipserver.toml"
+    config.write_text(
+        config.read_text().replace('name = "gw1"\n', 'name = "gw1"\nmax_calls = 2\n', 1)
+    )
+    server.process.send_signal(signal.SIGHUP)
+    for index in (0, 1):
+        server.wait_for("config_reloaded", worker=index)
+        server.wait_for("call_counts_shared", worker=index)
+    own = {
+        e["worker"]: e["port"]
+        for e in server.events("listener_started")
+        if e.get("own") and e["transport"] == "udp" and e["address"] == "127.0.0.1"
+    }
+    ringing = subprocess.Popen(  # rings for 30 s: killed with worker 0 below
+        sipp_caller_command(call_uac(tmp_path / "uac.xml"), own[0], "5000", calls=2, rate=100),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        server.wait_for("call_counts_elsewhere", worker=1, active=2, timeout=15)
+        refused = udp_exchange(
+            "127.0.0.1",
+            own[1],
+            options("127.0.0.1", own[1], method="INVITE", uri="sip:5001@sip.example.test"),
+        )
+        assert refused.startswith(b"SIP/2.0 503"), refused
+        assert b"Peer gw1 has 2 calls in progress, its max_calls (2)" in refused
+        os.kill(worker_pid(server.process.pid, 0), signal.SIGKILL)
+        server.wait_for("worker_exited", worker_index=0, timeout=15)
+        # (worker 1 said active=0 once already, at its first exchange)
+        server.wait_until(
+            lambda _: (
+                len(
+                    [
+                        e
+                        for e in server.events("call_counts_elsewhere")
+                        if e["worker"] == 1 and e["active"] == 0
+                    ]
+                )
+                == 2
+            ),
+            15,
+            "worker 1 learns that worker 0's calls are gone",
+        )
+        answered = udp_exchange(
+            "127.0.0.1",
+            own[1],
+            options("127.0.0.1", own[1], method="INVITE", uri="sip:5002@sip.example.test"),
+        )
+        assert answered.startswith(b"SIP/2.0 1"), answered  # admitted: 100 Trying / ringing
+    finally:
+        ringing.kill()
+        ringing.wait(10)
