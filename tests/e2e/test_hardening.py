@@ -72,7 +72,7 @@ def test_a_refusal_storm_costs_a_few_log_lines_with_the_count(start_server: Star
         counted = [
             e for e in server.events("refusals_repeated") if e["reason"] == "Missing Call-ID"
         ]
-        return len(logged) + sum(e["count"] for e in counted)
+        return len(logged) + sum(int(e["count"]) for e in counted)
 
     server.wait_until(lambda _: accounted() == 300, 10, "all 300 refusals accounted for")
     logged = [e for e in server.events("sip_request_malformed") if e["reason"] == "Missing Call-ID"]
@@ -87,7 +87,7 @@ def accounted(server: RunningServer, event: str, kind: str) -> int:
         for e in server.events("refusals_repeated")
         if e["refusal"] == event and e["reason"] == kind
     ]
-    return len(logged) + sum(e["count"] for e in counted)
+    return len(logged) + sum(int(e["count"]) for e in counted)
 
 
 def test_a_flood_of_different_bad_lines_is_summarised_as_one_kind(
@@ -103,11 +103,11 @@ def test_a_flood_of_different_bad_lines_is_summarised_as_one_kind(
                 data = options("127.0.0.1", port, extra=f"bad-line-{n}\r\n")
                 sock.sendto(data, ("127.0.0.1", port))
             done = batch * 50 + 50
-            server.wait_until(
-                lambda _, done=done: accounted(server, "sip_request_malformed", kind) == done,
-                10,
-                f"{done} accounted",
-            )
+
+            def all_accounted(_: object, done: int = done) -> bool:
+                return accounted(server, "sip_request_malformed", kind) == done
+
+            server.wait_until(all_accounted, 10, f"{done} accounted")
     logged = server.events("sip_request_malformed")
     # One line per repeat interval at most (each batch waited for a summary): not 500.
     assert 1 <= len(logged) <= 11 and logged[0]["reason"] == "Malformed header line 'bad-line-0'"

@@ -134,7 +134,7 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
             srtp = sipp(lab / "sipp" / "caller-srtp.xml", "7002", "t1", f"127.0.0.1:{tunnel}")
             assert_sipp_ok(srtp)
             # 2b. The softphone's own number: baresip, as generated, registers and answers.
-            phone = subprocess.Popen(
+            baresip = subprocess.Popen(
                 [need("baresip"), "-f", str(lab / "baresip"), "-t", "30"],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -150,8 +150,8 @@ def test_a_generated_lab_answers_its_first_mutual_tls_calls(tmp_path: Path) -> N
                 ring = sipp(lab / "sipp" / "caller-srtp.xml", "7100", "t1", f"127.0.0.1:{tunnel}")
                 assert_sipp_ok(ring)
             finally:
-                phone.terminate()
-                phone.communicate(timeout=20)
+                baresip.terminate()
+                baresip.communicate(timeout=20)
             to_phone = server.wait_for("call_routed", dial_plan="phone1")
             assert (to_phone["target"], to_phone["target_transport"]) == ("phone1", "tls")
             assert to_phone["target_cert_subject"] == "CN=phone1.example.test"

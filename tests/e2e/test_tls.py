@@ -90,7 +90,7 @@ def tls_options_resuming(
             reply = read_response(tls)
         except (ssl.SSLError, ConnectionResetError):
             reply = b""
-        return reply, tls.session, tls.session_reused
+        return reply, tls.session, bool(tls.session_reused)
 
 
 @pytest.mark.parametrize("tls12", [False, True])

@@ -4,6 +4,8 @@ injected time and no sockets."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sipserver.config.loader import ConfigError, parse_config
@@ -25,7 +27,7 @@ SAVP = (
 )
 
 
-def core_for(security: str, **plan: object) -> SipCore:
+def core_for(security: str, **plan: Any) -> SipCore:
     return SipCore(parse_config(SERVER + GW1 + answer_plan(security, **plan)))
 
 
@@ -51,6 +53,12 @@ def invite(
 def replies(out: list[Transmit]) -> list[Response]:
     messages = [parse_message(t.data) for t in out]
     return [m for m in messages if isinstance(m, Response)]
+
+
+def to_tag(response: Response) -> str:
+    """Our To-tag on a response (every answer of ours has one)."""
+    assert response.to is not None and response.to.tag is not None
+    return response.to.tag
 
 
 def requests(out: list[Transmit]) -> list[Request]:
@@ -111,13 +119,14 @@ def test_udp_2xx_is_resent_until_the_ack_then_bye_ends_the_call() -> None:
     core = core_for("unsecured", answer_after=0)
     sent = core.receive_datagram(invite(), UDP, 0.0)
     ok = replies(sent)[-1]
-    tag = ok.to.tag  # type: ignore[union-attr]
+    assert ok.to is not None and ok.to.tag is not None
+    tag = ok.to.tag
     assert [t.data for t in core.handle_timers(0.5)] == [sent[-1].data]  # T1, no ACK yet
     assert [t.data for t in core.handle_timers(1.5)] == [sent[-1].data]  # 2*T1 later
-    ack = invite(b"", method="ACK", to_tag=tag, branch="z9hG4bKack")  # type: ignore[arg-type]
+    ack = invite(b"", method="ACK", to_tag=tag, branch="z9hG4bKack")
     assert core.receive_datagram(ack, UDP, 0.7) == []
     assert [t for t in core.handle_timers(3.5) if b"200 OK" in t.data] == []  # no more
-    bye = invite(b"", method="BYE", to_tag=tag, cseq=2, branch="z9hG4bKbye")  # type: ignore[arg-type]
+    bye = invite(b"", method="BYE", to_tag=tag, cseq=2, branch="z9hG4bKbye")
     assert [r.status for r in replies(core.receive_datagram(bye, UDP, 5.0))] == [200]
     (ended,) = [e.fields() for e in core.take_events() if e.log_name == "answered_call_ended"]
     assert ended["ended_by"] == "caller_bye" and ended["duration_s"] == 5.0
@@ -128,15 +137,16 @@ def test_reinvite_gets_a_new_answer_and_a_secured_call_refuses_plain_rtp_in_dial
     core = core_for("secured", answer_after=0)
     gw1 = core.config.peer("gw1")
     ok = replies(core.receive_stream_message(invite(SAVP, transport="TLS"), TLS, gw1, 0.0))[-1]
-    tag = ok.to.tag  # type: ignore[union-attr]
+    assert ok.to is not None and ok.to.tag is not None
+    tag = ok.to.tag
     core.receive_stream_message(
         invite(b"", method="ACK", transport="TLS", to_tag=tag, branch="z9hG4bKa"), TLS, gw1, 0.1
-    )  # type: ignore[arg-type]
-    again = invite(SAVP, transport="TLS", to_tag=tag, cseq=2, branch="z9hG4bKre")  # type: ignore[arg-type]
+    )
+    again = invite(SAVP, transport="TLS", to_tag=tag, cseq=2, branch="z9hG4bKre")
     (re_ok,) = replies(core.receive_stream_message(again, TLS, gw1, 1.0))
     assert re_ok.status == 200 and b"o=sipserver" in re_ok.body
     assert parse_sdp(re_ok.body) and b" 2 IN IP4" in re_ok.body  # the session version moved on
-    plain = invite(AVP, transport="TLS", to_tag=tag, cseq=3, branch="z9hG4bKre2")  # type: ignore[arg-type]
+    plain = invite(AVP, transport="TLS", to_tag=tag, cseq=3, branch="z9hG4bKre2")
     (refused,) = replies(core.receive_stream_message(plain, TLS, gw1, 2.0))
     assert refused.status == 488
 
@@ -165,8 +175,8 @@ def test_hangs_up_by_itself_after_answer_hangup_after(flow: Flow) -> None:
         if flow is UDP
         else core.receive_stream_message(raw, flow, gw1, 0.0)
     )
-    tag = replies(out)[-1].to.tag  # type: ignore[union-attr]
-    ack = invite(b"", method="ACK", transport=transport, to_tag=tag, branch="z9hG4bKack")  # type: ignore[arg-type]
+    tag = to_tag(replies(out)[-1])
+    ack = invite(b"", method="ACK", transport=transport, to_tag=tag, branch="z9hG4bKack")
     core.receive_datagram(ack, flow, 0.1) if flow is UDP else core.receive_stream_message(
         ack, flow, gw1, 0.1
     )
@@ -205,8 +215,8 @@ def test_a_call_nobody_hangs_up_ends_after_a_day_and_many_calls_cost_no_scan() -
     core = core_for("unsecured", answer_after=0)
     for n in range(300):
         raw = invite(branch=f"z9hG4bKn{n}").replace(b"call-1", f"call-{n}".encode())
-        tag = replies(core.receive_datagram(raw, UDP, 0.0))[-1].to.tag  # type: ignore[union-attr]
-        ack = invite(b"", method="ACK", to_tag=tag, branch=f"z9hG4bKa{n}")  # type: ignore[arg-type]
+        tag = to_tag(replies(core.receive_datagram(raw, UDP, 0.0))[-1])
+        ack = invite(b"", method="ACK", to_tag=tag, branch=f"z9hG4bKa{n}")
         core.receive_datagram(ack.replace(b"call-1", f"call-{n}".encode()), UDP, 0.1)
     assert core.transactions().answered_calls == 300
     assert (
@@ -222,8 +232,8 @@ def test_a_call_nobody_hangs_up_ends_after_a_day_and_many_calls_cost_no_scan() -
 def test_a_bye_in_the_early_dialog_ends_the_ringing_invite_with_487() -> None:
     core = core_for("unsecured", answer_after=30.0)
     (ringing,) = replies(core.receive_datagram(invite(), UDP, 0.0))
-    tag = ringing.to.tag  # type: ignore[union-attr]
-    bye = invite(b"", method="BYE", to_tag=tag, cseq=2, branch="z9hG4bKbye")  # type: ignore[arg-type]
+    tag = to_tag(ringing)
+    bye = invite(b"", method="BYE", to_tag=tag, cseq=2, branch="z9hG4bKbye")
     out = replies(core.receive_datagram(bye, UDP, 1.0))
     assert sorted((r.status, r.cseq[1]) for r in out) == [(200, "BYE"), (487, "INVITE")]
     assert core.busy() == 0 and not core.transactions().answered_calls

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sipserver.config.loader import parse_config
 from sipserver.config.schema import Config
 from sipserver.proxy.core import SipCore
-from sipserver.sip.flow import Flow
+from sipserver.sip.flow import Flow, Transport
 from sipserver.sip.framing import FramingError
 from sipserver.sip.message import Response, parse_message
 from tests.configs import peer, table
@@ -27,12 +27,12 @@ def config_text(addresses: list[str] = GATEWAY_ADDRESSES, **server: object) -> s
     )
 
 
-GW = Flow("udp", ("127.0.0.1", 5060), ("192.0.2.10", 40000))
-STRANGER = Flow("udp", ("127.0.0.1", 5060), ("198.51.100.7", 40000))
+GW = Flow(Transport.UDP, ("127.0.0.1", 5060), ("192.0.2.10", 40000))
+STRANGER = Flow(Transport.UDP, ("127.0.0.1", 5060), ("198.51.100.7", 40000))
 
 
 def config(**server: object) -> Config:
-    return parse_config(config_text(**server))
+    return parse_config(config_text(GATEWAY_ADDRESSES, **server))
 
 
 def req(
@@ -83,7 +83,7 @@ def test_options_to_the_server_gets_200_with_capabilities() -> None:
 
 def test_response_goes_to_source_ip_and_rport_with_received_stamped() -> None:
     core = SipCore(config())
-    flow = Flow("udp", ("127.0.0.1", 5060), ("192.0.2.10", 40001))
+    flow = Flow(Transport.UDP, ("127.0.0.1", 5060), ("192.0.2.10", 40001))
     out = core.receive_datagram(req(), flow, 0.0)
     assert out[0].flow.remote == ("192.0.2.10", 40001)
     via = parse_message(out[0].data).top_via
@@ -183,14 +183,16 @@ def test_retransmitted_options_gets_the_same_answer_and_transaction_ends_with_ti
     core.take_events()
     fresh = core.receive_datagram(req(), GW, 33.0)  # a new transaction, answered again
     assert [e.log_name for e in core.take_events()] == ["sip_request_answered"]
-    assert parse_message(fresh[0].data).status == 200  # type: ignore[union-attr]
+    answered = parse_message(fresh[0].data)
+    assert isinstance(answered, Response) and answered.status == 200
 
 
 def test_options_over_tcp_leave_nothing_behind() -> None:
     core = SipCore(config())
-    tcp = Flow("tcp", ("127.0.0.1", 5060), ("192.0.2.10", 40000))
+    tcp = Flow(Transport.TCP, ("127.0.0.1", 5060), ("192.0.2.10", 40000))
     out = core.receive_stream_message(req().replace(b"UDP", b"TCP"), tcp, None, 0.0)
-    assert parse_message(out[0].data).status == 200  # type: ignore[union-attr]
+    answered = parse_message(out[0].data)
+    assert isinstance(answered, Response) and answered.status == 200
     assert core.transaction_count == 0 and not core.transactions().settled
 
 
@@ -211,7 +213,7 @@ def test_request_without_via_cannot_be_answered_and_is_dropped() -> None:
 
 def test_lost_framing_answers_the_head_then_closes() -> None:
     core = SipCore(config())
-    flow = Flow("tcp", ("127.0.0.1", 5060), ("192.0.2.10", 40000), connection_id=7)
+    flow = Flow(Transport.TCP, ("127.0.0.1", 5060), ("192.0.2.10", 40000), connection_id=7)
     head = req().split(b"\r\nContent-Length")[0]
     out = core.framing_lost(FramingError("Missing Content-Length", 400, head), flow)
     assert out[0].close_after and out[0].flow == flow
@@ -254,7 +256,7 @@ def test_mutated_messages_never_escape_the_core_as_anything_but_answers(
         position = min(position, len(data))
         data[position : position + len(replacement) or position + 1] = replacement
     core = SipCore(config())
-    flow = Flow(transport, ("127.0.0.1", 5060), ("192.0.2.10", 40000), connection_id=1)
+    flow = Flow(Transport(transport), ("127.0.0.1", 5060), ("192.0.2.10", 40000), connection_id=1)
     if transport == "udp":
         out = core.receive_datagram(bytes(data), flow, 0.0)
     else:

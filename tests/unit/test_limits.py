@@ -1,9 +1,20 @@
+from collections.abc import Callable
+
 from sipserver.transport.limits import Admission, ConnectionTable
 
 
 def admitted(result: Admission | str) -> Admission:
     assert isinstance(result, Admission), result
     return result
+
+
+def noting(into: list[int], value: int) -> Callable[[str], None]:
+    """An eviction callback that notes which connection went."""
+    return lambda _: into.append(value)
+
+
+def noting_why(into: list[tuple[int, str]], value: int) -> Callable[[str], None]:
+    return lambda why: into.append((value, why))
 
 
 def test_total_and_per_address_caps_are_counted_and_released() -> None:
@@ -44,7 +55,7 @@ def test_past_its_share_an_address_evicts_its_own_oldest_connection() -> None:
     )
     evicted: list[int] = []
     for n in range(6):
-        admitted(table.admit("198.51.100.7", "handshake", lambda _, n=n: evicted.append(n)))
+        admitted(table.admit("198.51.100.7", "handshake", noting(evicted, n)))
     assert evicted == [0, 1] and table.open_in("handshake") == 4
     others = admitted(table.admit("198.51.100.8", "handshake", lambda _: evicted.append(99)))
     admitted(table.admit("198.51.100.7", "stranger"))  # the SIP port's budget is apart
@@ -58,9 +69,7 @@ def test_a_full_strangers_budget_evicts_its_oldest_connection_for_a_new_one() ->
     table = ConnectionTable(max_total=100, max_per_address=100, max_unverified=3)
     evicted: list[tuple[int, str]] = []
     held = [
-        admitted(
-            table.admit(f"198.51.100.{n}", "handshake", lambda why, n=n: evicted.append((n, why)))
-        )
+        admitted(table.admit(f"198.51.100.{n}", "handshake", noting_why(evicted, n)))
         for n in range(3)
     ]
     newcomer = admitted(table.admit("192.0.2.10", "handshake"))

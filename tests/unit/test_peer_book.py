@@ -8,18 +8,18 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from sipserver.config.loader import parse_config
-from sipserver.pki.certinfo import describe
+from sipserver.pki.certinfo import CertInfo, describe
 from sipserver.pki.peer_book import PeerBook
 from sipserver.server.credentials import Credentials
 from sipserver.server.live_config import LiveConfig
 from sipserver.server.peer_watch import PeerWatch, load_book
-from tests.certs import NOW, make_ca, make_leaf
+from tests.certs import NOW, Issued, make_ca, make_leaf
 from tests.configs import peer, table
 
 CA = make_ca("Peer Book CA")
 
 
-def cert(days: int) -> tuple[object, object]:
+def cert(days: int) -> tuple[Issued, CertInfo]:
     issued = make_leaf(CA, dns=["gw1.example.test"], not_after=NOW + dt.timedelta(days=days))
     return issued, describe(issued.cert)
 

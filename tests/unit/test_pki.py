@@ -7,6 +7,7 @@ import subprocess
 from dataclasses import dataclass
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sipserver.pki.certinfo import describe, serial_hex
@@ -14,7 +15,7 @@ from sipserver.pki.generate import generate_self_signed
 from sipserver.pki.identity import covers, match_peer, sip_identities
 from sipserver.pki.select import Candidate, choose_certificate
 from sipserver.transport.tls_handshake import resumed_session_refusal
-from tests.certs import NOW, make_ca, make_leaf
+from tests.certs import NOW, Issued, make_ca, make_leaf
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,10 @@ def test_names_compare_case_insensitively() -> None:
     assert match_peer(info, PEERS).peer == PEERS[0]
 
 
-def _candidate(issued: object, path: str, key: object | None = None) -> Candidate:
-    return Candidate.build(path, [issued.cert], key if key is not None else issued.key)  # type: ignore[attr-defined]
+def _candidate(
+    issued: Issued, path: str, key: CertificateIssuerPrivateKeyTypes | None = None
+) -> Candidate:
+    return Candidate.build(path, [issued.cert], key if key is not None else issued.key)
 
 
 def test_selection_follows_the_exchange_order_and_says_why_others_were_skipped() -> None:

@@ -69,4 +69,5 @@ def test_empty_parameters_in_via_or_contact_get_400_before_routing(
 def test_well_formed_via_and_contact_lists_are_routed() -> None:
     """A display name may hold `;;` and `,,` inside its quotes."""
     routed = answer(SipCore(config()), invite(GOOD_VIA, GOOD_CONTACT))
-    assert routed is not None and routed.status != 400, routed.reason
+    assert routed is not None, "no answer"
+    assert routed.status != 400, routed.reason

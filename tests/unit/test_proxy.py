@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
-from sipserver.sip.flow import Flow, Transmit
+from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Request, Response, parse_message
 from tests.configs import dial_plan, peer, table
 
@@ -19,9 +19,9 @@ CONFIG = parse_config(
     + peer("pbx2", addresses=["192.0.2.21"], transport="udp", health_check=None)
     + dial_plan("lobby", "unsecured", ["pbx1", "pbx2"])
 )
-CALLER = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.10", 5060))
-PBX1 = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.20", 5060))
-PBX2 = Flow("udp", ("0.0.0.0", 5060), ("192.0.2.21", 5060))
+CALLER = Flow(Transport.UDP, ("0.0.0.0", 5060), ("192.0.2.10", 5060))
+PBX1 = Flow(Transport.UDP, ("0.0.0.0", 5060), ("192.0.2.20", 5060))
+PBX2 = Flow(Transport.UDP, ("0.0.0.0", 5060), ("192.0.2.21", 5060))
 
 
 def invite(extra: str = "") -> bytes:
@@ -192,7 +192,8 @@ def test_health_checks_mark_a_silent_target_down_and_calls_skip_it() -> None:
         + dial_plan("lobby", "unsecured", ["pbx1", "pbx2"])
     )
     core = SipCore(config)
-    assert core.next_deadline() is not None and core.next_deadline() <= 0.0  # due at once
+    due = core.next_deadline()
+    assert due is not None and due <= 0.0  # due at once
     pings = core.handle_timers(0.0)
     assert [(parse(t).method, t.flow.remote) for t in pings] == [("OPTIONS", ("192.0.2.20", 5060))]  # type: ignore[union-attr]
     # Not due, and one ping at a time: only Timer E retransmissions of the same OPTIONS.

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sipserver.config.loader import parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.events import CallShed
-from sipserver.sip.flow import Flow, Transmit
+from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Response, parse_message
 from sipserver.sip.stateless import REFUSAL_TAG, acks_a_refusal, read_new_invite
 from tests.configs import dial_plan, peer, table
@@ -22,8 +22,8 @@ CONFIG = parse_config(
     + peer("pbx1", addresses=["192.0.2.20"], transport="tcp", health_check=None)
     + dial_plan("lobby", "unsecured", ["pbx1"])
 )
-GW1 = Flow("tcp", ("192.0.2.1", 5060), ("192.0.2.10", 40312), connection_id=7)
-STRANGER = Flow("tcp", ("192.0.2.1", 5060), ("198.51.100.9", 40999), connection_id=8)
+GW1 = Flow(Transport.TCP, ("192.0.2.1", 5060), ("192.0.2.10", 40312), connection_id=7)
+STRANGER = Flow(Transport.TCP, ("192.0.2.1", 5060), ("198.51.100.9", 40999), connection_id=8)
 
 
 def invite(n: int = 1, *, to_tag: str = "", via: str | None = None, extra: str = "") -> bytes:
@@ -68,13 +68,15 @@ def test_a_new_call_is_refused_from_its_bytes_with_what_the_full_path_would_say(
     assert core.shed == 1
     events = core.take_events()
     assert [type(e) for e in events] == [CallShed]
-    assert events[0].call_id == "call-1@gw1" and events[0].peer == "gw1"
+    (shed,) = events
+    assert isinstance(shed, CallShed)
+    assert shed.call_id == "call-1@gw1" and shed.peer == "gw1"
 
     # The same INVITE from the same address and port over UDP, which the door leaves to
     # the full path: its 503 is what the door's must be.
     full_path = SipCore(CONFIG)
     full_path.set_overloaded(True, 1.0)
-    udp = Flow("udp", GW1.local, GW1.remote)
+    udp = Flow(Transport.UDP, GW1.local, GW1.remote)
     expected = only_response(full_path.receive_datagram(invite(), udp, 1.0), udp)
     assert full_path.transaction_count == 1
     assert (refused.status, refused.reason) == (expected.status, expected.reason)

@@ -8,7 +8,7 @@ from sipserver.config.loader import ConfigError, parse_config
 from sipserver.proxy.core import SipCore
 from sipserver.routing.dialplan import find_dial_plan, normalise_number, number_matches
 from sipserver.routing.router import Redirect, Reject, route
-from sipserver.sip.flow import Flow
+from sipserver.sip.flow import Flow, Transport
 from sipserver.sip.message import Request, Response, parse_message
 from tests.configs import dial_plan, peer, table
 
@@ -147,7 +147,7 @@ def test_unknown_number_is_404_naming_number_and_peer() -> None:
 
 def test_core_answers_302_with_contact_and_logs_it() -> None:
     core = SipCore(CONFIG_)
-    flow = Flow("tls", ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=1)
+    flow = Flow(Transport.TLS, ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=1)
     out = core.receive_stream_message(
         invite("+14255550100", SRTP).to_bytes(), flow, CONFIG_.peer("gw1"), 0.0
     )
@@ -160,7 +160,7 @@ def test_core_answers_302_with_contact_and_logs_it() -> None:
 
 def test_core_refuses_a_sip_secured_call_over_udp_with_403_and_warning() -> None:
     core = SipCore(CONFIG_)
-    flow = Flow("udp", ("127.0.0.1", 5060), ("192.0.2.10", 5060))
+    flow = Flow(Transport.UDP, ("127.0.0.1", 5060), ("192.0.2.10", 5060))
     data = invite("+14255550199", RTP).to_bytes().replace(b"SIP/2.0/TLS", b"SIP/2.0/UDP")
     response = parse_message(core.receive_datagram(data, flow, 0.0)[0].data)
     assert isinstance(response, Response) and response.status == 403
@@ -219,7 +219,7 @@ def test_a_secured_call_keeps_srtp_in_dialog_re_invite_without_it_gets_488() -> 
         + dial_plan("hq", "secured", ["pbx1"], numbers=["+1425*"])
     )
     core = SipCore(config)
-    caller = Flow("tls", ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=1)
+    caller = Flow(Transport.TLS, ("127.0.0.1", 5061), ("192.0.2.10", 40000), connection_id=1)
     out = core.receive_stream_message(
         invite("+14255550100", SRTP).to_bytes(), caller, config.peer("gw1"), 0.0
     )
