@@ -48,6 +48,8 @@ class FramingLost(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageMalformed(Event):
+    """A message we could not take: answered 400 (a request) or dropped (a response)."""
+
     level = "warning"
     kind: str  # request | response
     action: str  # answered | dropped (why)
@@ -89,6 +91,8 @@ class ResponseUnmatched(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransactionTimedOut(Event):
+    """A transaction of ours got no answer in time (Timer B or F)."""
+
     name = "sip_transaction_timeout"
     level = "warning"
     timer: str
@@ -135,6 +139,8 @@ class CallRefused(Answered):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallRedirected(Answered):
+    """A dial plan with action = "redirect" answered 302 with its first healthy target."""
+
     name = "call_redirected"
     dial_plan: str
     security: str
@@ -206,6 +212,8 @@ class CallCompleted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptStarted(Event):
+    """One try of one target begins (each failover step is one)."""
+
     name = "call_attempt_started"
     level = "debug"
     target: str | None
@@ -216,6 +224,8 @@ class AttemptStarted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptFailed(Event):
+    """One try of one target failed; the call goes on to the next, or fails."""
+
     name = "call_attempt_failed"
     level = "warning"
     target: str
@@ -239,6 +249,8 @@ class MediaAnswerViolation(Event):
 # --- health -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TargetHealthChanged(Event):
+    """A target went down after its failed health checks, or came back up."""
+
     name = "target_health_changed"
     target: str
     target_fqdn: str
@@ -252,6 +264,8 @@ class TargetHealthChanged(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TargetHealthChecked(Event):
+    """One OPTIONS health check of a target, and how it went."""
+
     name = "target_health_checked"
     level = "debug"
     target: str

@@ -8,7 +8,11 @@ code logs, so the page cannot drift from the code.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
+
+from sipserver.proxy import events
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +397,45 @@ def page() -> str:
         + " |\n"
         for event in EVENTS
     ]
-    return INTRO + "\n| Event | Level | Fields (besides context) |\n|---|---|---|\n" + "".join(rows)
+    return (
+        INTRO
+        + "\n| Event | Level | Fields (besides context) |\n|---|---|---|\n"
+        + "".join(rows)
+        + core_events()
+    )
+
+
+def core_events() -> str:
+    """The pure core's events, straight from their classes in `proxy/events.py`: what each
+    is, the name it is logged under and every field it carries."""
+    lines = [
+        "\n## The core's events, field by field\n\n"
+        "Written from the event classes in `sipserver/proxy/events.py`. A certificate field\n"
+        "(`peer_cert`, `target_cert`) is logged as its `_subject`, `_issuer`, `_serial`,\n"
+        "`_thumbprint_sha1`, `_thumbprint_sha256`, `_not_before` and `_not_after`.\n\n"
+        "| Class | Logged as | What it is | Fields |\n|---|---|---|---|\n"
+    ]
+    for cls in event_classes():
+        name = cls.__dict__.get("name")
+        logged = f"`{name}`" if name else "composed from its fields (see the table above)"
+        doc = " ".join((cls.__doc__ or "").split()).replace("|", "\\|")
+        fields = ", ".join(
+            f"`{spec.name}`" for spec in dataclasses.fields(cls) if spec.name != "call_id"
+        )
+        lines.append(f"| `{cls.__name__}` | {logged} | {doc} | {fields} |\n")
+    return "".join(lines)
+
+
+def event_classes() -> list[type[events.Event]]:
+    found = [
+        cls
+        for cls in vars(events).values()
+        if isinstance(cls, type)
+        and issubclass(cls, events.Event)
+        and cls is not events.Event
+        and cls.__module__ == events.__name__
+    ]
+    return sorted(found, key=lambda cls: inspect.getsourcelines(cls)[1])
 
 
 if __name__ == "__main__":

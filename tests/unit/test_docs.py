@@ -168,3 +168,17 @@ def test_every_link_between_the_pages_leads_somewhere() -> None:
                 if anchor not in {slug(h) for h in headings}:
                     broken.append(f"{page.name}: {target}")
     assert not broken, broken
+
+
+def test_every_core_event_class_says_what_it_is_on_the_log_events_page() -> None:
+    """The field-by-field part of docs/log-events.md comes from the event classes: each
+    has a docstring of its own (not dataclass's generated signature) and a row."""
+    from sipserver.server.log_reference import event_classes
+
+    page = (REPO / "docs" / "log-events.md").read_text()
+    classes = event_classes()
+    assert len(classes) >= 19
+    for cls in classes:
+        doc = cls.__doc__ or ""
+        assert doc and not doc.startswith(f"{cls.__name__}("), f"{cls.__name__} has no docstring"
+        assert f"| `{cls.__name__}` |" in page, cls.__name__
