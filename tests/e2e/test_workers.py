@@ -276,15 +276,22 @@ def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
     uac = call_uac(tmp_path / "uac.xml")
     samples: list[tuple[float, float]] = []
     sampling = threading.Event()
+    sampled = threading.Condition()
 
     def sample() -> None:  # what a Prometheus scraping every 100 ms would see
         while not sampling.wait(0.1):
-            samples.append(
-                (
-                    summed(admin, "sipserver_messages_total", direction="in"),
-                    summed(admin, "sipserver_calls_total"),
-                )
+            taken = (
+                summed(admin, "sipserver_messages_total", direction="in"),
+                summed(admin, "sipserver_calls_total"),
             )
+            with sampled:
+                samples.append(taken)
+                sampled.notify_all()
+
+    def sampled_at_least(count: int) -> int:
+        with sampled:  # scrapes slow down under load: wait for them, bounded
+            assert sampled.wait_for(lambda: len(samples) >= count, timeout=30), samples
+            return len(samples)
 
     def callers(calls_each: int, rate: int, count: int = CALLERS) -> list[subprocess.Popen[str]]:
         return [
@@ -305,6 +312,7 @@ def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
         sampler.start()
         load = callers(calls_each=60, rate=20)  # 8 x 20 calls/s for 3 s
         server.wait_count("call_routed", 40, worker=1, timeout=30)
+        before_kill = sampled_at_least(2)  # the sums as they were, under load
         os.kill(worker_pid(server.process.pid, 1), signal.SIGKILL)
         server.wait_for("worker_replaced", worker_index=1, timeout=15)
         for caller in load:  # it has loaded the kill; calls the dead worker held are lost
@@ -318,9 +326,9 @@ def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
             assert caller.returncode == 0, out[-1500:] + "".join(server.raw[-60:])
         routed = server.wait_count("call_routed", before + 16 * CALLS_EACH)[before:]
         assert {line["worker"] for line in routed} == {0, 1}, "the replacement took no call"
+        sampled_at_least(before_kill + 3)  # and as they are after the replacement
         sampling.set()
         sampler.join(10)
-    assert len(samples) > 10
     for (messages, calls), (later_messages, later_calls) in itertools.pairwise(samples):
         assert later_messages >= messages and later_calls >= calls, samples
 
