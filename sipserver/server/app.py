@@ -250,7 +250,7 @@ class Server:
             RespClient(address, cluster.timeout),
             owner,
             self.core.call_limits,
-            self.config,
+            self.live,
             heartbeat=self.binding_store is None,
         )
         nursery.start_soon(self.call_counts.run)
@@ -269,8 +269,6 @@ class Server:
         self.live.current = new
         self.core.configure(new)
         self.pool.caps.configure(new.limits)
-        if self.call_counts is not None:
-            self.call_counts.configure(new)
         if credentials is not None:
             self.credentials.install(credentials, new)
         self.pool.close_removed_softphones(new)

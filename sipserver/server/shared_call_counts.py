@@ -17,9 +17,9 @@ import json
 import structlog
 import trio
 
-from sipserver.config.schema import Config
 from sipserver.proxy.admission import CallCounts, CallLimits, limits_set
 from sipserver.server.binding_store import ALIVE_TTL, PREFIX, alive_key
+from sipserver.server.live_config import LiveConfig
 from sipserver.transport.resp import Reply, RespClient, StoreError, milliseconds
 
 log = structlog.get_logger("sipserver")
@@ -34,7 +34,7 @@ class SharedCallCounts:
         client: RespClient,
         owner: str,
         limits: CallLimits,
-        config: Config,
+        config: LiveConfig,
         *,
         heartbeat: bool,
     ) -> None:
@@ -42,20 +42,17 @@ class SharedCallCounts:
         self.client = client
         self.owner = owner
         self.limits = limits
-        self._wanted = limits_set(config)
+        self._config = config
         self._heartbeat = heartbeat
         self._shared: bool | None = None  # unknown until the first exchange
         self._published = False
         self._learned: tuple[int, dict[str, int]] | None = None  # what we last logged
 
-    def configure(self, config: Config) -> None:
-        self._wanted = limits_set(config)
-
     async def run(self) -> None:
         while True:
             await trio.sleep(INTERVAL)
             try:
-                if self._wanted:
+                if limits_set(self._config.current):  # a reload may add or remove them
                     await self.exchange()
                 elif self._published:  # limits removed by a reload: take ours away
                     await self.client.call(("HDEL", COUNTS_KEY, self.owner))

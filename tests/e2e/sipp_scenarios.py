@@ -234,6 +234,25 @@ def call_uac(
     return path
 
 
+def _bodiless_answer(status: str, cseq: str = "[last_CSeq:]") -> str:
+    """A callee's answer without a body to the last request received (`status` is
+    "486 Busy Here"); a 487 names the INVITE's CSeq, since the last request was the CANCEL."""
+    return f"""  <send>
+    <![CDATA[
+
+      SIP/2.0 {status}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]U[call_number]
+      [last_Call-ID:]
+      {cseq}
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
 def call_uas(
     path: Path,
     *,
@@ -269,51 +288,14 @@ def call_uas(
   </send>
 """
     if refuse is not None:
-        body += f"""  <send>
-    <![CDATA[
-
-      SIP/2.0 {refuse}
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]U[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="ACK"/>
-"""
+        body += _bodiless_answer(refuse) + '  <recv request="ACK"/>\n'
     elif cancel:
-        body += """  <recv request="CANCEL"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]U[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 487 Request Terminated
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]U[call_number]
-      [last_Call-ID:]
-      CSeq: 1 INVITE
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="ACK"/>
-"""
+        body += (
+            '  <recv request="CANCEL"/>\n'
+            + _bodiless_answer("200 OK")
+            + _bodiless_answer("487 Request Terminated", cseq="CSeq: 1 INVITE")
+            + '  <recv request="ACK"/>\n'
+        )
     else:
         if answer_delay_ms:
             body += f'  <pause milliseconds="{answer_delay_ms}"/>\n'

@@ -8,12 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
 from sipserver.config.loader import parse_config
 from sipserver.proxy.admission import CallCounts
 from sipserver.proxy.core import SipCore
 from sipserver.server.binding_store import alive_key
+from sipserver.server.live_config import LiveConfig
 from sipserver.server.local_store import LocalStore
 from sipserver.server.shared_call_counts import SharedCallCounts, decode_counts, encode_counts
 from sipserver.transport.resp import RespClient, StoreAddress
@@ -89,7 +91,7 @@ async def test_two_processes_share_their_counts_through_the_store(tmp_path: Path
                 RespClient(address, 1.0),
                 owner,
                 core.call_limits,
-                core.config,
+                LiveConfig(core.config),
                 heartbeat=True,
             )
             for owner, core in (("w0", first), ("w1", second))
@@ -111,17 +113,19 @@ async def test_two_processes_share_their_counts_through_the_store(tmp_path: Path
         nursery.cancel_scope.cancel()
 
 
-async def test_a_store_that_goes_away_leaves_each_process_counting_alone(tmp_path: Path) -> None:
+async def test_a_store_that_goes_away_leaves_each_process_counting_alone(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     core = SipCore(parse_config(config(gw1={"max_calls": 1})))
     core.call_limits.counted_elsewhere({"w1": CallCounts(1, {"gw1": 1}, {}, {})}, 0.0)
     sharer = SharedCallCounts(
         RespClient(StoreAddress.parse(f"unix:{tmp_path}/none.sock"), 0.2),
         "w0",
         core.call_limits,
-        core.config,
+        LiveConfig(core.config),
         heartbeat=False,
     )
-    with capture_logs() as logs, trio.move_on_after(1.0):
+    with capture_logs() as logs, trio.move_on_after(1.0):  # virtual time: ten attempts
         await sharer.run()
     unshared = [entry for entry in logs if entry["event"] == "call_counts_unshared"]
     assert len(unshared) == 1  # once, not at every attempt
