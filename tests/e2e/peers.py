@@ -106,9 +106,17 @@ def sipp_callee(
         process.wait(10)
 
 
-def assert_callee_ok(process: subprocess.Popen[str]) -> None:
-    out, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, out[-3000:]
+def assert_callee_ok(process: subprocess.Popen[str], also: str = "") -> None:
+    """sipp's callee ends well; `also`: the other party's output, for the failure message."""
+    try:
+        out, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate(timeout=10)
+        raise AssertionError(
+            f"sipp's callee is still waiting:\n{out[-3000:]}\n{also[-3000:]}"
+        ) from None
+    assert process.returncode == 0, out[-3000:] + also[-3000:]
 
 
 @contextlib.contextmanager

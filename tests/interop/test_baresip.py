@@ -4,7 +4,10 @@ sip-secured mode and in secured mode with SRTP (SDES)."""
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,18 +40,20 @@ def baresip_config(
 ) -> Path:
     """baresip calling as gw1; or, with `softphone` (phone1's certificate), registering
     7001 as an RFC 5626 client (the uuid module gives it its +sip.instance) and answering
-    every call, fed by the bridge device (ausine cannot feed an 8 kHz call it answers)."""
+    every call."""
     folder.mkdir(parents=True, exist_ok=True)
+    # The bridge device feeds no sound, which is all a signalling test needs (ausine
+    # gives up on an 8 kHz call and would end it at once).
+    source = "aubridge,nil"
     if softphone is None:
-        cert, source, uuid = pki.combined("baresip-gw1", pki.gw1), "ausine,440", ""
+        cert, uuid = pki.combined("baresip-gw1", pki.gw1), ""
     else:
-        cert, source = pki.combined("baresip-phone1", softphone), "aubridge,nil"
-        uuid = "module_tmp\tuuid.so\n"
+        cert, uuid = pki.combined("baresip-phone1", softphone), "module_tmp\tuuid.so\n"
     (folder / "config").write_text(
         f"poll_method\tepoll\nsip_listen\t127.0.0.1:{listen_port}\nsip_certificate\t{cert}\n"
         f"sip_cafile\t{pki.ca_file}\naudio_player\taubridge,nil\naudio_source\t{source}\n"
         "audio_alert\taubridge,nil\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\n"
-        f"module\tausine.so\nmodule\taubridge.so\nmodule\tsrtp.so\n{uuid}"
+        f"module\taubridge.so\nmodule\tsrtp.so\n{uuid}"
         "module_app\taccount.so\nmodule_app\tmenu.so\n"
     )
     account = (
@@ -62,6 +67,44 @@ def baresip_config(
     )
     (folder / "contacts").write_text("")
     return folder
+
+
+class Baresip:
+    """baresip running on a configuration folder, its output read as it comes."""
+
+    def __init__(self, folder: Path, *commands: str) -> None:
+        args = [need("baresip"), "-f", str(folder)]
+        for command in commands:
+            args += ["-e", command]
+        # -t: a safety net only; the test ends the call itself.
+        self.process = subprocess.Popen(
+            [*args, "-t", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.output = ""
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"baresip never printed {text!r}:\n{self.output[-3000:]}")
+            if select.select([self.process.stdout], [], [], min(left, 0.5))[0]:
+                chunk = os.read(self.process.stdout.fileno(), 65536)
+                if not chunk:
+                    raise AssertionError(f"baresip quit before {text!r}:\n{self.output[-3000:]}")
+                self.output += chunk.decode(errors="replace")
+
+    def hang_up_and_quit(self) -> None:
+        """SIGTERM makes baresip end its calls (a BYE for an established one) and quit."""
+        self.process.terminate()
+        rest, _ = self.process.communicate(timeout=20)
+        self.output += rest.decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate(timeout=10)
 
 
 @pytest.mark.parametrize("security", ["sip-secured", "secured"])
@@ -80,25 +123,18 @@ def test_baresip_calls_through_sipserver_over_mutual_tls(
             tmp_path / "uas.xml", answer_proto="RTP/SAVP" if srtp else "RTP/AVP", answer_crypto=srtp
         )
         with sipp_callee(uas, uas_port, "t1") as callee:
-            phone = subprocess.run(
-                [
-                    need("baresip"),
-                    "-f",
-                    str(folder),
-                    "-e",
-                    "/dial sip:+14255550100@sip.example.test",
-                    "-t",
-                    "6",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert_callee_ok(callee)  # INVITE, 180, 200, ACK, then baresip's BYE when it quits
+            phone = Baresip(folder, "/dial sip:+14255550100@sip.example.test")
+            try:
+                # Established: baresip has the 200 and has sent its ACK.
+                phone.wait_for("Call established")
+                phone.hang_up_and_quit()
+            finally:
+                phone.kill()
+            assert_callee_ok(callee, also=phone.output)  # INVITE, 180, 200, ACK, BYE
     routed = server.wait_for("call_routed", dial_plan="hq")
     assert (
         routed["status"] == 200 and routed["transport"] == "tls" and routed["security"] == security
-    ), phone.stdout
+    ), phone.output
     assert routed["peer"] == "gw1" and routed["peer_cert_serial"] == serial_hex(
         pki.gw1.cert.serial_number
     )
