@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     SIPSERVER_STATE_DIR=/var/lib/sipserver PATH=/opt/sipserver/bin:$PATH \
     SIP_PORT=5060 TLS_PORT=5061
 
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md /src/
 COPY sipserver /src/sipserver
 RUN python3 -m venv /opt/sipserver \
  && /opt/sipserver/bin/pip install --no-cache-dir /src \

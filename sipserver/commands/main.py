@@ -14,6 +14,7 @@ import structlog
 import trio
 
 from sipserver import __version__
+from sipserver.build import core_build
 from sipserver.config.checks import is_fqdn
 from sipserver.config.loader import ConfigError, load_config
 from sipserver.config.schema import Config
@@ -27,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sipserver", description="Mutual-TLS SIP signalling server"
     )
-    parser.add_argument("--version", action="version", version=f"sipserver {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"sipserver {__version__} ({core_build()} core)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(

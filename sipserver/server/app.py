@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from sipserver.build import core_build
 from sipserver.certstore import CertificateSetupError, ServerCredentials
 from sipserver.config.schema import Config
 from sipserver.proxy.core import SipCore
@@ -127,7 +128,13 @@ class Server:
         task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         cfg = self.config
-        log.info("server_starting", fqdn=cfg.server.fqdn, config=cfg.source, peers=len(cfg.peers))
+        log.info(
+            "server_starting",
+            fqdn=cfg.server.fqdn,
+            config=cfg.source,
+            peers=len(cfg.peers),
+            core=core_build(),
+        )
         if Transport.TLS in cfg.server.transports:
             try:
                 self.credentials.install(self.credentials.prepare(cfg, _now()), cfg)

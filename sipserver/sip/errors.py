@@ -11,16 +11,18 @@ from sipserver.errors import SipServerError
 class SipError(SipServerError, ABC):
     """A SIP protocol error. Abstract: raise RemoteProtocolError or LocalProtocolError."""
 
-    status: int = 400
-
     def __init__(
         self, reason: str, status: int | None = None, headers: tuple[tuple[str, str], ...] = ()
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.headers = headers  # extra headers for the error response, e.g. Unsupported
-        if status is not None:
-            self.status = status
+        # Set on the instance, not as a class default: a compiled (mypyc) class keeps
+        # its attributes in slots that a class-level value does not fill.
+        self.status: int = self.default_status() if status is None else status
+
+    def default_status(self) -> int:
+        return 400
 
     @property
     @abstractmethod
@@ -31,11 +33,17 @@ class SipError(SipServerError, ABC):
 class RemoteProtocolError(SipError):
     """The peer sent something that breaks RFC 3261."""
 
-    blame = "remote"
+    @property
+    def blame(self) -> str:
+        return "remote"
 
 
 class LocalProtocolError(SipError):
     """We were asked to do something that breaks RFC 3261 (a bug of ours)."""
 
-    blame = "local"
-    status = 500
+    @property
+    def blame(self) -> str:
+        return "local"
+
+    def default_status(self) -> int:
+        return 500

@@ -10,9 +10,9 @@ import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.header_line import Header
 from sipserver.sip.headers import (
     LIST_HEADERS,
     TOKEN_RE,
@@ -37,34 +37,6 @@ class ParseLimits:
     max_message_bytes: int = 65535
     max_header_count: int = 256
     max_line_bytes: int = 8192
-
-
-class _HeaderFields(NamedTuple):
-    name: str
-    value: str
-    raw: str | None  # the exact wire text (folding included), None once edited
-    key: str  # lower-case long name, for lookups (worked out once)
-
-
-class Header(_HeaderFields):
-    """One header line. Immutable: edits replace it. A tuple of strings and bytes, so the
-    garbage collector stops tracking it, which keeps full collections short while many
-    transactions hold their messages."""
-
-    __slots__ = ()
-
-    def __new__(cls, name: str, value: str, raw: str | None = None) -> Header:
-        return tuple.__new__(cls, (name, value, raw, header_key(name)))
-
-    def __getnewargs__(self) -> tuple[str, str, str | None]:
-        return (self.name, self.value, self.raw)
-
-    def text(self) -> str:
-        """The line as it goes on the wire (bytes a peer sent kept as surrogate escapes)."""
-        return self.raw if self.raw is not None else f"{self.name}: {self.value}"
-
-    def to_bytes(self) -> bytes:
-        return self.text().encode("utf-8", "surrogateescape")
 
 
 class Headers:

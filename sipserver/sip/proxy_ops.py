@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipserver.sip.flow import Transport
+from sipserver.sip.header_line import Header
 from sipserver.sip.headers import split_list
-from sipserver.sip.message import Header, Headers, Request, Response
+from sipserver.sip.message import Headers, Request, Response
 from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
 from sipserver.sip.via import BRANCH_COOKIE, Via, parse_via

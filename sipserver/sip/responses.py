@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+from sipserver.sip.header_line import Header
 from sipserver.sip.headers import quote
-from sipserver.sip.message import Header, Headers, Request, Response
+from sipserver.sip.message import Headers, Request, Response
 
 REASON_PHRASES: dict[int, str] = {
     100: "Trying",

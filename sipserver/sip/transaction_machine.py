@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sipserver.sip.errors import LocalProtocolError
+from sipserver.sip.header_line import Header
 from sipserver.sip.matching import client_key
-from sipserver.sip.message import Header, Headers, Request, Response
+from sipserver.sip.message import Headers, Request, Response
 from sipserver.sip.timers import TimerValues
 from sipserver.sip.transaction_tables import (
     CLIENT_INVITE,

@@ -7,6 +7,10 @@ import enum
 
 
 class State(enum.Enum):
+    # Members are singletons compared by identity: hash them by identity too, in C,
+    # not by name in Python (the tables look them up several times per message).
+    __hash__ = object.__hash__
+
     CALLING = "calling"
     TRYING = "trying"
     PROCEEDING = "proceeding"
@@ -17,6 +21,8 @@ class State(enum.Enum):
 
 
 class Input(enum.Enum):
+    __hash__ = object.__hash__  # as State's
+
     REQUEST = "request"  # a retransmission of the transaction's request
     ACK = "ack"
     SEND_1XX = "send_1xx"
@@ -41,6 +47,8 @@ class Input(enum.Enum):
 
 
 class Action(enum.Enum):
+    __hash__ = object.__hash__  # as State's
+
     SEND = "send"  # send the response given with the input
     RESEND_RESPONSE = "resend_response"
     RESEND_REQUEST = "resend_request"

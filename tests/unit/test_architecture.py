@@ -54,7 +54,7 @@ LAYERS = [
     ),
     ("sipserver.config.schema", "sipserver.routing"),
     ("sipserver.proxy",),
-    ("sipserver.config", "sipserver.certstore", "sipserver.log"),
+    ("sipserver.config", "sipserver.certstore", "sipserver.log", "sipserver.build"),
     ("sipserver.transport",),
     ("sipserver.server",),
     ("sipserver.commands.ping", "sipserver.commands.certs", "sipserver.commands.lab"),

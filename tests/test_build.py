@@ -1,0 +1,88 @@
+"""The build: the SIP layer compiled by mypyc (the default wherever a C compiler and
+Python's headers are) passes the unit tests and real proxied calls, and without a
+compiler the build installs the plain-Python modules instead. The rest of the suite runs
+on the checkout as it is: the plain-Python build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv", "build", "*.so", "__pycache__", ".*_cache", ".hypothesis", "lab"
+)
+
+
+def copy_of_the_checkout(folder: Path) -> Path:
+    tree = folder / "checkout"
+    shutil.copytree(REPO, tree, ignore=NOT_COPIED)
+    return tree
+
+
+def build_in_place(tree: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tree,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def core_build(tree: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", "from sipserver.build import core_build; print(core_build())"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def test_the_compiled_sip_layer_passes_the_unit_tests_and_real_calls(tmp_path: Path) -> None:
+    tree = copy_of_the_checkout(tmp_path)
+    built = build_in_place(tree)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "pure-Python core" not in built.stderr, (
+        "the SIP layer was not compiled; it needs a C compiler and Python's headers "
+        f"(Debian: apt-get install gcc python3-dev):\n{built.stderr[-2000:]}"
+    )
+    assert core_build(tree) == "compiled"
+    compiled = sorted(p.name.split(".")[0] for p in (tree / "sipserver" / "sip").glob("*.so"))
+    assert "message" in compiled and "header_line" not in compiled
+    tests = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"),
+            *("tests/unit", "tests/e2e/test_proxy_calls.py"),
+        ],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert tests.returncode == 0, tests.stdout[-5000:]
+    assert " passed" in tests.stdout.splitlines()[-1]
+
+
+def test_without_a_c_compiler_the_build_keeps_the_plain_python_sip_layer(tmp_path: Path) -> None:
+    tree = copy_of_the_checkout(tmp_path)
+    built = build_in_place(tree, CC=str(tmp_path / "no-such-cc"))
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "installing the pure-Python core: no C compiler" in built.stderr
+    assert list((tree / "sipserver").rglob("*.so")) == []
+    assert core_build(tree) == "pure"
+
+
+@pytest.mark.parametrize("variable", ["SIPSERVER_PURE"])
+def test_the_plain_python_build_can_be_chosen(tmp_path: Path, variable: str) -> None:
+    tree = copy_of_the_checkout(tmp_path)
+    built = build_in_place(tree, **{variable: "1"})
+    assert built.returncode == 0 and f"{variable} is set" in built.stderr
+    assert core_build(tree) == "pure"
