@@ -1,6 +1,6 @@
-"""The build: setuptools, with the sans-IO SIP layer (`sipserver/sip`, which parses and
-builds every message) compiled by mypyc when a C compiler and Python's headers are at
-hand. That is the default; without them, or with SIPSERVER_PURE=1, or if mypyc cannot
+"""The build: setuptools, with the sans-IO core (`sipserver/sip`, `routing` and `proxy`:
+the work every message costs) compiled by mypyc when a C compiler and Python's headers
+are at hand. That is the default; without them, or with SIPSERVER_PURE=1, or if mypyc cannot
 compile it, the same modules install as plain Python and behave the same.
 `python -m sipserver version` says which one is installed."""
 
@@ -14,9 +14,11 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-COMPILED = "sipserver/sip"
-# One header line stays a tuple, which mypyc cannot subclass (see its module).
-KEPT_PURE = {"sipserver/sip/header_line.py"}
+COMPILED = ("sipserver/sip", "sipserver/routing", "sipserver/proxy")
+# One header line stays a tuple, which mypyc cannot subclass (see its module); the core's
+# events keep their `name` and `level` as class attributes, which a compiled dataclass
+# would turn into fields.
+KEPT_PURE = {"sipserver/sip/header_line.py", "sipserver/proxy/events.py"}
 
 
 def why_not_compiled() -> str | None:
@@ -37,7 +39,7 @@ def compiled_core() -> list[Extension]:
         try:
             from mypyc.build import mypycify
 
-            modules = sorted(str(path) for path in Path(COMPILED).glob("*.py"))
+            modules = sorted(str(path) for c in COMPILED for path in Path(c).glob("*.py"))
             extensions = mypycify(
                 [m for m in modules if m not in KEPT_PURE], opt_level="3", debug_level="0"
             )

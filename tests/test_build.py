@@ -1,7 +1,7 @@
-"""The build: the SIP layer compiled by mypyc (the default wherever a C compiler and
-Python's headers are) passes the unit tests and real proxied calls, and without a
-compiler the build installs the plain-Python modules instead. The rest of the suite runs
-on the checkout as it is: the plain-Python build."""
+"""The build: the sans-IO core compiled by mypyc (the default wherever a C compiler and
+Python's headers are) passes the unit tests, real proxied calls and the hostile-input
+tests, and without a compiler the build installs the plain-Python modules instead. The
+rest of the suite runs on the checkout as it is: the plain-Python build."""
 
 from __future__ import annotations
 
@@ -46,21 +46,25 @@ def core_build(tree: Path) -> str:
     ).stdout.strip()
 
 
-def test_the_compiled_sip_layer_passes_the_unit_tests_and_real_calls(tmp_path: Path) -> None:
+def test_the_compiled_core_passes_the_unit_tests_and_real_calls(tmp_path: Path) -> None:
     tree = copy_of_the_checkout(tmp_path)
     built = build_in_place(tree)
     assert built.returncode == 0, built.stderr[-3000:]
     assert "pure-Python core" not in built.stderr, (
-        "the SIP layer was not compiled; it needs a C compiler and Python's headers "
+        "the core was not compiled; it needs a C compiler and Python's headers "
         f"(Debian: apt-get install gcc python3-dev):\n{built.stderr[-2000:]}"
     )
     assert core_build(tree) == "compiled"
-    compiled = sorted(p.name.split(".")[0] for p in (tree / "sipserver" / "sip").glob("*.so"))
-    assert "message" in compiled and "header_line" not in compiled
+    compiled = {
+        str(p.relative_to(tree / "sipserver")).split(".")[0]
+        for p in (tree / "sipserver").rglob("*.so")
+    }
+    assert {"sip/message", "proxy/core", "routing/router"} <= compiled
+    assert not {"sip/header_line", "proxy/events", "server/app"} & compiled
     tests = subprocess.run(
         [
             *(sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"),
-            *("tests/unit", "tests/e2e/test_proxy_calls.py"),
+            *("tests/unit", "tests/e2e/test_proxy_calls.py", "tests/e2e/test_hardening.py"),
         ],
         cwd=tree,
         capture_output=True,
@@ -71,7 +75,7 @@ def test_the_compiled_sip_layer_passes_the_unit_tests_and_real_calls(tmp_path: P
     assert " passed" in tests.stdout.splitlines()[-1]
 
 
-def test_without_a_c_compiler_the_build_keeps_the_plain_python_sip_layer(tmp_path: Path) -> None:
+def test_without_a_c_compiler_the_build_keeps_the_plain_python_core(tmp_path: Path) -> None:
     tree = copy_of_the_checkout(tmp_path)
     built = build_in_place(tree, CC=str(tmp_path / "no-such-cc"))
     assert built.returncode == 0, built.stderr[-3000:]

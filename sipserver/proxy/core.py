@@ -328,8 +328,8 @@ class SipCore:
         assert isinstance(message, Request)
         try:
             validate.check_envelope(message)
-        except RemoteProtocolError as exc:
-            return self._intake.malformed(exc, message, flow, peer)
+        except RemoteProtocolError as error:  # not `exc`: that one is a ParseError
+            return self._intake.malformed(error, message, flow, peer)
         return self._request_received(message, flow, peer, now, cert)
 
     def _request_received(

@@ -40,7 +40,7 @@ EVENTS: tuple[EventDoc, ...] = (
     EventDoc(
         ("server_starting",),
         "info",
-        "`fqdn`, `config`, `peers`, `core` (`compiled` or `pure`: the SIP layer's build)",
+        "`fqdn`, `config`, `peers`, `core` (`compiled` or `pure`: the sans-IO core's build)",
     ),
     EventDoc(
         ("server_certificate_generated",),

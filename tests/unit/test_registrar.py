@@ -7,6 +7,7 @@ import pytest
 
 from sipserver.config.loader import parse_config
 from sipserver.config.schema import Config
+from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.connection_directory import NoConnections
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.events import RegistrationChanged
@@ -416,14 +417,25 @@ def test_bindings_survive_a_reload_and_go_with_their_softphone() -> None:
     assert changes(core) == [("removed", "peer no longer configured as a softphone")]
 
 
-class OpenConnections(NoConnections):
-    """The pool as the core sees it: which connections are open."""
+class OpenConnections:
+    """The pool as the core sees it: which connections are open. (It wraps NoConnections
+    rather than subclassing it: a class compiled by mypyc takes no Python subclass.)"""
 
     def __init__(self, *flows: Flow) -> None:
         self.open = {flow.connection_id: flow for flow in flows}
+        self.none = NoConnections()
 
     def flow_of(self, connection_id: int) -> Flow | None:
         return self.open.get(connection_id)
+
+    def flow_to(self, peer: str, transport: Transport) -> Flow | None:
+        return self.none.flow_to(peer, transport)
+
+    def certificate_of(self, flow: Flow) -> CertInfo | None:
+        return self.none.certificate_of(flow)
+
+    def connection_id_of(self, flow: Flow) -> int | None:
+        return self.none.connection_id_of(flow)
 
 
 def test_in_dialog_requests_return_over_the_flow_the_call_was_delivered_on() -> None:
