@@ -131,29 +131,36 @@ def percentiles(values: Iterable[float]) -> dict[str, float]:
     return {"mean": mean, "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": top}
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time the process has used so far, summed over its threads, from the scheduler's
-    own accounting (/proc/PID/task/*/schedstat: the first field is nanoseconds on a CPU)."""
-    total = 0
+def run_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds the process has used so far and the times it was put on a CPU (its
+    wake-ups), summed over its threads, from the scheduler's own accounting
+    (/proc/PID/task/*/schedstat: nanoseconds on a CPU, waiting, timeslices run)."""
+    seconds, slices = 0, 0
     for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(stat.read_text().split()[0])
-    return total / 1e9
+            fields = stat.read_text().split()
+            seconds, slices = seconds + int(fields[0]), slices + int(fields[2])
+    return seconds / 1e9, slices
 
 
-def cpu_seconds_tree(pid: int) -> float:
-    """cpu_seconds of the process and of every process below it (Kamailio's workers)."""
+def run_stats_tree(pid: int) -> tuple[float, int]:
+    """run_stats of the process and of every process below it (Kamailio's workers)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0.0, [pid]
+    seconds, slices, todo = 0.0, 0, [pid]
     while todo:
         current = todo.pop()
-        total += cpu_seconds(current)
+        more_seconds, more_slices = run_stats(current)
+        seconds, slices = seconds + more_seconds, slices + more_slices
         todo += children.get(current, [])
-    return total
+    return seconds, slices
+
+
+def cpu_seconds_tree(pid: int) -> float:
+    return run_stats_tree(pid)[0]
 
 
 def rss_kib(pid: int) -> int:

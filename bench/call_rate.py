@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    cpu_seconds_tree,
     free_port,
     percentiles,
     profile,
     profile_summary,
     rtt_percentiles,
+    run_stats_tree,
     sipp_counts,
     start_server,
     stunnel,
@@ -202,12 +202,21 @@ def step(
     )
     started = time.monotonic()
     routed_before = _routed()
-    cpu_before = cpu_seconds_tree(server_pid)
+    cpu_before, slices_before = run_stats_tree(server_pid)
     raw = PROFILE / f"{transport}-{rate}.txt" if PROFILE else None
     spy = profile(server_pid, seconds, raw) if raw else None
     if _own_caller(transport):
         own = _own_caller_step(
-            work, transport, caller_port, rate, calls, server_pid, started, cpu_before, callee
+            work,
+            transport,
+            caller_port,
+            rate,
+            calls,
+            server_pid,
+            started,
+            cpu_before,
+            slices_before,
+            callee,
         )
         _print_profile(spy, raw, transport, rate)
         return own
@@ -245,7 +254,8 @@ def step(
         timeout=seconds * 6 + 60,
     )
     elapsed = time.monotonic() - started
-    cpu = cpu_seconds_tree(server_pid) - cpu_before
+    cpu_after, slices_after = run_stats_tree(server_pid)
+    cpu, wakeups = cpu_after - cpu_before, slices_after - slices_before
     _print_profile(spy, raw, transport, rate)
     callee.kill()
     callee.wait(10)
@@ -261,6 +271,7 @@ def step(
         "failed": failed,
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
+        "wakeups_per_call": wakeups / answered if answered else float("nan"),
         **rtt_percentiles(list(work.glob("uac_*_rtt.csv"))),
         # --overload: INVITE -> 503 of the shed calls (sipp's second response-time timer)
         **{
@@ -288,6 +299,7 @@ def _own_caller_step(
     server_pid: int,
     started: float,
     cpu_before: float,
+    slices_before: int,
     callee: subprocess.Popen[bytes],
 ) -> dict[str, float]:
     """The step's calls placed by bench/tls_caller.py (or .c) straight to the TLS port."""
@@ -306,7 +318,8 @@ def _own_caller_step(
     ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=calls / rate * 4 + 60)
     elapsed = time.monotonic() - started
-    cpu = cpu_seconds_tree(server_pid) - cpu_before
+    cpu_after, slices_after = run_stats_tree(server_pid)
+    cpu, wakeups = cpu_after - cpu_before, slices_after - slices_before
     callee.kill()
     callee.wait(10)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -329,6 +342,7 @@ def _own_caller_step(
         "failed": summary["failed"] + (0 if SHED_OK else shed),
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
+        "wakeups_per_call": wakeups / answered if answered else float("nan"),
         **percentiles(float(line) for line in rtt.read_text().split()),
         **{f"shed_{key}": value for key, value in shed_times.items()},
     }
@@ -422,10 +436,11 @@ def main() -> int:
     rates = [int(r) for r in args.rates.split(",")]
     print(
         f"calls proxied by {args.proxy}, {args.seconds:g} s per step; "
-        "setup time (INVITE -> 200) in ms; cpu ms = the proxy's CPU (all its processes) per call"
+        "setup time (INVITE -> 200) in ms; cpu ms = the proxy's CPU (all its processes) per call; "
+        "wake = the times its threads were put on a CPU, per call"
     )
     print(
-        f"{'transport':<9} {'rate':>5} {'answered':>9} {'shed':>5} {'failed':>7} {'calls/s':>8} {'mean':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'cpu ms':>7}"
+        f"{'transport':<9} {'rate':>5} {'answered':>9} {'shed':>5} {'failed':>7} {'calls/s':>8} {'mean':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'cpu ms':>7} {'wake':>6}"
     )
     ca = make_ca("bench CA")
     for transport in args.transports.split(","):
@@ -476,7 +491,7 @@ def main() -> int:
                     f"{transport:<9} {rate:>5} {result['ok']:>9} {result['shed']:>5} {result['failed']:>7} "
                     f"{result['achieved']:>8.1f} {result['mean']:>7.1f} "
                     f"{result['p50']:>7.1f} {result['p90']:>7.1f} {result['p99']:>7.1f} "
-                    f"{result['cpu_ms_per_call']:>7.2f}"
+                    f"{result['cpu_ms_per_call']:>7.2f} {result['wakeups_per_call']:>6.1f}"
                     + (
                         f"  503 p99 {result['shed_p99']:.0f} ms, max {result['shed_max']:.0f}"
                         if result["shed"]
