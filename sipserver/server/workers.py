@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -89,7 +90,11 @@ class Supervisor:
         self.config = config
         self.run_args = run_args
         self.count = count
-        self._sockets_dir = tempfile.mkdtemp(prefix="sipserver-workers-")
+        # Named here, made by run() (which removes it): an object that never runs leaves
+        # nothing behind. os.mkdir refuses a name that exists, as mkdtemp does.
+        self._sockets_dir = os.path.join(
+            tempfile.gettempdir(), f"sipserver-workers-{os.getpid()}-{secrets.token_hex(6)}"
+        )
         self.admin_sockets = [f"{self._sockets_dir}/worker-{i}.sock" for i in range(count)]
         # The workers' shared view (softphone bindings), kept here: nothing to install.
         self.store = LocalStore()
@@ -136,6 +141,7 @@ class Supervisor:
         ]
 
     async def run(self) -> int:
+        os.mkdir(self._sockets_dir, 0o700)
         try:
             return await self._run()
         finally:
