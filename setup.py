@@ -1,8 +1,8 @@
 """The build: setuptools, with the sans-IO core (`sipserver/sip`, `routing` and `proxy`:
 the work every message costs) compiled by mypyc when a C compiler and Python's headers
-are at hand. That is the default; without them, or with SIPSERVER_PURE=1, or if mypyc cannot
-compile it, the same modules install as plain Python and behave the same.
-`python -m sipserver version` says which one is installed."""
+are at hand. That is the default; without them, or with SIPSERVER_PURE=1, or if mypyc
+cannot compile it, the same modules install as plain Python and behave the same.
+`sipserver --version` says which one is installed."""
 
 from __future__ import annotations
 
