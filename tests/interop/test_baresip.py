@@ -102,9 +102,10 @@ class Baresip:
         self.output += rest.decode(errors="replace")
 
     def kill(self) -> None:
+        """Whatever state it is in: a no-op once it has quit."""
         if self.process.poll() is None:
             self.process.kill()
-        self.process.communicate(timeout=10)
+            self.process.communicate(timeout=10)
 
 
 @pytest.mark.parametrize("security", ["sip-secured", "secured"])
