@@ -5,14 +5,24 @@ the core's CPU microseconds per call; `--profile` prints where they go (cProfile
 `--shed`: the core overloaded with a backlog waiting, so every call is refused (INVITE,
 503, and the ACK for it): what a shed call costs.
 
+`--instructions` counts instead of timing: it runs the calls twice under valgrind's
+callgrind (100 and 600 calls, hash seed fixed) and prints the instructions the 500 more
+calls took, per call. On a VM whose timings move 10-30 % from run to run, that figure
+moves by a few instructions, so a change worth 1 % shows (apt-get install valgrind).
+
     python bench/core_calls.py [--calls 5000] [--profile] [--shed] [--admission]
+    python bench/core_calls.py --instructions [--shed] [--admission]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,6 +152,29 @@ def one_shed_call(core: SipCore, n: int, now: float) -> None:
     core.take_events()
 
 
+def count_instructions(options: list[str], few: int = 100, many: int = 600) -> int:
+    """Instructions per call: callgrind's totals for `many` and `few` calls, differenced
+    (start-up, imports and warm-up cancel out)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    totals = []
+    for calls in (few, many):
+        callgrind = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        run = subprocess.run(
+            [*callgrind, sys.executable, __file__, "--calls", str(calls), *options],
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found = re.search(r"Collected : (\d+)", run.stderr)
+        if found is None:
+            raise SystemExit(f"no instruction count in valgrind's output:\n{run.stderr[-2000:]}")
+        totals.append(int(found.group(1)))
+    return (totals[1] - totals[0]) // (many - few)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=5000)
@@ -152,7 +185,17 @@ def main() -> int:
         action="store_true",
         help="every call-admission limit set (none reached): what counting calls costs",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per call under callgrind instead of timing",
+    )
     args = parser.parse_args()
+    if args.instructions:
+        options = [flag for flag in ("--shed", "--admission") if getattr(args, flag[2:])]
+        per_call = count_instructions(options)
+        print(f"{per_call:,} instructions per {'shed ' if args.shed else ''}call through the core")
+        return 0
     text = CONFIG
     if args.admission:
         text = text.replace(

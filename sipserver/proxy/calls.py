@@ -109,15 +109,30 @@ def best_response(branches: list[Branch]) -> Branch | None:
     return min(answered, key=lambda b: ((b.final or 0) < 600, b.final or 0))
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class ClientContext:
     call: ProxyCall | None
     flow: Flow
     kind: str  # "forward" | "cancel" | "health" | "accepted"
-    peer: PeerSettings | None = None  # the pinged target, for "health"
+    peer: PeerSettings | None  # the pinged target, for "health"
     # For "accepted" (an INVITE answered with 2xx, the call let go): where 2xx
     # retransmissions are relayed.
-    answered: ServerTransaction | None = None
+    answered: ServerTransaction | None
+
+    # Written out, as Via's is: the generated one stays interpreted in the compiled core.
+    def __init__(
+        self,
+        call: ProxyCall | None,
+        flow: Flow,
+        kind: str,
+        peer: PeerSettings | None = None,
+        answered: ServerTransaction | None = None,
+    ) -> None:
+        self.call = call
+        self.flow = flow
+        self.kind = kind
+        self.peer = peer
+        self.answered = answered
 
 
 class CallRecord:

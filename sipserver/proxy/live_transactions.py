@@ -32,7 +32,7 @@ class SettledAnswer:
     reply_to: Flow
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ServerContext:
     """What the core keeps with each server transaction. The request is let go once the
     final response is sent: retransmissions only need the response bytes."""
@@ -44,7 +44,28 @@ class ServerContext:
     method: str
     call_id: str | None
     request: Request | None
-    peer_cert: CertInfo | None = None
+    peer_cert: CertInfo | None
+
+    # Written out, as Via's is: the generated one stays interpreted in the compiled core.
+    def __init__(
+        self,
+        key: tuple[str, ...],
+        flow: Flow,
+        reply_to: Flow,
+        peer: PeerSettings | None,
+        method: str,
+        call_id: str | None,
+        request: Request | None,
+        peer_cert: CertInfo | None = None,
+    ) -> None:
+        self.key = key
+        self.flow = flow
+        self.reply_to = reply_to
+        self.peer = peer
+        self.method = method
+        self.call_id = call_id
+        self.request = request
+        self.peer_cert = peer_cert
 
 
 class TransactionTable:

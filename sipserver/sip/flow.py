@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 
 class Transport(enum.StrEnum):
@@ -18,15 +19,30 @@ class Transport(enum.StrEnum):
         return self is not Transport.UDP
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Flow:
-    """Where a message came from, and so where its answers go."""
+    """Where a message came from, and so where its answers go. Immutable, as Via is (see
+    there why the fields are Final and __init__ is written out)."""
 
-    transport: Transport
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    connection_id: int | None = None  # set for tcp/tls connections that exist
-    server_name: str | None = None  # outbound: the FQDN the far end must prove (TLS, SNI)
+    transport: Final[Transport]
+    local: Final[tuple[str, int]]
+    remote: Final[tuple[str, int]]
+    connection_id: Final[int | None]  # set for tcp/tls connections that exist
+    server_name: Final[str | None]  # outbound: the FQDN the far end must prove (TLS, SNI)
+
+    def __init__(
+        self,
+        transport: Transport,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        connection_id: int | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.local = local
+        self.remote = remote
+        self.connection_id = connection_id
+        self.server_name = server_name
 
     @property
     def reliable(self) -> bool:
@@ -37,11 +53,18 @@ class Flow:
         return format_address(self.remote)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Transmit:
-    flow: Flow
-    data: bytes
-    close_after: bool = False  # for streams: close once sent (framing was lost)
+    """Bytes to send on a flow. Immutable, as Via is."""
+
+    flow: Final[Flow]
+    data: Final[bytes]
+    close_after: Final[bool]  # for streams: close once sent (framing was lost)
+
+    def __init__(self, flow: Flow, data: bytes, close_after: bool = False) -> None:
+        self.flow = flow
+        self.data = data
+        self.close_after = close_after
 
 
 def format_address(address: tuple[str, int]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sipserver.sip.errors import LocalProtocolError
 from sipserver.sip.header_line import Header
@@ -35,22 +35,31 @@ __all__ = ["State"]  # callers see the states through this module
 
 
 # --- what a transaction hands back --------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class SendMessage:
     """Bytes to put on the wire; `message` is set when they are a new message (not a
-    retransmission of stored bytes)."""
+    retransmission of stored bytes). Immutable, as Via is."""
 
-    data: bytes
-    message: Request | Response | None = None
+    data: Final[bytes]
+    message: Final[Request | Response | None]
+
+    def __init__(self, data: bytes, message: Request | Response | None = None) -> None:
+        self.data = data
+        self.message = message
 
     @classmethod
     def of(cls, message: Request | Response) -> SendMessage:
         return cls(message.to_bytes(), message)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class ResponseReceived:
-    response: Response
+    """Immutable, as Via is."""
+
+    response: Final[Response]
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +89,7 @@ class InvalidTransition(LocalProtocolError):
 _ids = itertools.count(1)
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(eq=False, kw_only=True, init=False)
 class Transaction:
     """The state machine. Server transactions keep no message objects, only the bytes of
     the last response, so the many that wait out Timer J or I cost little memory and
@@ -97,6 +106,28 @@ class Transaction:
     scheduled: float | None = None  # the deadline its owner last queued a wake-up for
     _deadlines: dict[str, float] = field(default_factory=dict)
     _intervals: dict[str, float] = field(default_factory=dict)
+
+    # Written out, as Via's is: the generated one stays interpreted in the compiled core.
+    def __init__(
+        self,
+        *,
+        reliable: bool,
+        timers: TimerValues,
+        table: Table,
+        state: State,
+        context: Any = None,
+    ) -> None:
+        self.reliable = reliable
+        self.timers = timers
+        self.table = table
+        self.state = state
+        self.context = context
+        self.id = next(_ids)
+        self.last_response_data = None
+        self.last_status = None
+        self.scheduled = None
+        self._deadlines = {}
+        self._intervals = {}
 
     @property
     def deadline(self) -> float | None:
@@ -279,13 +310,32 @@ class ServerTransaction(Transaction):
         return self._apply(_response_input(response.status, sending=True), now, response)
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(eq=False, kw_only=True, init=False)
 class ClientTransaction(Transaction):
     key: tuple[str, str]  # what responses are matched on (§17.1.3)
     # The request, and its bytes for Timer A/E retransmissions; both let go in Accepted,
     # where nothing is resent or ACKed, so the 64*T1 that state lasts costs little.
     request: Request | None
     request_data: bytes
+
+    def __init__(
+        self,
+        *,
+        reliable: bool,
+        timers: TimerValues,
+        table: Table,
+        state: State,
+        key: tuple[str, str],
+        request: Request | None,
+        request_data: bytes,
+        context: Any = None,
+    ) -> None:
+        Transaction.__init__(
+            self, reliable=reliable, timers=timers, table=table, state=state, context=context
+        )
+        self.key = key
+        self.request = request
+        self.request_data = request_data
 
     @classmethod
     def create(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import Final
 
 from sipserver.sip.headers import Params, format_params, parse_params
 from sipserver.sip.uri import UriError, parse_host_port
@@ -11,12 +12,25 @@ from sipserver.sip.uri import UriError, parse_host_port
 BRANCH_COOKIE = "z9hG4bK"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Via:
-    transport: str  # upper-case: UDP, TCP, TLS, ...
-    host: str
-    port: int | None = None
-    params: Params = field(default_factory=dict)
+    """Immutable: its fields are Final (mypy refuses an assignment, and so does the compiled
+    class). Not frozen=True with a generated __init__: that one is interpreted Python even in
+    the compiled core, and setting each field through object.__setattr__ made a Via cost
+    ten times what this __init__ costs compiled (about 0.5 µs; 13 per proxied call)."""
+
+    transport: Final[str]  # upper-case: UDP, TCP, TLS, ...
+    host: Final[str]
+    port: Final[int | None]
+    params: Final[Params]
+
+    def __init__(
+        self, transport: str, host: str, port: int | None = None, params: Params | None = None
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
 
     @property
     def branch(self) -> str | None:
