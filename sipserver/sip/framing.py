@@ -6,13 +6,10 @@ which the transport answers with a CRLF "pong".
 
 from __future__ import annotations
 
-import re
-
 from sipserver.sip.errors import RemoteProtocolError
-from sipserver.sip.message import ParseLimits
+from sipserver.sip.message import ParseLimits, find_head_end
 from sipserver.sip.numbers import ascii_int
 
-_HEAD_END = re.compile(rb"\r\n\r\n|\n\n")
 _CR_LF = (13, 10)
 
 
@@ -91,14 +88,15 @@ class StreamFramer:
         # Resume where the last search stopped (less the 3 bytes an end could straddle), so a
         # header that arrives a byte at a time costs linear, not quadratic, time.
         start = max(0, self._searched - 3)
-        match = _HEAD_END.search(buffer, start)
-        if match is None:
+        head_end = find_head_end(buffer, start)
+        if head_end is None:
             self._check_partial_head(buffer)
             self._searched = len(buffer)
             if len(buffer) > self._limits.max_message_bytes:
                 raise FramingError("Message Too Large", 513)
             return None
-        head = bytes(buffer[: match.start()])
+        head_start, body_start = head_end
+        head = bytes(buffer[:head_start])
         lengths = content_lengths(head)
         if not lengths:
             raise FramingError("Missing Content-Length", 400, head)
@@ -107,10 +105,10 @@ class StreamFramer:
         length = ascii_int(lengths.pop(), 9)
         if length is None:
             raise FramingError("Malformed Content-Length", 400, head)
-        total = match.end() + length
+        total = body_start + length
         if total > self._limits.max_message_bytes:
             raise FramingError("Message Too Large", 513, head)
-        self._searched = match.start()  # the end of the headers is known: keep it
+        self._searched = head_start  # the end of the headers is known: keep it
         if len(buffer) < total:
             return None
         message = bytes(buffer[:total])

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sipserver.sip.framing import PING, FramingError, StreamFramer, content_lengths
-from sipserver.sip.message import ParseLimits
+from sipserver.sip.message import ParseLimits, find_head_end
 
 
 def _msg(n: int, body: bytes = b"") -> bytes:
@@ -28,6 +30,23 @@ def test_any_chunking_gives_the_same_messages(cuts: list[int]) -> None:
         start = point
     assert out == [_msg(1), PING, _msg(2, b"abc\r\n\r\nxyz"), _msg(3, b"x")]
     assert framer.buffered == 0
+
+
+# What find_head_end replaced: the leftmost CRLF CRLF or bare LF LF.
+HEAD_END_REGEX = re.compile(rb"\r\n\r\n|\n\n")
+
+
+LINE_BITS = st.sampled_from([b"\r\n", b"\n", b"\r", b"a", b"\r\n\r\n", b"\n\n"])
+
+
+@given(st.lists(LINE_BITS, max_size=12).map(b"".join), st.integers(0, 30))
+@example(b"a\r\n\r\nb\n\n", 0)  # LF LF after the CRLF CRLF does not count
+@example(b"a\n\nb\r\n\r\n", 0)
+def test_the_head_ends_where_the_regex_said(data: bytes, start: int) -> None:
+    match = HEAD_END_REGEX.search(data, start)
+    expected = None if match is None else (match.start(), match.end())
+    assert find_head_end(data, start) == expected
+    assert find_head_end(bytearray(data), start) == expected
 
 
 def test_missing_content_length_loses_framing_and_keeps_the_head() -> None:
