@@ -100,12 +100,13 @@ class Transaction:
     table: Table
     state: State
     context: Any = None  # opaque to this module: the caller's flow/routing data
-    id: int = field(default_factory=lambda: next(_ids))
-    last_response_data: bytes | None = None
-    last_status: int | None = None
-    scheduled: float | None = None  # the deadline its owner last queued a wake-up for
-    _deadlines: dict[str, float] = field(default_factory=dict)
-    _intervals: dict[str, float] = field(default_factory=dict)
+    # Not arguments of __init__ (so not of dataclasses.replace either): each starts afresh.
+    id: int = field(init=False)
+    last_response_data: bytes | None = field(init=False)
+    last_status: int | None = field(init=False)
+    scheduled: float | None = field(init=False)  # the deadline its owner last queued a wake-up for
+    _deadlines: dict[str, float] = field(init=False)
+    _intervals: dict[str, float] = field(init=False)
 
     # Written out, as Via's is: the generated one stays interpreted in the compiled core.
     def __init__(
