@@ -46,13 +46,15 @@ def drain(stream: object, copy_to: Path | None = None) -> None:
 
 
 def start_server(
-    config: Path, server_log: Path | None = None
+    config: Path, server_log: Path | None = None, under: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     """Run sipserver on a config with port 0 and return it with its bound ports by transport.
-    Info logging is the default, so the figures include one log line per request."""
+    Info logging is the default, so the figures include one log line per request. `under`:
+    a command the server runs inside (valgrind's, for call_rate.py --instructions)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "sipserver", "run", "--config", str(config)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sipserver", "run", "--config", str(config), "--log-format", "json"],
+        [*(under or []), *command, "--log-format", "json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

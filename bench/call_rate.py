@@ -15,6 +15,12 @@ with zero failed calls, the achieved rate within 10% of the target and p99 setup
 --max-p99 ms. Bounded: len(rates) steps per transport.
 
     python bench/call_rate.py [--seconds 5] [--rates 25,50,100,150,200]
+
+`--instructions` runs the server under valgrind's callgrind, with counting switched on for
+the step alone, and adds the instructions the whole server (trio, OpenSSL, logging, the
+core) spent per answered call: a figure that does not move with the VM's noise, so a 1 %
+change in the shell shows. The server is ~50 times slower there: use low rates
+(`--rates 5 --seconds 20`), where each message is a wake-up of its own.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ NEW_CONNECTION_PER_CALL = ("mtls-new", "mtls-full", "tcp-new")
 TLS_CALLER = "stunnel"  # --tls-caller: who places mutual-TLS calls
 CAPTURE = False  # --capture: [capture] hep to a UDP socket here (bound, never read)
 ADMISSION = False  # --admission: every call-admission limit set, none ever reached
+INSTRUCTIONS: Path | None = None  # --instructions: the folder of callgrind's counts
 _SINKS: list[socket.socket] = []
 C_CALLER_SOURCE = Path(__file__).parent / "tls_caller.c"
 
@@ -114,8 +121,31 @@ def start_bench_server(
         _SINKS.append(sink)
         with config.open("a") as text:
             text.write(f'[capture]\nhep = "udp:127.0.0.1:{sink.getsockname()[1]}"\n')
-    proc, ports = start_server(config, SERVER_LOG)
+    under = None
+    if INSTRUCTIONS is not None:
+        under = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        under.append(f"--callgrind-out-file={INSTRUCTIONS}/callgrind.out.%p")
+    proc, ports = start_server(config, SERVER_LOG, under)
     return proc, ports["udp"], ports["tls"]
+
+
+def count_instructions(server_pid: int, on: bool) -> int:
+    """Switch callgrind's counting on for a step (from zero), or dump and return the
+    instructions counted since."""
+    if on:
+        for switch in (["-z"], ["-i", "on"]):
+            subprocess.run(
+                ["callgrind_control", *switch, str(server_pid)], check=True, capture_output=True
+            )
+        return 0
+    assert INSTRUCTIONS is not None
+    for old in INSTRUCTIONS.glob(f"callgrind.out.{server_pid}.*"):
+        old.unlink()
+    subprocess.run(["callgrind_control", "-d", str(server_pid)], check=True, capture_output=True)
+    dumps = sorted(INSTRUCTIONS.glob(f"callgrind.out.{server_pid}.*"))
+    totals = re.search(r"^(?:summary|totals): (\d+)", dumps[-1].read_text(), re.MULTILINE)
+    assert totals is not None, f"no totals in {dumps[-1]}"
+    return int(totals.group(1))
 
 
 def start_kamailio(
@@ -200,6 +230,8 @@ def step(
         stderr=subprocess.DEVNULL,
         cwd=work,
     )
+    if INSTRUCTIONS is not None:
+        count_instructions(server_pid, on=True)
     started = time.monotonic()
     routed_before = _routed()
     cpu_before, slices_before = run_stats_tree(server_pid)
@@ -256,6 +288,7 @@ def step(
     elapsed = time.monotonic() - started
     cpu_after, slices_after = run_stats_tree(server_pid)
     cpu, wakeups = cpu_after - cpu_before, slices_after - slices_before
+    instructions = count_instructions(server_pid, on=False) if INSTRUCTIONS is not None else 0
     _print_profile(spy, raw, transport, rate)
     callee.kill()
     callee.wait(10)
@@ -272,6 +305,9 @@ def step(
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
         "wakeups_per_call": wakeups / answered if answered else float("nan"),
+        **(
+            {"instructions_per_call": instructions // answered} if instructions and answered else {}
+        ),
         **rtt_percentiles(list(work.glob("uac_*_rtt.csv"))),
         # --overload: INVITE -> 503 of the shed calls (sipp's second response-time timer)
         **{
@@ -418,8 +454,19 @@ def main() -> int:
         action="store_true",
         help="run every rate, also past the first step that is not clean (for the plots)",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="run the server under callgrind and print the instructions per answered call "
+        "(apt-get install valgrind; use low rates, e.g. --rates 5 --seconds 20)",
+    )
     args = parser.parse_args()
-    global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER, CAPTURE, ADMISSION
+    global SERVER_LOG, SHED_OK, PROFILE, WORKERS, TLS_CALLER, CAPTURE, ADMISSION, INSTRUCTIONS
+    if args.instructions:
+        if args.proxy != "sipserver" or args.workers != 1 or args.tls_caller != "stunnel":
+            print("--instructions counts one sipserver process called by sipp", file=sys.stderr)
+            return 2
+        INSTRUCTIONS = Path(tempfile.mkdtemp(prefix="callgrind-"))
     CAPTURE = args.capture
     ADMISSION = args.admission
     WORKERS = args.workers
@@ -495,6 +542,11 @@ def main() -> int:
                     + (
                         f"  503 p99 {result['shed_p99']:.0f} ms, max {result['shed_max']:.0f}"
                         if result["shed"]
+                        else ""
+                    )
+                    + (
+                        f"  {result['instructions_per_call']:,} instructions per call"
+                        if "instructions_per_call" in result
                         else ""
                     ),
                     flush=True,

@@ -284,9 +284,8 @@ def parse_message(
     if not head:
         raise ParseError("Empty message")
     text = head.decode("utf-8", "surrogateescape")
-    if text.count("\n") == text.count("\r\n"):
-        lines = text.split("\r\n")
-    else:  # bare LF line ends (tolerated on input)
+    lines = text.split("\r\n")
+    if text.count("\n") != len(lines) - 1:  # bare LF line ends too (tolerated on input)
         lines = _LINE_SPLIT_TEXT.split(text)
     if len(head) > limits.max_line_bytes:
         for line in lines:

@@ -3,6 +3,7 @@ Record-Route). Pure functions over parsed messages."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,13 +51,13 @@ def branch_for(request: Request, attempt: int) -> str:
     return f"{BRANCH_PREFIX}{call_part}{_uri_hash(request.uri)}{attempt}"
 
 
+@functools.lru_cache(maxsize=1024)  # a few Request-URIs carry most calls; SHA-1 is not free
 def _uri_hash(uri: str) -> str:
     return hashlib.sha1(uri.encode("utf-8", "surrogateescape")).hexdigest()[:6]
 
 
 def is_loop(request: Request, our_host: str) -> bool:
     """One of our Vias is in the request and it was forwarded for this same Request-URI."""
-    mark = _uri_hash(request.uri)
     for value in request.headers.get_all("Via"):
         try:
             via = parse_via(value)
@@ -66,7 +67,7 @@ def is_loop(request: Request, our_host: str) -> bool:
         if (
             via.host == our_host
             and branch.startswith(BRANCH_PREFIX)
-            and branch[len(BRANCH_PREFIX) + 12 :].startswith(mark)
+            and branch[len(BRANCH_PREFIX) + 12 :].startswith(_uri_hash(request.uri))
         ):
             return True
     return False

@@ -56,6 +56,19 @@ def test_parses_compact_folded_repeated_and_ipv6_headers() -> None:
     assert message.body == SDP
 
 
+@pytest.mark.parametrize("every", [1, 2, 3], ids=["all LF", "every 2nd LF", "every 3rd LF"])
+def test_bare_lf_line_ends_are_tolerated_as_crlf(every: int) -> None:
+    """Line ends that are a bare LF, alone or mixed with CRLFs, give the same headers."""
+    head, _, body = INVITE.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    mixed = lines[0] + b"".join(
+        (b"\n" if n % every == 0 else b"\r\n") + line for n, line in enumerate(lines[1:])
+    )
+    crlf, lf = parse_message(INVITE), parse_message(mixed + b"\n\n" + body)
+    assert [(h.name, h.value) for h in lf.headers] == [(h.name, h.value) for h in crlf.headers]
+    assert lf.body == crlf.body == SDP
+
+
 def test_round_trip_keeps_every_header_byte_for_byte() -> None:
     message = parse_message(INVITE, stream=True)
     assert message.to_bytes() == INVITE
