@@ -52,6 +52,8 @@ def start_server(
     Info logging is the default, so the figures include one log line per request. `under`:
     a command the server runs inside (valgrind's, for call_rate.py --instructions)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    if under:
+        env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every counted run
     command = [sys.executable, "-m", "sipserver", "run", "--config", str(config)]
     proc = subprocess.Popen(
         [*(under or []), *command, "--log-format", "json"],
