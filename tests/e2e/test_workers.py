@@ -266,6 +266,10 @@ def summed(admin: int, family: str, **labels: str) -> float:
     )
 
 
+# What sipp says when the port it was given is taken (it exits before placing a call).
+SIPP_PORT_TAKEN = "Unable to bind main socket"
+
+
 def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -323,7 +327,12 @@ def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
         before = len(server.events("call_routed"))
         for caller in callers(calls_each=CALLS_EACH, rate=10, count=16):
             out, _ = caller.communicate(timeout=90)
-            assert caller.returncode == 0, out[-1500:] + "".join(server.raw[-60:])
+            if caller.returncode != 0 and SIPP_PORT_TAKEN in out:
+                # free_port's port went to another process before sipp bound it (the whole
+                # suite runs beside this test): sipp placed no call, so it places them again.
+                caller = callers(calls_each=CALLS_EACH, rate=10, count=1)[0]
+                out, _ = caller.communicate(timeout=90)
+            assert caller.returncode == 0, out[:600] + out[-1500:] + "".join(server.raw[-60:])
         routed = server.wait_count("call_routed", before + 16 * CALLS_EACH)[before:]
         assert {line["worker"] for line in routed} == {0, 1}, "the replacement took no call"
         sampled_at_least(before_kill + 3)  # and as they are after the replacement
