@@ -13,6 +13,11 @@ import pytest
 from tests.certs import Issued, make_leaf
 from tests.e2e.conftest import SERVER_FQDN, Pki, free_port, need
 
+# What sipp says when the port free_port() gave it went to another process before sipp bound
+# it (the suite runs tests in parallel): it exits before placing any call, so the caller can
+# be started again on a new port.
+SIPP_PORT_TAKEN = "Unable to bind main socket"
+
 
 def sipp_caller_command(
     scenario: Path,
@@ -51,13 +56,17 @@ def sipp_caller(
     scenario: Path, port: int, number: str, transport: str = "u1"
 ) -> subprocess.CompletedProcess[str]:
     """One call from sipp to the server (or to a local stunnel) on 127.0.0.1:port."""
-    return subprocess.run(
-        sipp_caller_command(scenario, port, number, transport),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=scenario.parent,
-    )
+    for _ in range(3):
+        result = subprocess.run(
+            sipp_caller_command(scenario, port, number, transport),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=scenario.parent,
+        )
+        if SIPP_PORT_TAKEN not in result.stderr:
+            break
+    return result
 
 
 def assert_sipp_ok(result: subprocess.CompletedProcess[str]) -> None:

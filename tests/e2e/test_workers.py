@@ -32,7 +32,7 @@ from tests.e2e.conftest import (
     free_port,
     served_serial,
 )
-from tests.e2e.peers import assert_callee_ok, sipp_callee, sipp_caller_command
+from tests.e2e.peers import SIPP_PORT_TAKEN, assert_callee_ok, sipp_callee, sipp_caller_command
 from tests.e2e.sip_client import options, udp_exchange
 from tests.e2e.sipp_scenarios import call_uac, call_uac_answered_then_hung_up, call_uas
 from tests.e2e.test_tls import client_context, tls_options
@@ -266,10 +266,6 @@ def summed(admin: int, family: str, **labels: str) -> float:
     )
 
 
-# What sipp says when the port it was given is taken (it exits before placing a call).
-SIPP_PORT_TAKEN = "Unable to bind main socket"
-
-
 def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -327,9 +323,7 @@ def test_a_worker_killed_under_call_load_comes_back_serves_and_no_sum_goes_back(
         before = len(server.events("call_routed"))
         for caller in callers(calls_each=CALLS_EACH, rate=10, count=16):
             out, _ = caller.communicate(timeout=90)
-            if caller.returncode != 0 and SIPP_PORT_TAKEN in out:
-                # free_port's port went to another process before sipp bound it (the whole
-                # suite runs beside this test): sipp placed no call, so it places them again.
+            if caller.returncode != 0 and SIPP_PORT_TAKEN in out:  # it placed no call
                 caller = callers(calls_each=CALLS_EACH, rate=10, count=1)[0]
                 out, _ = caller.communicate(timeout=90)
             assert caller.returncode == 0, out[:600] + out[-1500:] + "".join(server.raw[-60:])
