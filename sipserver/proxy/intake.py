@@ -4,8 +4,6 @@ framing is lost. Also the two Via rules every response depends on (§18.2.1, §1
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from sipserver.config.choices import UnknownSource
 from sipserver.config.schema import Config, PeerSettings
 from sipserver.proxy.events import Event, FramingLost, MessageMalformed, UnknownSourceRefused
@@ -121,7 +119,7 @@ def stamp_via(request: Request, flow: Flow) -> Via | None:
     if via is None:
         return None
     stamped = via.with_received(flow.remote[0], flow.remote[1])
-    if stamped != via:
+    if stamped is not via:
         request.headers.replace_first_value("Via", str(stamped))
     return stamped
 
@@ -135,7 +133,9 @@ def response_flow(via: Via | None, flow: Flow) -> Flow:
     port = ascii_int(rport, 5) if rport else None
     if port is None or not 0 < port < 65536:
         port = via.port or 5060
-    return replace(flow, remote=(flow.remote[0], port))
+    return Flow(
+        flow.transport, flow.local, (flow.remote[0], port), flow.connection_id, flow.server_name
+    )
 
 
 def _call_id(message: Message | None) -> str | None:

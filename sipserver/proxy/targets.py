@@ -7,6 +7,7 @@ answered."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.config.schema import SIBLING_NAME, PeerSettings
 from sipserver.proxy.calls import ProxyCall
@@ -19,12 +20,20 @@ from sipserver.sip import proxy_ops
 from sipserver.sip.flow import Flow, Transport
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Attempt:
-    target: PeerSettings
-    transport: Transport
-    uri: str  # the Request-URI
-    flow: Flow
+    """Immutable, as Via is (see there why the fields are Final and __init__ written out)."""
+
+    target: Final[PeerSettings]
+    transport: Final[Transport]
+    uri: Final[str]  # the Request-URI
+    flow: Final[Flow]
+
+    def __init__(self, target: PeerSettings, transport: Transport, uri: str, flow: Flow) -> None:
+        self.target = target
+        self.transport = transport
+        self.uri = uri
+        self.flow = flow
 
 
 class Waiting:

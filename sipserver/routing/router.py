@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.config.schema import Config, DialPlanSettings, PeerSettings
 from sipserver.routing.dialplan import denied_by, find_dial_plan, normalise_number
@@ -34,11 +35,20 @@ class Redirect:
     contact: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Proxy:
-    plan: DialPlanSettings
-    targets: tuple[PeerSettings, ...]
-    number: str
+    """Immutable, as Via is (see there why the fields are Final and __init__ written out)."""
+
+    plan: Final[DialPlanSettings]
+    targets: Final[tuple[PeerSettings, ...]]
+    number: Final[str]
+
+    def __init__(
+        self, plan: DialPlanSettings, targets: tuple[PeerSettings, ...], number: str
+    ) -> None:
+        self.plan = plan
+        self.targets = targets
+        self.number = number
 
 
 @dataclass(frozen=True, slots=True)

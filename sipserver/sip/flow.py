@@ -19,10 +19,20 @@ class Transport(enum.StrEnum):
         return self is not Transport.UDP
 
 
-@dataclass(slots=True, unsafe_hash=True, init=False)
+# Calling the enum (Transport("tls")) runs interpreted code even in the compiled core.
+_BY_NAME: Final[dict[str, Transport]] = {transport.value: transport for transport in Transport}
+
+
+def transport_named(name: str) -> Transport | None:
+    """The transport with this lower-case name; None for one we do not speak."""
+    return _BY_NAME.get(name)
+
+
+@dataclass(slots=True, init=False)
 class Flow:
     """Where a message came from, and so where its answers go. Immutable, as Via is (see
-    there why the fields are Final and __init__ is written out)."""
+    there why the fields are Final and __init__ is written out). __eq__ and __hash__ are
+    written out for the same reason: flows key the connection and transaction tables."""
 
     transport: Final[Transport]
     local: Final[tuple[str, int]]
@@ -43,6 +53,20 @@ class Flow:
         self.remote = remote
         self.connection_id = connection_id
         self.server_name = server_name
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Flow):
+            return NotImplemented
+        return (
+            self.transport == other.transport
+            and self.local == other.local
+            and self.remote == other.remote
+            and self.connection_id == other.connection_id
+            and self.server_name == other.server_name
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.transport, self.local, self.remote, self.connection_id, self.server_name))
 
     @property
     def reliable(self) -> bool:

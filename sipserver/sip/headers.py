@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import re
+from typing import Final
+
+from sipserver.sip.memo import Memo
 
 # RFC 3261 §7.3.3 and later RFCs' compact forms.
 COMPACT_FORMS: dict[str, str] = {
@@ -122,9 +124,25 @@ LIST_HEADERS = frozenset(
 TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 
 
-@functools.lru_cache(maxsize=1024)
+# Header names already turned into keys. A plain dict, not functools.lru_cache: compiled,
+# a lookup here is a direct call and one dict read, where the cache's wrapper is a call
+# through Python and a move in its recency list, and every header lookup starts here.
+_KEYS: dict[str, str] = {}
+_KEYS_MAX = 1024
+
+
 def header_key(name: str) -> str:
     """The lower-case long form of a header name, used for lookups."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = _key_of(name)
+        if len(_KEYS) >= _KEYS_MAX:  # a stream of made-up names cannot grow it without end
+            _KEYS.clear()
+        _KEYS[name] = key
+    return key
+
+
+def _key_of(name: str) -> str:
     lowered = name.strip().lower()
     if len(lowered) == 1 and lowered in COMPACT_FORMS:
         return COMPACT_FORMS[lowered].lower()
@@ -143,14 +161,16 @@ def split_list(value: str) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
-@functools.lru_cache(maxsize=4096)
 def _split_list_tuple(value: str) -> tuple[str, ...]:
     return tuple(split_list(value))
 
 
+_SPLIT_LISTS: Final = Memo(_split_list_tuple, 4096)
+
+
 def split_list_cached(value: str) -> list[str]:
     """split_list, remembering recent values (a Via or Route set is split many times)."""
-    return list(_split_list_tuple(value))
+    return list(_SPLIT_LISTS.get(value))
 
 
 def split_outside_quotes(value: str, separator: str) -> list[str]:

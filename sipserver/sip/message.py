@@ -6,12 +6,13 @@ forwards headers it does not understand byte for byte.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.header_fields import KEY, NAME, RAW, VALUE, header_text, make_header
 from sipserver.sip.header_line import Header
 from sipserver.sip.headers import (
     LIST_HEADERS,
@@ -21,6 +22,7 @@ from sipserver.sip.headers import (
     split_list,
     split_list_cached,
 )
+from sipserver.sip.memo import Memo
 from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import NameAddr, parse_name_addr
 from sipserver.sip.via import Via, parse_via
@@ -53,7 +55,7 @@ class Headers:
         return len(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(h.key == header_key(name) for h in self._items)
+        return isinstance(name, str) and any(h[KEY] == header_key(name) for h in self._items)
 
     def copy(self) -> Headers:
         return Headers(list(self._items))
@@ -62,8 +64,8 @@ class Headers:
         """The first header line's value (whole line, not split at commas)."""
         key = header_key(name)
         for header in self._items:
-            if header.key == key:
-                return header.value
+            if header[KEY] == key:
+                return header[VALUE]
         return None
 
     def get_all(self, name: str) -> list[str]:
@@ -71,32 +73,32 @@ class Headers:
         key = header_key(name)
         values: list[str] = []
         for header in self._items:
-            if header.key == key:
-                if key in LIST_HEADERS and not (key == "contact" and header.value.strip() == "*"):
-                    values.extend(split_list_cached(header.value))
+            if header[KEY] == key:
+                if key in LIST_HEADERS and not (key == "contact" and header[VALUE].strip() == "*"):
+                    values.extend(split_list_cached(header[VALUE]))
                 else:
-                    values.append(header.value)
+                    values.append(header[VALUE])
         return values
 
     def add(self, name: str, value: str) -> None:
-        self._items.append(Header(name, value))
+        self._items.append(make_header(name, value))
 
     def add_first(self, name: str, value: str) -> None:
-        self._items.insert(0, Header(name, value))
+        self._items.insert(0, make_header(name, value))
 
     def remove(self, name: str) -> int:
         key = header_key(name)
         before = len(self._items)
-        self._items = [h for h in self._items if h.key != key]
+        self._items = [h for h in self._items if h[KEY] != key]
         return before - len(self._items)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of `name` with one line, in the place of the first."""
         key = header_key(name)
         for index, header in enumerate(self._items):
-            if header.key == key:
-                self._items[index] = Header(canonical_name(name), value)
-                self._items = [h for i, h in enumerate(self._items) if i <= index or h.key != key]
+            if header[KEY] == key:
+                self._items[index] = make_header(canonical_name(name), value)
+                self._items = [h for i, h in enumerate(self._items) if i <= index or h[KEY] != key]
                 return
         self.add(canonical_name(name), value)
 
@@ -104,9 +106,9 @@ class Headers:
         """Replace the first element of a list header (e.g. the top Via), keeping the rest."""
         key = header_key(name)
         for index, header in enumerate(self._items):
-            if header.key == key:
-                rest = split_list(header.value)[1:]
-                self._items[index] = Header(header.name, ", ".join([value, *rest]))
+            if header[KEY] == key:
+                rest = split_list(header[VALUE])[1:]
+                self._items[index] = make_header(header[NAME], ", ".join([value, *rest]))
                 return
         raise KeyError(name)
 
@@ -162,22 +164,25 @@ class Message:
         lines = [self.start_line()]
         length_written = False
         for header in self.headers:
-            if header.key == "content-length":
+            if header[KEY] == "content-length":
                 if length_written:
                     continue
                 length_written = True
-                if header.raw is None or _content_length_of(header) != len(self.body):
-                    lines.append(f"{header.name}: {len(self.body)}")
+                if header[RAW] is None or _content_length_of(header) != len(self.body):
+                    lines.append(f"{header[NAME]}: {len(self.body)}")
                     continue
-            lines.append(header.text())
+            lines.append(header_text(header))
         if not length_written:
             lines.append(f"Content-Length: {len(self.body)}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
 
 
-@functools.lru_cache(maxsize=1024)
 def _parse_cseq(value: str) -> tuple[int, str]:
+    return _CSEQS.get(value)
+
+
+def _parse_cseq_text(value: str) -> tuple[int, str]:
     number, _, method = value.strip().partition(" ")
     method = method.strip()
     sequence = ascii_int(number, 10)
@@ -186,8 +191,11 @@ def _parse_cseq(value: str) -> tuple[int, str]:
     return sequence, method
 
 
+_CSEQS: Final = Memo(_parse_cseq_text, 1024)
+
+
 def _content_length_of(header: Header) -> int | None:
-    return ascii_int(header.value.strip(), 9)
+    return ascii_int(header[VALUE].strip(), 9)
 
 
 # Request and Response write their __init__ out for the reason Via gives: the generated
@@ -358,7 +366,7 @@ def _make_header(raw: str) -> Header:
     if "\n" in value:
         # Unfold: any CRLF followed by whitespace is equivalent to one space (§7.3.1).
         value = _FOLD.sub(" ", value)
-    return Header(name, value.strip(" \t"), raw)
+    return make_header(name, value.strip(" \t"), raw)
 
 
 def _parse_start_line(line: str, headers: Headers) -> Message:
@@ -414,13 +422,15 @@ def _frame_body(headers: Headers, body: bytes, message: Message, stream: bool) -
 def make_request(
     method: str, uri: str, headers: list[tuple[str, str]], body: bytes = b""
 ) -> Request:
-    return Request(Headers([Header(n, v) for n, v in headers]), body, method=method, uri=uri)
+    return Request(Headers([make_header(n, v) for n, v in headers]), body, method=method, uri=uri)
 
 
 def make_response_message(
     status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b""
 ) -> Response:
-    return Response(Headers([Header(n, v) for n, v in headers]), body, status=status, reason=reason)
+    return Response(
+        Headers([make_header(n, v) for n, v in headers]), body, status=status, reason=reason
+    )
 
 
 __all__ = [

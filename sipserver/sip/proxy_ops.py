@@ -7,9 +7,10 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-from sipserver.sip.flow import Transport
-from sipserver.sip.header_line import Header
+from sipserver.sip.flow import Transport, transport_named
+from sipserver.sip.header_fields import KEY, NAME, VALUE, make_header
 from sipserver.sip.headers import split_list
 from sipserver.sip.message import Headers, Request, Response
 from sipserver.sip.numbers import ascii_int
@@ -19,20 +20,37 @@ from sipserver.sip.via import BRANCH_COOKIE, Via, parse_via
 BRANCH_PREFIX = BRANCH_COOKIE + "-sips"  # marks the Vias we add, for loop detection
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Hop:
-    """Our address as one leg sees it: used for Via and Record-Route."""
+    """Our address as one leg sees it: used for Via and Record-Route. Immutable, as Via is
+    (see there why the fields are Final and __init__ is written out)."""
 
-    host: str  # our FQDN
-    port: int
-    transport: str  # udp | tcp | tls
-    peer: str | None = None  # the allow-listed peer on this leg, so in-dialog requests find it
+    host: Final[str]  # our FQDN
+    port: Final[int]
+    transport: Final[str]  # udp | tcp | tls
+    peer: Final[str | None]  # the allow-listed peer on this leg, so in-dialog requests find it
     # The dial plan's mode when in-dialog requests must be held to it too (secured: SRTP
     # offers only). Carried in our Record-Route, so it needs no state of ours.
-    security: str | None = None
+    security: Final[str | None]
     # The connection a softphone opened, so that in-dialog requests return over that very
     # flow (RFC 5626 §5.3: the edge proxy's flow token in its Record-Route).
-    flow: int | None = None
+    flow: Final[int | None]
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        transport: str,
+        peer: str | None = None,
+        security: str | None = None,
+        flow: int | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.transport = transport
+        self.peer = peer
+        self.security = security
+        self.flow = flow
 
     def uri(self) -> str:
         peer = f";peer={self.peer}" if self.peer else ""
@@ -109,10 +127,10 @@ def strip_top_via(response: Response) -> Response:
     headers = response.headers.copy()
     items = list(headers)
     for index, header in enumerate(items):
-        if header.key == "via":
-            values = split_list(header.value)
+        if header[KEY] == "via":
+            values = split_list(header[VALUE])
             if len(values) > 1:
-                items[index] = Header(header.name, ", ".join(values[1:]))
+                items[index] = make_header(header[NAME], ", ".join(values[1:]))
             else:
                 del items[index]
             break
@@ -123,11 +141,11 @@ def build_cancel(forwarded_invite: Request) -> Request:
     """§9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via (so the same
     branch) as the INVITE we sent, and its Route headers."""
     number, _ = forwarded_invite.cseq
-    items = [Header("Via", forwarded_invite.headers.get_all("Via")[0])]
+    items = [make_header("Via", forwarded_invite.headers.get_all("Via")[0])]
     for header in forwarded_invite.headers:
-        if header.key in ("from", "to", "call-id", "route", "max-forwards"):
+        if header[KEY] in ("from", "to", "call-id", "route", "max-forwards"):
             items.append(header)
-    items.append(Header("CSeq", f"{number} CANCEL"))
+    items.append(make_header("CSeq", f"{number} CANCEL"))
     return Request(Headers(items), b"", method="CANCEL", uri=forwarded_invite.uri)
 
 
@@ -141,13 +159,29 @@ def retarget(uri_text: str, host: str, port: int | None, transport: str) -> str:
     return str(SipUri("sip", host, uri.user, None, port, params))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class NextHop:
-    uri: SipUri
-    transport: Transport  # what the route we popped says to use; else the URI's transport
-    peer: str | None  # the peer our popped route names
-    security: str | None = None  # the dial plan mode our popped route carries (sec=)
-    flow: int | None = None  # the connection our popped route names (flow=)
+    """Immutable, as Via is (see there why the fields are Final and __init__ written out)."""
+
+    uri: Final[SipUri]
+    transport: Final[Transport]  # what the route we popped says to use; else the URI's
+    peer: Final[str | None]  # the peer our popped route names
+    security: Final[str | None]  # the dial plan mode our popped route carries (sec=)
+    flow: Final[int | None]  # the connection our popped route names (flow=)
+
+    def __init__(
+        self,
+        uri: SipUri,
+        transport: Transport,
+        peer: str | None,
+        security: str | None = None,
+        flow: int | None = None,
+    ) -> None:
+        self.uri = uri
+        self.transport = transport
+        self.peer = peer
+        self.security = security
+        self.flow = flow
 
 
 def pop_our_routes(
@@ -185,9 +219,8 @@ def pop_our_routes(
         target = parse_name_addr(rest[0]).uri if rest else parse_uri(request.uri)
     except UriError:
         return request, None, bool(popped)
-    try:
-        transport = Transport((popped_transport or target.transport or "udp").lower())
-    except ValueError:
+    transport = transport_named((popped_transport or target.transport or "udp").lower())
+    if transport is None:
         return request, None, bool(popped)  # a transport we do not speak
     flow = ascii_int(popped_flow, 12) if popped_flow else None
     hop = NextHop(target, transport, popped_peer, popped_security, flow)
@@ -199,14 +232,14 @@ def build_options(
 ) -> Request:
     """An OPTIONS ping to a target (Teams Direct Routing and most SBCs expect them)."""
     items = [
-        Header(
+        make_header(
             "Via", f"SIP/2.0/{our.transport.upper()} {our.host}:{our.port};branch={branch};rport"
         ),
-        Header("Max-Forwards", "70"),
-        Header("From", f"<sip:{our.host}>;tag={call_id[:10]}"),
-        Header("To", f"<sip:{to_host}>"),
-        Header("Call-ID", call_id),
-        Header("CSeq", f"{cseq} OPTIONS"),
-        Header("Accept", "application/sdp"),
+        make_header("Max-Forwards", "70"),
+        make_header("From", f"<sip:{our.host}>;tag={call_id[:10]}"),
+        make_header("To", f"<sip:{to_host}>"),
+        make_header("Call-ID", call_id),
+        make_header("CSeq", f"{cseq} OPTIONS"),
+        make_header("Accept", "application/sdp"),
     ]
     return Request(Headers(items), b"", method="OPTIONS", uri=target_uri)

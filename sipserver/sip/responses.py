@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from sipserver.sip.header_fields import KEY, NAME, VALUE, make_header
 from sipserver.sip.header_line import Header
 from sipserver.sip.headers import quote
 from sipserver.sip.message import Headers, Request, Response
@@ -66,14 +67,14 @@ def make_response(
     partially parsed request too: it copies whatever of those headers is there."""
     items: list[Header] = []
     for header in request.headers:
-        if header.key in _COPIED:
+        if header[KEY] in _COPIED:
             items.append(header)
-        elif header.key == "to":
-            value = header.value
+        elif header[KEY] == "to":
+            value = header[VALUE]
             if status > 100 and ";tag=" not in value.replace(" ", "").lower():
                 value = f"{value};tag={to_tag or local_tag(request)}"
-            items.append(Header(header.name, value))
-        elif header.key == "timestamp" and status == 100:
+            items.append(make_header(header[NAME], value))
+        elif header[KEY] == "timestamp" and status == 100:
             items.append(header)
     response = Response(
         Headers(items), body, status=status, reason=reason or REASON_PHRASES.get(status, "")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sipserver.sip.errors import LocalProtocolError
+from sipserver.sip.header_fields import KEY, make_header
 from sipserver.sip.header_line import Header
 from sipserver.sip.matching import client_key
 from sipserver.sip.message import Headers, Request, Response
@@ -31,6 +32,9 @@ from sipserver.sip.transaction_tables import (
 )
 
 A, I = Action, Input  # noqa: E741 -- as in the tables
+# Timer names (the tables' "A".."M") to their inputs; calling the enum (Input("K")) runs
+# interpreted code even in the compiled core.
+_TIMER_INPUTS: Final[dict[str, Input]] = {i.value: i for i in Input if i.name.startswith("TIMER_")}
 __all__ = ["State"]  # callers see the states through this module
 
 
@@ -151,7 +155,7 @@ class Transaction:
             if due > now:
                 break
             del self._deadlines[name]
-            out += self._apply(Input(name), now)
+            out += self._apply(_TIMER_INPUTS[name], now)
         return out
 
     # --- the machine ---------------------------------------------------------------
@@ -378,11 +382,11 @@ def build_ack_for_non_2xx(request: Request, response: Response) -> Request:
     number, _ = request.cseq
     items: list[Header] = []
     vias = request.headers.get_all("Via")
-    items.append(Header("Via", vias[0]))
+    items.append(make_header("Via", vias[0]))
     for header in request.headers:
-        if header.key in ("from", "call-id", "route", "max-forwards"):
+        if header[KEY] in ("from", "call-id", "route", "max-forwards"):
             items.append(header)
     to_value = response.headers.get("To") or request.headers.get("To") or ""
-    items.append(Header("To", to_value))
-    items.append(Header("CSeq", f"{number} ACK"))
+    items.append(make_header("To", to_value))
+    items.append(make_header("CSeq", f"{number} ACK"))
     return Request(Headers(items), b"", method="ACK", uri=request.uri)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import unquote as percent_decode
 
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import Params, format_params, parse_params
+from sipserver.sip.memo import Memo
 
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?$")
 SIP_SCHEMES = ("sip", "sips")
@@ -80,9 +81,12 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
-@functools.lru_cache(maxsize=4096)  # results are immutable: each text is parsed once
 def parse_uri(text: str) -> SipUri:
     """Parse a sip: or sips: URI. Raises UriError for other schemes or bad syntax."""
+    return _URIS.get(text)
+
+
+def _parse_uri(text: str) -> SipUri:
     text = text.strip()
     scheme, sep, rest = text.partition(":")
     if not sep or not scheme:
@@ -152,8 +156,11 @@ def _angle_outside_quotes(text: str) -> int | None:
     return None
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_name_addr(text: str) -> NameAddr:
+    return _NAME_ADDRS.get(text)
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     open_at = _angle_outside_quotes(text)
     if open_at is not None:
@@ -177,3 +184,8 @@ def parse_name_addr(text: str) -> NameAddr:
     except ValueError as exc:
         raise UriError(f"bad parameters in {text!r}: {exc}") from exc
     return NameAddr(uri_text.strip(), None, params, False)
+
+
+# Results are immutable: each text is parsed once.
+_URIS: Final = Memo(_parse_uri, 4096)
+_NAME_ADDRS: Final = Memo(_parse_name_addr, 4096)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from sipserver.sip.errors import RemoteProtocolError
+from sipserver.sip.header_fields import KEY, VALUE
 from sipserver.sip.message import Message, Request
 from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_name_addr, parse_uri
@@ -48,8 +49,8 @@ def check_envelope(message: Message) -> None:
     Raises RemoteProtocolError whose reason names the problem (e.g. `Missing Call-ID`)."""
     counts: dict[str, int] = {}
     for header in message.headers:
-        if header.key in _ENVELOPE:
-            counts[header.key] = counts.get(header.key, 0) + 1
+        if header[KEY] in _ENVELOPE:
+            counts[header[KEY]] = counts.get(header[KEY], 0) + 1
     for key, name in _REQUIRED:
         if key not in counts:
             raise RemoteProtocolError(f"Missing {name}")
@@ -90,8 +91,8 @@ def check_request_line(request: Request) -> None:
         if hops is None or hops > 255:
             raise RemoteProtocolError("Malformed Max-Forwards")
     for header in request.headers:  # whole lines: get_all() would drop empty elements
-        if header.key in _LISTS_CHECKED and _has_empty_element(header.value):
-            name = _LISTS_CHECKED[header.key]
+        if header[KEY] in _LISTS_CHECKED and _has_empty_element(header[VALUE]):
+            name = _LISTS_CHECKED[header[KEY]]
             raise RemoteProtocolError(f"Malformed {name}: an empty parameter or list element")
 
 

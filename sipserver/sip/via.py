@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 from sipserver.sip.headers import Params, format_params, parse_params
+from sipserver.sip.memo import Memo
 from sipserver.sip.uri import UriError, parse_host_port
 
 BRANCH_COOKIE = "z9hG4bK"
@@ -46,21 +46,27 @@ class Via:
         return bool(self.branch and self.branch.startswith(BRANCH_COOKIE))
 
     def with_received(self, source_ip: str, source_port: int) -> Via:
-        """Add `received` (§18.2.1) and fill an empty `rport` (RFC 3581 §4)."""
+        """Add `received` (§18.2.1) and fill an empty `rport` (RFC 3581 §4). This very Via
+        when neither changes it."""
         params = dict(self.params)
         if source_ip != self.host or "rport" in params:
             params["received"] = source_ip
         if "rport" in params and params["rport"] is None:
             params["rport"] = str(source_port)
-        return replace(self, params=params)
+        if params == self.params:
+            return self
+        return Via(self.transport, self.host, self.port, params)
 
     def __str__(self) -> str:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
-@functools.lru_cache(maxsize=4096)  # results are immutable: each text is parsed once
 def parse_via(text: str) -> Via:
     """Parse one via-parm (one element of a comma-separated Via header)."""
+    return _VIAS.get(text)
+
+
+def _parse_via(text: str) -> Via:
     protocol, _, rest = text.strip().partition(" ")
     parts = [part.strip() for part in protocol.split("/")]
     rest = rest.strip()
@@ -82,3 +88,6 @@ def parse_via(text: str) -> Via:
     except ValueError as exc:
         raise UriError(f"bad Via parameters in {text!r}: {exc}") from exc
     return Via(parts[2].upper(), host, port, params)
+
+
+_VIAS: Final = Memo(_parse_via, 4096)  # results are immutable: each text is parsed once

@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 
+from sipserver.config.loader import parse_config
 from sipserver.proxy.calls import ClientContext
 from sipserver.proxy.live_transactions import ServerContext
+from sipserver.proxy.targets import Attempt
+from sipserver.routing.router import Proxy
 from sipserver.sip.flow import Flow, Transmit, Transport
 from sipserver.sip.message import Headers, Request, Response
+from sipserver.sip.proxy_ops import Hop, NextHop
 from sipserver.sip.timers import TimerValues
 from sipserver.sip.transaction_machine import (
     ClientTransaction,
@@ -21,9 +25,28 @@ from sipserver.sip.transaction_machine import (
     ServerTransaction,
 )
 from sipserver.sip.transaction_tables import CLIENT_INVITE, SERVER_INVITE, State
+from sipserver.sip.uri import parse_uri
 from sipserver.sip.via import Via
 
 FLOW = Flow(Transport.TLS, ("127.0.0.1", 5061), ("127.0.0.1", 40000), connection_id=1)
+CONFIG = parse_config(
+    """
+[server]
+fqdn = "sip.example.test"
+addresses = ["127.0.0.1"]
+[[peer]]
+name = "gw1"
+fqdn = "gw1.example.test"
+addresses = ["127.0.0.1"]
+[[dial_plan]]
+name = "plan"
+security = "unsecured"
+from = ["gw1"]
+numbers = ["5xxx"]
+targets = ["gw1"]
+"""
+)
+PEER, PLAN = CONFIG.peers[0], CONFIG.dial_plans[0]
 # One of each, made with the arguments __init__ requires (real types: a compiled __init__
 # checks them).
 INSTANCES: list[Any] = [
@@ -48,6 +71,10 @@ INSTANCES: list[Any] = [
     ),
     ClientContext(None, FLOW, "forward"),
     ServerContext(("k",), FLOW, FLOW, None, "INVITE", None, None),
+    Hop("sip.example.test", 5061, "tls"),
+    NextHop(parse_uri("sip:5000@gw1.example.test"), Transport.TLS, "gw1"),
+    Attempt(PEER, Transport.TLS, "sip:5000@gw1.example.test", FLOW),
+    Proxy(PLAN, (PEER,), "5000"),
 ]
 
 
@@ -71,6 +98,26 @@ def test_value_classes_compare_and_hash_by_value() -> None:
     assert flow == same and hash(flow) == hash(same)
     assert {flow: 1}[same] == 1
     assert flow != dataclasses.replace(flow, connection_id=2)
+    assert flow != ("tls", flow.local, flow.remote, 1, None) and flow != object()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"transport": Transport.TCP},
+        {"local": ("127.0.0.1", 5062)},
+        {"remote": ("127.0.0.2", 40000)},
+        {"connection_id": None},
+        {"server_name": "gw1.example.test"},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_flows_differing_in_any_field_are_not_equal(change: dict[str, Any]) -> None:
+    """Flow writes its __eq__ and __hash__ out: each must still look at every field."""
+    other = dataclasses.replace(FLOW, **change)
+    assert other != FLOW
+    assert {FLOW: 1}.get(other) is None
+    assert len({FLOW, other, dataclasses.replace(other)}) == 2
     assert Via("TLS", "h", 5061, {"branch": "z9hG4bK1"}).branch == "z9hG4bK1"
     assert Via("UDP", "h").params == {}
     assert Request(Headers([]), method="BYE").uri == ""

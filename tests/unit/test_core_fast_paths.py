@@ -1,0 +1,81 @@
+"""The compiled core's fast paths give what the plain ways give: a header line made or
+read by index, a remembered parse, a transport or timer looked up by name."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sipserver.sip.flow import Transport, transport_named
+from sipserver.sip.header_fields import KEY, NAME, RAW, VALUE, header_text, make_header
+from sipserver.sip.header_line import Header
+from sipserver.sip.headers import header_key
+from sipserver.sip.memo import Memo
+from sipserver.sip.transaction_machine import _TIMER_INPUTS
+from sipserver.sip.transaction_tables import TIMER_ACTIONS, Input
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "raw"),
+    [
+        ("Via", "SIP/2.0/TLS h;branch=z9hG4bK1", None),
+        ("v", "SIP/2.0/UDP h", "v:  SIP/2.0/UDP h"),
+        ("X-Odd", "", "X-Odd:"),
+        ("Subject", "two\r\n lines", "Subject: two\r\n lines"),
+    ],
+)
+def test_a_made_header_is_the_class_s_own_and_reads_the_same(
+    name: str, value: str, raw: str | None
+) -> None:
+    made, plain = make_header(name, value, raw), Header(name, value, raw)
+    assert made == plain and type(made) is Header
+    assert (made[NAME], made[VALUE], made[RAW], made[KEY]) == (
+        plain.name,
+        plain.value,
+        plain.raw,
+        plain.key,
+    )
+    assert header_text(made) == plain.text()
+
+
+@given(st.text(alphabet="AaBbCcVvFfIi-_. \t", max_size=12))
+def test_header_keys_are_the_same_remembered_or_not(name: str) -> None:
+    assert header_key(name) == header_key(name) == Header(name, "").key
+    assert header_key(name) == header_key(name.strip())
+
+
+def test_a_memo_computes_once_forgets_errors_and_starts_again_when_full() -> None:
+    calls: list[str] = []
+
+    def parse(text: str) -> int:
+        calls.append(text)
+        if not text.isdigit():
+            raise ValueError(text)
+        return int(text)
+
+    memo = Memo(parse, limit=3)
+    assert [memo.get("1"), memo.get("1"), memo.get("2")] == [1, 1, 2]
+    assert calls == ["1", "2"]
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            memo.get("x")
+    assert calls == ["1", "2", "x", "x"]  # a bad text is parsed (and refused) each time
+    memo.get("3")
+    assert len(memo) == 3
+    memo.get("4")  # full: it starts again rather than growing
+    assert len(memo) == 1
+    assert memo.get("1") == 1 and calls[-1] == "1"
+
+
+def test_transports_by_name_are_the_enum_s_and_unknown_ones_none() -> None:
+    for transport in Transport:
+        assert transport_named(transport.value) is transport
+    assert transport_named("sctp") is None
+    assert transport_named("TLS") is None  # callers lower-case first, as the enum needs
+
+
+def test_every_timer_the_tables_start_has_its_input() -> None:
+    names = {name for _, name in TIMER_ACTIONS.values()}
+    assert names <= set(_TIMER_INPUTS)
+    assert all(_TIMER_INPUTS[name] is Input(name) for name in names)
