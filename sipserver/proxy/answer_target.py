@@ -29,6 +29,7 @@ from sipserver.sip.sdp_answer import NoAcceptableMedia, answer_sdp
 from sipserver.sip.timers import TimerValues
 from sipserver.sip.transaction_machine import ClientTransaction, SendMessage, ServerTransaction
 from sipserver.sip.uri import UriError, parse_name_addr
+from sipserver.sip.via import via_text
 
 SDP = (("Content-Type", "application/sdp"),)
 # An answered call the caller never hangs up (and no answer_hangup_after) ends after a day,
@@ -320,7 +321,7 @@ class AnsweringTarget:
         transport = call.inbound.flow.transport
         branch = "z9hG4bK-sipsans" + self.entropy(8).hex()
         headers = [
-            ("Via", str(self.us.via(transport, branch))),
+            ("Via", via_text(self.us.via(transport, branch))),
             *(("Route", route) for route in call.route_set),
             ("Max-Forwards", "70"),
             ("From", call.us_as_to),

@@ -14,7 +14,7 @@ from sipserver.sip.framing import FramingError
 from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
 from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import UriError
-from sipserver.sip.via import Via
+from sipserver.sip.via import Via, via_text
 
 
 class Intake:
@@ -120,7 +120,7 @@ def stamp_via(request: Request, flow: Flow) -> Via | None:
         return None
     stamped = via.with_received(flow.remote[0], flow.remote[1])
     if stamped is not via:
-        request.headers.replace_first_value("Via", str(stamped))
+        request.headers.replace_first_value("Via", via_text(stamped))
     return stamped
 
 

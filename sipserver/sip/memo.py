@@ -30,10 +30,15 @@ class Memo(Generic[Result]):
         if result is not None:
             return result
         result = self._compute(text)
+        self.remember(text, result)
+        return result
+
+    def remember(self, text: str, result: Result) -> None:
+        """Record what `text` parses to, for text made from `result` itself (so that
+        parsing it back would give the same)."""
         if len(self._results) >= self._limit:
             self._results.clear()
         self._results[text] = result
-        return result
 
     def __len__(self) -> int:
         return len(self._results)

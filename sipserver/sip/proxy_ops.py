@@ -15,7 +15,7 @@ from sipserver.sip.headers import split_list
 from sipserver.sip.message import Headers, Request, Response
 from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
-from sipserver.sip.via import BRANCH_COOKIE, Via, parse_via
+from sipserver.sip.via import BRANCH_COOKIE, Via, parse_via, via_text
 
 BRANCH_PREFIX = BRANCH_COOKIE + "-sips"  # marks the Vias we add, for loop detection
 
@@ -114,7 +114,7 @@ def forward_request(
     headers.set("Max-Forwards", str(remaining))
     for hop in reversed(record_route):
         headers.add_first("Record-Route", hop.uri())
-    headers.add_first("Via", str(via))
+    headers.add_first("Via", via_text(via))
     if route is not None:
         headers.add_first("Route", route)
     for name, value in add:

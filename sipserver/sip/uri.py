@@ -65,6 +65,11 @@ class UriError(RemoteProtocolError, ValueError):
 
 
 def parse_host_port(text: str) -> tuple[str, int | None]:
+    """host[:port], the host lower-cased (IPv6 without brackets). Raises UriError."""
+    return _HOST_PORTS.get(text)
+
+
+def _parse_host_port(text: str) -> tuple[str, int | None]:
     match = _HOST_RE.match(text.strip())
     if not match:
         raise UriError(f"bad host {text!r}")
@@ -187,5 +192,6 @@ def _parse_name_addr(text: str) -> NameAddr:
 
 
 # Results are immutable: each text is parsed once.
+_HOST_PORTS: Final = Memo(_parse_host_port, 4096)
 _URIS: Final = Memo(_parse_uri, 4096)
 _NAME_ADDRS: Final = Memo(_parse_name_addr, 4096)

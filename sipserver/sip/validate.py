@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.header_fields import KEY, VALUE
@@ -39,7 +40,8 @@ _ONCE = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"
 _ENVELOPE = frozenset(key for key, _ in _REQUIRED)
 # A parameter or list element with nothing in it (`;;`, `;,`, `,,`, a trailing `;`): the
 # grammar has no empty ones (RFC 3261 §7.3.1 redefines #rule without null elements).
-_EMPTY_ELEMENT = re.compile(r"[;,]\s*(?:[;,]|$)|^\s*[;,]")
+_SEPARATORS: Final = (";", ",")
+_EMPTY_PAIRS: Final = (";;", ";,", ",;", ",,")
 _LISTS_CHECKED = {"via": "Via", "contact": "Contact"}
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 
@@ -97,9 +99,17 @@ def check_request_line(request: Request) -> None:
 
 
 def _has_empty_element(value: str) -> bool:
+    """Without whitespace, an empty element is a separator first, last or next to another
+    (substring tests: a regex search cost ten times as much on every request's Via and
+    Contact)."""
     if '"' in value:  # a display name may hold anything
         value = _QUOTED.sub('""', value)
-    return _EMPTY_ELEMENT.search(value) is not None
+    compact = "".join(value.split())
+    return (
+        compact[:1] in _SEPARATORS
+        or compact[-1:] in _SEPARATORS
+        or any(pair in compact for pair in _EMPTY_PAIRS)
+    )
 
 
 def check_method(request: Request) -> None:

@@ -61,6 +61,15 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
+def via_text(via: Via) -> str:
+    """The Via as header text. Parsing that text again (a response carrying our Via, the
+    stamped Via checked for loops) finds this Via without parsing: the text is new per
+    branch, so each would otherwise be parsed in full once more."""
+    text = str(via)
+    _VIAS.remember(text, via)
+    return text
+
+
 def parse_via(text: str) -> Via:
     """Parse one via-parm (one element of a comma-separated Via header)."""
     return _VIAS.get(text)

@@ -3,6 +3,8 @@ read by index, a remembered parse, a transport or timer looked up by name."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,10 +12,13 @@ from hypothesis import strategies as st
 from sipserver.sip.flow import Transport, transport_named
 from sipserver.sip.header_fields import KEY, NAME, RAW, VALUE, header_text, make_header
 from sipserver.sip.header_line import Header
-from sipserver.sip.headers import header_key
+from sipserver.sip.headers import header_key, parse_params
 from sipserver.sip.memo import Memo
 from sipserver.sip.transaction_machine import _TIMER_INPUTS
 from sipserver.sip.transaction_tables import TIMER_ACTIONS, Input
+from sipserver.sip.uri import UriError, parse_host_port
+from sipserver.sip.validate import _QUOTED, _has_empty_element
+from sipserver.sip.via import Via, _parse_via, parse_via, via_text
 
 
 @pytest.mark.parametrize(
@@ -79,3 +84,41 @@ def test_every_timer_the_tables_start_has_its_input() -> None:
     names = {name for _, name in TIMER_ACTIONS.values()}
     assert names <= set(_TIMER_INPUTS)
     assert all(_TIMER_INPUTS[name] is Input(name) for name in names)
+
+
+# The rule as a regex: a separator followed (after any whitespace) by another or by the
+# end, or one first. validate's substring tests must find exactly what it finds.
+EMPTY_ELEMENT = re.compile(r"[;,]\s*(?:[;,]|$)|^\s*[;,]")
+
+
+@given(st.text(alphabet=st.sampled_from(list(';,ab= \t\r\n\u00a0\u2003\x0b"<>')), max_size=24))
+def test_the_empty_element_check_finds_what_the_regex_finds(value: str) -> None:
+    unquoted = _QUOTED.sub('""', value) if '"' in value else value
+    assert _has_empty_element(value) == (EMPTY_ELEMENT.search(unquoted) is not None)
+
+
+def test_a_via_written_as_text_parses_back_to_itself_without_a_parse() -> None:
+    via = Via("TLS", "sip.example.test", 5061, {"branch": "z9hG4bK-sips123", "rport": None})
+    text = via_text(via)
+    assert text == str(via)
+    assert parse_via(text) is via
+    assert _parse_via(text) == via  # what a parse would have given
+
+
+def test_host_ports_parse_the_same_remembered_and_bad_ones_raise_each_time() -> None:
+    assert parse_host_port("Example.TEST:5061") == ("example.test", 5061)
+    assert parse_host_port("Example.TEST:5061") == ("example.test", 5061)
+    assert parse_host_port("[::1]") == ("::1", None)
+    for _ in range(2):
+        with pytest.raises(UriError):
+            parse_host_port("bad host:5060")
+        with pytest.raises(UriError):
+            parse_host_port("example.test:70000")
+
+
+def test_parameter_names_are_checked_the_first_time_and_every_time_when_bad() -> None:
+    assert parse_params(";Branch=z9hG4bK1;lr") == {"branch": "z9hG4bK1", "lr": None}
+    assert parse_params(";branch=z9hG4bK2") == {"branch": "z9hG4bK2"}
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad parameter name"):
+            parse_params(";bra nch=1")
