@@ -293,7 +293,9 @@ def parse_message(
         raise ParseError("Empty message")
     text = head.decode("utf-8", "surrogateescape")
     lines = text.split("\r\n")
-    if text.count("\n") != len(lines) - 1:  # bare LF line ends too (tolerated on input)
+    # Bare LF line ends too (tolerated on input). Joined, the lines hold an LF only if one
+    # was bare: a copy and a memchr, a third of counting the LFs.
+    if "\n" in "".join(lines):
         lines = _LINE_SPLIT_TEXT.split(text)
     if len(head) > limits.max_line_bytes:
         for line in lines:
