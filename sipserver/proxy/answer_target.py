@@ -12,6 +12,7 @@ import ipaddress
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.config.schema import DialPlanSettings
 from sipserver.proxy.calls import CallRecord, ClientContext
@@ -31,10 +32,10 @@ from sipserver.sip.transaction_machine import ClientTransaction, SendMessage, Se
 from sipserver.sip.uri import UriError, parse_name_addr
 from sipserver.sip.via import via_text
 
-SDP = (("Content-Type", "application/sdp"),)
+SDP: Final = (("Content-Type", "application/sdp"),)
 # An answered call the caller never hangs up (and no answer_hangup_after) ends after a day,
 # so that forgotten calls cannot pile up.
-LONGEST_CALL = 86400.0
+LONGEST_CALL: Final = 86400.0
 
 
 def repeatable_bytes() -> Callable[[int], bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Final
 
 from sipserver.config.choices import Security
 from sipserver.config.schema import DialPlanSettings, PeerSettings
@@ -18,7 +19,7 @@ from sipserver.sip.message import Request, Response
 from sipserver.sip.sdp import SdpError, parse_sdp, srtp_violations
 from sipserver.sip.transaction_machine import ClientTransaction, ServerTransaction
 
-FORGET_DIALOGS_AFTER = 86400.0  # seconds: a BYE that never came through us
+FORGET_DIALOGS_AFTER: Final = 86400.0  # seconds: a BYE that never came through us
 
 
 @dataclass(eq=False, slots=True)

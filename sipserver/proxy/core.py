@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Final
 
 from sipserver.config.schema import SIBLING_NAME, Config, DialPlanSettings, PeerSettings
 from sipserver.pki.certinfo import CertInfo
@@ -55,14 +56,16 @@ from sipserver.sip.transaction_machine import (
     State,
 )
 
-ALLOW = (
+ALLOW: Final = (
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE, "
     "REGISTER"
 )
-ACCEPT = "application/sdp"
-SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags we honour in Require/Proxy-Require
+ACCEPT: Final = "application/sdp"
+SUPPORTED_OPTIONS: Final[frozenset[str]] = (
+    frozenset()
+)  # option tags we honour in Require/Proxy-Require
 # What OPTIONS says we support: those, and outbound (RFC 5626) for registering softphones.
-SUPPORTED = ", ".join(sorted(SUPPORTED_OPTIONS | {"outbound"}))
+SUPPORTED: Final = ", ".join(sorted(SUPPORTED_OPTIONS | {"outbound"}))
 
 
 class SipCore:

@@ -6,6 +6,7 @@ Timer C ends a call that rings too long, and records one CallCompleted per route
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from sipserver.config.choices import Security
 from sipserver.config.schema import Config, DialPlanSettings, PeerSettings
@@ -49,7 +50,7 @@ from sipserver.sip.transaction_machine import (
     TimedOut,
 )
 
-INVITE_LIKE = ("INVITE", "SUBSCRIBE", "REFER")  # requests that may create a dialog
+INVITE_LIKE: Final = ("INVITE", "SUBSCRIBE", "REFER")  # requests that may create a dialog
 
 
 class Forwarder:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from sipserver.sip.flow import Transport
 
-FAILED_LOOKUP_TTL = 10.0  # seconds a failed lookup is remembered: a failover step, not a storm
-LONGEST_TTL = 3600.0
+FAILED_LOOKUP_TTL: Final = (
+    10.0  # seconds a failed lookup is remembered: a failover step, not a storm
+)
+LONGEST_TTL: Final = 3600.0
 
 W = TypeVar("W")  # what waits for a lookup (a call)
 

@@ -4,6 +4,8 @@ admitted keep the CPU they need."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from sipserver.config.schema import PeerSettings
 from sipserver.proxy.calls import CallRecord
 from sipserver.proxy.events import CallShed
@@ -12,7 +14,7 @@ from sipserver.sip.flow import Flow, Transmit
 from sipserver.sip.stateless import read_new_invite, refusal
 from sipserver.sip.transaction_machine import ServerTransaction
 
-OVERLOADED = "Server overloaded"
+OVERLOADED: Final = "Server overloaded"
 
 
 class LoadShedder:

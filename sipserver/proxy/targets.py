@@ -40,7 +40,7 @@ class Waiting:
     """The call waits for a lookup."""
 
 
-WAITING = Waiting()
+WAITING: Final = Waiting()
 
 
 class TargetPicker:

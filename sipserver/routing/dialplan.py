@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Final
 
 from sipserver.config.schema import DialPlanSettings
 
-_VISUAL_SEPARATORS = re.compile(r"[-.()\s]")  # RFC 3966 visual separators
+_VISUAL_SEPARATORS: Final = re.compile(r"[-.()\s]")  # RFC 3966 visual separators
 
 
 def normalise_number(user: str) -> str:

@@ -6,11 +6,13 @@ which the transport answers with a CRLF "pong".
 
 from __future__ import annotations
 
+from typing import Final
+
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.message import ParseLimits, find_head_end
 from sipserver.sip.numbers import ascii_int
 
-_CR_LF = (13, 10)
+_CR_LF: Final = (13, 10)
 
 
 def content_lengths(head: bytes) -> set[bytes]:
@@ -38,7 +40,7 @@ class KeepAlivePing:
         return "KeepAlivePing"
 
 
-PING = KeepAlivePing()
+PING: Final = KeepAlivePing()
 
 
 class FramingError(RemoteProtocolError):

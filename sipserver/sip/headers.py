@@ -8,7 +8,7 @@ from typing import Final
 from sipserver.sip.memo import Memo
 
 # RFC 3261 §7.3.3 and later RFCs' compact forms.
-COMPACT_FORMS: dict[str, str] = {
+COMPACT_FORMS: Final[dict[str, str]] = {
     "a": "Accept-Contact",
     "b": "Referred-By",
     "c": "Content-Type",
@@ -30,7 +30,7 @@ COMPACT_FORMS: dict[str, str] = {
     "y": "Identity",
 }
 
-_CANONICAL: dict[str, str] = {
+_CANONICAL: Final[dict[str, str]] = {
     name.lower(): name
     for name in (
         "Accept",
@@ -94,7 +94,7 @@ _CANONICAL: dict[str, str] = {
 
 # Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1). Others, such as
 # WWW-Authenticate or Date, contain commas that are not separators.
-LIST_HEADERS = frozenset(
+LIST_HEADERS: Final = frozenset(
     key.lower()
     for key in (
         "Accept",
@@ -121,25 +121,12 @@ LIST_HEADERS = frozenset(
     )
 )
 
-TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
-
-
-# Header names already turned into keys. A plain dict, not functools.lru_cache: compiled,
-# a lookup here is a direct call and one dict read, where the cache's wrapper is a call
-# through Python and a move in its recency list, and every header lookup starts here.
-_KEYS: dict[str, str] = {}
-_KEYS_MAX = 1024
+TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 
 
 def header_key(name: str) -> str:
     """The lower-case long form of a header name, used for lookups."""
-    key = _KEYS.get(name)
-    if key is None:
-        key = _key_of(name)
-        if len(_KEYS) >= _KEYS_MAX:  # a stream of made-up names cannot grow it without end
-            _KEYS.clear()
-        _KEYS[name] = key
-    return key
+    return _KEYS.get(name)
 
 
 def _key_of(name: str) -> str:
@@ -147,6 +134,10 @@ def _key_of(name: str) -> str:
     if len(lowered) == 1 and lowered in COMPACT_FORMS:
         return COMPACT_FORMS[lowered].lower()
     return lowered
+
+
+# Every header lookup starts here: remembered in a Memo, not functools.lru_cache (see memo).
+_KEYS: Final = Memo(_key_of, 1024)
 
 
 def canonical_name(name: str) -> str:

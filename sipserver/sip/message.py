@@ -27,10 +27,10 @@ from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import NameAddr, parse_name_addr
 from sipserver.sip.via import Via, parse_via
 
-SIP_VERSION = "SIP/2.0"
-_LINE_SPLIT_TEXT = re.compile(r"\r\n|\n")
-_VERSION = re.compile(r"^\d+\.\d+$")
-_FOLD = re.compile(r"\r?\n[ \t]+")
+SIP_VERSION: Final = "SIP/2.0"
+_LINE_SPLIT_TEXT: Final = re.compile(r"\r\n|\n")
+_VERSION: Final = re.compile(r"^\d+\.\d+$")
+_FOLD: Final = re.compile(r"\r?\n[ \t]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,11 +347,11 @@ def _partial(lines: list[str], limits: ParseLimits) -> Message | None:
         return exc.partial
 
 
-_GOOD_NAMES: set[str] = set()  # header names already checked against the token rule
+_GOOD_NAMES: Final[set[str]] = set()  # header names already checked against the token rule
 # Header lines already parsed, by their text: a call's messages repeat most of their lines
 # (From, To, Call-ID, Contact, Max-Forwards, Content-Type …), and a Header is immutable.
-_SEEN_LINES: dict[str, Header] = {}
-_SEEN_LINES_MAX = 4096
+_SEEN_LINES: Final[dict[str, Header]] = {}
+_SEEN_LINES_MAX: Final = 4096
 
 
 def _make_header(raw: str) -> Header:

@@ -17,7 +17,7 @@ from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
 from sipserver.sip.via import BRANCH_COOKIE, Via, parse_via, via_text
 
-BRANCH_PREFIX = BRANCH_COOKIE + "-sips"  # marks the Vias we add, for loop detection
+BRANCH_PREFIX: Final = BRANCH_COOKIE + "-sips"  # marks the Vias we add, for loop detection
 
 
 @dataclass(slots=True, unsafe_hash=True, init=False)

@@ -6,6 +6,7 @@ and whether the client speaks outbound. A malformed REGISTER raises RemoteProtoc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import split_list, unquote
@@ -13,7 +14,7 @@ from sipserver.sip.message import Request
 from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import UriError, parse_name_addr, parse_uri
 
-MAX_REG_ID = 2**31 - 1
+MAX_REG_ID: Final = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 from sipserver.sip.header_fields import KEY, NAME, VALUE, make_header
 from sipserver.sip.header_line import Header
 from sipserver.sip.headers import quote
 from sipserver.sip.message import Headers, Request, Response
 
-REASON_PHRASES: dict[int, str] = {
+REASON_PHRASES: Final[dict[int, str]] = {
     100: "Trying",
     180: "Ringing",
     183: "Session Progress",
@@ -37,7 +38,7 @@ REASON_PHRASES: dict[int, str] = {
     513: "Message Too Large",
 }
 
-_COPIED = ("via", "from", "call-id", "cseq")
+_COPIED: Final = ("via", "from", "call-id", "cseq")
 
 
 def local_tag(request: Request) -> str:

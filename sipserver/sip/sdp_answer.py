@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from typing import Final
 
 from sipserver.sip.sdp import MediaDescription, SessionDescription
 
-DISCARD_PORT = 9  # RFC 863: what is sent here goes nowhere
+DISCARD_PORT: Final = 9  # RFC 863: what is sent here goes nowhere
 # SDES crypto suites and the bytes of master key + salt each needs (RFC 4568, RFC 6188, RFC 7714).
-KEY_BYTES = {
+KEY_BYTES: Final = {
     "AES_CM_128_HMAC_SHA1_80": 30,
     "AES_CM_128_HMAC_SHA1_32": 30,
     "AES_256_CM_HMAC_SHA1_80": 46,
@@ -19,10 +20,10 @@ KEY_BYTES = {
     "AEAD_AES_128_GCM": 28,
     "AEAD_AES_256_GCM": 44,
 }
-_MIRROR = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
-_RTPMAPS = {"0": "PCMU/8000", "8": "PCMA/8000", "101": "telephone-event/8000"}
+_MIRROR: Final = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+_RTPMAPS: Final = {"0": "PCMU/8000", "8": "PCMA/8000", "101": "telephone-event/8000"}
 # What we offer ourselves when an INVITE comes without SDP (then the ACK carries the answer).
-_OUR_OFFER = [
+_OUR_OFFER: Final = [
     f"m=audio {DISCARD_PORT} RTP/AVP 0 8 101",
     *(f"a=rtpmap:{pt} {codec}" for pt, codec in _RTPMAPS.items()),
     "a=sendrecv",

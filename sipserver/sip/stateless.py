@@ -7,15 +7,16 @@ there) is left to the full parser, which answers it the ordinary way."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.responses import stable_tag
 from sipserver.sip.via import parse_via
 
 # The To-tag of a stateless refusal starts with this: its ACK is known without a parse.
-REFUSAL_TAG = "503s-"
-_REFUSAL_MARK = b";tag=" + REFUSAL_TAG.encode()
-_COPIED = {
+REFUSAL_TAG: Final = "503s-"
+_REFUSAL_MARK: Final = b";tag=" + REFUSAL_TAG.encode()
+_COPIED: Final = {
     b"via": b"Via",
     b"v": b"Via",
     b"from": b"From",

@@ -31,7 +31,8 @@ from sipserver.sip.transaction_tables import (
     Table,
 )
 
-A, I = Action, Input  # noqa: E741 -- as in the tables
+A: Final = Action  # as in the tables
+I: Final = Input  # noqa: E741 -- as in the tables
 # Timer names (the tables' "A".."M") to their inputs; calling the enum (Input("K")) runs
 # interpreted code even in the compiled core.
 _TIMER_INPUTS: Final[dict[str, Input]] = {i.value: i for i in Input if i.name.startswith("TIMER_")}
@@ -92,7 +93,7 @@ class InvalidTransition(LocalProtocolError):
     """The caller fed an input that the state machine does not accept in this state."""
 
 
-_ids = itertools.count(1)
+_ids: Final = itertools.count(1)
 
 
 @dataclass(eq=False, kw_only=True, init=False)
@@ -262,7 +263,9 @@ def _timeout(tx: Transaction, message: Request | Response | None, event: Input) 
     return [TimedOut(event.value)]
 
 
-_ACTIONS: dict[Action, Callable[[Transaction, Request | Response | None, Input], list[Output]]] = {
+_ACTIONS: Final[
+    dict[Action, Callable[[Transaction, Request | Response | None, Input], list[Output]]]
+] = {
     A.SEND: _send,
     A.RESEND_RESPONSE: _resend_response,
     A.RESEND_REQUEST: _resend_request,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class State(enum.Enum):
@@ -76,14 +77,14 @@ class Action(enum.Enum):
 
 S, I, A = State, Input, Action  # noqa: E741 -- short names keep the tables readable
 # START_x and BACKOFF_x actions: (starting?, timer name), worked out once.
-TIMER_ACTIONS = {
+TIMER_ACTIONS: Final = {
     action: (action.name.startswith("START_"), action.value[-1])
     for action in Action
     if action.name.startswith(("START_", "BACKOFF_"))
 }
 Table = dict[tuple[State, Input], tuple[State, tuple[Action, ...]]]
 
-SERVER_INVITE: Table = {
+SERVER_INVITE: Final[Table] = {
     (S.PROCEEDING, I.REQUEST): (S.PROCEEDING, (A.RESEND_RESPONSE,)),
     (S.PROCEEDING, I.SEND_1XX): (S.PROCEEDING, (A.SEND,)),
     # RFC 6026 §7.1: after a 2xx the transaction absorbs INVITE retransmissions, lets the
@@ -103,7 +104,7 @@ SERVER_INVITE: Table = {
     (S.CONFIRMED, I.TIMER_I): (S.TERMINATED, ()),
 }
 
-SERVER_NON_INVITE: Table = {
+SERVER_NON_INVITE: Final[Table] = {
     (S.TRYING, I.REQUEST): (S.TRYING, ()),
     (S.TRYING, I.SEND_1XX): (S.PROCEEDING, (A.SEND,)),
     (S.TRYING, I.SEND_2XX): (S.COMPLETED, (A.SEND, A.START_J)),
@@ -116,7 +117,7 @@ SERVER_NON_INVITE: Table = {
     (S.COMPLETED, I.TIMER_J): (S.TERMINATED, ()),
 }
 
-CLIENT_INVITE: Table = {
+CLIENT_INVITE: Final[Table] = {
     (S.CALLING, I.TIMER_A): (S.CALLING, (A.RESEND_REQUEST, A.BACKOFF_A)),
     (S.CALLING, I.TIMER_B): (S.TERMINATED, (A.STOP_TIMERS, A.TIMEOUT)),
     (S.CALLING, I.RECV_1XX): (S.PROCEEDING, (A.STOP_TIMERS, A.START_C, A.PASS_UP)),
@@ -141,7 +142,7 @@ CLIENT_INVITE: Table = {
     (S.COMPLETED, I.TIMER_D): (S.TERMINATED, ()),
 }
 
-CLIENT_NON_INVITE: Table = {
+CLIENT_NON_INVITE: Final[Table] = {
     (S.TRYING, I.TIMER_E): (S.TRYING, (A.RESEND_REQUEST, A.BACKOFF_E)),
     (S.TRYING, I.TIMER_F): (S.TERMINATED, (A.STOP_TIMERS, A.TIMEOUT)),
     (S.TRYING, I.RECV_1XX): (S.PROCEEDING, (A.PASS_UP,)),

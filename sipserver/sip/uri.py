@@ -12,8 +12,8 @@ from sipserver.sip.errors import RemoteProtocolError
 from sipserver.sip.headers import Params, format_params, parse_params
 from sipserver.sip.memo import Memo
 
-_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?$")
-SIP_SCHEMES = ("sip", "sips")
+_HOST_RE: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?$")
+SIP_SCHEMES: Final = ("sip", "sips")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from sipserver.sip.message import Message, Request
 from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import SIP_SCHEMES, UriError, parse_name_addr, parse_uri
 
-KNOWN_METHODS = frozenset(
+KNOWN_METHODS: Final = frozenset(
     {
         "INVITE",
         "ACK",
@@ -29,21 +29,21 @@ KNOWN_METHODS = frozenset(
         "UPDATE",
     }
 )
-_REQUIRED = (
+_REQUIRED: Final = (
     ("via", "Via"),
     ("from", "From"),
     ("to", "To"),
     ("call-id", "Call-ID"),
     ("cseq", "CSeq"),
 )
-_ONCE = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
-_ENVELOPE = frozenset(key for key, _ in _REQUIRED)
+_ONCE: Final = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+_ENVELOPE: Final = frozenset(key for key, _ in _REQUIRED)
 # A parameter or list element with nothing in it (`;;`, `;,`, `,,`, a trailing `;`): the
 # grammar has no empty ones (RFC 3261 §7.3.1 redefines #rule without null elements).
 _SEPARATORS: Final = (";", ",")
 _EMPTY_PAIRS: Final = (";;", ";,", ",;", ",,")
-_LISTS_CHECKED = {"via": "Via", "contact": "Contact"}
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_LISTS_CHECKED: Final = {"via": "Via", "contact": "Contact"}
+_QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 def check_envelope(message: Message) -> None:

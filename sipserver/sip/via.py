@@ -9,7 +9,7 @@ from sipserver.sip.headers import Params, format_params, parse_params
 from sipserver.sip.memo import Memo
 from sipserver.sip.uri import UriError, parse_host_port
 
-BRANCH_COOKIE = "z9hG4bK"
+BRANCH_COOKIE: Final = "z9hG4bK"
 
 
 @dataclass(slots=True, unsafe_hash=True, init=False)
