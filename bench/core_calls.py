@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ if str(REPO) not in sys.path:
 
 from sipserver.config.loader import parse_config  # noqa: E402
 from sipserver.proxy.core import SipCore  # noqa: E402
+from sipserver.proxy.events import Event  # noqa: E402
 from sipserver.sip.flow import Flow, Transmit, Transport  # noqa: E402
 from sipserver.sip.message import Request, parse_message  # noqa: E402
 
@@ -105,7 +107,8 @@ def to_callee(out: list[Transmit]) -> Request:
     raise AssertionError("nothing went to the callee")
 
 
-def one_call(core: SipCore, n: int, now: float) -> None:
+def one_call(core: SipCore, n: int, now: float) -> list[Event]:
+    """One whole call; returns its events, as the shell would get them to log."""
     gw1 = core.peers.by_name("gw1")  # the caller's connection is verified mutual TLS
     out = core.receive_stream_message(invite(n), CALLER, gw1, now)
     forwarded = to_callee(out)
@@ -131,7 +134,7 @@ def one_call(core: SipCore, n: int, now: float) -> None:
     out = core.receive_stream_message(bye, CALLER, gw1, now)
     forwarded_bye = to_callee(out)
     core.receive_stream_message(answer(forwarded_bye, 200, "OK"), CALLEE, None, now)
-    core.take_events()
+    return core.take_events()
 
 
 def one_shed_call(core: SipCore, n: int, now: float) -> None:
@@ -206,7 +209,7 @@ def main() -> int:
         text += "max_calls = 1000000\n[limits]\nmax_calls = 1000000\n"
     config = parse_config(text)
     core = SipCore(config)
-    call = one_call
+    call: Callable[[SipCore, int, float], object] = one_call
     if args.shed:
         core.set_overloaded(True, 0.5)
         core.set_backlogged(True)

@@ -137,7 +137,8 @@ def main() -> int:
             work, ca.cert_pem, (server.cert_pem, server.key_pem)
         )
         with contextlib.ExitStack() as stack:
-            stack.callback(lambda: (proc.terminate(), proc.wait(10)))
+            stack.callback(proc.wait, 10)
+            stack.callback(proc.terminate)  # callbacks run last first: terminate, then wait
             print(f"sipserver pid {proc.pid}; sipp OPTIONS, {args.seconds:g} s per step; rtt in ms")
             print(
                 f"{'transport':<9} {'rate':>6} {'answered':>9} {'failed':>7} {'achieved/s':>10} "

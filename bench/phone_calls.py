@@ -242,7 +242,7 @@ def resumed_share(tls_port: int, ca: Issued, phone: Issued, work: Path, count: i
             socket.create_connection(("127.0.0.1", tls_port)) as raw,
             context.wrap_socket(raw, server_hostname=FQDN, session=session) as tls,
         ):
-            resumed += tls.session_reused
+            resumed += bool(tls.session_reused)
             session = tls.session
     return resumed / count
 
