@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Final
 
 from sipserver.config.schema import DialPlanSettings
+from sipserver.sip.memo import Memo
 
 _VISUAL_SEPARATORS: Final = re.compile(r"[-.()\s]")  # RFC 3966 visual separators
 
@@ -17,12 +17,18 @@ def normalise_number(user: str) -> str:
     return _VISUAL_SEPARATORS.sub("", user)
 
 
-@lru_cache(maxsize=4096)
 def _compile(pattern: str) -> re.Pattern[str]:
+    return _PATTERNS.get(pattern)
+
+
+def _compile_pattern(pattern: str) -> re.Pattern[str]:
     rest = pattern.endswith("*")
     body = pattern[:-1] if rest else pattern
     regex = "".join(r"\d" if c in "xX" else re.escape(c) for c in body)
     return re.compile(regex + (".*" if rest else "") + r"\Z")
+
+
+_PATTERNS: Final = Memo(_compile_pattern, 4096)
 
 
 def number_matches(pattern: str, number: str) -> bool:

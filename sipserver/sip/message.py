@@ -16,9 +16,9 @@ from sipserver.sip.header_fields import KEY, NAME, RAW, VALUE, header_text, make
 from sipserver.sip.header_line import Header
 from sipserver.sip.headers import (
     LIST_HEADERS,
-    TOKEN_RE,
     canonical_name,
     header_key,
+    is_token,
     split_list,
     split_list_cached,
 )
@@ -347,7 +347,6 @@ def _partial(lines: list[str], limits: ParseLimits) -> Message | None:
         return exc.partial
 
 
-_GOOD_NAMES: Final[set[str]] = set()  # header names already checked against the token rule
 # Header lines already parsed, by their text: a call's messages repeat most of their lines
 # (From, To, Call-ID, Contact, Max-Forwards, Content-Type …), and a Header is immutable.
 _SEEN_LINES: Final[dict[str, Header]] = {}
@@ -357,14 +356,9 @@ _SEEN_LINES_MAX: Final = 4096
 def _make_header(raw: str) -> Header:
     name, colon, value = raw.partition(":")
     name = name.rstrip(" \t")
-    if name not in _GOOD_NAMES:
-        if not colon or not TOKEN_RE.match(name):
-            first = (raw.splitlines() or [""])[0][:40]
-            raise ParseError(f"Malformed header line {first!r}")
-        if len(_GOOD_NAMES) < 1024:
-            _GOOD_NAMES.add(name)
-    elif not colon:
-        raise ParseError(f"Malformed header line {raw[:40]!r}")
+    if not colon or not is_token(name):
+        first = (raw.splitlines() or [""])[0][:40]
+        raise ParseError(f"Malformed header line {first!r}")
     if "\n" in value:
         # Unfold: any CRLF followed by whitespace is equivalent to one space (§7.3.1).
         value = _FOLD.sub(" ", value)
@@ -393,10 +387,10 @@ def _parse_start_line(line: str, headers: Headers) -> Message:
         or (parts[2] != SIP_VERSION and not _VERSION.match(parts[2][4:]))
     ):
         method = line.split(" ", 1)[0]
-        partial = Request(headers, method=method if TOKEN_RE.match(method) else "")
+        partial = Request(headers, method=method if is_token(method) else "")
         raise ParseError("Malformed Request-Line", partial=partial)
     method, uri, version = parts
-    if not TOKEN_RE.match(method):
+    if not is_token(method):
         raise ParseError("Malformed method", partial=Request(headers))
     request = Request(headers, method=method, uri=uri)
     if version != SIP_VERSION:

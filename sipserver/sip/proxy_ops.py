@@ -3,7 +3,6 @@ Record-Route). Pure functions over parsed messages."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Final
 from sipserver.sip.flow import Transport, transport_named
 from sipserver.sip.header_fields import KEY, NAME, VALUE, make_header
 from sipserver.sip.headers import split_list
+from sipserver.sip.memo import Memo
 from sipserver.sip.message import Headers, Request, Response
 from sipserver.sip.numbers import ascii_int
 from sipserver.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
@@ -69,9 +69,15 @@ def branch_for(request: Request, attempt: int) -> str:
     return f"{BRANCH_PREFIX}{call_part}{_uri_hash(request.uri)}{attempt}"
 
 
-@functools.lru_cache(maxsize=1024)  # a few Request-URIs carry most calls; SHA-1 is not free
 def _uri_hash(uri: str) -> str:
+    return _URI_HASHES.get(uri)
+
+
+def _hash_uri(uri: str) -> str:
     return hashlib.sha1(uri.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
+_URI_HASHES: Final = Memo(_hash_uri, 1024)  # a few Request-URIs carry most calls; SHA-1 is not free
 
 
 def is_loop(request: Request, our_host: str) -> bool:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sipserver.sip.flow import Transport, transport_named
 from sipserver.sip.header_fields import KEY, NAME, RAW, VALUE, header_text, make_header
 from sipserver.sip.header_line import Header
-from sipserver.sip.headers import header_key, parse_params
+from sipserver.sip.headers import COMPACT_FORMS, header_key, is_token, parse_params
 from sipserver.sip.memo import Memo
 from sipserver.sip.transaction_machine import _TIMER_INPUTS
 from sipserver.sip.transaction_tables import TIMER_ACTIONS, Input
@@ -46,7 +46,9 @@ def test_a_made_header_is_the_class_s_own_and_reads_the_same(
 
 @given(st.text(alphabet="AaBbCcVvFfIi-_. \t", max_size=12))
 def test_header_keys_are_the_same_remembered_or_not(name: str) -> None:
-    assert header_key(name) == header_key(name) == Header(name, "").key
+    lowered = name.strip().lower()
+    expected = COMPACT_FORMS.get(lowered, lowered).lower()  # the rule, worked out here
+    assert header_key(name) == header_key(name) == Header(name, "").key == expected
     assert header_key(name) == header_key(name.strip())
 
 
@@ -122,3 +124,13 @@ def test_parameter_names_are_checked_the_first_time_and_every_time_when_bad() ->
     for _ in range(2):
         with pytest.raises(ValueError, match="bad parameter name"):
             parse_params(";bra nch=1")
+
+
+@given(st.text(alphabet="ab-.!%*_+`'~ ;:\"@", max_size=8))
+def test_token_names_are_told_apart_the_same_remembered_or_not(text: str) -> None:
+    expected = TOKEN.fullmatch(text) is not None
+    assert is_token(text) is expected
+    assert is_token(text) is expected  # the second time from what it remembered
+
+
+TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")  # RFC 3261 §25.1 token
