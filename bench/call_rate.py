@@ -169,6 +169,7 @@ def start_kamailio(
         ("CALLEE", target_port),
         ("CALLEE_TRANSPORT", callee_transport),
         ("TLS_CFG", work / "tls.cfg"),
+        ("UDP_RECEIVERS", 1 if transport == "udp" else 2),
     ):
         config = re.sub(rf'#!substdef "!{name}![^!]*!g"', f'#!substdef "!{name}!{value}!g"', config)
     (work / "kamailio.cfg").write_text(config)

@@ -40,7 +40,7 @@ from sipserver.server.shared_call_counts import SharedCallCounts
 from sipserver.server.snapshot import CertificateState, ServerStats, StatsSnapshot
 from sipserver.sip.flow import Flow, Transmit, Transport, format_address
 from sipserver.transport.connection import StreamConnection
-from sipserver.transport.direct import datagram_queue, raw_socket
+from sipserver.transport.direct import datagram_queue, raw_socket, send_datagram_now
 from sipserver.transport.dns import Resolver
 from sipserver.transport.listeners import Listener, Listeners, StartupError
 from sipserver.transport.pool import ConnectionPool
@@ -435,7 +435,8 @@ class Server:
             )
             return
         try:
-            await sock.sendto(data, flow.remote)
+            if not send_datagram_now(sock, data, flow.remote):
+                await sock.sendto(data, flow.remote)
         except OSError as exc:
             log.warning("udp_send_failed", remote=flow.remote_text, reason=exc.strerror)
 
