@@ -12,6 +12,7 @@ import datetime as dt
 import gc
 import math
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from sipserver.transport.resp import RespClient, StoreAddress
 log = structlog.get_logger("sipserver")
 FULL_GC_AFTER = 100  # middle-generation passes per full one
 SUPERVISOR_CHECK = 1.0  # seconds between a worker's checks that its supervisor lives
+UDP_BATCH = 16  # datagrams that were waiting handled in one step before other tasks run
 
 
 def _reachable(address: str) -> str:
@@ -443,30 +445,53 @@ class Server:
     # --- UDP ---------------------------------------------------------------------------
     async def _serve_udp(self, sock: trio.socket.SocketType, local: tuple[str, int]) -> None:
         raw = raw_socket(sock)
+        assert raw is not None, "trio keeps a stdlib socket under each of its sockets"
+        handled = 0  # datagrams handled since the loop last yielded
         while True:
             limit = self.config.limits.max_message_bytes
             try:
-                data, address = await sock.recvfrom(limit + 1)
+                data, address = raw.recvfrom(limit + 1)
+            except BlockingIOError:
+                # Waiting is the loop's schedule point. trio's recvfrom would also yield
+                # after every datagram found waiting: a pass of its loop (and an epoll
+                # call) each, where a burst is handled here in one step, UDP_BATCH at most.
+                await trio.lowlevel.wait_readable(raw)
+                handled = 0
+                continue
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("udp_receive_error", reason=exc.strerror)
-                continue
-            if self.overload.active and (waiting := datagram_queue(raw)[0]):
-                self.overload.note_backlog(waiting)  # datagrams waiting: falling behind?
-            flow = Flow(Transport.UDP, local, (address[0], address[1]))
-            if len(data) > limit:
-                log.warning(
-                    "sip_datagram_too_large",
-                    remote=flow.remote_text,
-                    limit=limit,
-                    reason="limits.max_message_bytes",
-                )
-                continue
-            self.stats.count_message("in", "udp", data)
-            if self.config.capture.hep is not None:
-                self.capture.capture("udp", flow.remote, local, data)
-            try:
-                transmits = self.core.receive_datagram(data, flow, trio.current_time())
-            except Exception:
-                log.exception("internal_error", transport="udp", remote=flow.remote_text)
-                continue
-            await self.dispatch(transmits)
+            else:
+                await self._datagram(data, (address[0], address[1]), local, raw)
+            handled += 1
+            if handled >= UDP_BATCH:
+                await trio.lowlevel.checkpoint()
+                handled = 0
+
+    async def _datagram(
+        self,
+        data: bytes,
+        source: tuple[str, int],
+        local: tuple[str, int],
+        raw: socket.socket | None,
+    ) -> None:
+        if self.overload.active and (waiting := datagram_queue(raw)[0]):
+            self.overload.note_backlog(waiting)  # datagrams waiting: falling behind?
+        flow = Flow(Transport.UDP, local, source)
+        limit = self.config.limits.max_message_bytes
+        if len(data) > limit:
+            log.warning(
+                "sip_datagram_too_large",
+                remote=flow.remote_text,
+                limit=limit,
+                reason="limits.max_message_bytes",
+            )
+            return
+        self.stats.count_message("in", "udp", data)
+        if self.config.capture.hep is not None:
+            self.capture.capture("udp", flow.remote, local, data)
+        try:
+            transmits = self.core.receive_datagram(data, flow, trio.current_time())
+        except Exception:
+            log.exception("internal_error", transport="udp", remote=flow.remote_text)
+            return
+        await self.dispatch(transmits)
