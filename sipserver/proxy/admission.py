@@ -143,9 +143,11 @@ class CallLimits:
             return
         peer, plan = counted
         for counter, name in ((self.by_peer, peer), (self.by_plan, plan)):
-            counter[name] -= 1
-            if counter[name] <= 0:
-                del counter[name]
+            left = counter.get(name, 0) - 1
+            if left > 0:
+                counter[name] = left
+            else:  # pop, not del: Counter's own __delitem__ is a Python call
+                counter.pop(name, None)
 
     def _over(
         self, config: Config, peer: PeerSettings, plan: DialPlanSettings, now: float
@@ -171,7 +173,7 @@ class CallLimits:
             ),
             ("peer_max_calls", "Peer", peer.name, self.by_peer, elsewhere.by_peer, peer.max_calls),
         ):
-            count = here[name] + there.get(name, 0)
+            count = here.get(name, 0) + there.get(name, 0)
             if most and count >= most:
                 return LimitReached(
                     limit,

@@ -37,6 +37,20 @@ def test_ascii_int_takes_ascii_digits_only() -> None:
         assert ascii_int(text) is None, text
 
 
+@given(st.one_of(st.text(max_size=12), st.binary(max_size=12)), st.integers(1, 12))
+def test_a_remembered_number_reads_as_it_did_the_first_time(
+    text: str | bytes, max_digits: int
+) -> None:
+    digits = text if isinstance(text, str) else text.decode("latin-1")
+    expected = (
+        int(digits)
+        if digits and len(digits) <= max_digits and all("0" <= c <= "9" for c in digits)
+        else None
+    )
+    assert ascii_int(text, 12) == ascii_int(text, 12)  # asked again: remembered
+    assert ascii_int(text, max_digits) == expected  # a bound tighter than before still holds
+
+
 def options(
     cseq: str = "1", max_forwards: str = "70", via_params: str = ";rport", branch: str = "1"
 ) -> bytes:
