@@ -56,6 +56,31 @@ def test_parses_compact_folded_repeated_and_ipv6_headers() -> None:
     assert message.body == SDP
 
 
+words = st.lists(st.from_regex(r"[a-z0-9;=<>@.]{1,8}", fullmatch=True), min_size=1, max_size=4)
+
+
+@pytest.mark.parametrize("fold", ["\r\n ", "\r\n\t", "\n  ", "\n\t"], ids=repr)
+@given(st.lists(st.tuples(words, st.lists(st.booleans())), min_size=1, max_size=8), st.booleans())
+def test_a_fold_anywhere_is_unfolded_and_a_head_without_one_reads_the_same(
+    fold: str, headers: list[tuple[list[str], list[bool]]], bare_lf: bool
+) -> None:
+    plain, folded = [], []
+    for n, (value_words, folds) in enumerate(headers):
+        plain.append(f"X-H{n}: " + " ".join(value_words))
+        value = value_words[0]
+        for index, word in enumerate(value_words[1:]):
+            value += (fold if index < len(folds) and folds[index] else " ") + word
+        folded.append(f"X-H{n}: " + value)
+
+    def parsed(lines: list[str]) -> list[str | None]:
+        line_end = "\n" if bare_lf else "\r\n"
+        head = line_end.join(["OPTIONS sip:a@b SIP/2.0", *lines, "Content-Length: 0"])
+        message = parse_message((head + line_end + line_end).encode())
+        return [message.headers.get(f"X-H{n}") for n in range(len(lines))]
+
+    assert parsed(folded) == parsed(plain) == [" ".join(w) for w, _ in headers]
+
+
 @pytest.mark.parametrize("every", [1, 2, 3], ids=["all LF", "every 2nd LF", "every 3rd LF"])
 def test_bare_lf_line_ends_are_tolerated_as_crlf(every: int) -> None:
     """Line ends that are a bare LF, alone or mixed with CRLFs, give the same headers."""
