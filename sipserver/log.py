@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import orjson
@@ -20,6 +21,29 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 _threshold = logging.INFO
+
+
+# The address of the connection whose task this is, as bound on its log lines. Kept here
+# too: reading it back from structlog's context copies the whole context, on every call line.
+_connection_remote: ContextVar[str | None] = ContextVar("sipserver_connection_remote", default=None)
+
+
+def bind_connection(**fields: Any) -> None:
+    """Bind a connection's fields (its remote address among them) to this task's lines."""
+    structlog.contextvars.bind_contextvars(**fields)
+    if "remote" in fields:
+        _connection_remote.set(fields["remote"])
+
+
+def clear_connection() -> None:
+    """This task's lines are no connection's (a task started by another connection's)."""
+    structlog.contextvars.clear_contextvars()
+    _connection_remote.set(None)
+
+
+def connection_remote() -> str | None:
+    """The remote address bound to this task's lines, if any."""
+    return _connection_remote.get()
 
 
 def enabled(level: str) -> bool:

@@ -39,7 +39,15 @@ class CertInfo:
 
     def log_fields(self, prefix: str = "") -> dict[str, str]:
         """The fields every log event about a certificate carries."""
-        return dict(_log_fields(self, prefix))
+        # Keyed by the thumbprint (the DER decides every field), not by the CertInfo: its
+        # generated hash covers all fourteen fields, on every call line.
+        key = (self.thumbprint_sha256, prefix)
+        fields = _LOG_FIELDS.get(key)
+        if fields is None:
+            if len(_LOG_FIELDS) >= _LOG_FIELDS_KEPT:
+                _LOG_FIELDS.clear()
+            fields = _LOG_FIELDS[key] = tuple(self._fields(prefix).items())
+        return dict(fields)
 
     def _fields(self, prefix: str) -> dict[str, str]:
         return {
@@ -125,6 +133,5 @@ def _sha256(der: bytes) -> str:
     return digest.finalize().hex().upper()
 
 
-@functools.lru_cache(maxsize=512)
-def _log_fields(info: CertInfo, prefix: str) -> tuple[tuple[str, str], ...]:
-    return tuple(info._fields(prefix).items())
+_LOG_FIELDS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+_LOG_FIELDS_KEPT = 512

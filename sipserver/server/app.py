@@ -22,6 +22,7 @@ import trio
 from sipserver.build import core_build
 from sipserver.certstore import CertificateSetupError, ServerCredentials
 from sipserver.config.schema import Config
+from sipserver.log import clear_connection
 from sipserver.proxy.core import SipCore
 from sipserver.proxy.locations import Lookup
 from sipserver.proxy.sharing import BindingSharing
@@ -266,7 +267,7 @@ class Server:
 
     async def _find_bindings(self, number: str) -> None:
         """Where the number's other flows are (bounded: the store answers or fails fast)."""
-        structlog.contextvars.clear_contextvars()  # not the connection that asked
+        clear_connection()  # not the connection that asked
         assert self.binding_store is not None and self.sharing is not None
         found = await self.binding_store.lookup(number)
         await self.dispatch(self.sharing.found(number, found, trio.current_time()))
@@ -412,7 +413,7 @@ class Server:
 
     async def _locate(self, lookup: Lookup) -> None:
         """One RFC 3263 lookup the core asked for; its answer resumes the calls waiting."""
-        structlog.contextvars.clear_contextvars()  # not the connection that asked
+        clear_connection()  # not the connection that asked
         located = await self.resolver.locate(lookup)
         fields = {"fqdn": lookup.fqdn, "transport": lookup.transport}
         if located.error is not None:

@@ -15,6 +15,7 @@ import trio
 
 from sipserver.config.schema import PeerSettings
 from sipserver.errors import SipServerError
+from sipserver.log import bind_connection, clear_connection
 from sipserver.proxy.core import SipCore
 from sipserver.server.capture import HepCapture
 from sipserver.server.credentials import Credentials
@@ -111,7 +112,7 @@ class StreamService:
         if transport == Transport.TLS:
             known = None  # a TLS connection is its certificate's peer, not its address's
         connection_id = next_connection_id()
-        structlog.contextvars.bind_contextvars(
+        bind_connection(
             transport=transport, remote=format_address(remote), connection_id=connection_id
         )
         started = time.monotonic()
@@ -224,7 +225,7 @@ class StreamService:
                 with trio.move_on_after(1, shield=True):
                     await result.stream.aclose()
             return None
-        structlog.contextvars.bind_contextvars(
+        bind_connection(
             peer=result.peer.name,
             peer_fqdn=result.peer.fqdn,
             peer_cert_thumbprint_sha256=result.certificate.thumbprint_sha256,
@@ -260,9 +261,9 @@ class StreamService:
         target = self.core.peers.by_fqdn(flow.server_name) if flow.server_name else None
         # This task was started by whichever connection's message needed the leg: its
         # context (that peer, its certificate) is not this connection's.
-        structlog.contextvars.clear_contextvars()
+        clear_connection()
         connection_id = next_connection_id()  # named from the first line, the handshake's
-        structlog.contextvars.bind_contextvars(
+        bind_connection(
             transport=flow.transport,
             remote=flow.remote_text,
             connection_id=connection_id,
@@ -358,7 +359,7 @@ class StreamService:
             **result.certificate.log_fields("target_cert_"),
         )
         certificate = result.certificate
-        structlog.contextvars.bind_contextvars(  # every later line of this connection
+        bind_connection(  # every later line of this connection
             target_cert_thumbprint_sha256=certificate.thumbprint_sha256,
             target_cert_issuer=certificate.issuer,
             target_cert_serial=certificate.serial,

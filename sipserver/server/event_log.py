@@ -4,11 +4,12 @@ thumbprints under the field's name."""
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import structlog
 
-from sipserver.log import enabled
+from sipserver.log import connection_remote, enabled
 from sipserver.pki.certinfo import CertInfo
 from sipserver.proxy.events import (
     Answered,
@@ -51,12 +52,12 @@ def log_event(
             fields.update(value.log_fields(f"{key}_"))
         else:
             fields[key] = value
-    remote = fields.get("remote")
-    if remote is not None:
-        context = structlog.contextvars.get_contextvars()
-        if context.get("remote", remote) != remote:
-            # The event is about another connection than the one whose task logs it (a
-            # call line written when the target's answer arrives): none of this task's
-            # connection, peer or certificate fields belong on it.
-            fields = {key: None for key in context} | fields
-    getattr(log, level)(event.log_name, **fields)
+    write = getattr(log, level)
+    remote, ours = fields.get("remote"), connection_remote()
+    if remote is not None and ours is not None and ours != remote:
+        # The event is about another connection than the one whose task logs it (a call
+        # line written when the target's answer arrives): none of this task's connection,
+        # peer or certificate fields belong on it, so it is written from an empty context.
+        contextvars.Context().run(write, event.log_name, **fields)
+    else:
+        write(event.log_name, **fields)
