@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import structlog
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
@@ -23,7 +21,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from core_calls import CONFIG, one_call  # noqa: E402
 
 from sipserver.config.loader import parse_config  # noqa: E402
-from sipserver.log import configure_logging  # noqa: E402
+from sipserver.log import bind_connection, configure_logging  # noqa: E402
 from sipserver.proxy.core import SipCore  # noqa: E402
 from sipserver.server.event_log import log_event  # noqa: E402
 
@@ -37,7 +35,7 @@ def main() -> int:
     lines = sum(1 for events in calls for e in events if e.log_level != "debug")
     with open("/dev/null", "w") as sink:
         configure_logging("info", "json", stream=sink)
-        structlog.contextvars.bind_contextvars(
+        bind_connection(
             transport="tls",
             remote="127.0.0.1:40000",
             connection_id=1,
