@@ -473,8 +473,9 @@ class Server:
         data: bytes,
         source: tuple[str, int],
         local: tuple[str, int],
-        raw: socket.socket | None,
+        raw: socket.socket,
     ) -> None:
+        """One datagram from `source` to our `local` address, read from `raw`."""
         if self.overload.active and (waiting := datagram_queue(raw)[0]):
             self.overload.note_backlog(waiting)  # datagrams waiting: falling behind?
         flow = Flow(Transport.UDP, local, source)
