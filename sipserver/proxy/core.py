@@ -61,9 +61,8 @@ ALLOW: Final = (
     "REGISTER"
 )
 ACCEPT: Final = "application/sdp"
-SUPPORTED_OPTIONS: Final[frozenset[str]] = (
-    frozenset()
-)  # option tags we honour in Require/Proxy-Require
+# Option tags we honour in Require/Proxy-Require.
+SUPPORTED_OPTIONS: Final[frozenset[str]] = frozenset()
 # What OPTIONS says we support: those, and outbound (RFC 5626) for registering softphones.
 SUPPORTED: Final = ", ".join(sorted(SUPPORTED_OPTIONS | {"outbound"}))
 

@@ -13,17 +13,19 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 Result = TypeVar("Result")
+# What a parse reads: text, or the bytes of a message head (a Content-Length).
+Text = TypeVar("Text", bound=str | bytes)
 
 
-class Memo(Generic[Result]):
+class Memo(Generic[Text, Result]):
     __slots__ = ("_compute", "_limit", "_results")
 
-    def __init__(self, compute: Callable[[str], Result], limit: int) -> None:
+    def __init__(self, compute: Callable[[Text], Result], limit: int) -> None:
         self._compute = compute
         self._limit = limit
-        self._results: dict[str, Result] = {}
+        self._results: dict[Text, Result] = {}
 
-    def get(self, text: str) -> Result:
+    def get(self, text: Text) -> Result:
         """compute(text), computed once while it stays remembered. Exceptions are not
         remembered (a bad text raises each time), nor is a None result."""
         result = self._results.get(text)
@@ -33,7 +35,7 @@ class Memo(Generic[Result]):
         self.remember(text, result)
         return result
 
-    def remember(self, text: str, result: Result) -> None:
+    def remember(self, text: Text, result: Result) -> None:
         """Record what `text` parses to, for text made from `result` itself (so that
         parsing it back would give the same)."""
         if len(self._results) >= self._limit:

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 from typing import Final
 
-# The numbers a call's messages carry (lengths, sequence numbers, ports, hop counts) repeat:
-# their values are remembered, since isascii(), isdigit() and int() are generic calls from
-# compiled code (about 1,600 instructions a number, 29 numbers a call).
-_VALUES: Final[dict[str | bytes, int]] = {}
-_VALUES_KEPT: Final = 1024
+from sipserver.sip.memo import Memo
 
 
 def ascii_int(text: str | bytes, max_digits: int = 10) -> int | None:
@@ -18,13 +14,16 @@ def ascii_int(text: str | bytes, max_digits: int = 10) -> int | None:
     other scripts' digits, too many digits)."""
     if len(text) > max_digits:
         return None
-    value = _VALUES.get(text)
-    if value is not None:
-        return value
+    return _VALUES.get(text)
+
+
+def _digits_value(text: str | bytes) -> int | None:
     if not text or not text.isascii() or not text.isdigit():
         return None
-    value = int(text)
-    if len(_VALUES) >= _VALUES_KEPT:
-        _VALUES.clear()
-    _VALUES[text] = value
-    return value
+    return int(text)
+
+
+# The numbers a call's messages carry (lengths, sequence numbers, ports, hop counts) repeat:
+# their values are remembered, since isascii(), isdigit() and int() are generic calls from
+# compiled code (about 1,600 instructions a number, 29 numbers a call).
+_VALUES: Final[Memo[str | bytes, int | None]] = Memo(_digits_value, 1024)
