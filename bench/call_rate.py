@@ -41,6 +41,7 @@ from typing import Any
 
 from _common import (
     free_port,
+    kernel_seconds_tree,
     percentiles,
     profile,
     profile_summary,
@@ -236,6 +237,7 @@ def step(
     started = time.monotonic()
     routed_before = _routed()
     cpu_before, slices_before = run_stats_tree(server_pid)
+    kernel_before = kernel_seconds_tree(server_pid)
     raw = PROFILE / f"{transport}-{rate}.txt" if PROFILE else None
     spy = profile(server_pid, seconds, raw) if raw else None
     if _own_caller(transport):
@@ -249,6 +251,7 @@ def step(
             started,
             cpu_before,
             slices_before,
+            kernel_before,
             callee,
         )
         _print_profile(spy, raw, transport, rate)
@@ -289,6 +292,7 @@ def step(
     elapsed = time.monotonic() - started
     cpu_after, slices_after = run_stats_tree(server_pid)
     cpu, wakeups = cpu_after - cpu_before, slices_after - slices_before
+    kernel = kernel_seconds_tree(server_pid) - kernel_before
     instructions = count_instructions(server_pid, on=False) if INSTRUCTIONS is not None else 0
     _print_profile(spy, raw, transport, rate)
     callee.kill()
@@ -306,6 +310,7 @@ def step(
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
         "wakeups_per_call": wakeups / answered if answered else float("nan"),
+        "kernel_share": kernel / cpu if cpu else float("nan"),
         **(
             {"instructions_per_call": instructions // answered} if instructions and answered else {}
         ),
@@ -337,6 +342,7 @@ def _own_caller_step(
     started: float,
     cpu_before: float,
     slices_before: int,
+    kernel_before: float,
     callee: subprocess.Popen[bytes],
 ) -> dict[str, float]:
     """The step's calls placed by bench/tls_caller.py (or .c) straight to the TLS port."""
@@ -357,6 +363,7 @@ def _own_caller_step(
     elapsed = time.monotonic() - started
     cpu_after, slices_after = run_stats_tree(server_pid)
     cpu, wakeups = cpu_after - cpu_before, slices_after - slices_before
+    kernel = kernel_seconds_tree(server_pid) - kernel_before
     callee.kill()
     callee.wait(10)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -380,6 +387,7 @@ def _own_caller_step(
         "achieved": answered / elapsed,
         "cpu_ms_per_call": cpu * 1000 / answered if answered else float("nan"),
         "wakeups_per_call": wakeups / answered if answered else float("nan"),
+        "kernel_share": kernel / cpu if cpu else float("nan"),
         **percentiles(float(line) for line in rtt.read_text().split()),
         **{f"shed_{key}": value for key, value in shed_times.items()},
     }
@@ -485,10 +493,10 @@ def main() -> int:
     print(
         f"calls proxied by {args.proxy}, {args.seconds:g} s per step; "
         "setup time (INVITE -> 200) in ms; cpu ms = the proxy's CPU (all its processes) per call; "
-        "wake = the times its threads were put on a CPU, per call"
+        "wake = the times its threads were put on a CPU, per call; sys = the kernel's share of cpu"
     )
     print(
-        f"{'transport':<9} {'rate':>5} {'answered':>9} {'shed':>5} {'failed':>7} {'calls/s':>8} {'mean':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'cpu ms':>7} {'wake':>6}"
+        f"{'transport':<9} {'rate':>5} {'answered':>9} {'shed':>5} {'failed':>7} {'calls/s':>8} {'mean':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'cpu ms':>7} {'wake':>6} {'sys':>4}"
     )
     ca = make_ca("bench CA")
     for transport in args.transports.split(","):
@@ -539,7 +547,7 @@ def main() -> int:
                     f"{transport:<9} {rate:>5} {result['ok']:>9} {result['shed']:>5} {result['failed']:>7} "
                     f"{result['achieved']:>8.1f} {result['mean']:>7.1f} "
                     f"{result['p50']:>7.1f} {result['p90']:>7.1f} {result['p99']:>7.1f} "
-                    f"{result['cpu_ms_per_call']:>7.2f} {result['wakeups_per_call']:>6.1f}"
+                    f"{result['cpu_ms_per_call']:>7.2f} {result['wakeups_per_call']:>6.1f} {result['kernel_share']:>4.0%}"
                     + (
                         f"  503 p99 {result['shed_p99']:.0f} ms, max {result['shed_max']:.0f}"
                         if result["shed"]
