@@ -31,9 +31,13 @@ sipserver/server/log_reference.py; edit that table, not this page. -->
 JSON lines (one event per thing that happened) when stdout is not a terminal; readable
 console output on a terminal. Connection context (`transport`, `remote`, `connection_id`,
 and on TLS `peer`, `peer_fqdn`, `peer_cert_thumbprint_sha256`) and `call_id` are bound to
-every event, not formatted into strings. Thumbprints and serials are upper-case hex without
-colons, serials as whole bytes (`0123…`, never `123…`): the form openssl, Windows and
-Exchange show.
+every event, not formatted into strings. A JSON line starts with `timestamp` (UTC),
+`level` and `event`, then the event's own fields, then the bound context in the order it
+was bound, then `worker` (with several workers); a field without a value is left out, not
+written as null, and one the event leaves empty is not filled from the context. Bytes that
+are not UTF-8 are written escaped (`\\xff`). Thumbprints and serials are upper-case hex
+without colons, serials as whole bytes (`0123…`, never `123…`): the form openssl, Windows
+and Exchange show.
 """
 
 EVENTS: tuple[EventDoc, ...] = (
