@@ -90,8 +90,27 @@ def _worker_field(worker: int | str) -> Any:
     return add
 
 
-def _json_bytes(event: EventDict, **_: Any) -> bytes:
-    return orjson.dumps(event, default=str)
+def _deep_utf8(value: Any) -> Any:
+    """_utf8 at every depth, keys as strings: for the rare line orjson refused, so that
+    a peer's bytes in an error's message cannot make the line itself fail."""
+    if isinstance(value, dict):
+        return {_text(str(key)): _deep_utf8(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deep_utf8(item) for item in value]
+    return _text(value) if isinstance(value, str) else value
+
+
+# structlog's add_log_level: the level a logging method writes under.
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}
+
+
+def _utf8(value: Any) -> Any:
+    """_valid_utf8 for one value."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list | tuple):
+        return [_text(item) if isinstance(item, str) else item for item in value]
+    return value
 
 
 def _json_line(worker: int | str | None) -> Callable[[WrappedLogger, str, EventDict], bytes]:
@@ -123,29 +142,6 @@ def _json_line(worker: int | str | None) -> Callable[[WrappedLogger, str, EventD
             return orjson.dumps(_deep_utf8(line), default=str)
 
     return render
-
-
-def _deep_utf8(value: Any) -> Any:
-    """_utf8 at every depth, keys as strings: for the rare line orjson refused, so that
-    a peer's bytes in an error's message cannot make the line itself fail."""
-    if isinstance(value, dict):
-        return {_text(str(key)): _deep_utf8(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_deep_utf8(item) for item in value]
-    return _text(value) if isinstance(value, str) else value
-
-
-# structlog's add_log_level: the level a logging method writes under.
-_LEVEL_NAMES = {"warn": "warning", "exception": "error"}
-
-
-def _utf8(value: Any) -> Any:
-    """_valid_utf8 for one value."""
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, list | tuple):
-        return [_text(item) if isinstance(item, str) else item for item in value]
-    return value
 
 
 def configure_logging(
