@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -211,8 +212,6 @@ AREAS = (
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
     """Sample the server with py-spy for `seconds` (raw collapsed stacks into `out`), or
     None when py-spy is not installed (pip install py-spy)."""
-    import shutil
-
     spy = shutil.which("py-spy")
     if spy is None:
         return None
@@ -235,6 +234,61 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | No
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def perf_record(seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """Sample every CPU with perf for `seconds` into `out`; perf_summary keeps the proxy's
+    threads (perf attached to a list of pids caught none of Kamailio's now and then, and
+    its report's --pid filter drops kernel samples). Native frames: the kernel, the
+    interpreter, the compiled core and OpenSSL each show, for Kamailio as for sipserver.
+    None when perf is not installed (apt-get install linux-perf). cpu-clock, a software
+    event: this VM offers no hardware counters."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return None
+    command = [perf, "record", "-a", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(out)]
+    command += ["--", "sleep", str(max(1, int(seconds)))]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def thread_ids(pids: list[int]) -> set[int]:
+    """The threads of these processes (perf reports samples by thread)."""
+    threads = set(pids)
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            if task.name.isdigit():
+                threads.add(int(task.name))
+    return threads
+
+
+def perf_summary(data: Path, threads: set[int], top: int = 15) -> str:
+    """Of the samples in `threads`, the shares by shared object (the kernel's among them),
+    then the symbols with the most samples of their own."""
+
+    def shares(sort: str) -> list[tuple[str, float]]:
+        command = ["perf", "report", "-i", str(data), "--no-children", "--sort", f"pid,{sort}"]
+        command += ["--stdio", "-g", "none", "-q", "--field-separator", ";"]
+        out = subprocess.run(command, capture_output=True, text=True).stdout
+        found: dict[str, float] = {}
+        for line in out.splitlines():
+            fields = [field.strip() for field in line.split(";")]
+            if len(fields) < 3 or not fields[0].endswith("%"):
+                continue
+            tid = fields[1].split(":", 1)[0]
+            if tid.isdigit() and int(tid) in threads:
+                key = " ".join(fields[2:])
+                found[key] = found.get(key, 0.0) + float(fields[0].rstrip("%"))
+        return sorted(found.items(), key=lambda item: -item[1])
+
+    objects = shares("dso")
+    total = sum(share for _, share in objects)
+    if not total:
+        return "no samples"
+    lines = [f"  the proxy: {total:.1f} % of the samples of all CPUs; by shared object:"]
+    lines += [f"  {share * 100 / total:5.1f}%  {name}" for name, share in objects[:8]]
+    lines.append("  own time, top symbols:")
+    lines += [f"  {share * 100 / total:5.1f}%  {name}" for name, share in shares("dso,sym")[:top]]
+    return "\n".join(lines)
 
 
 def profile_summary(raw: Path, top: int = 15) -> str:
