@@ -467,7 +467,7 @@ class Server:
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("udp_receive_error", reason=exc.strerror)
             else:
-                await self._datagram(data, (address[0], address[1]), local, raw)
+                await self._datagram(data, (address[0], address[1]), local, raw, limit)
             handled += 1
             if handled >= UDP_BATCH:
                 await trio.lowlevel.checkpoint()
@@ -479,12 +479,13 @@ class Server:
         source: tuple[str, int],
         local: tuple[str, int],
         raw: socket.socket,
+        limit: int,
     ) -> None:
-        """One datagram from `source` to our `local` address, read from `raw`."""
+        """One datagram from `source` to our `local` address, read from `raw` with room for
+        one byte over `limit` (limits.max_message_bytes), so that a longer one shows."""
         if self.overload.active and (waiting := datagram_queue(raw)[0]):
             self.overload.note_backlog(waiting)  # datagrams waiting: falling behind?
         flow = Flow(Transport.UDP, local, source)
-        limit = self.config.limits.max_message_bytes
         if len(data) > limit:
             log.warning(
                 "sip_datagram_too_large",

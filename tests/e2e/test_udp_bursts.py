@@ -1,6 +1,7 @@
 """Datagrams that arrive together are handled together (several to a pass of the event
 loop, a bounded number at a time): none is lost, each gets its own answer, in the order
-they came, and a stream peer is still served between the batches."""
+they came, and a stream peer is served once they are. That the loop yields to other
+tasks between batches is not tested here: it would take timing."""
 
 from __future__ import annotations
 
