@@ -236,17 +236,28 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | No
     )
 
 
-def perf_record(seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    """Sample every CPU with perf for `seconds` into `out`; perf_summary keeps the proxy's
-    threads (perf attached to a list of pids caught none of Kamailio's now and then, and
-    its report's --pid filter drops kernel samples). Native frames: the kernel, the
-    interpreter, the compiled core and OpenSSL each show, for Kamailio as for sipserver.
-    None when perf is not installed (apt-get install linux-perf). cpu-clock, a software
-    event: this VM offers no hardware counters."""
+def perf_record(
+    seconds: float, out: Path, pids: list[int] | None = None
+) -> subprocess.Popen[bytes] | None:
+    """Sample with perf for `seconds` into `out`; perf_summary keeps the proxy's threads.
+    Native frames: the kernel, the interpreter, the compiled core and OpenSSL each show, for
+    Kamailio as for sipserver. None when perf is not installed (apt-get install linux-perf).
+    cpu-clock, a software event: this VM offers no hardware counters.
+
+    Without `pids`, every CPU, with frame-pointer stacks (perf attached to a list of pids
+    caught none of Kamailio's now and then, and its report's --pid filter drops kernel
+    samples). With `pids` (sipserver's processes), those alone, with stacks unwound from
+    DWARF: neither the interpreter nor the mypyc-compiled core keeps frame pointers, and
+    without whole stacks the interpreter work the core asks for (dicts, allocation, calls)
+    is counted as the interpreter's, not the core's."""
     perf = shutil.which("perf")
     if perf is None:
         return None
-    command = [perf, "record", "-a", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(out)]
+    command = [perf, "record", "-e", "cpu-clock", "-F", "999", "-o", str(out)]
+    if pids:
+        command += ["--call-graph", "dwarf,16384", "-p", ",".join(str(pid) for pid in pids)]
+    else:
+        command += ["-a", "-g"]
     command += ["--", "sleep", str(max(1, int(seconds)))]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -263,7 +274,8 @@ def thread_ids(pids: list[int]) -> set[int]:
 
 def perf_summary(data: Path, threads: set[int], top: int = 15) -> str:
     """Of the samples in `threads`, the shares by shared object (the kernel's among them),
-    then the symbols with the most samples of their own."""
+    then the symbols with the most samples of their own; for a DWARF recording, also what
+    each part costs with what it calls (perf_inclusive)."""
 
     def shares(sort: str) -> list[tuple[str, float]]:
         command = ["perf", "report", "-i", str(data), "--no-children", "--sort", f"pid,{sort}"]
@@ -284,10 +296,75 @@ def perf_summary(data: Path, threads: set[int], top: int = 15) -> str:
     total = sum(share for _, share in objects)
     if not total:
         return "no samples"
-    lines = [f"  the proxy: {total:.1f} % of the samples of all CPUs; by shared object:"]
+    lines = [f"  the proxy: {total:.1f} % of the samples recorded; own time by shared object:"]
     lines += [f"  {share * 100 / total:5.1f}%  {name}" for name, share in objects[:8]]
     lines.append("  own time, top symbols:")
     lines += [f"  {share * 100 / total:5.1f}%  {name}" for name, share in shares("dso,sym")[:top]]
+    inclusive = perf_inclusive(data, threads)
+    if inclusive:
+        lines.append(inclusive)
+    return "\n".join(lines)
+
+
+# OpenSSL is linked into cryptography's _rust module (pyOpenSSL's bindings come from there).
+_TLS_OBJECTS = ("_rust.abi3", "libssl", "libcrypto", "_cffi_backend", "_openssl")
+
+
+def _perf_part(stack: list[tuple[str, str]]) -> str:
+    """What a sample is charged to, by the frames on its stack: the core before TLS (the
+    core hashes with OpenSSL's libcrypto), TLS before the kernel (a record's write)."""
+    objects = [dso for _, dso in stack]
+    if any("__mypyc" in dso for dso in objects):
+        return "the compiled core (sip/, proxy/, routing/), with the interpreter work it calls"
+    if any(mark in dso for dso in objects for mark in _TLS_OBJECTS):
+        return "TLS (pyOpenSSL, cffi, OpenSSL), with the system calls it makes"
+    if stack and "kernel" in stack[0][1]:
+        return "the kernel, called from the shell (sockets, epoll, scheduling)"
+    return "the interpreter running the shell (trio, connections, logging)"
+
+
+def perf_inclusive(data: Path, threads: set[int], top: int = 8) -> str:
+    """For a recording with whole stacks (perf_record with pids): the share of each part
+    with what it calls, and the compiled core's entry points. Empty without stacks."""
+    command = ["perf", "script", "-i", str(data), "-F", "tid,ip,sym,dso"]
+    out = subprocess.run(command, capture_output=True, text=True).stdout
+    stacks: list[list[tuple[str, str]]] = []
+    keep = False
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            tid = line.split()[0]
+            keep = tid.isdigit() and int(tid) in threads
+            if keep:
+                stacks.append([])
+            continue
+        if keep:
+            symbol, _, dso = line.strip().partition(" ")[2].rpartition(" (")
+            stacks[-1].append((symbol, dso.rstrip(")")))
+    deep = [stack for stack in stacks if len(stack) > 8]
+    if not deep or len(deep) < len(stacks) // 2:
+        return ""  # frame-pointer stacks: too short to say who called what
+    parts: dict[str, int] = {}
+    entries: dict[str, int] = {}
+    for stack in stacks:
+        part = _perf_part(stack)
+        parts[part] = parts.get(part, 0) + 1
+        compiled = [symbol for symbol, dso in stack if "__mypyc" in dso]
+        if compiled:
+            entry = compiled[-1].removeprefix("CPyPy_").removeprefix("CPyDef_")
+            entries[entry] = entries.get(entry, 0) + 1
+    lines = ["  with what each part calls (whole stacks):"]
+    lines += [
+        f"  {count * 100 / len(stacks):5.1f}%  {name}"
+        for name, count in sorted(parts.items(), key=lambda item: -item[1])
+    ]
+    lines.append("  the compiled core by entry point, with what it calls:")
+    lines += [
+        f"  {count * 100 / len(stacks):5.1f}%  {name}"
+        for name, count in sorted(entries.items(), key=lambda item: -item[1])[:top]
+        if count * 1000 >= len(stacks)  # 0.1 % or more
+    ]
     return "\n".join(lines)
 
 

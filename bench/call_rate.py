@@ -63,6 +63,7 @@ SERVER_LOG: Path | None = None  # --server-log: keep the server's JSON log there
 SHED_OK = False  # --overload: a 503 with Retry-After (load shed) ends a call well
 PROFILE: Path | None = None  # --profile: py-spy the server during each step into this folder
 PERF: Path | None = None  # --perf: perf record the proxy's processes during each step, here
+PROXY = "sipserver"  # --proxy
 WORKERS = 1  # --workers: server.workers
 MUTUAL_TLS = ("mtls-tcp", "mtls-new", "mtls-full")  # the caller through stunnel, callee on TCP
 NEW_CONNECTION_PER_CALL = ("mtls-new", "mtls-full", "tcp-new")
@@ -253,7 +254,10 @@ def step(
     raw = PROFILE / f"{transport}-{rate}.txt" if PROFILE else None
     spy = profile(server_pid, seconds, raw) if raw else None
     native = PERF / f"{transport}-{rate}.data" if PERF else None
-    perf = perf_record(seconds, native) if native else None
+    # sipserver's processes with whole stacks (what the core costs with what it calls);
+    # Kamailio's by sampling every CPU (see perf_record).
+    pids = process_tree(server_pid) if PROXY == "sipserver" else None
+    perf = perf_record(seconds, native, pids) if native else None
     if _own_caller(transport):
         own = _own_caller_step(
             work,
@@ -465,7 +469,8 @@ def main() -> int:
         type=Path,
         help="sample the proxy's processes with perf during each step (perf.data files in "
         "this folder) and print the shares of the kernel, the interpreter, the compiled "
-        "core and the libraries: native frames, for Kamailio as for sipserver",
+        "core and the libraries (native frames, for Kamailio as for sipserver); for "
+        "sipserver also each part's share with what it calls (whole stacks, from DWARF)",
     )
     parser.add_argument(
         "--overload",
@@ -514,7 +519,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     global SERVER_LOG, SHED_OK, PROFILE, PERF, WORKERS, TLS_CALLER, CAPTURE, ADMISSION
-    global INSTRUCTIONS, KAMAILIO_MEMORY
+    global INSTRUCTIONS, KAMAILIO_MEMORY, PROXY
     if args.instructions:
         if args.proxy != "sipserver" or args.workers != 1 or args.tls_caller != "stunnel":
             print("--instructions counts one sipserver process called by sipp", file=sys.stderr)
@@ -526,6 +531,7 @@ def main() -> int:
     TLS_CALLER = args.tls_caller
     SHED_OK = args.overload
     KAMAILIO_MEMORY = args.kamailio_memory
+    PROXY = args.proxy
     PROFILE = args.profile
     if PROFILE:
         PROFILE.mkdir(parents=True, exist_ok=True)
