@@ -22,7 +22,7 @@ from sipserver.sip.transaction_machine import ClientTransaction, ServerTransacti
 FORGET_DIALOGS_AFTER: Final = 86400.0  # seconds: a BYE that never came through us
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class ProxyCall:
     """One forwarded request and its attempts, from the server transaction's view."""
 
@@ -32,25 +32,60 @@ class ProxyCall:
     plan: DialPlanSettings | None  # None for in-dialog requests
     targets: list[PeerSettings]  # still to try, in order
     started: float
-    attempts: list[str] = field(default_factory=list)
-    attempt: int = 0
-    client_tx: ClientTransaction | None = None
-    target: PeerSettings | None = None
-    target_flow: Flow | None = None
-    provisional: bool = False
-    cancelled: bool = False
-    cancel_sent: bool = False
-    done: bool = False
-    security: str | None = None  # the dial plan's mode (for in-dialog requests: our Route's)
-    number: str | None = None  # the number dialled, as the dial plan matched it
+    # Not arguments of __init__ (nor of dataclasses.replace): each call starts afresh.
+    attempts: list[str] = field(init=False)
+    attempt: int = field(init=False)
+    client_tx: ClientTransaction | None = field(init=False)
+    target: PeerSettings | None = field(init=False)
+    target_flow: Flow | None = field(init=False)
+    provisional: bool = field(init=False)
+    cancelled: bool = field(init=False)
+    cancel_sent: bool = field(init=False)
+    done: bool = field(init=False)
+    # The dial plan's mode (for in-dialog requests: our Route's).
+    security: str | None = field(init=False)
+    number: str | None = field(init=False)  # the number dialled, as the dial plan matched it
     # Addresses DNS gave for the current target (RFC 3263), each one more failover step.
-    hops: list[tuple[PeerSettings, str, int]] = field(default_factory=list)
-    located: bool = False  # the attempt under way went to an address DNS gave
-    branches: list[Branch] | None = None  # parallel branches (a softphone's bindings)
+    hops: list[tuple[PeerSettings, str, int]] = field(init=False)
+    located: bool = field(init=False)  # the attempt under way went to an address DNS gave
+    branches: list[Branch] | None = field(init=False)  # parallel: a softphone's bindings
     # Other processes' bindings for the number (None: not asked yet); a call another of our
     # processes handed over rings our own bindings only, and is counted where it arrived.
-    remote: tuple[RemoteBinding, ...] | None = None
-    handed_over: bool = False
+    remote: tuple[RemoteBinding, ...] | None = field(init=False)
+    handed_over: bool = field(init=False)
+
+    # Written out: the generated one stays interpreted in the compiled core (one per call).
+    def __init__(
+        self,
+        server_tx: ServerTransaction,
+        request: Request,
+        inbound: ServerContext,
+        plan: DialPlanSettings | None,
+        targets: list[PeerSettings],
+        started: float,
+    ) -> None:
+        self.server_tx = server_tx
+        self.request = request
+        self.inbound = inbound
+        self.plan = plan
+        self.targets = targets
+        self.started = started
+        self.attempts = []
+        self.attempt = 0
+        self.client_tx = None
+        self.target = None
+        self.target_flow = None
+        self.provisional = False
+        self.cancelled = False
+        self.cancel_sent = False
+        self.done = False
+        self.security = None
+        self.number = None
+        self.hops = []
+        self.located = False
+        self.branches = None
+        self.remote = None
+        self.handed_over = False
 
 
 def identity_value(call: ProxyCall) -> str:

@@ -285,13 +285,17 @@ class SipCore:
 
     # --- time ---------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        deadlines = (
-            self._table.next_deadline(),
+        # Asked after every message: plain comparisons, not min() over a generator (an
+        # object and a call into the interpreter each time, in the compiled core).
+        earliest = self._table.next_deadline()
+        for deadline in (
             self._health_checks.next_deadline(),
             self._answering.next_deadline(),
             self._registrar.next_deadline(),
-        )
-        return min((d for d in deadlines if d is not None), default=None)
+        ):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def handle_timers(self, now: float) -> list[Transmit]:
         self._table.forget_settled(now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote as percent_decode
 
@@ -16,19 +16,43 @@ _HOST_RE: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1
 SIP_SCHEMES: Final = ("sip", "sips")
 
 
-@dataclass(frozen=True, slots=True)
+# Immutable through Final fields, with __init__ written out, as Via: a generated one stays
+# interpreted in the compiled core, and frozen=True sets each field through
+# object.__setattr__ (a call's unique From and To tags make new ones on every call).
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class SipUri:
-    scheme: str
-    host: str  # IPv6 without brackets, lower-cased
-    user: str | None = None  # as written (escapes kept) so that serialising is lossless
-    password: str | None = None
-    port: int | None = None
-    params: Params = field(default_factory=dict)
-    headers: str | None = None
+    scheme: Final[str]
+    host: Final[str]  # IPv6 without brackets, lower-cased
+    user: Final[str | None]  # as written (escapes kept) so that serialising is lossless
+    password: Final[str | None]
+    port: Final[int | None]
+    params: Final[Params]
+    headers: Final[str | None]
+
+    def __init__(
+        self,
+        scheme: str,
+        host: str,
+        user: str | None = None,
+        password: str | None = None,
+        port: int | None = None,
+        params: Params | None = None,
+        headers: str | None = None,
+    ) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.user = user
+        self.password = password
+        self.port = port
+        self.params = {} if params is None else params
+        self.headers = headers
 
     @property
     def user_unescaped(self) -> str | None:
-        return None if self.user is None else percent_decode(self.user)
+        user = self.user
+        if user is None or "%" not in user:  # the usual number: no call into urllib
+            return user
+        return percent_decode(user)
 
     @property
     def host_is_ipv6(self) -> bool:
@@ -118,14 +142,27 @@ def _parse_uri(text: str) -> SipUri:
     return SipUri(scheme, host, user, password, port, params, headers if qmark else None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class NameAddr:
-    """The value of From, To, Contact, Route, Record-Route: `"name" <uri>;params`."""
+    """The value of From, To, Contact, Route, Record-Route: `"name" <uri>;params`.
+    Immutable through Final fields, as SipUri."""
 
-    uri_text: str
-    display_name: str | None = None
-    params: Params = field(default_factory=dict)
-    bracketed: bool = True
+    uri_text: Final[str]
+    display_name: Final[str | None]
+    params: Final[Params]
+    bracketed: Final[bool]
+
+    def __init__(
+        self,
+        uri_text: str,
+        display_name: str | None = None,
+        params: Params | None = None,
+        bracketed: bool = True,
+    ) -> None:
+        self.uri_text = uri_text
+        self.display_name = display_name
+        self.params = {} if params is None else params
+        self.bracketed = bracketed
 
     @property
     def uri(self) -> SipUri:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sipserver.config.loader import parse_config
-from sipserver.proxy.calls import ClientContext
+from sipserver.proxy.calls import ClientContext, ProxyCall
 from sipserver.proxy.live_transactions import ServerContext
 from sipserver.proxy.targets import Attempt
 from sipserver.routing.router import Proxy
@@ -25,7 +25,7 @@ from sipserver.sip.transaction_machine import (
     ServerTransaction,
 )
 from sipserver.sip.transaction_tables import CLIENT_INVITE, SERVER_INVITE, State
-from sipserver.sip.uri import parse_uri
+from sipserver.sip.uri import NameAddr, SipUri, parse_uri
 from sipserver.sip.via import Via
 
 FLOW = Flow(Transport.TLS, ("127.0.0.1", 5061), ("127.0.0.1", 40000), connection_id=1)
@@ -75,6 +75,18 @@ INSTANCES: list[Any] = [
     NextHop(parse_uri("sip:5000@gw1.example.test"), Transport.TLS, "gw1"),
     Attempt(PEER, Transport.TLS, "sip:5000@gw1.example.test", FLOW),
     Proxy(PLAN, (PEER,), "5000"),
+    SipUri("sip", "gw1.example.test", "5000", None, 5061, {"transport": "tls"}, "subject=x"),
+    NameAddr("sip:5000@gw1.example.test", "Gateway", {"tag": "1"}, True),
+    ProxyCall(
+        ServerTransaction(
+            reliable=True, timers=TimerValues(), table=SERVER_INVITE, state=State.PROCEEDING
+        ),
+        Request(Headers([])),
+        ServerContext(("k",), FLOW, FLOW, None, "INVITE", None, None),
+        PLAN,
+        [PEER],
+        0.0,
+    ),
 ]
 
 
