@@ -43,7 +43,7 @@ from sipserver.routing.peers import PeerTable
 from sipserver.routing.target_health import HealthTable
 from sipserver.sip import proxy_ops, validate
 from sipserver.sip.errors import RemoteProtocolError
-from sipserver.sip.flow import Flow, Transmit, Transport
+from sipserver.sip.flow import TLS, Flow, Transmit
 from sipserver.sip.framing import FramingError
 from sipserver.sip.matching import server_key
 from sipserver.sip.message import Message, ParseError, ParseLimits, Request, Response, parse_message
@@ -254,9 +254,7 @@ class SipCore:
     ) -> list[Transmit]:
         """One framed message from TCP or TLS. On TLS `tls_peer` is the verified peer (and
         `peer_cert` its certificate); on TCP the peer is known by its address."""
-        peer = (
-            tls_peer if flow.transport == Transport.TLS else self.peers.by_address(flow.remote[0])
-        )
+        peer = tls_peer if flow.transport is TLS else self.peers.by_address(flow.remote[0])
         if self._shedder.overloaded and peer is not None:
             retry_after = self.config.limits.overload_retry_after
             refused = self._shedder.refuse_at_door(data, flow, peer, retry_after)

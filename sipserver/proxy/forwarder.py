@@ -397,7 +397,7 @@ class Forwarder:
         return self.responder.send(call.server_tx, upstream, now)
 
     def keep_for_2xx_retransmissions(self, call: ProxyCall, tx: ClientTransaction) -> None:
-        if tx.state is State.ACCEPTED:
+        if tx.accepted:
             # Only the way back is kept for the 2xx retransmissions of Accepted; the call
             # itself (requests, targets) can go.
             tx.context = ClientContext(None, tx.context.flow, "accepted", answered=call.server_tx)
@@ -409,7 +409,7 @@ class Forwarder:
         that crossed our CANCEL or 408. §16.7 step 5: a 2xx always goes upstream; through
         the Accepted server transaction while it lasts, else straight to the caller."""
         upstream = proxy_ops.strip_top_via(response)
-        if server_tx.state is State.ACCEPTED:
+        if server_tx.accepted:
             return self.responder.send(server_tx, upstream, now)
         return [Transmit(server_tx.context.reply_to, upstream.to_bytes())]
 

@@ -16,9 +16,13 @@ class Transport(enum.StrEnum):
 
     @property
     def reliable(self) -> bool:
-        return self is not Transport.UDP
+        return self is not UDP
 
 
+# Members read on every message, as module constants (C statics when compiled): reading one
+# off the class goes through EnumType.__getattr__, a hook even the compiled core pays.
+UDP: Final = Transport.UDP
+TLS: Final = Transport.TLS
 # Calling the enum (Transport("tls")) runs interpreted code even in the compiled core.
 _BY_NAME: Final[dict[str, Transport]] = {transport.value: transport for transport in Transport}
 
@@ -70,7 +74,7 @@ class Flow:
 
     @property
     def reliable(self) -> bool:
-        return self.transport != Transport.UDP
+        return self.transport is not UDP
 
     @property
     def remote_text(self) -> str:

@@ -33,6 +33,24 @@ from sipserver.sip.transaction_tables import (
 
 A: Final = Action  # as in the tables
 I: Final = Input  # noqa: E741 -- as in the tables
+# The members read on every message, as module constants (C statics when compiled): reading
+# one off its class goes through EnumType.__getattr__, a hook even the compiled core pays.
+_CALLING: Final = State.CALLING
+_TRYING: Final = State.TRYING
+_PROCEEDING: Final = State.PROCEEDING
+_ACCEPTED: Final = State.ACCEPTED
+_TERMINATED: Final = State.TERMINATED
+_REQUEST: Final = Input.REQUEST
+_ACK: Final = Input.ACK
+_SEND_1XX: Final = Input.SEND_1XX
+_SEND_2XX: Final = Input.SEND_2XX
+_SEND_FINAL: Final = Input.SEND_FINAL
+_RECV_1XX: Final = Input.RECV_1XX
+_RECV_2XX: Final = Input.RECV_2XX
+_RECV_FINAL: Final = Input.RECV_FINAL
+_STOP_TIMERS: Final = Action.STOP_TIMERS
+_START_INVITE_TIMERS: Final = (Action.START_A, Action.START_B)
+_START_NON_INVITE_TIMERS: Final = (Action.START_E, Action.START_F)
 # Timer names (the tables' "A".."M") to their inputs; calling the enum (Input("K")) runs
 # interpreted code even in the compiled core.
 _TIMER_INPUTS: Final[dict[str, Input]] = {i.value: i for i in Input if i.name.startswith("TIMER_")}
@@ -147,11 +165,16 @@ class Transaction:
 
     @property
     def terminated(self) -> bool:
-        return self.state is State.TERMINATED
+        return self.state is _TERMINATED
+
+    @property
+    def accepted(self) -> bool:
+        """RFC 6026's Accepted: an INVITE answered with a 2xx, waiting out its retransmissions."""
+        return self.state is _ACCEPTED
 
     def abandon(self) -> None:
         """The transaction user gave up on it: no more timers, nothing more passed up."""
-        self.state = State.TERMINATED
+        self.state = _TERMINATED
         self._deadlines.clear()
 
     def handle_timer(self, now: float) -> list[Output]:
@@ -178,7 +201,7 @@ class Transaction:
         out: list[Output] = []
         for action in actions:
             out += self._run(action, now, message, event)
-        if self.state is State.TERMINATED:
+        if self.state is _TERMINATED:
             self._deadlines.clear()
             out.append(Terminated())
         elif any(due <= now for due in self._deadlines.values()):
@@ -192,7 +215,7 @@ class Transaction:
         handler = _ACTIONS.get(action)
         if handler is not None:
             return handler(self, message, event)
-        if action is A.STOP_TIMERS:
+        if action is _STOP_TIMERS:
             self._deadlines.clear()
             return []
         starting, name = TIMER_ACTIONS[action]
@@ -233,7 +256,7 @@ def _send(tx: Transaction, message: Request | Response | None, event: Input) -> 
     out = SendMessage.of(message)
     tx.last_status = message.status
     # Accepted never resends on its own: no bytes kept for the 64*T1 it lasts.
-    tx.last_response_data = None if tx.state is State.ACCEPTED else out.data
+    tx.last_response_data = None if tx.state is _ACCEPTED else out.data
     return [out]
 
 
@@ -281,10 +304,10 @@ _ACTIONS: Final[
 
 def _response_input(status: int, sending: bool) -> Input:
     if status < 200:
-        return I.SEND_1XX if sending else I.RECV_1XX
+        return _SEND_1XX if sending else _RECV_1XX
     if status < 300:
-        return I.SEND_2XX if sending else I.RECV_2XX
-    return I.SEND_FINAL if sending else I.RECV_FINAL
+        return _SEND_2XX if sending else _RECV_2XX
+    return _SEND_FINAL if sending else _RECV_FINAL
 
 
 class ServerTransaction(Transaction):
@@ -304,20 +327,20 @@ class ServerTransaction(Transaction):
                 reliable=reliable,
                 timers=timers,
                 table=SERVER_INVITE,
-                state=State.PROCEEDING,
+                state=_PROCEEDING,
                 context=context,
             )
         return ServerTransaction(
             reliable=reliable,
             timers=timers,
             table=SERVER_NON_INVITE,
-            state=State.TRYING,
+            state=_TRYING,
             context=context,
         )
 
     def receive_request(self, request: Request, now: float) -> list[Output]:
         """A retransmission of our request, or the ACK for a non-2xx final response."""
-        return self._apply(I.ACK if request.method == "ACK" else I.REQUEST, now, request)
+        return self._apply(_ACK if request.method == "ACK" else _REQUEST, now, request)
 
     def send_response(self, response: Response, now: float) -> list[Output]:
         return self._apply(_response_input(response.status, sending=True), now, response)
@@ -370,15 +393,15 @@ class ClientTransaction(Transaction):
             request=request,
             request_data=first.data,
             table=CLIENT_INVITE if invite else CLIENT_NON_INVITE,
-            state=State.CALLING if invite else State.TRYING,
+            state=_CALLING if invite else _TRYING,
         )
-        for action in (A.START_A, A.START_B) if invite else (A.START_E, A.START_F):
-            tx._run(action, now, None, I.REQUEST)
+        for action in _START_INVITE_TIMERS if invite else _START_NON_INVITE_TIMERS:
+            tx._run(action, now, None, _REQUEST)
         return tx, [first]
 
     def receive_response(self, response: Response, now: float) -> list[Output]:
         out = self._apply(_response_input(response.status, sending=False), now, response)
-        if self.state in (State.ACCEPTED, State.TERMINATED):
+        if self.state in (_ACCEPTED, _TERMINATED):
             self.request, self.request_data = None, b""
         return out
 
