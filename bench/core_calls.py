@@ -10,8 +10,14 @@ callgrind (100 and 600 calls, hash seed fixed) and prints the instructions the 5
 calls took, per call. On a VM whose timings move 10-30 % from run to run, that figure
 moves by a few instructions, so a change worth 1 % shows (apt-get install valgrind).
 
+`--pace RATE` hands the messages over as they arrive at RATE calls a second, sleeping in
+between as the server does in epoll, and times the core's own calls alone: back to back
+the core runs warm; paced, the processor idles between messages and the core meets cold
+caches, as it does in the server (see docs/benchmarks.md, "The core in place").
+
     python bench/core_calls.py [--calls 5000] [--profile] [--shed] [--admission]
     python bench/core_calls.py --instructions [--shed] [--admission]
+    python bench/core_calls.py --pace 800 [--calls 8000]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from sipserver.config.loader import parse_config  # noqa: E402
+from sipserver.config.schema import PeerSettings  # noqa: E402
 from sipserver.proxy.core import SipCore  # noqa: E402
 from sipserver.proxy.events import Event  # noqa: E402
 from sipserver.sip.flow import Flow, Transmit, Transport  # noqa: E402
@@ -107,14 +114,50 @@ def to_callee(out: list[Transmit]) -> Request:
     raise AssertionError("nothing went to the callee")
 
 
+class Pacer:
+    """--pace: each message handed over at its time of arrival, the core's own time summed."""
+
+    def __init__(self, rate: float) -> None:
+        self.gap = 1 / (rate * MESSAGES_PER_CALL)
+        self.next = time.monotonic()
+        self.core_ns = 0
+        self.messages = 0
+
+    def feed(
+        self, core: SipCore, data: bytes, flow: Flow, peer: PeerSettings | None, now: float
+    ) -> list[Transmit]:
+        self.next += self.gap
+        wait = self.next - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        started = time.perf_counter_ns()
+        out = core.receive_stream_message(data, flow, peer, now)
+        core.next_deadline()  # as the shell asks after every message
+        self.core_ns += time.perf_counter_ns() - started
+        self.messages += 1
+        return out
+
+
+MESSAGES_PER_CALL = 7  # INVITE, 100, 180, 200, ACK, BYE, 200
+PACER: Pacer | None = None
+
+
+def feed(
+    core: SipCore, data: bytes, flow: Flow, peer: PeerSettings | None, now: float
+) -> list[Transmit]:
+    if PACER is not None:
+        return PACER.feed(core, data, flow, peer, now)
+    return core.receive_stream_message(data, flow, peer, now)
+
+
 def one_call(core: SipCore, n: int, now: float) -> list[Event]:
     """One whole call; returns its events, as the shell would get them to log."""
     gw1 = core.peers.by_name("gw1")  # the caller's connection is verified mutual TLS
-    out = core.receive_stream_message(invite(n), CALLER, gw1, now)
+    out = feed(core, invite(n), CALLER, gw1, now)
     forwarded = to_callee(out)
-    core.receive_stream_message(answer(forwarded, 100, "Trying"), CALLEE, None, now)
-    core.receive_stream_message(answer(forwarded, 180, "Ringing"), CALLEE, None, now)
-    ok = core.receive_stream_message(answer(forwarded, 200, "OK", SDP), CALLEE, None, now)
+    feed(core, answer(forwarded, 100, "Trying"), CALLEE, None, now)
+    feed(core, answer(forwarded, 180, "Ringing"), CALLEE, None, now)
+    ok = feed(core, answer(forwarded, 200, "OK", SDP), CALLEE, None, now)
     reply = parse_message(next(t.data for t in ok if t.flow == CALLER))
     route = "".join(f"Route: {v}\r\n" for v in reversed(reply.headers.get_all("Record-Route")))
     tag = (reply.headers.get("To") or "").split("tag=")[1]
@@ -128,12 +171,12 @@ def one_call(core: SipCore, n: int, now: float) -> list[Event]:
         f"Via: SIP/2.0/TLS 127.0.0.1:40000;branch=z9hG4bK-{n}-2;rport\r\n{dialog}"
         f"CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
     ).encode()
-    core.receive_stream_message(ack, CALLER, gw1, now)
+    feed(core, ack, CALLER, gw1, now)
     bye = ack.replace(b"ACK sip:", b"BYE sip:").replace(b"CSeq: 1 ACK", b"CSeq: 2 BYE")
     bye = bye.replace(f"-{n}-2;".encode(), f"-{n}-3;".encode())
-    out = core.receive_stream_message(bye, CALLER, gw1, now)
+    out = feed(core, bye, CALLER, gw1, now)
     forwarded_bye = to_callee(out)
-    core.receive_stream_message(answer(forwarded_bye, 200, "OK"), CALLEE, None, now)
+    feed(core, answer(forwarded_bye, 200, "OK"), CALLEE, None, now)
     return core.take_events()
 
 
@@ -178,6 +221,27 @@ def count_instructions(options: list[str], few: int = 100, many: int = 600) -> i
     return (totals[1] - totals[0]) // (many - few)
 
 
+def paced(core: SipCore, rate: float, calls: int) -> int:
+    """The core's own time per message, back to back and then paced, in one process."""
+    global PACER
+    figures = []
+    first = 1000
+    for pace in (1e9, rate):  # 1e9 calls a second: never a wait, the messages back to back
+        PACER = Pacer(pace)
+        for n in range(first, first + calls):
+            one_call(core, n, n / rate)  # the core's clock runs at the rate in both rounds
+        figures.append(PACER.core_ns / PACER.messages / 1000)
+        first += calls
+    PACER = None
+    warm, cold = figures
+    print(
+        f"{calls} calls at {rate:g}/s: the core's own time {warm:.1f} µs a message back to "
+        f"back, {cold:.1f} µs paced ({cold / warm:.1f}x; {cold * MESSAGES_PER_CALL:.0f} µs "
+        "a call)"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=5000)
@@ -192,6 +256,13 @@ def main() -> int:
         "--instructions",
         action="store_true",
         help="count instructions per call under callgrind instead of timing",
+    )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        metavar="RATE",
+        help="hand the messages over at RATE calls a second (idle in between, as the server "
+        "is) and time the core's own calls, paced and back to back",
     )
     args = parser.parse_args()
     if args.instructions:
@@ -216,6 +287,8 @@ def main() -> int:
         call = one_shed_call
     for n in range(200):  # warm up
         call(core, n, 0.0)
+    if args.pace:
+        return paced(core, args.pace, args.calls)
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
