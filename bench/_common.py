@@ -272,10 +272,10 @@ def thread_ids(pids: list[int]) -> set[int]:
     return threads
 
 
-def perf_summary(data: Path, threads: set[int], top: int = 15) -> str:
+def perf_summary(data: Path, threads: set[int], sipserver: bool, top: int = 15) -> str:
     """Of the samples in `threads`, the shares by shared object (the kernel's among them),
-    then the symbols with the most samples of their own; for a DWARF recording, also what
-    each part costs with what it calls (perf_inclusive)."""
+    then the symbols with the most samples of their own; for sipserver (recorded with whole
+    stacks), also what each of its parts costs with what it calls (perf_inclusive)."""
 
     def shares(sort: str) -> list[tuple[str, float]]:
         command = ["perf", "report", "-i", str(data), "--no-children", "--sort", f"pid,{sort}"]
@@ -300,7 +300,7 @@ def perf_summary(data: Path, threads: set[int], top: int = 15) -> str:
     lines += [f"  {share * 100 / total:5.1f}%  {name}" for name, share in objects[:8]]
     lines.append("  own time, top symbols:")
     lines += [f"  {share * 100 / total:5.1f}%  {name}" for name, share in shares("dso,sym")[:top]]
-    inclusive = perf_inclusive(data, threads)
+    inclusive = perf_inclusive(data, threads) if sipserver else ""
     if inclusive:
         lines.append(inclusive)
     return "\n".join(lines)

@@ -362,7 +362,8 @@ def _print_perf(
     if perf is not None and data is not None:
         perf.wait(60)
         if data.exists():
-            print(f"perf of {transport} at {rate}/s ({data}):\n{perf_summary(data, threads)}")
+            summary = perf_summary(data, threads, sipserver=PROXY == "sipserver")
+            print(f"perf of {transport} at {rate}/s ({data}):\n{summary}")
 
 
 def _own_caller_step(
