@@ -14,10 +14,13 @@ moves by a few instructions, so a change worth 1 % shows (apt-get install valgri
 between as the server does in epoll, and times the core's own calls alone: back to back
 the core runs warm; paced, the processor idles between messages and the core meets cold
 caches, as it does in the server (see docs/benchmarks.md, "The core in place").
+`--evict MB` copies MB of other memory before each message instead (or as well): the same
+cold caches made on purpose, less at the mercy of what the VM does while it idles.
 
     python bench/core_calls.py [--calls 5000] [--profile] [--shed] [--admission]
     python bench/core_calls.py --instructions [--shed] [--admission]
     python bench/core_calls.py --pace 800 [--calls 8000]
+    python bench/core_calls.py --evict 64 --calls 1000
 """
 
 from __future__ import annotations
@@ -115,13 +118,15 @@ def to_callee(out: list[Transmit]) -> Request:
 
 
 class Pacer:
-    """--pace: each message handed over at its time of arrival, the core's own time summed."""
+    """--pace/--evict: each message handed over at its time of arrival (sleeping until
+    then), or after `evict` bytes of other memory traffic; the core's own time summed."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, evict: int = 0) -> None:
         self.gap = 1 / (rate * MESSAGES_PER_CALL)
         self.next = time.monotonic()
         self.core_ns = 0
         self.messages = 0
+        self.other = bytearray(evict)  # copied before each message: the caches hold it
 
     def feed(
         self, core: SipCore, data: bytes, flow: Flow, peer: PeerSettings | None, now: float
@@ -130,6 +135,8 @@ class Pacer:
         wait = self.next - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        if self.other:
+            bytes(self.other)
         started = time.perf_counter_ns()
         out = core.receive_stream_message(data, flow, peer, now)
         core.next_deadline()  # as the shell asks after every message
@@ -221,23 +228,29 @@ def count_instructions(options: list[str], few: int = 100, many: int = 600) -> i
     return (totals[1] - totals[0]) // (many - few)
 
 
-def paced(core: SipCore, rate: float, calls: int) -> int:
-    """The core's own time per message, back to back and then paced, in one process."""
+def paced(core: SipCore, rate: float | None, evict_mb: float, calls: int) -> int:
+    """The core's own time per message, back to back and then paced or after other memory
+    traffic (or both), in one process."""
     global PACER
     figures = []
     first = 1000
-    for pace in (1e9, rate):  # 1e9 calls a second: never a wait, the messages back to back
-        PACER = Pacer(pace)
+    clock = rate or 1000.0  # the core's clock runs at the rate in both rounds
+    # 1e9 calls a second: never a wait, the messages back to back.
+    for pacer in (Pacer(1e9), Pacer(rate or 1e9, int(evict_mb * (1 << 20)))):
+        PACER = pacer
         for n in range(first, first + calls):
-            one_call(core, n, n / rate)  # the core's clock runs at the rate in both rounds
-        figures.append(PACER.core_ns / PACER.messages / 1000)
+            one_call(core, n, n / clock)
+        figures.append(pacer.core_ns / pacer.messages / 1000)
         first += calls
     PACER = None
     warm, cold = figures
+    how = " and ".join(
+        ([f"paced at {rate:g} calls/s"] if rate else [])
+        + ([f"after {evict_mb:g} MB of other memory traffic"] if evict_mb else [])
+    )
     print(
-        f"{calls} calls at {rate:g}/s: the core's own time {warm:.1f} µs a message back to "
-        f"back, {cold:.1f} µs paced ({cold / warm:.1f}x; {cold * MESSAGES_PER_CALL:.0f} µs "
-        "a call)"
+        f"{calls} calls: the core's own time {warm:.1f} µs a message back to back, "
+        f"{cold:.1f} µs {how} ({cold / warm:.1f}x; {cold * MESSAGES_PER_CALL:.0f} µs a call)"
     )
     return 0
 
@@ -264,6 +277,14 @@ def main() -> int:
         help="hand the messages over at RATE calls a second (idle in between, as the server "
         "is) and time the core's own calls, paced and back to back",
     )
+    parser.add_argument(
+        "--evict",
+        type=float,
+        default=0.0,
+        metavar="MB",
+        help="copy MB of other memory before each message (what the shell, the kernel and "
+        "other processes do to the caches) and time the core's own calls, so and back to back",
+    )
     args = parser.parse_args()
     if args.instructions:
         options = [flag for flag in ("--shed", "--admission") if getattr(args, flag[2:])]
@@ -287,8 +308,8 @@ def main() -> int:
         call = one_shed_call
     for n in range(200):  # warm up
         call(core, n, 0.0)
-    if args.pace:
-        return paced(core, args.pace, args.calls)
+    if args.pace or args.evict:
+        return paced(core, args.pace, args.evict, args.calls)
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
