@@ -126,7 +126,8 @@ class Pacer:
         self.next = time.monotonic()
         self.core_ns = 0
         self.messages = 0
-        self.other = bytearray(evict)  # copied before each message: the caches hold it
+        # Copied before each message, so that the caches hold it and not the core's memory.
+        self.other = bytearray(evict)
 
     def feed(
         self, core: SipCore, data: bytes, flow: Flow, peer: PeerSettings | None, now: float
@@ -228,7 +229,7 @@ def count_instructions(options: list[str], few: int = 100, many: int = 600) -> i
     return (totals[1] - totals[0]) // (many - few)
 
 
-def paced(core: SipCore, rate: float | None, evict_mb: float, calls: int) -> int:
+def timed_cold(core: SipCore, rate: float | None, evict_mb: float, calls: int) -> int:
     """The core's own time per message, back to back and then paced or after other memory
     traffic (or both), in one process."""
     global PACER
@@ -286,6 +287,10 @@ def main() -> int:
         "other processes do to the caches) and time the core's own calls, so and back to back",
     )
     args = parser.parse_args()
+    if (args.pace or args.evict) and (args.shed or args.profile or args.instructions):
+        parser.error(
+            "--pace and --evict time whole calls alone (no --shed, --profile or --instructions)"
+        )
     if args.instructions:
         options = [flag for flag in ("--shed", "--admission") if getattr(args, flag[2:])]
         per_call = count_instructions(options)
@@ -309,7 +314,7 @@ def main() -> int:
     for n in range(200):  # warm up
         call(core, n, 0.0)
     if args.pace or args.evict:
-        return paced(core, args.pace, args.evict, args.calls)
+        return timed_cold(core, args.pace, args.evict, args.calls)
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()

@@ -23,6 +23,7 @@ class Transport(enum.StrEnum):
 # off the class goes through EnumType.__getattr__, a hook even the compiled core pays.
 UDP: Final = Transport.UDP
 TLS: Final = Transport.TLS
+
 # Calling the enum (Transport("tls")) runs interpreted code even in the compiled core.
 _BY_NAME: Final[dict[str, Transport]] = {transport.value: transport for transport in Transport}
 
