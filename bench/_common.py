@@ -273,12 +273,18 @@ def thread_ids(pids: list[int]) -> set[int]:
     return threads
 
 
+def share_lines(counts: dict[str, float], total: float, top: int | None = None) -> list[str]:
+    """One line per name, largest first: its count as a percentage of `total`."""
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+    return [f"  {count * 100 / total:5.1f}%  {name}" for name, count in ranked]
+
+
 def perf_summary(data: Path, threads: set[int], sipserver: bool, top: int = 15) -> str:
     """Of the samples in `threads`, the shares by shared object (the kernel's among them),
     then the symbols with the most samples of their own; for sipserver (recorded with whole
     stacks), also what each of its parts costs with what it calls (perf_inclusive)."""
 
-    def shares(sort: str) -> list[tuple[str, float]]:
+    def shares(sort: str) -> dict[str, float]:
         command = ["perf", "report", "-i", str(data), "--no-children", "--sort", f"pid,{sort}"]
         command += ["--stdio", "-g", "none", "-q", "--field-separator", ";"]
         out = subprocess.run(command, capture_output=True, text=True).stdout
@@ -291,16 +297,16 @@ def perf_summary(data: Path, threads: set[int], sipserver: bool, top: int = 15) 
             if tid.isdigit() and int(tid) in threads:
                 key = " ".join(fields[2:])
                 found[key] = found.get(key, 0.0) + float(fields[0].rstrip("%"))
-        return sorted(found.items(), key=lambda item: -item[1])
+        return found
 
     objects = shares("dso")
-    total = sum(share for _, share in objects)
+    total = sum(objects.values())
     if not total:
         return "no samples"
     lines = [f"  the proxy: {total:.1f} % of the samples recorded; own time by shared object:"]
-    lines += [f"  {share * 100 / total:5.1f}%  {name}" for name, share in objects[:8]]
+    lines += share_lines(objects, total, 8)
     lines.append("  own time, top symbols:")
-    lines += [f"  {share * 100 / total:5.1f}%  {name}" for name, share in shares("dso,sym")[:top]]
+    lines += share_lines(shares("dso,sym"), total, top)
     inclusive = perf_inclusive(data, threads) if sipserver else ""
     if inclusive:
         lines.append(inclusive)
@@ -346,8 +352,8 @@ def perf_inclusive(data: Path, threads: set[int], top: int = 8) -> str:
     deep = [stack for stack in stacks if len(stack) > 8]
     if not deep or len(deep) < len(stacks) // 2:
         return ""  # frame-pointer stacks: too short to say who called what
-    parts: dict[str, int] = {}
-    entries: dict[str, int] = {}
+    parts: dict[str, float] = {}
+    entries: dict[str, float] = {}
     for stack in stacks:
         part = _perf_part(stack)
         parts[part] = parts.get(part, 0) + 1
@@ -355,24 +361,17 @@ def perf_inclusive(data: Path, threads: set[int], top: int = 8) -> str:
         if compiled:
             entry = compiled[-1].removeprefix("CPyPy_").removeprefix("CPyDef_")
             entries[entry] = entries.get(entry, 0) + 1
-    lines = ["  with what each part calls (whole stacks):"]
-    lines += [
-        f"  {count * 100 / len(stacks):5.1f}%  {name}"
-        for name, count in sorted(parts.items(), key=lambda item: -item[1])
-    ]
+    entries = {name: n for name, n in entries.items() if n * 1000 >= len(stacks)}  # >= 0.1 %
+    lines = ["  with what each part calls (whole stacks):", *share_lines(parts, len(stacks))]
     lines.append("  the compiled core by entry point, with what it calls:")
-    lines += [
-        f"  {count * 100 / len(stacks):5.1f}%  {name}"
-        for name, count in sorted(entries.items(), key=lambda item: -item[1])[:top]
-        if count * 1000 >= len(stacks)  # 0.1 % or more
-    ]
+    lines += share_lines(entries, len(stacks), top)
     return "\n".join(lines)
 
 
 def profile_summary(raw: Path, top: int = 15) -> str:
     """Share of samples by area, and the functions with the most samples of their own."""
-    areas: dict[str, int] = {}
-    leaves: dict[str, int] = {}
+    areas: dict[str, float] = {}
+    leaves: dict[str, float] = {}
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -392,14 +391,7 @@ def profile_summary(raw: Path, top: int = 15) -> str:
         areas[area] = areas.get(area, 0) + count
     if not total:
         return "no samples"
-    lines = [f"{total} samples"]
-    lines += [
-        f"  {share * 100 / total:5.1f}%  {name}"
-        for name, share in sorted(areas.items(), key=lambda i: -i[1])
-    ]
+    lines = [f"{total} samples", *share_lines(areas, total)]
     lines.append("  own time, top functions:")
-    lines += [
-        f"  {n * 100 / total:5.1f}%  {leaf}"
-        for leaf, n in sorted(leaves.items(), key=lambda i: -i[1])[:top]
-    ]
+    lines += share_lines(leaves, total, top)
     return "\n".join(lines)

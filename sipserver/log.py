@@ -76,6 +76,15 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _utf8(value: Any) -> Any:
+    """A string (or the strings of a list) with non-UTF-8 bytes written as escapes."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list | tuple):
+        return [_text(item) if isinstance(item, str) else item for item in value]
+    return value
+
+
 def _valid_utf8(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key, value in event.items():
         event[key] = _utf8(value)
@@ -102,15 +111,6 @@ def _deep_utf8(value: Any) -> Any:
 
 # structlog's add_log_level: the level a logging method writes under.
 _LEVEL_NAMES = {"warn": "warning", "exception": "error"}
-
-
-def _utf8(value: Any) -> Any:
-    """_valid_utf8 for one value."""
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, list | tuple):
-        return [_text(item) if isinstance(item, str) else item for item in value]
-    return value
 
 
 def _json_line(worker: int | str | None) -> Callable[[WrappedLogger, str, EventDict], bytes]:
