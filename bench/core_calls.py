@@ -21,6 +21,15 @@ cold caches made on purpose, less at the mercy of what the VM does while it idle
     python bench/core_calls.py --instructions [--shed] [--admission]
     python bench/core_calls.py --pace 800 [--calls 8000]
     python bench/core_calls.py --evict 64 --calls 1000
+    python bench/core_calls.py --misses
+
+`--misses` says where the cold cost comes from: it runs the calls under valgrind's
+callgrind with the caches of this machine's cores simulated (32 KiB L1 for code and for
+data, 1 MiB L2 as the last level) and 2 MiB of other memory read before each message, as
+--evict does, and prints the cache lines each message has to fetch from beyond the L2
+(in the server: from the shared L3 or from memory), in all and by function. Like
+--instructions it differences two runs (50 and 250 calls), so start-up cancels out, and
+like it the figures are counts, steady from run to run.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,13 +132,16 @@ class Pacer:
     """--pace/--evict: each message handed over at its time of arrival (sleeping until
     then), or after `evict` bytes of other memory traffic; the core's own time summed."""
 
-    def __init__(self, rate: float, evict: int = 0) -> None:
+    def __init__(self, rate: float, evict: int = 0, *, by_crc: bool = False) -> None:
         self.gap = 1 / (rate * MESSAGES_PER_CALL)
         self.next = time.monotonic()
         self.core_ns = 0
         self.messages = 0
         # Copied before each message, so that the caches hold it and not the core's memory.
         self.other = bytearray(evict)
+        # Under cachegrind the memory is read by zlib's crc32 instead of copied: the core
+        # never calls it, so its misses can be told apart from the core's.
+        self.by_crc = by_crc
 
     def feed(
         self, core: SipCore, data: bytes, flow: Flow, peer: PeerSettings | None, now: float
@@ -136,7 +150,9 @@ class Pacer:
         wait = self.next - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        if self.other:
+        if self.by_crc:
+            zlib.crc32(self.other)
+        elif self.other:
             bytes(self.other)
         started = time.perf_counter_ns()
         out = core.receive_stream_message(data, flow, peer, now)
@@ -229,6 +245,128 @@ def count_instructions(options: list[str], few: int = 100, many: int = 600) -> i
     return (totals[1] - totals[0]) // (many - few)
 
 
+# Cachegrind's caches, as this machine's cores have them (lscpu): what misses the L2 is
+# fetched from the shared L3 or from memory.
+CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,16,64"]
+FLUSH_BYTES = 2 << 20  # read before each message: twice the simulated L2
+LINE_EVENTS = ("ILmr", "DLmr", "DLmw")  # the lines fetched from beyond the L2
+
+
+# Only the core's own calls are counted (the harness building and reading messages is
+# not): callgrind collects from entry to return of the shell's two ways in.
+CORE_ENTRIES = (
+    "CPyPy_core___SipCore___receive_stream_message",
+    "CPyPy_core___SipCore___next_deadline",
+)
+
+
+def count_misses(few: int = 50, many: int = 250, top: int = 40) -> int:
+    """--misses: cache lines per message from beyond the L2, differenced between `many`
+    and `few` cold calls under callgrind, in all and for the functions that fetch most."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--misses needs valgrind (apt-get install valgrind)")
+    if not compiled_core():
+        raise SystemExit("--misses counts from the compiled core's entry points: build it first")
+    runs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for calls in (few, many):
+            out = Path(scratch) / f"callgrind.{calls}"
+            tool = [valgrind, "--tool=callgrind", "--cache-sim=yes", *CACHES]
+            tool += ["--collect-atstart=no", *(f"--toggle-collect={e}" for e in CORE_ENTRIES)]
+            tool += ["--compress-strings=no", "--compress-pos=no"]
+            child = [sys.executable, __file__, "--calls", str(calls), "--cold-calls"]
+            subprocess.run(
+                [*tool, f"--callgrind-out-file={out}", *child],
+                env={**os.environ, "PYTHONHASHSEED": "0"},
+                capture_output=True,
+                check=True,
+            )
+            runs.append(self_cost_by_function(out.read_text()))
+    messages = (many - few) * MESSAGES_PER_CALL
+    per_function: dict[str, dict[str, float]] = {}
+    for name, counts in runs[1].items():
+        before = runs[0].get(name, {})
+        per_function[name] = {
+            event: (count - before.get(event, 0)) / messages for event, count in counts.items()
+        }
+    total = {
+        event: sum(events.get(event, 0.0) for events in per_function.values())
+        for event in ("Ir", "I1mr", "D1mr", "D1mw", *LINE_EVENTS)
+    }
+    beyond = sum(total[event] for event in LINE_EVENTS)
+    print(
+        f"per message in the core, cold (2 MiB read before each): {total['Ir']:,.0f} "
+        f"instructions, {total['I1mr']:,.0f} L1 code misses, "
+        f"{total['D1mr'] + total['D1mw']:,.0f} L1 data misses, {beyond:,.0f} lines from "
+        f"beyond the L2 ({total['ILmr']:,.0f} code, {total['DLmr'] + total['DLmw']:,.0f} "
+        f"data: {beyond * 64 / 1024:,.1f} KiB)"
+    )
+    by_object: dict[str, list[float]] = {}
+    for name, events in per_function.items():
+        shares = by_object.setdefault(name.split(":", 1)[0], [0.0, 0.0])
+        shares[0] += events.get("ILmr", 0.0)
+        shares[1] += events.get("DLmr", 0.0) + events.get("DLmw", 0.0)
+    print(f"\n{'lines':>7} {'code':>6} {'data':>6}  object")
+    for shared_object, (code, data) in sorted(by_object.items(), key=lambda i: -sum(i[1])):
+        if code + data >= 1:
+            print(f"{code + data:7.1f} {code:6.1f} {data:6.1f}  {shared_object}")
+    ranked = sorted(
+        per_function.items(), key=lambda item: -sum(item[1].get(e, 0.0) for e in LINE_EVENTS)
+    )
+    print(f"\n{'lines':>7} {'code':>6} {'data':>6} {'instr':>8}  function (its own cost)")
+    for name, events in ranked[:top]:
+        lines = sum(events.get(e, 0.0) for e in LINE_EVENTS)
+        data = events.get("DLmr", 0.0) + events.get("DLmw", 0.0)
+        print(
+            f"{lines:7.1f} {events.get('ILmr', 0.0):6.1f} {data:6.1f} "
+            f"{events.get('Ir', 0.0):8.0f}  {name}"
+        )
+    return 0
+
+
+def compiled_core() -> bool:
+    import sipserver.proxy.core as core_module
+
+    return not core_module.__file__ or not core_module.__file__.endswith(".py")
+
+
+def self_cost_by_function(text: str) -> dict[str, dict[str, int]]:
+    """A callgrind output file's self cost per function ("object:function"): the line
+    after a `calls=` line is the callee's inclusive cost, which is not the caller's own."""
+    events: list[str] = []
+    totals: dict[str, dict[str, int]] = {}
+    current: dict[str, int] = {}
+    shared_object = ""
+    skip_next = False
+    for line in text.splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("ob="):
+            shared_object = line[3:].rsplit("/", 1)[-1]
+        elif line.startswith("fn="):
+            current = totals.setdefault(f"{shared_object}:{line[3:]}", {})
+        elif line.startswith("calls="):
+            skip_next = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if skip_next:
+                skip_next = False
+                continue
+            # A line may leave out its trailing zero counts.
+            for event, count in zip(events, line.split()[1:], strict=False):
+                current[event] = current.get(event, 0) + int(count)
+    return totals
+
+
+def cold_calls(core: SipCore, calls: int) -> int:
+    """--misses' child under cachegrind: `calls` calls, the L2 flushed before each message."""
+    global PACER
+    PACER = Pacer(1e9, FLUSH_BYTES, by_crc=True)
+    for n in range(1000, 1000 + calls):
+        one_call(core, n, n / 1000)
+    return 0
+
+
 def timed_cold(core: SipCore, rate: float | None, evict_mb: float, calls: int) -> int:
     """The core's own time per message, back to back and then paced or after other memory
     traffic (or both), in one process."""
@@ -286,7 +424,16 @@ def main() -> int:
         help="copy MB of other memory before each message (what the shell, the kernel and "
         "other processes do to the caches) and time the core's own calls, so and back to back",
     )
+    parser.add_argument(
+        "--misses",
+        action="store_true",
+        help="count the cache lines each message fetches from beyond the L2, cold, under "
+        "cachegrind, in all and by function",
+    )
+    parser.add_argument("--cold-calls", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.misses:
+        return count_misses()
     if (args.pace or args.evict) and (args.shed or args.profile or args.instructions):
         parser.error(
             "--pace and --evict time whole calls alone (no --shed, --profile or --instructions)"
@@ -313,6 +460,8 @@ def main() -> int:
         call = one_shed_call
     for n in range(200):  # warm up
         call(core, n, 0.0)
+    if args.cold_calls:
+        return cold_calls(core, args.calls)
     if args.pace or args.evict:
         return timed_cold(core, args.pace, args.evict, args.calls)
     profiler = cProfile.Profile() if args.profile else None
