@@ -56,6 +56,7 @@ from sipserver.config.loader import parse_config  # noqa: E402
 from sipserver.config.schema import PeerSettings  # noqa: E402
 from sipserver.proxy.core import SipCore  # noqa: E402
 from sipserver.proxy.events import Event  # noqa: E402
+from sipserver.server.collector import tune_for_serving  # noqa: E402
 from sipserver.sip.flow import Flow, Transmit, Transport  # noqa: E402
 from sipserver.sip.message import Request, parse_message  # noqa: E402
 
@@ -453,6 +454,7 @@ def main() -> int:
         text += "max_calls = 1000000\n[limits]\nmax_calls = 1000000\n"
     config = parse_config(text)
     core = SipCore(config)
+    tune_for_serving()  # the collector as the server has it: each young pass walks cold memory
     call: Callable[[SipCore, int, float], object] = one_call
     if args.shed:
         core.set_overloaded(True, 0.5)

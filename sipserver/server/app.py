@@ -9,7 +9,6 @@ limits.idle_timeout, writes by limits.send_timeout.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import math
 import os
 import socket
@@ -29,6 +28,7 @@ from sipserver.proxy.sharing import BindingSharing
 from sipserver.server.admin import serve_admin, serve_admin_socket, snapshot_pages
 from sipserver.server.binding_store import BindingStore, owner_name
 from sipserver.server.capture import HepCapture
+from sipserver.server.collector import tune_for_serving
 from sipserver.server.connections import StreamService
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
@@ -49,12 +49,6 @@ from sipserver.transport.pool import ConnectionPool
 from sipserver.transport.resp import RespClient, StoreAddress
 
 log = structlog.get_logger("sipserver")
-FULL_GC_AFTER = 100  # middle-generation passes per full one
-# Young objects (net of those already freed) per young pass; CPython's default is 700. A
-# proxied call leaves its transactions alive for 32 s, so the young passes came about
-# every call and found them alive: at 800 calls/s the collector took 26-40 µs per call at
-# 700 and 17-19 µs at 20,000 (middle passes 58 -> 10 in 10 s, the longest 3.9 ms).
-YOUNG_GC_AFTER = 20_000
 SUPERVISOR_CHECK = 1.0  # seconds between a worker's checks that its supervisor lives
 UDP_BATCH = 16  # datagrams that were waiting handled in one step before other tasks run
 
@@ -190,16 +184,7 @@ class Server:
                     lambda: self.config.server.shutdown_grace,
                     nursery.cancel_scope,
                 )
-            # Everything made so far (modules, configuration, certificates) lives as long as
-            # the server: keep it out of the collector's full passes, whose pauses grow
-            # with the heap and show as a tail of slow calls.
-            gc.freeze()
-            # While the heap grows (a burst of calls, each holding its transactions for
-            # 32 s), a full pass came every ~3 s and paused the loop 30-80 ms to find
-            # nothing: cycles are rare here, reference counting frees the rest. A full pass
-            # after ten times as many younger ones (the default is 10) keeps them rare.
-            _young, middle, _full = gc.get_threshold()
-            gc.set_threshold(YOUNG_GC_AFTER, middle, FULL_GC_AFTER)
+            tune_for_serving()
             log.info(
                 "server_ready" if self.worker is None else "worker_ready",
                 fqdn=cfg.server.fqdn,
