@@ -7,7 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sipserver.sip.framing import PING, FramingError, StreamFramer, content_lengths
-from sipserver.sip.message import ParseLimits, find_head_end
+from sipserver.sip.message import ParseLimits, _head_bounds, find_head_end, parse_message
 
 
 def _msg(n: int, body: bytes = b"") -> bytes:
@@ -47,6 +47,45 @@ def test_the_head_ends_where_the_regex_said(data: bytes, start: int) -> None:
     expected = None if match is None else (match.start(), match.end())
     assert find_head_end(data, start) == expected
     assert find_head_end(bytearray(data), start) == expected
+
+
+@given(st.lists(LINE_BITS, max_size=12).map(b"".join))
+@example(b"a\r\n\r\nb\n\n")
+@example(b"a\n\nb\r\n\r\n")
+def test_the_parser_ends_the_head_where_the_framer_does(data: bytes) -> None:
+    """parse_message finds the end in text, the framer in bytes: one rule, both places."""
+    found = find_head_end(data)
+    if found is not None:
+        assert _head_bounds(data.decode("latin-1")) == found
+
+
+NAME_TEXT = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters='"\\'), max_size=8
+)
+
+
+@given(NAME_TEXT, st.binary(max_size=40), st.booleans())
+@example("Jörg", b"\xff\xfe v=0\r\n\r\n", True)
+def test_the_body_is_the_bytes_after_the_head_whatever_they_are(
+    name: str, body: bytes, bare_lf: bool
+) -> None:
+    """The body is cut from the bytes, the head read as text: a multibyte name in the head
+    or bytes that are not UTF-8 in the body must not shift where the body starts."""
+    end = "\n" if bare_lf else "\r\n"
+    head = end.join(
+        [
+            "MESSAGE sip:a@example.test SIP/2.0",
+            "Via: SIP/2.0/UDP h.example.test;branch=z9hG4bK-1",
+            f'From: "{name}" <sip:x@example.test>;tag=1',
+            "To: <sip:a@example.test>",
+            "Call-ID: 1",
+            "CSeq: 1 MESSAGE",
+            f"Content-Length: {len(body)}",
+        ]
+    )
+    message = parse_message(f"{head}{end}{end}".encode() + body + b"extra", stream=False)
+    assert message.body == body
+    assert message.headers.get("From") == f'"{name}" <sip:x@example.test>;tag=1'
 
 
 def test_missing_content_length_loses_framing_and_keeps_the_head() -> None:
