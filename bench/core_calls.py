@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from sipserver.build import core_build  # noqa: E402
 from sipserver.config.loader import parse_config  # noqa: E402
 from sipserver.config.schema import PeerSettings  # noqa: E402
 from sipserver.proxy.core import SipCore  # noqa: E402
@@ -224,31 +225,41 @@ def one_shed_call(core: SipCore, n: int, now: float) -> None:
     core.take_events()
 
 
+def under_callgrind(
+    what: str, calls: int, options: list[str], tool: list[str] | None = None, out: str = "/dev/null"
+) -> str:
+    """Run this script for `calls` calls, with `options`, under callgrind (with `tool`'s
+    options), the hash seed fixed so that two runs differ by their calls alone. Returns
+    valgrind's own output."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit(f"{what} needs valgrind (apt-get install valgrind)")
+    callgrind = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *(tool or [])]
+    run = subprocess.run(
+        [*callgrind, sys.executable, __file__, "--calls", str(calls), *options],
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return run.stderr
+
+
 def count_instructions(options: list[str], few: int = 100, many: int = 600) -> int:
     """Instructions per call: callgrind's totals for `many` and `few` calls, differenced
     (start-up, imports and warm-up cancel out)."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     totals = []
     for calls in (few, many):
-        callgrind = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-        run = subprocess.run(
-            [*callgrind, sys.executable, __file__, "--calls", str(calls), *options],
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        found = re.search(r"Collected : (\d+)", run.stderr)
+        stderr = under_callgrind("--instructions", calls, options)
+        found = re.search(r"Collected : (\d+)", stderr)
         if found is None:
-            raise SystemExit(f"no instruction count in valgrind's output:\n{run.stderr[-2000:]}")
+            raise SystemExit(f"no instruction count in valgrind's output:\n{stderr[-2000:]}")
         totals.append(int(found.group(1)))
     return (totals[1] - totals[0]) // (many - few)
 
 
-# Cachegrind's caches, as this machine's cores have them (lscpu): what misses the L2 is
-# fetched from the shared L3 or from memory.
+# The caches callgrind simulates, as this machine's cores have them (lscpu): what misses
+# the L2 is fetched from the shared L3 or from memory.
 CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,16,64"]
 FLUSH_BYTES = 2 << 20  # read before each message: twice the simulated L2
 LINE_EVENTS = ("ILmr", "DLmr", "DLmw")  # the lines fetched from beyond the L2
@@ -265,25 +276,16 @@ CORE_ENTRIES = (
 def count_misses(few: int = 50, many: int = 250, top: int = 40) -> int:
     """--misses: cache lines per message from beyond the L2, differenced between `many`
     and `few` cold calls under callgrind, in all and for the functions that fetch most."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("--misses needs valgrind (apt-get install valgrind)")
-    if not compiled_core():
+    if core_build() != "compiled":
         raise SystemExit("--misses counts from the compiled core's entry points: build it first")
+    tool = ["--cache-sim=yes", *CACHES, "--collect-atstart=no"]
+    tool += [f"--toggle-collect={entry}" for entry in CORE_ENTRIES]
+    tool += ["--compress-strings=no", "--compress-pos=no"]
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for calls in (few, many):
             out = Path(scratch) / f"callgrind.{calls}"
-            tool = [valgrind, "--tool=callgrind", "--cache-sim=yes", *CACHES]
-            tool += ["--collect-atstart=no", *(f"--toggle-collect={e}" for e in CORE_ENTRIES)]
-            tool += ["--compress-strings=no", "--compress-pos=no"]
-            child = [sys.executable, __file__, "--calls", str(calls), "--cold-calls"]
-            subprocess.run(
-                [*tool, f"--callgrind-out-file={out}", *child],
-                env={**os.environ, "PYTHONHASHSEED": "0"},
-                capture_output=True,
-                check=True,
-            )
+            under_callgrind("--misses", calls, ["--cold-calls"], tool, str(out))
             runs.append(self_cost_by_function(out.read_text()))
     messages = (many - few) * MESSAGES_PER_CALL
     per_function: dict[str, dict[str, float]] = {}
@@ -325,12 +327,6 @@ def count_misses(few: int = 50, many: int = 250, top: int = 40) -> int:
             f"{events.get('Ir', 0.0):8.0f}  {name}"
         )
     return 0
-
-
-def compiled_core() -> bool:
-    import sipserver.proxy.core as core_module
-
-    return not core_module.__file__ or not core_module.__file__.endswith(".py")
 
 
 def self_cost_by_function(text: str) -> dict[str, dict[str, int]]:
