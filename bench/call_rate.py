@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -36,10 +38,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _common import (
+    REPO,
     free_port,
     kernel_seconds_tree,
     percentiles,
@@ -199,6 +203,34 @@ def start_kamailio(
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError("kamailio did not start (kamailio -c -f bench/kamailio.cfg says why)")
+
+
+def start_relay(
+    work: Path, ca: Issued, transport: str, target_port: int, options: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """bench/relay_floor.py in sipserver's place (--proxy relay): the same I/O, no SIP
+    work, so its CPU per call is the floor under sipserver's (relay-plain: no trio
+    either; relay-core: no trio, UDP through sipserver's core)."""
+    _write_pki(work, ca)
+    sip_port, tls_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, str(Path(__file__).parent / "relay_floor.py")),
+            *("--sip-port", str(sip_port), "--tls-port", str(tls_port)),
+            *("--callee-port", str(target_port)),
+            *("--certificate", str(work / "server" / "sip.crt")),
+            *("--key", str(work / "server" / "sip.key"), "--ca", str(work / "trust" / "ca.crt")),
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        proc.kill()
+        raise RuntimeError("relay_floor.py did not start")
+    return proc, sip_port, tls_port
 
 
 def _routed() -> int:
@@ -448,9 +480,12 @@ def main() -> int:
     parser.add_argument("--server-log", type=Path, help="append the server's JSON log to this file")
     parser.add_argument(
         "--proxy",
-        choices=("sipserver", "kamailio"),
+        choices=("sipserver", "kamailio", "relay", "relay-plain", "relay-core"),
         default="sipserver",
-        help="the proxy under test: kamailio runs bench/kamailio.cfg in its place, same calls",
+        help="the proxy under test: kamailio runs bench/kamailio.cfg in its place, same calls;"
+        " relay runs bench/relay_floor.py (sipserver's I/O with no SIP work: the floor), "
+        "relay-plain the same relay on a bare epoll loop without trio, relay-core that loop "
+        "with sipserver's core handling each datagram (udp only)",
     )
     parser.add_argument(
         "--kamailio-memory",
@@ -573,8 +608,16 @@ def main() -> int:
                         "verifyChain = yes\nrequireCert = yes\n",
                     )
                 )
-            start = start_kamailio if args.proxy == "kamailio" else start_bench_server
-            proc, sip_port, tls_port = start(work, ca, transport, target_port)
+            starters: dict[
+                str, Callable[[Path, Issued, str, int], tuple[subprocess.Popen[bytes], int, int]]
+            ] = {
+                "kamailio": start_kamailio,
+                "relay": start_relay,
+                "relay-plain": functools.partial(start_relay, options=("--io", "plain")),
+                "relay-core": functools.partial(start_relay, options=("--io", "plain", "--core")),
+                "sipserver": start_bench_server,
+            }
+            proc, sip_port, tls_port = starters[args.proxy](work, ca, transport, target_port)
             stack.callback(stop_process, proc)
             caller_port = sip_port
             if transport in ("tls", *MUTUAL_TLS):
