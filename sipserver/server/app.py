@@ -28,7 +28,7 @@ from sipserver.proxy.sharing import BindingSharing
 from sipserver.server.admin import serve_admin, serve_admin_socket, snapshot_pages
 from sipserver.server.binding_store import BindingStore, owner_name
 from sipserver.server.capture import HepCapture
-from sipserver.server.collector import tune_for_serving
+from sipserver.server.collector import SWEEP_SECONDS, Sweep, sweep_every, tune_for_serving
 from sipserver.server.connections import StreamService
 from sipserver.server.credentials import Credentials
 from sipserver.server.drain import Drain, serve_signals
@@ -174,6 +174,7 @@ class Server:
             nursery.start_soon(self.overload.run)
             nursery.start_soon(self.capture.run)
             nursery.start_soon(self._repeat_summaries)
+            nursery.start_soon(sweep_every, SWEEP_SECONDS, _log_sweep)
             if self.worker is not None:
                 nursery.start_soon(self._watch_supervisor, nursery.cancel_scope)
             if handle_signals:
@@ -488,3 +489,13 @@ class Server:
             log.exception("internal_error", transport="udp", remote=flow.remote_text)
             return
         await self.dispatch(transmits)
+
+
+def _log_sweep(swept: Sweep) -> None:
+    log.info(
+        "memory_swept",
+        collected=swept.collected,
+        frozen_before=swept.frozen_before,
+        frozen_after=swept.frozen_after,
+        pause_ms=round(swept.seconds * 1000, 1),
+    )

@@ -300,6 +300,14 @@ EVENTS: tuple[EventDoc, ...] = (
         "`busy`, `limit`, `action` / `seconds`, `calls_shed`, `peak_busy`, `busy`",
     ),
     EventDoc(
+        ("memory_swept",),
+        "info",
+        "the garbage collector's full pass, hourly (the objects that survive a "
+        "young pass are kept out of the other passes until then): `collected` (objects in "
+        "cycles freed), `frozen_before`, `frozen_after` (objects kept out), `pause_ms` (the "
+        "loop stood still that long)",
+    ),
+    EventDoc(
         ("call_shed",),
         "debug",
         "a new call refused with 503 + Retry-After in overload; the request fields",
