@@ -556,6 +556,9 @@ def main() -> int:
     args = parser.parse_args()
     global SERVER_LOG, SHED_OK, PROFILE, PERF, WORKERS, TLS_CALLER, CAPTURE, ADMISSION
     global INSTRUCTIONS, KAMAILIO_MEMORY, PROXY
+    if args.proxy == "relay-core" and args.transports != "udp":
+        print("relay-core puts the core on UDP only: --transports udp", file=sys.stderr)
+        return 2
     if args.instructions:
         if args.proxy != "sipserver" or args.workers != 1 or args.tls_caller != "stunnel":
             print("--instructions counts one sipserver process called by sipp", file=sys.stderr)

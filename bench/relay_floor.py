@@ -232,6 +232,9 @@ def main() -> int:
     parser.add_argument("--certificate", type=Path, required=True, help="PEM, the server's")
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument(
+        "--ca", type=Path, required=True, help="the CA callers' certificates chain to"
+    )
+    parser.add_argument(
         "--io",
         choices=("trio", "plain"),
         default="trio",
@@ -240,10 +243,9 @@ def main() -> int:
     parser.add_argument(
         "--core", action="store_true", help="with --io plain: UDP through sipserver's core"
     )
-    parser.add_argument(
-        "--ca", type=Path, required=True, help="the CA callers' certificates chain to"
-    )
     args = parser.parse_args()
+    if args.core and args.io != "plain":
+        parser.error("--core runs on the bare loop: --io plain")
     chain = x509.load_pem_x509_certificates(args.certificate.read_bytes())
     key = load_pem_private_key(args.key.read_bytes(), None)
     ca = x509.load_pem_x509_certificates(args.ca.read_bytes())
