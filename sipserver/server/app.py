@@ -174,7 +174,7 @@ class Server:
             nursery.start_soon(self.overload.run)
             nursery.start_soon(self.capture.run)
             nursery.start_soon(self._repeat_summaries)
-            nursery.start_soon(sweep_every, SWEEP_SECONDS, _log_sweep)
+            nursery.start_soon(sweep_every, SWEEP_SECONDS, _log_sweep, self._loop_busy)
             if self.worker is not None:
                 nursery.start_soon(self._watch_supervisor, nursery.cancel_scope)
             if handle_signals:
@@ -333,6 +333,9 @@ class Server:
             interval = self.config.log.repeat_interval
             await trio.sleep(interval if interval > 0 else 10.0)
             self.repeats.flush(trio.current_time(), interval)
+
+    def _loop_busy(self) -> float:
+        return self.overload.busy
 
     def _wake_timer(self) -> None:
         self._timer_wakeup.set()

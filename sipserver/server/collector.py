@@ -28,7 +28,8 @@ from typing import Final
 import trio
 
 # Between two sweeps. A sweep walks every live object: at 800 calls/s over UDP, 470,000-
-# 580,000 of them, 445-531 ms, long enough for the overload guard to shed for a moment.
+# 580,000 of them, 445-531 ms, long enough for the overload guard to shed for a moment
+# (so it waits for a quiet moment when it can: see sweep_every).
 # It found no cycle there in 50 s; hourly, it bounds what rarer paths (errors, closed
 # connections) might leave.
 SWEEP_SECONDS: Final = 3600.0
@@ -72,8 +73,20 @@ def sweep() -> Sweep:
     return Sweep(collected, frozen_before, frozen_after, time.perf_counter() - started)
 
 
-async def sweep_every(seconds: float, swept: Callable[[Sweep], None]) -> None:
-    """Sweep every `seconds`, for ever, and tell `swept` how each went."""
+QUIET_BUSY: Final = 0.5  # the loop's busy share under which a sweep may run
+QUIET_CHECK_SECONDS: Final = 1.0
+
+
+async def sweep_every(
+    seconds: float, swept: Callable[[Sweep], None], busy: Callable[[], float] = lambda: 0.0
+) -> None:
+    """Sweep every `seconds`, for ever, and tell `swept` how each went. A sweep that falls
+    due while the loop is busy (`busy()`, its share of the last moment at work, at
+    QUIET_BUSY or more) waits for a quieter moment, up to another `seconds`: its pause
+    would otherwise let a backlog build at the worst time, and the overload guard shed."""
     while True:
         await trio.sleep(seconds)
+        latest = trio.current_time() + seconds
+        while busy() >= QUIET_BUSY and trio.current_time() < latest:
+            await trio.sleep(QUIET_CHECK_SECONDS)
         swept(sweep())

@@ -302,8 +302,9 @@ EVENTS: tuple[EventDoc, ...] = (
     EventDoc(
         ("memory_swept",),
         "info",
-        "the garbage collector's full pass, hourly (the objects that survive a "
-        "young pass are kept out of the other passes until then): `collected` (objects in "
+        "the garbage collector's full pass, hourly, put off while the loop is busy (by an "
+        "hour at most); the objects that survive a young pass are kept out of the other "
+        "passes until then: `collected` (objects in "
         "cycles freed), `frozen_before`, `frozen_after` (objects kept out), `pause_ms` (the "
         "loop stood still that long)",
     ),

@@ -97,3 +97,33 @@ def test_the_server_sweeps_every_interval_and_says_how_it_went() -> None:
     )
     assert [when for when, _ in seen] == [600.0, 1200.0]
     assert all(collected >= 0 for _, collected in seen)
+
+
+def test_a_sweep_due_while_the_loop_is_busy_waits_for_a_quiet_moment_or_one_interval() -> None:
+    seen = run(
+        """
+        import json, trio, trio.testing
+        from sipserver.server.collector import sweep_every
+        async def main(quiet_from):
+            sweeps = []
+            done = trio.Event()
+            def busy():
+                return 0.9 if trio.current_time() < quiet_from else 0.1
+            def swept(result):
+                sweeps.append(trio.current_time())
+                done.set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sweep_every, 600.0, swept, busy)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+            return sweeps
+        found = []
+        for quiet_from in (650.5, 1e9):  # quiet 50 s after it fell due; never quiet
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            found.append(trio.run(main, quiet_from, clock=clock))
+        print(json.dumps(found))
+        """
+    )
+    after_the_busy_spell, never_quiet = seen
+    assert after_the_busy_spell == [651.0]  # the first check of the loop once it was quiet
+    assert never_quiet == [1200.0]  # at the latest one interval late
