@@ -22,6 +22,23 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def peers_and_plan(
+    callee_port: int, callee_transport: str, security: str = "unsecured", caller_extra: str = ""
+) -> str:
+    """The configuration's peers and dial plan for the bench calls: the caller gw1 and the
+    callee pbx1 both on 127.0.0.1, numbers 5xxx from gw1 routed to pbx1. `caller_extra`:
+    more keys for gw1."""
+    return (
+        '[[peer]]\nname = "gw1"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
+        + caller_extra
+        + '[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\n'
+        f'addresses = ["127.0.0.1"]\nport = {callee_port}\ntransport = "{callee_transport}"\n'
+        "health_check = 0\n"
+        f'[[dial_plan]]\nname = "bench"\nsecurity = "{security}"\nnumbers = ["5xxx"]\n'
+        'from = ["gw1"]\ntargets = ["pbx1"]\n'
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -46,6 +46,7 @@ from _common import (
     REPO,
     free_port,
     kernel_seconds_tree,
+    peers_and_plan,
     percentiles,
     perf_record,
     perf_summary,
@@ -121,11 +122,12 @@ def start_bench_server(
         '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\nsip_port = 0\ntls_port = 0\n'
         f"workers = {WORKERS}\n"
         '[tls]\ncertificate_dir = "server"\ntrust_dir = "trust"\n'
-        '[[peer]]\nname = "gw1"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
-        + ("max_calls = 1000000\nmax_call_rate = 1000000.0\n" if ADMISSION else "")
-        + f'[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\naddresses = ["127.0.0.1"]\n'
-        f'port = {target_port}\ntransport = "{target_transport}"\nhealth_check = 0\n'
-        f'[[dial_plan]]\nname = "bench"\nsecurity = "{security}"\nnumbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
+        + peers_and_plan(
+            target_port,
+            target_transport,
+            security,
+            "max_calls = 1000000\nmax_call_rate = 1000000.0\n" if ADMISSION else "",
+        )
     )
     if ADMISSION:
         with config.open("a") as text:

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import trio
+from _common import peers_and_plan
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL
@@ -212,11 +213,7 @@ def core_for(args: argparse.Namespace) -> SipCore:
     """The core configured as call_rate.py configures the server for UDP calls."""
     config = parse_config(
         '[server]\nfqdn = "sip.example.test"\naddresses = ["127.0.0.1"]\n'
-        '[[peer]]\nname = "gw1"\nfqdn = "gw1.example.test"\naddresses = ["127.0.0.1"]\n'
-        '[[peer]]\nname = "pbx1"\nfqdn = "pbx1.example.test"\nkind = "pbx"\n'
-        f'addresses = ["127.0.0.1"]\nport = {args.callee_port}\ntransport = "udp"\n'
-        'health_check = 0\n[[dial_plan]]\nname = "bench"\nsecurity = "unsecured"\n'
-        'numbers = ["5xxx"]\nfrom = ["gw1"]\ntargets = ["pbx1"]\n'
+        + peers_and_plan(args.callee_port, "udp")
     )
     core = SipCore(config, entropy=os.urandom)
     core.set_ports(args.sip_port, args.tls_port)

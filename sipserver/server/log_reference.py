@@ -304,9 +304,8 @@ EVENTS: tuple[EventDoc, ...] = (
         "info",
         "the garbage collector's full pass, hourly, put off while the loop is busy (by an "
         "hour at most); the objects that survive a young pass are kept out of the other "
-        "passes until then: `collected` (objects in "
-        "cycles freed), `frozen_before`, `frozen_after` (objects kept out), `pause_ms` (the "
-        "loop stood still that long)",
+        "passes until then: `collected` (objects in cycles freed), `frozen_before`, "
+        "`frozen_after` (objects kept out), `pause_ms` (the loop stood still that long)",
     ),
     EventDoc(
         ("call_shed",),

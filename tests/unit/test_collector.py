@@ -83,7 +83,7 @@ def test_the_server_sweeps_every_interval_and_says_how_it_went() -> None:
             sweeps = []
             done = trio.Event()
             def swept(result):
-                sweeps.append((trio.current_time(), result.collected))
+                sweeps.append((trio.current_time(), result.collected, result.frozen_after))
                 if len(sweeps) == 2:
                     done.set()
             async with trio.open_nursery() as nursery:
@@ -95,8 +95,10 @@ def test_the_server_sweeps_every_interval_and_says_how_it_went() -> None:
         print(json.dumps(trio.run(main, clock=clock)))
         """
     )
-    assert [when for when, _ in seen] == [600.0, 1200.0]
-    assert all(collected >= 0 for _, collected in seen)
+    assert [when for when, _, _ in seen] == [600.0, 1200.0]
+    assert all(collected >= 0 for _, collected, _ in seen)
+    # What outlived each sweep (this interpreter's modules among it) is frozen again.
+    assert all(frozen > 1000 for _, _, frozen in seen)
 
 
 def test_a_sweep_due_while_the_loop_is_busy_waits_for_a_quiet_moment_or_one_interval() -> None:
